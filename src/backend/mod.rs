@@ -1,0 +1,221 @@
+//! The lock backends behind one small trait.
+//!
+//! A backend stores leases: a name, the token that holds it, a fence, holder
+//! metadata and an expiry measured by the backend's own clock. Everything
+//! else (waiting, renewal deadlines, child supervision) is written once on top
+//! of this trait, so a new backend is one file plus a line in [`open`].
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::error::{fail, USAGE};
+use crate::holder::Holder;
+
+pub mod redis;
+
+/// What a caller asks for when acquiring.
+pub struct Request<'a> {
+    pub name: &'a str,
+    pub token: &'a str,
+    pub lease: Duration,
+    pub holder: &'a Holder,
+}
+
+/// A lease that is now held by the caller's token.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub fence: u64,
+    /// The backend's clock when it granted or extended the lease, in µs since the epoch.
+    pub server_now_us: i64,
+    /// True when the token already held the lock and the lease was only extended.
+    pub extended: bool,
+}
+
+/// The outcome of one acquisition attempt.
+#[derive(Debug)]
+pub enum Acquire {
+    Acquired(Grant),
+    /// Someone else holds it; `info` says who, when the backend could tell.
+    Busy(Option<LockInfo>),
+}
+
+/// The outcome of a token-checked renew or release.
+#[derive(Debug)]
+pub enum Check {
+    Done,
+    /// Nobody holds the lock: it was released or its lease expired.
+    NotHeld,
+    /// Another token holds it.
+    HeldByOther(LockInfo),
+}
+
+/// A held lock as `status` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockInfo {
+    pub name: String,
+    pub holder: Holder,
+    /// The first characters of the token: enough to tell holders apart, not to release.
+    pub token_id: String,
+    pub fence: u64,
+    /// The backend's clock at acquisition, µs since the epoch.
+    pub acquired_at_us: i64,
+    /// Time left on the lease, by the backend's clock.
+    #[serde(skip)]
+    pub ttl: Duration,
+}
+
+/// Blocks until the lock may have been released, or the timeout passes.
+/// Spurious wake-ups are allowed; missed ones are not (the caller subscribes
+/// before its last attempt).
+pub trait Waiter: Send {
+    fn wait(&mut self, timeout: Duration) -> Result<()>;
+}
+
+pub trait Backend: Send {
+    /// Takes the lock if it is free or already held by `req.token` (then only
+    /// the lease is extended; nothing is counted).
+    fn acquire(&mut self, req: &Request) -> Result<Acquire>;
+    /// Extends the lease only while `token` still holds it; never re-creates an expired lease.
+    fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check>;
+    /// Frees the lock only if `token` holds it, and wakes waiters.
+    fn release(&mut self, name: &str, token: &str) -> Result<Check>;
+    /// Frees the lock whoever holds it; returns whom it broke.
+    fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>>;
+    /// Held locks: those named, or every one under the prefix.
+    fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>>;
+    /// A subscription that reports releases of `name`.
+    fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>>;
+    /// Drops and re-opens the connection after a transport error.
+    fn reconnect(&mut self) -> Result<()>;
+    /// Bounds every request from now on (renewals shorten it near their deadline).
+    fn set_timeout(&mut self, timeout: Duration) -> Result<()>;
+}
+
+/// Where locks live, for `status` and messages; never carries a password.
+#[derive(Debug, Clone, Serialize)]
+pub struct Location {
+    pub backend: &'static str,
+    pub location: String,
+}
+
+/// Connection settings shared by every backend.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub url: Option<String>,
+    pub prefix: String,
+    pub timeout: Duration,
+}
+
+/// Opens the backend named by the URL's scheme.
+pub fn open(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let Some(url) = cfg.url.as_deref() else {
+        return Err(fail(
+            USAGE,
+            "no backend: pass --url (e.g. redis://host:6379) or set DLOCK_URL",
+        ));
+    };
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        "redis" | "rediss" | "redis+unix" | "unix" => {
+            let b = redis::RedisBackend::open(url, cfg)?;
+            let loc = Location {
+                backend: "redis",
+                location: redact(url),
+            };
+            Ok((Box::new(b), loc))
+        }
+        _ => Err(fail(
+            USAGE,
+            format!(
+                "unsupported URL '{}': use redis://, rediss://, redis+unix://, mysql:// or sqlite://",
+                redact(url)
+            ),
+        )),
+    }
+}
+
+/// The URL with any password (in the authority or a `pass`/`password` query
+/// parameter) replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match ::url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret = matches!(k.as_ref(), "pass" | "password");
+                    (
+                        k.into_owned(),
+                        if secret { "***".into() } else { v.into_owned() },
+                    )
+                })
+                .collect();
+            if !pairs.is_empty() {
+                u.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            u.to_string().replace("%2A%2A%2A", "***")
+        }
+        // Unparsable: keep the scheme only, since we cannot tell where a password sits.
+        Err(_) => match url.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…"),
+            None => "(unparsable URL)".into(),
+        },
+    }
+}
+
+/// The secrets in a URL, so that final error lines can be scrubbed of them
+/// even when a driver echoes one back.
+pub fn secrets(url: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(u) = ::url::Url::parse(url) {
+        if let Some(p) = u.password() {
+            out.push(p.to_string());
+            if let Ok(d) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .ok_or(())
+            {
+                out.push(d);
+            }
+        }
+        for (k, v) in u.query_pairs() {
+            if matches!(k.as_ref(), "pass" | "password") {
+                out.push(v.into_owned());
+            }
+        }
+    }
+    out.retain(|s| s.len() >= 3);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("redis://user:s3cret@host:6379/2"),
+            "redis://user:***@host:6379/2"
+        );
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        let r = redact("redis+unix:///run/redis.sock?db=1&pass=s3cret");
+        assert!(!r.contains("s3cret") && r.contains("db=1"), "{r}");
+        let r = redact("mysql://root:p%40ss@db/locks");
+        assert!(!r.contains("p%40ss") && !r.contains("p@ss"), "{r}");
+        assert_eq!(redact("redis://:pw:with@junk@@"), "redis://…");
+    }
+
+    #[test]
+    fn lists_secrets_decoded_and_encoded() {
+        let s = secrets("mysql://root:p%40ss@db/locks");
+        assert!(
+            s.contains(&"p%40ss".to_string()) && s.contains(&"p@ss".to_string()),
+            "{s:?}"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! Exit codes and the error type that carries one.
+//!
+//! Every failure that reaches `main` becomes one line on stderr and one of the
+//! documented exit codes below. Scripts depend on these numbers: never renumber.
+
+use std::fmt;
+
+/// Success.
+pub const OK: i32 = 0;
+/// `status`: at least one named lock is free.
+pub const FREE: i32 = 1;
+/// Bad command line: unknown flag, bad duration, bad name or URL.
+pub const USAGE: i32 = 2;
+/// `release`/`renew`: the token does not hold the lock, which is free or expired.
+pub const NOT_HELD: i32 = 3;
+/// `release`/`renew`: the lock is held by another token.
+pub const HELD_BY_OTHER: i32 = 4;
+/// The backend is unreachable, refused the connection, or rejected the credentials.
+pub const UNAVAILABLE: i32 = 69;
+/// Internal error or an unexpected answer from the backend.
+pub const INTERNAL: i32 = 70;
+/// The lock is busy and `--wait` ran out (exec: `--conflict-exit-code`).
+pub const BUSY: i32 = 75;
+/// `exec`: the lease could not be renewed in time; the command was stopped.
+pub const LOST: i32 = 79;
+/// `exec`: the command could not be run because it is not executable.
+pub const NOT_EXECUTABLE: i32 = 126;
+/// `exec`: the command was not found.
+pub const NOT_FOUND: i32 = 127;
+
+/// The exit-code table, shown by `--help` and kept in step with README.md.
+pub const TABLE: &str = "\
+Exit codes:
+    0    success
+    1    status: a named lock is free
+    2    usage error (bad flag, duration, name, token or URL)
+    3    release/renew: the lock is not held (free or expired)
+    4    release/renew: the lock is held by another token
+   69    backend unreachable, refused, timed out, or authentication failed
+   70    internal error or unexpected backend reply
+   75    lock busy after --wait (exec: --conflict-exit-code overrides)
+   79    exec: lease lost; the command was stopped
+  126    exec: command not executable
+  127    exec: command not found
+128+N    killed by signal N (while waiting, or the command died of it)
+Any other code from exec is the command's own exit status.";
+
+/// An error with the exit code it should end the process with.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Builds an error that ends dlock with `code`.
+pub fn fail(code: i32, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Failure {
+        code,
+        message: message.into(),
+    })
+}
+
+/// The exit code an error maps to: its own, or INTERNAL when it carries none.
+pub fn code_of(err: &anyhow::Error) -> i32 {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Failure>())
+        .map_or(INTERNAL, |f| f.code)
+}

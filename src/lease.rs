@@ -1,0 +1,334 @@
+//! Taking a lease (with waiting) and keeping it (the renewal thread).
+//!
+//! Safety rests on one local, monotonic deadline: a renewal sent at `t` and
+//! confirmed gives the server-side lease until at least `t + lease`, because
+//! the server starts the TTL only after it receives the request. The command
+//! must be dead before then, so the lost signal goes out at
+//! `t + lease - margin - kill_after` and SIGKILL at `t + lease - margin`.
+
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+
+use crate::backend::{Acquire, Backend, Check, Request};
+use crate::cli::Wait;
+use crate::error::{fail, USAGE};
+use crate::output;
+use crate::signals;
+use crate::supervise::Event;
+
+/// Shortest lease accepted: below this, scheduling noise eats the margins.
+pub const MIN_LEASE: Duration = Duration::from_millis(500);
+/// Longest default grace period between the lost signal and SIGKILL.
+pub const MAX_DEFAULT_KILL_AFTER: Duration = Duration::from_secs(5);
+
+/// The renewal schedule derived from a lease.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub lease: Duration,
+    /// Renew this often: a third of the lease, so two attempts fit before the deadline.
+    pub period: Duration,
+    /// Kept back from the lease for scheduling delay and clock-rate differences: a tenth of it.
+    pub margin: Duration,
+    /// Between the lost signal and SIGKILL.
+    pub kill_after: Duration,
+}
+
+impl Timing {
+    pub fn new(lease: Duration, kill_after: Option<Duration>) -> Result<Timing> {
+        if lease < MIN_LEASE {
+            return Err(fail(
+                USAGE,
+                format!(
+                    "--lease {} is too short for exec: use at least {}",
+                    humantime::format_duration(lease),
+                    humantime::format_duration(MIN_LEASE)
+                ),
+            ));
+        }
+        let margin = lease / 10;
+        let kill_after = kill_after.unwrap_or_else(|| (lease / 5).min(MAX_DEFAULT_KILL_AFTER));
+        // Keep at least half the lease for renewing, or a single slow renewal loses the lock.
+        if kill_after + margin > lease / 2 {
+            return Err(fail(
+                USAGE,
+                format!(
+                    "--kill-after {} leaves too little of the {} lease for renewals: \
+                     use a --kill-after of at most {} or a longer --lease",
+                    humantime::format_duration(kill_after),
+                    humantime::format_duration(lease),
+                    humantime::format_duration(round_ms(lease / 2 - margin)),
+                ),
+            ));
+        }
+        Ok(Timing {
+            lease,
+            period: lease / 3,
+            margin,
+            kill_after,
+        })
+    }
+
+    /// When the lost signal must go out if nothing renewed after a request sent at `sent`.
+    pub fn stop_by(&self, sent: Instant) -> Instant {
+        sent + self.lease - self.margin - self.kill_after
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
+/// The result of trying to take a lock within `--wait`.
+pub enum Taken {
+    /// Held, with the instant the successful request was sent.
+    Held(crate::backend::Grant, Instant),
+    Busy(Option<crate::backend::LockInfo>),
+}
+
+/// Tries, subscribes to releases, tries again (closing the lost-wake-up
+/// window), then retries on each release notification or when the holder's
+/// lease runs out, until `wait` is over. Never polls at a fixed interval.
+pub fn acquire(backend: &mut dyn Backend, req: &Request, wait: Wait) -> Result<Taken> {
+    let deadline = match wait {
+        Wait::For(d) => Some(Instant::now() + d),
+        Wait::Forever => None,
+    };
+    let mut waiter = None;
+    loop {
+        let sent = Instant::now();
+        let (result, pending) = signals::in_flight(|| backend.acquire(req));
+        if let Some(sig) = pending {
+            if let Ok(Acquire::Acquired(g)) = &result {
+                if !g.extended {
+                    let _ = backend.release(req.name, req.token);
+                }
+            }
+            std::process::exit(signals::exit_code(sig));
+        }
+        let busy = match result? {
+            Acquire::Acquired(g) => return Ok(Taken::Held(g, sent)),
+            Acquire::Busy(info) => info,
+        };
+        let now = Instant::now();
+        let left = match deadline {
+            Some(d) if d <= now => return Ok(Taken::Busy(busy)),
+            Some(d) => d - now,
+            None => Duration::from_secs(3600),
+        };
+        if waiter.is_none() {
+            output::verbose(&format!("lock '{}' is busy; waiting", req.name));
+            waiter = Some(backend.waiter(req.name)?);
+            continue;
+        }
+        // Wake when the holder's lease would run out, even if no release is announced.
+        let ttl = busy
+            .as_ref()
+            .map(|b| b.ttl + Duration::from_millis(1))
+            .unwrap_or(left);
+        waiter
+            .as_mut()
+            .expect("subscribed above")
+            .wait(left.min(ttl))?;
+    }
+}
+
+struct State {
+    stop_by: Instant,
+    last_ok: SystemTime,
+    lost: bool,
+}
+
+enum Cmd {
+    Release,
+}
+
+/// Renews a held lease on its own thread until told to release it.
+pub struct Keeper {
+    state: Arc<Mutex<State>>,
+    tx: Sender<Cmd>,
+    handle: JoinHandle<Result<Check>>,
+    timing: Timing,
+}
+
+impl Keeper {
+    pub fn start(
+        mut backend: Box<dyn Backend>,
+        name: String,
+        token: String,
+        timing: Timing,
+        acquired_sent: Instant,
+        base_timeout: Duration,
+        events: Sender<Event>,
+    ) -> Keeper {
+        let state = Arc::new(Mutex::new(State {
+            stop_by: timing.stop_by(acquired_sent),
+            last_ok: SystemTime::now(),
+            lost: false,
+        }));
+        let (tx, rx) = mpsc::channel();
+        let st = Arc::clone(&state);
+        let handle = std::thread::Builder::new()
+            .name("renew".into())
+            .spawn(move || {
+                let mut next = acquired_sent + timing.period;
+                let mut backoff = Duration::from_millis(25);
+                let mut failures = 0u32;
+                loop {
+                    match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                        Ok(Cmd::Release) | Err(RecvTimeoutError::Disconnected) => {
+                            let _ = backend.set_timeout(base_timeout);
+                            let lost = st.lock().unwrap_or_else(|e| e.into_inner()).lost;
+                            if lost {
+                                // Best effort: frees the lock early if the token still holds it.
+                                return backend.release(&name, &token);
+                            }
+                            let r = backend.release(&name, &token);
+                            if r.is_err() {
+                                let _ = backend.reconnect();
+                                return backend.release(&name, &token);
+                            }
+                            return r;
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                    }
+                    let stop_by = {
+                        let s = st.lock().unwrap_or_else(|e| e.into_inner());
+                        if s.lost {
+                            next = Instant::now() + Duration::from_secs(3600);
+                            continue;
+                        }
+                        s.stop_by
+                    };
+                    let now = Instant::now();
+                    if stop_by <= now {
+                        // The supervisor acts on the deadline; nothing sent now could save the lease.
+                        next = now + Duration::from_secs(3600);
+                        continue;
+                    }
+                    let _ = backend.set_timeout(base_timeout.min(stop_by - now));
+                    let sent = Instant::now();
+                    match backend.renew(&name, &token, timing.lease) {
+                        Ok(Check::Done) => {
+                            let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+                            if !s.lost {
+                                s.stop_by = s.stop_by.max(timing.stop_by(sent));
+                                s.last_ok = SystemTime::now();
+                            }
+                            drop(s);
+                            if failures > 0 {
+                                output::info(&format!("renewal of '{name}' succeeded again after {failures} failure(s)"));
+                            } else {
+                                output::verbose(&format!("renewed '{name}'"));
+                            }
+                            failures = 0;
+                            backoff = Duration::from_millis(25);
+                            next = sent + timing.period;
+                        }
+                        Ok(Check::NotHeld) => {
+                            let _ = events.send(Event::Lost(format!(
+                                "the server no longer has the lease on '{name}' (expired or the server lost its data)"
+                            )));
+                            next = Instant::now() + Duration::from_secs(3600);
+                        }
+                        Ok(Check::HeldByOther(o)) => {
+                            let _ = events.send(Event::Lost(format!(
+                                "lock '{name}' is now held by {}:{} ({}) with fence {}",
+                                o.holder.host, o.holder.pid, o.holder.user, o.fence
+                            )));
+                            next = Instant::now() + Duration::from_secs(3600);
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            let msg = format!(
+                                "renewal of '{name}' failed: {e:#}; retrying until the deadline in {}",
+                                output::format_left(stop_by.saturating_duration_since(Instant::now()))
+                            );
+                            if failures == 1 {
+                                output::info(&msg);
+                            } else {
+                                output::verbose(&msg);
+                            }
+                            let left = stop_by.saturating_duration_since(Instant::now());
+                            let _ = backend.set_timeout(base_timeout.min(left));
+                            let _ = backend.reconnect();
+                            next = Instant::now() + backoff;
+                            backoff = (backoff * 2).min(timing.period);
+                        }
+                    }
+                }
+            })
+            .expect("cannot start the renewal thread");
+        Keeper {
+            state,
+            tx,
+            handle,
+            timing,
+        }
+    }
+
+    /// When the lost signal must go out unless a renewal succeeds first.
+    pub fn stop_by(&self) -> Instant {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).stop_by
+    }
+
+    /// Marks the lease lost if its deadline has passed; later renewals are ignored.
+    /// Returns true the first time.
+    pub fn lose_if_due(&self, now: Instant) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.lost || now < s.stop_by {
+            return false;
+        }
+        s.lost = true;
+        true
+    }
+
+    /// Marks the lease lost (the server said so); returns true the first time.
+    pub fn lose(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        !std::mem::replace(&mut s.lost, true)
+    }
+
+    pub fn last_renewed(&self) -> SystemTime {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).last_ok
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// Stops renewing and releases the lock; returns what the backend said.
+    pub fn release(self) -> Result<Check> {
+        let _ = self.tx.send(Cmd::Release);
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the renewal thread panicked")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_leaves_room_to_renew_and_kill() {
+        let t = Timing::new(Duration::from_secs(30), None).unwrap();
+        assert_eq!(t.period, Duration::from_secs(10));
+        assert_eq!(t.kill_after, Duration::from_secs(5));
+        assert_eq!(t.margin, Duration::from_secs(3));
+        let now = Instant::now();
+        // SIGKILL goes out a margin before the server-side expiry.
+        assert_eq!(t.stop_by(now) + t.kill_after + t.margin, now + t.lease);
+
+        let short = Timing::new(Duration::from_secs(1), None).unwrap();
+        assert_eq!(short.kill_after, Duration::from_millis(200));
+        assert!(short.stop_by(now) > now + short.period);
+
+        assert!(Timing::new(Duration::from_millis(100), None).is_err());
+        assert!(Timing::new(Duration::from_secs(10), Some(Duration::from_secs(5))).is_err());
+        Timing::new(Duration::from_secs(10), Some(Duration::from_secs(4))).unwrap();
+    }
+}

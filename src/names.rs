@@ -1,0 +1,106 @@
+//! Validation of lock names and tokens, shared by every backend so that a name
+//! valid on one backend is valid on all of them.
+
+use crate::error::{fail, USAGE};
+
+/// Longest lock name in bytes; the SQL backends store names in a column of this size.
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest user-supplied token.
+pub const MAX_TOKEN_LEN: usize = 128;
+
+/// Accepts any UTF-8 name without control characters, so names never break a
+/// one-line status row or a log line.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    if name.is_empty() {
+        return Err(fail(
+            USAGE,
+            "lock name is empty: give a name such as 'nightly-backup'",
+        ));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(fail(
+            USAGE,
+            format!(
+                "lock name is {} bytes long; the limit is {MAX_NAME_BYTES} bytes",
+                name.len()
+            ),
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control()) {
+        return Err(fail(
+            USAGE,
+            format!(
+                "lock name {:?} contains the control character U+{:04X}; use printable characters",
+                name, c as u32
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Tokens travel through shell variables and environment, so keep them to
+/// printable ASCII without spaces.
+pub fn check_token(token: &str) -> anyhow::Result<()> {
+    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+        return Err(fail(
+            USAGE,
+            format!("token must be 1 to {MAX_TOKEN_LEN} characters long"),
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(fail(
+            USAGE,
+            "token must be printable ASCII without spaces (the output of `dlock acquire`)",
+        ));
+    }
+    Ok(())
+}
+
+/// A fresh 128-bit random token, as 32 lowercase hex digits.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source failed");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The part of a token that status shows: enough to tell holders apart,
+/// too little to release the lock with.
+pub fn token_id(token: &str) -> String {
+    token.chars().take(8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in [
+            "a",
+            "nightly backup",
+            "it's \"quoted\"",
+            "*?[glob]",
+            "🔒 lock",
+            "a}b{c",
+        ] {
+            check_name(ok).unwrap();
+        }
+        assert!(check_name("").is_err());
+        assert!(check_name("a\nb").is_err());
+        assert!(check_name("tab\there").is_err());
+        assert!(check_name(&"x".repeat(256)).is_err());
+        check_name(&"x".repeat(255)).unwrap();
+    }
+
+    #[test]
+    fn tokens() {
+        let t = new_token();
+        assert_eq!(t.len(), 32);
+        assert_ne!(t, new_token());
+        check_token(&t).unwrap();
+        assert!(check_token("").is_err());
+        assert!(check_token("has space").is_err());
+        assert!(check_token(&"a".repeat(129)).is_err());
+        assert_eq!(token_id(&t).len(), 8);
+    }
+}

@@ -1,0 +1,118 @@
+//! Signal handling, tini-style: every signal dlock cares about is blocked in
+//! all threads and taken by one thread with sigwait, which then acts according
+//! to what dlock is doing (waiting for a lock, or supervising a command).
+
+use std::sync::mpsc::Sender;
+use std::sync::Mutex;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+
+use crate::supervise::Event;
+
+/// Forwarded to the command's process group while it runs.
+pub const FORWARDED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Signals that end dlock when it has nothing to forward them to.
+const STOPPING: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+enum Mode {
+    /// Between requests: a stopping signal ends dlock at once with 128+N.
+    Exit,
+    /// A request that may take the lock is in flight: remember the signal and
+    /// let the caller undo the acquisition before it exits.
+    InFlight(Option<Signal>),
+    /// A command runs: hand every signal to its supervisor.
+    Forward(Sender<Event>),
+}
+
+static MODE: Mutex<Mode> = Mutex::new(Mode::Exit);
+
+fn handled() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// Blocks the handled signals and starts the signal thread. Must run on the
+/// main thread before any other thread starts, so that every thread inherits
+/// the mask and no signal is delivered anywhere else.
+pub fn install() {
+    let set = handled();
+    let mut blocked = set;
+    // A background process group may need to take the terminal back with
+    // tcsetpgrp; with SIGTTOU blocked that succeeds instead of stopping dlock.
+    blocked.add(Signal::SIGTTOU);
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None)
+        .expect("blocking signals cannot fail");
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let Ok(sig) = set.wait() else { continue };
+            dispatch(sig);
+        })
+        .expect("cannot start the signal thread");
+}
+
+fn dispatch(sig: Signal) {
+    let mut mode = MODE.lock().unwrap_or_else(|e| e.into_inner());
+    match &mut *mode {
+        Mode::Exit => {
+            if STOPPING.contains(&sig) {
+                std::process::exit(128 + sig as i32);
+            }
+        }
+        Mode::InFlight(pending) => {
+            if STOPPING.contains(&sig) && pending.is_none() {
+                *pending = Some(sig);
+            }
+        }
+        Mode::Forward(tx) => {
+            let _ = tx.send(Event::Signal(sig));
+        }
+    }
+}
+
+/// Runs a request that may take the lock. A stopping signal that arrives
+/// meanwhile is returned instead of ending dlock, so the caller can release
+/// what the request took before exiting with 128+N.
+pub fn in_flight<T>(f: impl FnOnce() -> T) -> (T, Option<Signal>) {
+    *MODE.lock().unwrap_or_else(|e| e.into_inner()) = Mode::InFlight(None);
+    let out = f();
+    let mut mode = MODE.lock().unwrap_or_else(|e| e.into_inner());
+    let pending = match &*mode {
+        Mode::InFlight(p) => *p,
+        _ => None,
+    };
+    *mode = Mode::Exit;
+    (out, pending)
+}
+
+/// From now on, signals go to the supervisor as events.
+pub fn forward_to(tx: Sender<Event>) {
+    *MODE.lock().unwrap_or_else(|e| e.into_inner()) = Mode::Forward(tx);
+}
+
+/// Back to ending dlock on a stopping signal (after the command has exited).
+pub fn exit_on_signal() {
+    *MODE.lock().unwrap_or_else(|e| e.into_inner()) = Mode::Exit;
+}
+
+/// Exit status for a signal, as a shell reports it.
+pub fn exit_code(sig: Signal) -> i32 {
+    128 + sig as i32
+}

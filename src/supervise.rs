@@ -1,0 +1,297 @@
+//! Running the command under the lock: its own process group, signals
+//! forwarded to that group, orphans reaped (dlock is a child subreaper), and
+//! the whole group stopped when the lease is lost, when dlock is stopped, or
+//! when dlock itself dies (a guard process watches for that).
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::{fail, NOT_EXECUTABLE, NOT_FOUND};
+use crate::lease::Keeper;
+use crate::output;
+use crate::signals::{self, FORWARDED};
+
+/// What the supervisor reacts to, from the signal thread and the renewal thread.
+pub enum Event {
+    Signal(Signal),
+    /// The server says the lease is gone; the message says why.
+    Lost(String),
+}
+
+pub struct Job {
+    pub argv: Vec<OsString>,
+    pub env: Vec<(String, String)>,
+    pub on_lost: Signal,
+}
+
+/// How the job ended.
+pub struct End {
+    /// The command's exit status as a shell reports it (128+N for signal N).
+    pub status: i32,
+    /// True when the lease was lost and the command was stopped for it.
+    pub lost: bool,
+}
+
+/// Starts the command; a spawn failure maps to 127 or 126 as in a shell.
+fn spawn(job: &Job, tty: Option<i32>) -> Result<Pid> {
+    let parent = nix::unistd::getpid();
+    let mut cmd = Command::new(&job.argv[0]);
+    cmd.args(&job.argv[1..])
+        .envs(job.env.iter().map(|(k, v)| (k, v)));
+    // SAFETY: only async-signal-safe calls (setpgid, tcsetpgrp, prctl, getppid,
+    // sigprocmask) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(fd) = tty {
+                // SIGTTOU is blocked in this child, so a background group may take the terminal.
+                libc::tcsetpgrp(fd, libc::getpid());
+            }
+            // If dlock dies, so does the command (the guard then stops the rest of its group).
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            if libc::getppid() != parent.as_raw() {
+                libc::_exit(129);
+            }
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let shown = job.argv[0].to_string_lossy().into_owned();
+    match cmd.spawn() {
+        Ok(child) => {
+            let pid = Pid::from_raw(child.id() as i32);
+            // Also from the parent, so that there is no window in which a signal to the group misses.
+            let _ = nix::unistd::setpgid(pid, pid);
+            if let Some(fd) = tty {
+                unsafe { libc::tcsetpgrp(fd, pid.as_raw()) };
+            }
+            // `child` is dropped without waiting: the supervisor reaps with waitpid(-1).
+            Ok(pid)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(fail(
+            NOT_FOUND,
+            format!("cannot run '{shown}': command not found"),
+        )),
+        Err(e) => Err(fail(NOT_EXECUTABLE, format!("cannot run '{shown}': {e}"))),
+    }
+}
+
+/// A forked process that stops the command's group if dlock dies, even by
+/// SIGKILL: it blocks reading a pipe whose only writer is dlock, and the
+/// kernel closes that pipe when dlock goes away.
+struct Guard {
+    pid: Pid,
+    write_fd: i32,
+}
+
+impl Guard {
+    fn start(pgid: Pid, kill_after: Duration) -> Option<Guard> {
+        let mut fds = [0i32; 2];
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return None;
+        }
+        let (r, w) = (fds[0], fds[1]);
+        let ts = libc::timespec {
+            tv_sec: kill_after.as_secs() as libc::time_t,
+            tv_nsec: kill_after.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: the child runs only async-signal-safe calls and never returns.
+        match unsafe { libc::fork() } {
+            -1 => {
+                unsafe {
+                    libc::close(r);
+                    libc::close(w);
+                }
+                None
+            }
+            0 => unsafe {
+                libc::close(w);
+                let mut b = 0u8;
+                while libc::read(r, (&mut b as *mut u8).cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+                libc::kill(-pgid.as_raw(), libc::SIGTERM);
+                libc::kill(-pgid.as_raw(), libc::SIGCONT);
+                libc::nanosleep(&ts, std::ptr::null_mut());
+                libc::kill(-pgid.as_raw(), libc::SIGKILL);
+                libc::_exit(0)
+            },
+            pid => {
+                unsafe { libc::close(r) };
+                Some(Guard {
+                    pid: Pid::from_raw(pid),
+                    write_fd: w,
+                })
+            }
+        }
+    }
+
+    /// The job is over: dismiss the guard without letting it act.
+    fn dismiss(self) {
+        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        let _ = waitpid(self.pid, None);
+        unsafe { libc::close(self.write_fd) };
+    }
+}
+
+/// The terminal to hand to the command, when dlock runs in its foreground:
+/// then Ctrl-C and job control reach the command's group directly (once),
+/// and an interactive command can read the terminal.
+fn foreground_tty() -> Option<i32> {
+    let fd = libc::STDIN_FILENO;
+    unsafe {
+        if libc::isatty(fd) == 1 && libc::tcgetpgrp(fd) == libc::getpgrp() {
+            Some(fd)
+        } else {
+            None
+        }
+    }
+}
+
+fn signal_group(pgid: Pid, sig: Signal) {
+    let _ = killpg(pgid, sig);
+    if matches!(sig, Signal::SIGTERM | Signal::SIGHUP | Signal::SIGINT) {
+        // A stopped process would not act on it until continued.
+        let _ = killpg(pgid, Signal::SIGCONT);
+    }
+}
+
+fn group_alive(pgid: Pid) -> bool {
+    !matches!(killpg(pgid, None), Err(Errno::ESRCH))
+}
+
+/// Runs the job to the end while `keeper` holds the lease.
+pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
+    let timing = keeper.timing();
+    // Orphaned grandchildren are re-parented to dlock, so it can reap them and
+    // know when the whole job is gone.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let tty = foreground_tty();
+    let child = spawn(job, tty)?;
+    let pgid = child;
+    let guard = Guard::start(pgid, timing.kill_after);
+
+    let mut status: Option<i32> = None;
+    let mut lost = false;
+    let mut kill_at: Option<Instant> = None;
+    loop {
+        if status.is_some() && !group_alive(pgid) {
+            break;
+        }
+        let now = Instant::now();
+        if !lost && keeper.lose_if_due(now) {
+            lost = true;
+            let since = keeper.last_renewed();
+            output::error(&format!(
+                "lease lost: no renewal succeeded since {} (lease {}); stopping the command with {}, SIGKILL in {}",
+                humantime::format_rfc3339_millis(since),
+                humantime::format_duration(timing.lease),
+                job.on_lost.as_str(),
+                humantime::format_duration(timing.kill_after),
+            ));
+            signal_group(pgid, job.on_lost);
+            let hard = keeper.stop_by() + timing.kill_after;
+            kill_at = Some(kill_at.map_or(hard, |k| k.min(hard)));
+        }
+        if let Some(k) = kill_at {
+            if k <= now {
+                let _ = killpg(pgid, Signal::SIGKILL);
+                kill_at = None;
+            }
+        }
+        let mut wake = now + Duration::from_secs(3600);
+        if !lost {
+            wake = wake.min(keeper.stop_by());
+        }
+        if let Some(k) = kill_at {
+            wake = wake.min(k);
+        }
+        match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(Event::Signal(Signal::SIGCHLD)) => {
+                if reap(child, &mut status, guard.as_ref().map(|g| g.pid)) {
+                    if let Some(fd) = tty {
+                        unsafe { libc::tcsetpgrp(fd, libc::getpgrp()) };
+                    }
+                    if group_alive(pgid) && kill_at.is_none() {
+                        // The command is gone but left processes behind in its group:
+                        // they are part of the job and must not outlive the lock.
+                        output::verbose("the command exited; stopping what it left running");
+                        signal_group(pgid, Signal::SIGTERM);
+                        kill_at = Some(Instant::now() + timing.kill_after);
+                    }
+                }
+            }
+            Ok(Event::Signal(sig)) => {
+                if FORWARDED.contains(&sig) {
+                    output::verbose(&format!("forwarding {} to the command", sig.as_str()));
+                    signal_group(pgid, sig);
+                }
+            }
+            Ok(Event::Lost(msg)) => {
+                if keeper.lose() {
+                    lost = true;
+                    output::error(&format!(
+                        "lease lost: {msg}; stopping the command with {}, SIGKILL in {}",
+                        job.on_lost.as_str(),
+                        humantime::format_duration(timing.kill_after)
+                    ));
+                    signal_group(pgid, job.on_lost);
+                    let hard = Instant::now() + timing.kill_after;
+                    kill_at = Some(kill_at.map_or(hard, |k| k.min(hard)));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    signals::exit_on_signal();
+    if let Some(g) = guard {
+        g.dismiss();
+    }
+    Ok(End {
+        status: status.unwrap_or(crate::error::INTERNAL),
+        lost,
+    })
+}
+
+/// Reaps every exited child; returns true once the command itself has exited.
+fn reap(child: Pid, status: &mut Option<i32>, guard: Option<Pid>) -> bool {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => *status = Some(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                *status = Some(signals::exit_code(sig))
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _))
+                if Some(pid) == guard =>
+            {
+                output::error(
+                    "the guard process died; dlock's own death would no longer stop the command",
+                );
+            }
+            Ok(_) => {}
+        }
+    }
+    status.is_some()
+}
