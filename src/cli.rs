@@ -108,11 +108,13 @@ pub struct AcquireArgs {
 #[derive(Debug, Args)]
 pub struct LeaseArgs {
     /// How long the lease lasts on the server without renewal
-    #[arg(long, default_value = DEFAULT_LEASE, value_parser = parse_positive, value_name = "DUR")]
+    #[arg(long, default_value = DEFAULT_LEASE, value_parser = parse_positive, value_name = "DUR",
+          allow_hyphen_values = true)]
     pub lease: Duration,
 
     /// How long to wait for a busy lock: 0 fails at once, `forever` waits without limit
-    #[arg(long, default_value = "0", value_parser = parse_wait, value_name = "DUR")]
+    #[arg(long, default_value = "0", value_parser = parse_wait, value_name = "DUR",
+          allow_hyphen_values = true)]
     pub wait: Wait,
 }
 
@@ -163,7 +165,7 @@ pub struct ExecArgs {
     pub on_lost_signal: nix::sys::signal::Signal,
 
     /// Grace period between that signal and SIGKILL [default: a fifth of the lease, at most 5s]
-    #[arg(long, value_parser = parse_positive, value_name = "DUR")]
+    #[arg(long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
     pub kill_after: Option<Duration>,
 
     /// The command and its arguments, run without a shell

@@ -18,14 +18,14 @@ fn main() {
     signals::install();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() {
-                error::USAGE
-            } else {
-                error::OK
-            };
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
             let _ = e.print();
-            std::process::exit(code);
+            std::process::exit(error::OK);
+        }
+        Err(e) => {
+            eprintln!("dlock: {}", one_line(&e.render().to_string()));
+            std::process::exit(error::USAGE);
         }
     };
     let g = &cli.global;
@@ -50,4 +50,20 @@ fn main() {
             std::process::exit(error::code_of(&e));
         }
     }
+}
+
+/// clap's usage errors span several lines; an operator reading a cron mail or
+/// a CI log wants one. Keep the message and tips, drop the usage block.
+fn one_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let l = line.trim();
+        if l.starts_with("Usage:") || l.starts_with("For more information") {
+            break;
+        }
+        if !l.is_empty() {
+            parts.push(l);
+        }
+    }
+    format!("{} (see --help)", parts.join(" "))
 }

@@ -284,6 +284,9 @@ impl Backend for RedisBackend {
             Some(names) => names.iter().map(|n| self.key(n, "lease")).collect(),
             None => self.scan_lease_keys()?,
         };
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for k in &keys {
             pipe.cmd("PTTL").arg(k).cmd("HGETALL").arg(k);

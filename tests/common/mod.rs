@@ -1,0 +1,190 @@
+//! Test harness: private servers on free loopback ports in temp dirs, and
+//! helpers to run the real dlock binary.
+#![allow(dead_code)]
+
+pub mod redis;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use self::redis::Redis;
+
+/// A backend under test: whatever it is, dlock reaches it by URL.
+pub trait Server: Send + Sync {
+    fn url(&self) -> String;
+}
+
+/// A free loopback TCP port (the OS picks it; the listener is closed at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind to a free port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Path to a server binary, or a panic that says what to install.
+pub fn require(binary: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
+        let p = Path::new(dir).join(binary);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{binary} not found: install it with `sudo apt-get install {package}` (the README test command does this)");
+}
+
+/// Polls `ready` until it holds: a server's readiness is an event we can only observe by asking.
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn dlock_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dlock"))
+}
+
+/// A dlock command bound to a backend URL, with a clean environment for DLOCK_*.
+pub fn dlock(url: &str) -> Command {
+    let mut c = Command::new(dlock_bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DLOCK_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("DLOCK_URL", url);
+    c
+}
+
+pub fn run(mut c: Command) -> Output {
+    c.stdin(Stdio::null()).output().expect("run dlock")
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Spawns dlock in the background with stdio captured.
+pub fn spawn(mut c: Command) -> Child {
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn dlock")
+}
+
+/// Waits for a file to appear (a marker written by a child), with a deadline.
+pub fn wait_for_file(path: &Path, timeout: Duration) {
+    wait_until(&format!("{}", path.display()), timeout, || path.exists());
+}
+
+/// Waits for a child with a deadline; kills it and panics past the deadline.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("process {} did not exit within {timeout:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie counts as gone: it runs nothing.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+/// One test's view of a backend: its URL plus a prefix of its own, so tests
+/// can share a server without seeing each other's locks.
+pub struct Ctx {
+    pub server: std::sync::Arc<dyn Server>,
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Ctx {
+    pub fn new(server: std::sync::Arc<dyn Server>) -> Ctx {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ctx {
+            server,
+            prefix: format!("t{}x{n}", std::process::id()),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// `dlock ARGS` against this test's backend and prefix.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = dlock(&self.url());
+        c.env("DLOCK_PREFIX", &self.prefix).args(args);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        run(self.cmd(args))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Takes `name` and returns the token.
+    pub fn acquire(&self, name: &str, lease: &str) -> String {
+        let o = self.run(&["acquire", name, "--lease", lease]);
+        assert_eq!(code(&o), 0, "acquire {name}: {}", stderr(&o));
+        stdout(&o).trim().to_string()
+    }
+
+    pub fn status_json(&self, names: &[&str]) -> serde_json::Value {
+        let mut args = vec!["status", "--json"];
+        args.extend_from_slice(names);
+        let o = self.run(&args);
+        assert!(code(&o) <= 1, "status: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).expect("status --json prints JSON")
+    }
+
+    pub fn is_held(&self, name: &str) -> bool {
+        let o = self.run(&["status", name]);
+        match code(&o) {
+            0 => true,
+            1 => false,
+            c => panic!("status {name} exited {c}: {}", stderr(&o)),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! A private redis-server for one test: free port, temp dir, no persistence.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, require, wait_until, Server};
+
+pub struct Redis {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    password: Option<String>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::start_with(None)
+    }
+
+    /// A server that requires `password` (for auth-failure and redaction tests).
+    pub fn with_password(password: &str) -> Redis {
+        Self::start_with(Some(password.to_string()))
+    }
+
+    fn start_with(password: Option<String>) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Redis {
+            port: 0,
+            dir,
+            child: None,
+            password,
+        };
+        r.launch();
+        r
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    fn launch(&mut self) {
+        let bin = require("redis-server", "redis-server");
+        // The port may be taken between choosing and binding it; try a few.
+        for _ in 0..5 {
+            let port = if self.port == 0 {
+                free_port()
+            } else {
+                self.port
+            };
+            let mut cmd = Command::new(&bin);
+            cmd.args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--unixsocket")
+            .arg(self.socket())
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ]);
+            if let Some(p) = &self.password {
+                cmd.args(["--requirepass", p]);
+            }
+            let mut child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            let ok = {
+                let mut ok = false;
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while std::time::Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        ok = true;
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                ok
+            };
+            if ok {
+                self.port = port;
+                self.child = Some(child);
+                return;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if self.port != 0 {
+                // Restarting on a fixed port: the old socket may linger briefly.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("redis is running").id() as i32
+    }
+
+    /// SIGSTOP: the server keeps its sockets but answers nothing.
+    pub fn pause(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGSTOP) };
+    }
+
+    pub fn resume(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill and start again on the same port with every key lost.
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        let port = self.port;
+        wait_until(
+            "the old redis port to free",
+            Duration::from_secs(10),
+            || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        );
+        self.launch();
+    }
+
+    /// Runs a raw command through redis-cli (for inspecting server state).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut c = Command::new("redis-cli");
+        c.args(["-p", &self.port.to_string()]);
+        if let Some(p) = &self.password {
+            c.args(["-a", p, "--no-auth-warning"]);
+        }
+        let out = c.args(args).output().expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Server for Redis {
+    fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+        }
+        self.stop();
+    }
+}
