@@ -183,8 +183,9 @@ impl Keeper {
                             let _ = backend.set_timeout(base_timeout);
                             let lost = st.lock().unwrap_or_else(|e| e.into_inner()).lost;
                             if lost {
-                                // Best effort: frees the lock early if the token still holds it.
-                                return backend.release(&name, &token);
+                                // The lease is gone or about to expire; a release
+                                // could only block on the server that failed us.
+                                return Ok(Check::NotHeld);
                             }
                             let r = backend.release(&name, &token);
                             if r.is_err() {

@@ -188,3 +188,120 @@ impl Ctx {
         }
     }
 }
+
+/// Wall-clock now in ms since the epoch (to compare with server-side expiry).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Blocks until process `pid` (any process, not only a child) has exited, via
+/// a pidfd; returns false if it still runs after `timeout`.
+pub fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return true; // already gone
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let n = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
+    unsafe { libc::close(fd) };
+    n == 1
+}
+
+/// A named pipe a child writes a line to when it reaches a point, so the test
+/// awaits that event instead of sleeping.
+pub struct Fifo {
+    pub path: PathBuf,
+}
+
+impl Fifo {
+    pub fn new(dir: &Path, name: &str) -> Fifo {
+        let path = dir.join(name);
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+        Fifo { path }
+    }
+
+    /// The next line written to the pipe, or a panic after `timeout`.
+    pub fn read_line(&self, timeout: Duration) -> String {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = self.path.clone();
+        std::thread::spawn(move || {
+            let s = std::fs::read_to_string(&path).unwrap_or_default();
+            let _ = tx.send(s);
+        });
+        rx.recv_timeout(timeout)
+            .unwrap_or_else(|_| {
+                panic!(
+                    "nothing written to {} within {timeout:?}",
+                    self.path.display()
+                )
+            })
+            .trim()
+            .to_string()
+    }
+
+    /// Writes a line (unblocking a child that reads the pipe).
+    pub fn write_line(&self, line: &str) {
+        std::fs::write(&self.path, format!("{line}\n")).unwrap();
+    }
+}
+
+/// Lines a spawned process writes to stderr, as they come.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn of(child: &mut Child) -> Lines {
+        use std::io::BufRead;
+        let err = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle`.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "no stderr line with '{needle}' within {timeout:?}; saw {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Everything until the process closes stderr.
+    pub fn rest(&mut self) -> String {
+        while let Ok(l) = self.rx.recv_timeout(Duration::from_secs(30)) {
+            self.seen.push(l);
+        }
+        self.seen.join("\n")
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{free_port, require, wait_until, Server};
@@ -9,7 +10,7 @@ use super::{free_port, require, wait_until, Server};
 pub struct Redis {
     pub port: u16,
     pub dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
     password: Option<String>,
 }
 
@@ -28,7 +29,7 @@ impl Redis {
         let mut r = Redis {
             port: 0,
             dir,
-            child: None,
+            child: Mutex::new(None),
             password,
         };
         r.launch();
@@ -40,6 +41,12 @@ impl Redis {
     }
 
     fn launch(&mut self) {
+        let port = self.launch_on(self.port);
+        self.port = port;
+    }
+
+    /// Starts redis-server (on `port`, or a free one when 0) and returns the port.
+    fn launch_on(&self, fixed: u16) -> u16 {
         let bin = require("redis-server", "redis-server");
         // The port may be taken between choosing and binding it; try a few.
         for _ in 0..5 {
@@ -95,13 +102,12 @@ impl Redis {
                 ok
             };
             if ok {
-                self.port = port;
-                self.child = Some(child);
-                return;
+                *self.child.lock().unwrap() = Some(child);
+                return port;
             }
             let _ = child.kill();
             let _ = child.wait();
-            if self.port != 0 {
+            if fixed != 0 {
                 // Restarting on a fixed port: the old socket may linger briefly.
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -110,7 +116,12 @@ impl Redis {
     }
 
     fn pid(&self) -> i32 {
-        self.child.as_ref().expect("redis is running").id() as i32
+        self.child
+            .lock()
+            .unwrap()
+            .as_ref()
+            .expect("redis is running")
+            .id() as i32
     }
 
     /// SIGSTOP: the server keeps its sockets but answers nothing.
@@ -122,15 +133,15 @@ impl Redis {
         unsafe { libc::kill(self.pid(), libc::SIGCONT) };
     }
 
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+    pub fn stop(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     /// Kill and start again on the same port with every key lost.
-    pub fn restart_empty(&mut self) {
+    pub fn restart_empty(&self) {
         self.stop();
         let port = self.port;
         wait_until(
@@ -138,7 +149,7 @@ impl Redis {
             Duration::from_secs(10),
             || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
         );
-        self.launch();
+        self.launch_on(port);
     }
 
     /// Runs a raw command through redis-cli (for inspecting server state).
@@ -164,7 +175,7 @@ impl Server for Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        if let Some(c) = &self.child {
+        if let Some(c) = self.child.lock().unwrap().as_ref() {
             unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
         }
         self.stop();

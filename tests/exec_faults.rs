@@ -1,0 +1,350 @@
+//! `exec` under faults, against a private Redis. Every case checks the
+//! invariant that matters: no two holders' commands ever run at once while
+//! the backend is healthy, and a command never outlives its lease.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn setup() -> (Arc<Redis>, Ctx) {
+    let r = Arc::new(Redis::start());
+    let ctx = Ctx::new(r.clone());
+    (r, ctx)
+}
+
+fn lease_key(ctx: &Ctx, name: &str) -> String {
+    format!("{}:{{{}}}:lease", ctx.prefix, name)
+}
+
+/// Starts `dlock -v exec ARGS -- sh -c SCRIPT` with stderr captured.
+fn exec_sh(ctx: &Ctx, args: &[&str], script: &str) -> (std::process::Child, Lines) {
+    let mut a = vec!["-v", "exec"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["--", "sh", "-c", script]);
+    let mut child = spawn(ctx.cmd(&a));
+    let lines = Lines::of(&mut child);
+    (child, lines)
+}
+
+#[test]
+fn sigkill_of_dlock_stops_the_whole_job_and_the_lease_runs_out() {
+    let (_r, ctx) = setup();
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let script = format!(
+        "sleep 60 & echo \"$$ $!\" > '{}'; wait",
+        ready.path.display()
+    );
+    let (mut dlock, _l) = exec_sh(&ctx, &["--lease", "3s", "k"], &script);
+    let pids = ready.read_line(Duration::from_secs(10));
+    let (child, grandchild): (i32, i32) = {
+        let mut it = pids.split_whitespace().map(|p| p.parse().unwrap());
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    let killed = Instant::now();
+    signal(dlock.id(), libc::SIGKILL);
+    let _ = dlock.wait();
+    assert!(
+        wait_pid_exit(child, Duration::from_secs(2)),
+        "the command outlived dlock"
+    );
+    let child_gone = killed.elapsed();
+    assert!(
+        wait_pid_exit(grandchild, Duration::from_secs(2)),
+        "the command's background job outlived dlock"
+    );
+    eprintln!("case 1: command gone {child_gone:?} after SIGKILL of dlock (lease 3s)");
+    // The lease is not released by a dead holder: it runs out on the server.
+    assert!(
+        ctx.is_held("k"),
+        "nobody released the lock; it must still be held"
+    );
+    let o = ctx.run(&["acquire", "k", "--wait", "10s"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let freed = killed.elapsed();
+    assert!(
+        freed > Duration::from_millis(1500),
+        "freed after {freed:?}: only the lease should free it"
+    );
+    eprintln!("case 1: lock free {freed:?} after SIGKILL (lease 3s)");
+}
+
+#[test]
+fn paused_server_stops_the_command_before_the_lease_expires() {
+    let (r, ctx) = setup();
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let script = format!("echo $$ > '{}'; exec sleep 60", ready.path.display());
+    let (mut dlock, mut lines) = exec_sh(&ctx, &["--lease", "2s", "p"], &script);
+    let child: i32 = ready.read_line(Duration::from_secs(10)).parse().unwrap();
+    // Right after a renewal is the worst case: the lease is as long as it gets.
+    lines.expect("renewed", Duration::from_secs(5));
+    let pttl: i64 = r.cli(&["PTTL", &lease_key(&ctx, "p")]).parse().unwrap();
+    let expires_at = now_ms() + pttl;
+    let paused = Instant::now();
+    let paused_ms = now_ms();
+    r.pause();
+    assert!(
+        wait_pid_exit(child, Duration::from_secs(5)),
+        "the command kept running without a lease"
+    );
+    let dead_ms = now_ms();
+    let stopped_after = paused.elapsed();
+    assert!(
+        dead_ms < expires_at,
+        "the command died at {dead_ms}, after the server-side expiry at {expires_at}"
+    );
+    eprintln!(
+        "case 2: command stopped {stopped_after:?} after the server paused; lease 2s, {} ms before the server-side expiry",
+        expires_at - dead_ms
+    );
+    // Keep it paused past the expiry, then a contender must get the lock.
+    assert!(paused_ms + 2000 > expires_at - 2000);
+    let st = wait_child(&mut dlock, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(79), "lost-lease exit code");
+    let err = lines.rest();
+    assert!(
+        err.contains("lease lost: no renewal succeeded since"),
+        "{err}"
+    );
+    let wait_ms = (expires_at - now_ms()).max(0) as u64 + 100;
+    std::thread::sleep(Duration::from_millis(wait_ms)); // the pause must outlast the lease
+    r.resume();
+    let o = ctx.run(&["acquire", "p", "--wait", "5s"]);
+    assert_eq!(
+        code(&o),
+        0,
+        "a second contender gets the lock after SIGCONT: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn server_restart_with_data_loss_stops_the_old_holder_and_fences_grow() {
+    let (r, ctx) = setup();
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let script = format!(
+        "echo \"$$ $DLOCK_FENCE\" > '{}'; exec sleep 60",
+        ready.path.display()
+    );
+    let (mut dlock, mut lines) = exec_sh(&ctx, &["--lease", "2s", "d"], &script);
+    let line = ready.read_line(Duration::from_secs(10));
+    let mut it = line.split_whitespace();
+    let child: i32 = it.next().unwrap().parse().unwrap();
+    let old_fence: u64 = it.next().unwrap().parse().unwrap();
+    let restarted = Instant::now();
+    r.restart_empty();
+    assert!(
+        wait_pid_exit(child, Duration::from_secs(3)),
+        "the old holder kept running"
+    );
+    let stopped = restarted.elapsed();
+    eprintln!(
+        "case 3: old command stopped {stopped:?} after the restart (lease 2s, renewal every 667ms)"
+    );
+    let st = wait_child(&mut dlock, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(79));
+    assert!(lines.rest().contains("no longer has the lease"));
+    let o = ctx.run(&["acquire", "d", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let new_fence = v["fence"].as_u64().unwrap();
+    assert!(
+        new_fence > old_fence,
+        "fence {new_fence} after a restart must exceed {old_fence}"
+    );
+}
+
+#[test]
+fn sigterm_with_a_child_that_ignores_it_keeps_the_lock_until_the_child_ends() {
+    let (_r, ctx) = setup();
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let go = Fifo::new(ctx.dir.path(), "go");
+    let script = format!(
+        "trap '' TERM; echo $$ > '{}'; read x < '{}'; echo done",
+        ready.path.display(),
+        go.path.display()
+    );
+    let (mut dlock, _l) = exec_sh(&ctx, &["--lease", "1s", "t"], &script);
+    let _child = ready.read_line(Duration::from_secs(10));
+    signal(dlock.id(), libc::SIGTERM);
+    // Across several leases, nobody else gets in while the child still runs.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut refused = 0;
+    while Instant::now() < until {
+        let o = ctx.run(&["exec", "t", "--", "true"]);
+        assert_eq!(
+            code(&o),
+            75,
+            "a second holder ran while the first child was alive"
+        );
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(refused >= 10);
+    assert!(
+        dlock.try_wait().unwrap().is_none(),
+        "dlock must wait for its child"
+    );
+    go.write_line("go");
+    let st = wait_child(&mut dlock, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "the child ignored SIGTERM and exited 0");
+    assert_eq!(code(&ctx.run(&["exec", "t", "--", "true"])), 0);
+}
+
+#[test]
+fn sigterm_ends_an_ordinary_child_and_frees_the_lock_at_once() {
+    let (_r, ctx) = setup();
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let script = format!("echo $$ > '{}'; exec sleep 60", ready.path.display());
+    let (mut dlock, _l) = exec_sh(&ctx, &["--lease", "60s", "o"], &script);
+    ready.read_line(Duration::from_secs(10));
+    signal(dlock.id(), libc::SIGTERM);
+    let st = wait_child(&mut dlock, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(143));
+    assert!(
+        !ctx.is_held("o"),
+        "released at once, not after the 60s lease"
+    );
+}
+
+#[test]
+fn a_job_ten_times_its_lease_keeps_the_lock_throughout() {
+    let (_r, ctx) = setup();
+    let (mut dlock, mut lines) = exec_sh(&ctx, &["--lease", "500ms", "long"], "sleep 5");
+    lines.expect("acquired", Duration::from_secs(10));
+    let mut refused = 0;
+    while dlock.try_wait().unwrap().is_none() {
+        let o = ctx.run(&["exec", "long", "--wait", "0", "--", "true"]);
+        if dlock.try_wait().unwrap().is_some() {
+            break; // the job ended meanwhile; the contender may have won fairly
+        }
+        assert_eq!(
+            code(&o),
+            75,
+            "a contender got in during the job: {}",
+            stderr(&o)
+        );
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(refused >= 20, "only {refused} checks: {}", lines.rest());
+    assert_eq!(dlock.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn sigterm_while_waiting_exits_at_once_and_never_acquires() {
+    let (_r, ctx) = setup();
+    let tok = ctx.acquire("w", "60s");
+    let marker = ctx.path("ran");
+    let mut c = ctx.cmd(&[
+        "-v",
+        "exec",
+        "--wait",
+        "60s",
+        "w",
+        "--",
+        "touch",
+        marker.to_str().unwrap(),
+    ]);
+    c.stdout(std::process::Stdio::null());
+    let mut dlock = spawn(c);
+    let mut lines = Lines::of(&mut dlock);
+    lines.expect("waiting", Duration::from_secs(10));
+    let sent = Instant::now();
+    signal(dlock.id(), libc::SIGTERM);
+    let st = wait_child(&mut dlock, Duration::from_secs(5));
+    let took = sent.elapsed();
+    assert_eq!(st.code(), Some(143));
+    assert!(
+        took < Duration::from_millis(500),
+        "took {took:?} to stop waiting"
+    );
+    assert_eq!(code(&ctx.run(&["release", "w", "--token", &tok])), 0);
+    assert!(
+        !ctx.is_held("w"),
+        "the stopped waiter must not take the lock afterwards"
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
+fn lost_lease_and_sigterm_stop_grandchildren_too() {
+    let (_r, ctx) = setup();
+    // After SIGTERM to dlock.
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let script = format!("sleep 60 & echo $! > '{}'; wait", ready.path.display());
+    let (mut dlock, _l) = exec_sh(&ctx, &["g"], &script);
+    let gc: i32 = ready.read_line(Duration::from_secs(10)).parse().unwrap();
+    signal(dlock.id(), libc::SIGTERM);
+    wait_child(&mut dlock, Duration::from_secs(10));
+    assert!(
+        wait_pid_exit(gc, Duration::from_secs(2)),
+        "grandchild survived SIGTERM to dlock"
+    );
+
+    // After a lost lease (the lock broken under it).
+    let ready2 = Fifo::new(ctx.dir.path(), "ready2");
+    let script = format!("sleep 60 & echo $! > '{}'; wait", ready2.path.display());
+    let (mut dlock, mut lines) = exec_sh(&ctx, &["--lease", "1s", "g"], &script);
+    let gc: i32 = ready2.read_line(Duration::from_secs(10)).parse().unwrap();
+    assert_eq!(code(&ctx.run(&["release", "g", "--force"])), 0);
+    let st = wait_child(&mut dlock, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(79));
+    assert!(
+        wait_pid_exit(gc, Duration::from_secs(2)),
+        "grandchild survived a lost lease"
+    );
+    assert!(lines.rest().contains("lease lost"));
+
+    // A command that exits but leaves a background job: the job is part of it.
+    let ready3 = Fifo::new(ctx.dir.path(), "ready3");
+    let script = format!("sleep 60 & echo $! > '{}'", ready3.path.display());
+    let (mut dlock, _l) = exec_sh(&ctx, &["g"], &script);
+    let gc: i32 = ready3.read_line(Duration::from_secs(10)).parse().unwrap();
+    let st = wait_child(&mut dlock, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0));
+    assert!(
+        !pid_alive(gc),
+        "a leftover background job outlived the lock"
+    );
+}
+
+#[test]
+fn the_command_inherits_no_backend_socket() {
+    let (_r, ctx) = setup();
+    let o = ctx.run(&["exec", "fd", "--", "sh", "-c", "ls -l /proc/$$/fd"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let listing = stdout(&o);
+    assert!(
+        !listing.contains("socket:"),
+        "a socket leaked into the command:\n{listing}"
+    );
+    assert!(
+        !listing.contains("pipe:") || listing.lines().filter(|l| l.contains("pipe:")).count() <= 3
+    );
+}
+
+#[test]
+fn forwarded_signals_reach_the_command_once() {
+    let (_r, ctx) = setup();
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let got = ctx.path("got");
+    let script = format!(
+        "trap 'echo usr1 >> \"{g}\"' USR1; trap 'echo hup >> \"{g}\"; exit 5' HUP; echo $$ > '{r}'; while :; do sleep 0.05; done",
+        g = got.display(),
+        r = ready.path.display()
+    );
+    let (mut dlock, _l) = exec_sh(&ctx, &["s"], &script);
+    ready.read_line(Duration::from_secs(10));
+    signal(dlock.id(), libc::SIGUSR1);
+    wait_until("USR1 to arrive", Duration::from_secs(5), || {
+        std::fs::read_to_string(&got).is_ok_and(|s| s.contains("usr1"))
+    });
+    signal(dlock.id(), libc::SIGHUP);
+    let st = wait_child(&mut dlock, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(5));
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), "usr1\nhup\n");
+    assert!(!ctx.is_held("s"));
+}
