@@ -12,25 +12,33 @@ pub struct Redis {
     pub dir: tempfile::TempDir,
     child: Mutex<Option<Child>>,
     password: Option<String>,
+    /// Serve TLS (only) with the certificates in this directory.
+    tls: Option<PathBuf>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        Self::start_with(None)
+        Self::start_with(None, None)
+    }
+
+    /// A TLS-only server using `ca.crt`, `server.crt` and `server.key` from `certs`.
+    pub fn with_tls(certs: &std::path::Path) -> Redis {
+        Self::start_with(None, Some(certs.to_path_buf()))
     }
 
     /// A server that requires `password` (for auth-failure and redaction tests).
     pub fn with_password(password: &str) -> Redis {
-        Self::start_with(Some(password.to_string()))
+        Self::start_with(Some(password.to_string()), None)
     }
 
-    fn start_with(password: Option<String>) -> Redis {
+    fn start_with(password: Option<String>, tls: Option<PathBuf>) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Redis {
             port: 0,
             dir,
             child: Mutex::new(None),
             password,
+            tls,
         };
         r.launch();
         r
@@ -50,34 +58,33 @@ impl Redis {
         let bin = require("redis-server", "redis-server");
         // The port may be taken between choosing and binding it; try a few.
         for _ in 0..5 {
-            let port = if self.port == 0 {
-                free_port()
-            } else {
-                self.port
-            };
+            let port = if fixed == 0 { free_port() } else { fixed };
             let mut cmd = Command::new(&bin);
-            cmd.args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .arg("--unixsocket")
-            .arg(self.socket())
-            .args([
-                "--unixsocketperm",
-                "700",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ]);
+            match &self.tls {
+                None => cmd.args(["--port", &port.to_string()]),
+                Some(c) => cmd
+                    .args(["--port", "0", "--tls-port", &port.to_string()])
+                    .args(["--tls-auth-clients", "no"])
+                    .arg("--tls-cert-file")
+                    .arg(c.join("server.crt"))
+                    .arg("--tls-key-file")
+                    .arg(c.join("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(c.join("ca.crt")),
+            };
+            cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .arg("--unixsocket")
+                .arg(self.socket())
+                .args([
+                    "--unixsocketperm",
+                    "700",
+                    "--daemonize",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                ]);
             if let Some(p) = &self.password {
                 cmd.args(["--requirepass", p]);
             }

@@ -1,0 +1,73 @@
+//! dlock: a distributed mutex for shell scripts, cron jobs and CI pipelines.
+//!
+//! The library exists so that tools (the docs generator, tests) can reach the
+//! clap definition; the binary in main.rs only calls [`main`].
+
+mod backend;
+pub mod cli;
+mod commands;
+pub mod error;
+mod holder;
+mod lease;
+mod names;
+mod output;
+mod signals;
+mod supervise;
+
+use clap::Parser;
+
+/// Runs dlock with the process's arguments and exits.
+pub fn main() -> ! {
+    // Before any thread starts, so that every thread inherits the signal mask.
+    signals::install();
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            std::process::exit(error::OK);
+        }
+        Err(e) => {
+            eprintln!("dlock: {}", one_line(&e.render().to_string()));
+            std::process::exit(error::USAGE);
+        }
+    };
+    let g = &cli.global;
+    let url = commands::resolve_url(g);
+    let secrets = url
+        .as_ref()
+        .ok()
+        .and_then(|u| u.as_deref())
+        .map(backend::secrets)
+        .unwrap_or_default();
+    output::init(g.quiet, g.verbose, secrets);
+    let result = url.and_then(|url| match &cli.command {
+        cli::Command::Acquire(a) => commands::acquire(g, url, a),
+        cli::Command::Release(r) => commands::release(g, url, r),
+        cli::Command::Status(s) => commands::status(g, url, s),
+        cli::Command::Exec(e) => commands::exec(g, url, e),
+    });
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            output::error(&format!("error: {e:#}"));
+            std::process::exit(error::code_of(&e));
+        }
+    }
+}
+
+/// clap's usage errors span several lines; an operator reading a cron mail or
+/// a CI log wants one. Keep the message and tips, drop the usage block.
+fn one_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let l = line.trim();
+        if l.starts_with("Usage:") || l.starts_with("For more information") {
+            break;
+        }
+        if !l.is_empty() {
+            parts.push(l);
+        }
+    }
+    format!("{} (see --help)", parts.join(" "))
+}

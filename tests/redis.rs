@@ -1,0 +1,221 @@
+//! Redis-specific behaviour: URL forms, TLS, authentication, timeouts, and
+//! renewal across dropped connections.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn unix_socket_url() {
+    let r = Redis::start();
+    let url = format!("redis+unix://{}?db=3", r.socket().display());
+    let tok = stdout(&run({
+        let mut c = dlock(&url);
+        c.args(["acquire", "sock"]);
+        c
+    }));
+    assert_eq!(tok.trim().len(), 32);
+    assert_eq!(
+        r.cli(&["-n", "3", "EXISTS", "dlock:{sock}:lease"]),
+        "1",
+        "db 3 was used"
+    );
+    let mut c = dlock(&url);
+    c.args(["release", "sock", "--token", tok.trim()]);
+    assert_eq!(code(&run(c)), 0);
+}
+
+#[test]
+fn keys_of_one_lock_share_a_hash_tag() {
+    let r = Arc::new(Redis::start());
+    let ctx = Ctx::new(r.clone());
+    ctx.acquire("tagged job", "30s");
+    let mut keys: Vec<String> = r
+        .cli(&["KEYS", &format!("{}:*", ctx.prefix)])
+        .lines()
+        .map(String::from)
+        .collect();
+    keys.sort();
+    let p = &ctx.prefix;
+    assert_eq!(
+        keys,
+        [
+            format!("{p}:{{tagged job}}:fence"),
+            format!("{p}:{{tagged job}}:lease")
+        ]
+    );
+}
+
+#[test]
+fn authentication_failure_is_one_line_without_the_password() {
+    let r = Redis::with_password("right-pass-4711");
+    let bad = format!("redis://:wrong-pass-0815@127.0.0.1:{}/0", r.port);
+    for args in [
+        &["status"][..],
+        &["acquire", "x"],
+        &["exec", "x", "--", "true"],
+    ] {
+        let mut c = dlock(&bad);
+        c.args(args);
+        let o = run(c);
+        assert_eq!(code(&o), 69, "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("authentication") && err.contains("failed"),
+            "{err}"
+        );
+        assert!(!err.contains("wrong-pass-0815"), "password leaked: {err}");
+    }
+    // The right password works, and output never shows it either.
+    let good = r.url();
+    let mut c = dlock(&good);
+    c.args(["-v", "acquire", "x"]);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let mut c = dlock(&good);
+    c.args(["status", "--json"]);
+    let o = run(c);
+    assert!(stdout(&o).contains("***"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("right-pass-4711") && !stderr(&o).contains("right-pass-4711"));
+    // From --url on the command line too (which `ps` would show: hence DLOCK_URL / --url-file).
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("# the lock server\n{good}\n")).unwrap();
+    let mut c = dlock("redis://127.0.0.1:1/0");
+    c.env_remove("DLOCK_URL")
+        .arg("--url-file")
+        .arg(file.path())
+        .args(["status", "x"]);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "--url-file is read: {}", stderr(&o));
+}
+
+#[test]
+fn refused_connection_is_one_line() {
+    let port = free_port();
+    let o = run({
+        let mut c = dlock(&format!("redis://user:hunter2-secret@127.0.0.1:{port}/0"));
+        c.args(["acquire", "x"]);
+        c
+    });
+    assert_eq!(code(&o), 69);
+    let err = stderr(&o);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("connection refused"), "{err}");
+    assert!(
+        !err.contains("hunter2-secret") && err.contains("***"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unresponsive_server_times_out_with_exit_69() {
+    let r = Redis::start();
+    r.pause();
+    let start = Instant::now();
+    let o = run({
+        let mut c = dlock(&r.url());
+        c.args(["--connect-timeout", "500ms", "status", "x"]);
+        c
+    });
+    let took = start.elapsed();
+    r.resume();
+    assert_eq!(code(&o), 69, "{}", stderr(&o));
+    assert!(stderr(&o).contains("500ms"), "{}", stderr(&o));
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} despite a 500ms timeout"
+    );
+}
+
+#[test]
+fn unknown_scheme_and_bad_urls_are_usage_errors() {
+    for url in [
+        "http://localhost",
+        "redis://host:notaport",
+        "postgres://x@y/z",
+    ] {
+        let mut c = dlock(url);
+        c.args(["status"]);
+        let o = run(c);
+        assert_eq!(code(&o), 2, "{url}: {}", stderr(&o));
+        assert_eq!(stderr(&o).trim_end().lines().count(), 1);
+    }
+}
+
+fn make_certs(dir: &std::path::Path) {
+    let sh = |script: &str| {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            o.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=dlock-test-ca -keyout ca.key -out ca.crt 2>/dev/null");
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr 2>/dev/null");
+    sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext.cnf && \
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.crt 2>/dev/null");
+}
+
+#[test]
+fn tls_with_a_private_ca() {
+    require("openssl", "openssl");
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let r = Redis::with_tls(certs.path());
+    let url = format!("rediss://localhost:{}/0", r.port);
+    let mut c = dlock(&url);
+    c.env("SSL_CERT_FILE", certs.path().join("ca.crt"))
+        .args(["exec", "tls", "--", "true"]);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "trusted via SSL_CERT_FILE: {}", stderr(&o));
+    // Without the CA the handshake fails: one line, exit 69.
+    let mut c = dlock(&url);
+    c.env("SSL_CERT_FILE", "/nonexistent").args(["status"]);
+    let o = run(c);
+    assert_eq!(code(&o), 69, "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
+}
+
+#[test]
+fn renewal_survives_dropped_connections() {
+    let r = Arc::new(Redis::start());
+    let ctx = Ctx::new(r.clone());
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let go = Fifo::new(ctx.dir.path(), "go");
+    let script = format!(
+        "echo $$ > '{}'; read x < '{}'",
+        ready.path.display(),
+        go.path.display()
+    );
+    let mut dlock = spawn(ctx.cmd(&[
+        "-v", "exec", "--lease", "1s", "drop", "--", "sh", "-c", &script,
+    ]));
+    let mut lines = Lines::of(&mut dlock);
+    ready.read_line(Duration::from_secs(10));
+    // Cut dlock's connection five times, each right after a renewal.
+    for _ in 0..5 {
+        lines.expect("renewed", Duration::from_secs(5));
+        let killed: u32 = r
+            .cli(&["CLIENT", "KILL", "TYPE", "normal"])
+            .parse()
+            .unwrap_or(0);
+        assert!(killed >= 1, "dlock's connection was there to kill");
+        let o = ctx.run(&["exec", "drop", "--", "true"]);
+        assert_eq!(code(&o), 75, "the lock stayed held");
+    }
+    lines.expect("renewed", Duration::from_secs(5));
+    go.write_line("go");
+    let st = wait_child(&mut dlock, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "no lost lease: {}", lines.rest());
+}
