@@ -348,3 +348,82 @@ fn forwarded_signals_reach_the_command_once() {
     assert_eq!(std::fs::read_to_string(&got).unwrap(), "usr1\nhup\n");
     assert!(!ctx.is_held("s"));
 }
+
+#[test]
+fn ctrl_c_at_a_terminal_reaches_the_command_once() {
+    require("script", "bsdutils");
+    let (_r, ctx) = setup();
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let got = ctx.path("got");
+    let stop = ctx.path("stop");
+    let child = format!(
+        "n=0; trap 'n=$((n+1)); echo $n > \"{g}\"' INT; echo $$ > '{r}'; \
+         while [ ! -e '{s}' ]; do sleep 0.05; done; exit $n",
+        g = got.display(),
+        r = ready.path.display(),
+        s = stop.display()
+    );
+    // `script` gives dlock a real terminal as its controlling tty, in the foreground.
+    let inner = format!(
+        "DLOCK_URL='{}' DLOCK_PREFIX='{}' exec '{}' exec tty -- sh -c \"$CHILD\"",
+        ctx.url(),
+        ctx.prefix,
+        dlock_bin().display()
+    );
+    let mut term = std::process::Command::new("script");
+    term.args(["-qefc", &inner, "/dev/null"])
+        .env("CHILD", &child)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut term = term.spawn().unwrap();
+    ready.read_line(Duration::from_secs(10));
+    use std::io::Write;
+    let mut keys = term.stdin.take().unwrap();
+    keys.write_all(b"\x03").unwrap();
+    keys.flush().unwrap();
+    wait_until("the INT trap to run", Duration::from_secs(5), || {
+        std::fs::read_to_string(&got).is_ok_and(|s| !s.trim().is_empty())
+    });
+    // A second copy, if dlock forwarded what the terminal already delivered, comes
+    // within microseconds; give it ample time to show up before stopping the loop.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&stop, "").unwrap();
+    let st = wait_child(&mut term, Duration::from_secs(10));
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "the command saw Ctrl-C {:?} time(s)",
+        std::fs::read_to_string(&got)
+    );
+    assert!(!ctx.is_held("tty"));
+}
+
+#[test]
+fn an_interactive_command_can_read_the_terminal() {
+    require("script", "bsdutils");
+    let (_r, ctx) = setup();
+    let got = ctx.path("got");
+    let child = format!("read answer; echo \"$answer\" > '{}'", got.display());
+    let inner = format!(
+        "DLOCK_URL='{}' DLOCK_PREFIX='{}' exec '{}' exec ask -- sh -c \"$CHILD\"",
+        ctx.url(),
+        ctx.prefix,
+        dlock_bin().display()
+    );
+    let mut term = std::process::Command::new("script")
+        .args(["-qefc", &inner, "/dev/null"])
+        .env("CHILD", &child)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut keys = term.stdin.take().unwrap();
+    keys.write_all(b"yes\n").unwrap();
+    keys.flush().unwrap();
+    let st = wait_child(&mut term, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&got).unwrap().trim(), "yes");
+}
