@@ -19,8 +19,9 @@ pub const DEFAULT_LEASE: &str = "30s";
     about = "A distributed mutex for shell scripts, cron jobs and CI pipelines",
     long_about = "A distributed mutex for shell scripts, cron jobs and CI pipelines.\n\n\
         dlock holds a named lease on a shared backend chosen by URL, so that two machines \
-        never run the same job at once. Without --url it uses an embedded SQLite file, \
-        which guards one host only.",
+        never run the same job at once. Without a URL it uses an embedded SQLite file, \
+        $XDG_STATE_HOME/dlock/locks.db (by default ~/.local/state/dlock/locks.db), which \
+        only excludes processes on one host that use the same file: by default, one user's.",
     after_help = error::TABLE,
     propagate_version = true
 )]
@@ -70,6 +71,16 @@ pub struct Global {
     /// Report each step (acquired, renewed, released) on stderr
     #[arg(short, long, global = true, action = ArgAction::Count)]
     pub verbose: u8,
+
+    /// Format of messages on stderr: text, or one JSON event per line for log shippers
+    #[arg(long, env = "DLOCK_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +97,12 @@ pub enum Command {
     /// Run a command while holding a lock, renewing the lease until it exits
     #[command(after_help = EXEC_EXAMPLES)]
     Exec(ExecArgs),
+    /// Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)
+    #[command(after_help = RENEW_EXAMPLES)]
+    Renew(RenewArgs),
+    /// Internal: the detached renewer started by `acquire --keepalive-pid`
+    #[command(hide = true)]
+    Keepalive(KeepaliveArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +120,37 @@ pub struct AcquireArgs {
     /// Print an object with name, token, fence and expiry instead of the bare token
     #[arg(long)]
     pub json: bool,
+
+    /// Keep renewing the lease in a detached dlock while process PID lives
+    /// (e.g. `$$`), and release it when PID exits
+    #[arg(long, value_name = "PID")]
+    pub keepalive_pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// Lock name
+    pub name: String,
+
+    /// The token printed by `acquire`
+    #[arg(long, env = "DLOCK_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// The new lease, counted from now
+    #[arg(long, default_value = DEFAULT_LEASE, value_parser = parse_positive, value_name = "DUR",
+          allow_hyphen_values = true)]
+    pub lease: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct KeepaliveArgs {
+    pub name: String,
+    #[arg(long, env = "DLOCK_TOKEN", hide_env_values = true)]
+    pub token: String,
+    #[arg(long, value_parser = parse_positive)]
+    pub lease: Duration,
+    #[arg(long)]
+    pub pid: u32,
 }
 
 #[derive(Debug, Args)]
@@ -168,8 +216,29 @@ pub struct ExecArgs {
     #[arg(long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
     pub kill_after: Option<Duration>,
 
-    /// The command and its arguments, run without a shell
-    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+    /// Keep the lease at least this long after acquiring it, even if the command ends
+    /// sooner, so one cron tick runs once across hosts whose clocks differ
+    #[arg(long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
+    pub min_hold: Option<Duration>,
+
+    /// Stop the whole job (signal, then SIGKILL after --kill-after) when it runs longer; exit 124
+    #[arg(long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
+    pub max_runtime: Option<Duration>,
+
+    /// Sleep a random time up to DUR before trying, to spread hosts started by the same cron tick
+    #[arg(long, value_parser = parse_duration, value_name = "DUR", allow_hyphen_values = true)]
+    pub jitter: Option<Duration>,
+
+    /// Run this string with /bin/sh -c instead of CMD
+    #[arg(long, short = 'c', value_name = "STRING", conflicts_with = "command")]
+    pub shell: Option<String>,
+
+    /// The command and its arguments, run without a shell (never re-split)
+    #[arg(
+        required_unless_present = "shell",
+        trailing_var_arg = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -244,12 +313,18 @@ Examples:
   dlock status deploy && echo held    # exit 1 when free
   dlock status --json | jq -r '.locks[] | .name'";
 
+const RENEW_EXAMPLES: &str = "\
+Examples:
+  dlock renew deploy --token \"$tok\" --lease 10m || exit   # 3/4: the lock is no longer ours";
+
 const EXEC_EXAMPLES: &str = "\
 Examples:
   dlock exec nightly -- ./backup.sh
   dlock exec --wait 1s --lease 5s db-migrate -- ./migrate.sh
   dlock exec --wait forever deploy -- make deploy
   dlock exec -E 0 report -- ./report.sh   # a busy lock is not an error for cron
+  dlock exec --min-hold 30s --jitter 2s -E 0 hourly -c 'run-parts /etc/cron.hourly'
+  dlock exec --max-runtime 1h backup -- ./backup.sh
 
 The command gets DLOCK_NAME, DLOCK_TOKEN, DLOCK_FENCE and DLOCK_HELD=1 in its
 environment and runs in its own process group. The lease is renewed every third
@@ -303,5 +378,12 @@ mod tests {
             panic!()
         };
         assert_eq!(e.command, ["sh", "-c", "x"]);
+        let cli = Cli::try_parse_from(["dlock", "exec", "n", "-c", "echo a b"]).unwrap();
+        let Command::Exec(e) = cli.command else {
+            panic!()
+        };
+        assert_eq!(e.shell.as_deref(), Some("echo a b"));
+        assert!(e.command.is_empty());
+        assert!(Cli::try_parse_from(["dlock", "exec", "n", "-c", "x", "--", "ls"]).is_err());
     }
 }

@@ -1,19 +1,24 @@
 //! The subcommands, each a function from parsed arguments to an exit code.
 
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::backend::{self, Backend, Check, Config, Location, LockInfo, Request};
-use crate::cli::{AcquireArgs, ExecArgs, Global, ReleaseArgs, StatusArgs};
+use crate::backend::{self, Backend, Check, Config, Grant, Location, LockInfo, Request};
+use crate::cli::{
+    AcquireArgs, ExecArgs, Global, KeepaliveArgs, ReleaseArgs, RenewArgs, StatusArgs,
+};
 use crate::error::{self, fail};
 use crate::holder::Holder;
 use crate::lease::{self, Keeper, Taken, Timing};
 use crate::names;
-use crate::output::{self, Row};
+use crate::output::{self, Level, Row};
 use crate::signals;
-use crate::supervise::{self, Job};
+use crate::supervise::{self, Event, Job};
 
 /// The backend URL from --url, DLOCK_URL or --url-file.
 pub fn resolve_url(g: &Global) -> Result<Option<String>> {
@@ -80,6 +85,10 @@ fn busy_message(name: &str, info: &Option<LockInfo>, waited: crate::cli::Wait) -
 }
 
 pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> {
+    if a.keepalive_pid.is_some() {
+        // The detached renewer needs room for its schedule.
+        Timing::new(a.lease.lease, None)?;
+    }
     names::check_name(&a.name)?;
     let token = match &a.token {
         Some(t) => {
@@ -88,8 +97,19 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
         }
         None => names::new_token(),
     };
-    let (mut b, _loc, _) = connect(g, url)?;
-    let holder = Holder::parent_process();
+    if let Some(pid) = a.keepalive_pid {
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(fail(
+                error::USAGE,
+                format!("--keepalive-pid {pid}: no such process"),
+            ));
+        }
+    }
+    let (mut b, _loc, _) = connect(g, url.clone())?;
+    let holder = match a.keepalive_pid {
+        Some(pid) => Holder::process(pid),
+        None => Holder::parent_process(),
+    };
     let req = Request {
         name: &a.name,
         token: &token,
@@ -99,17 +119,15 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
     match lease::acquire(b.as_mut(), &req, a.lease.wait)? {
         Taken::Held(grant, _) => {
             let expires_us = grant.server_now_us + a.lease.lease.as_micros() as i64;
-            output::verbose(&format!(
-                "{} '{}' with fence {} until {}",
-                if grant.extended {
-                    "extended"
-                } else {
-                    "acquired"
-                },
-                a.name,
-                grant.fence,
-                output::format_time_us(expires_us)
-            ));
+            announce_acquired(&a.name, &grant, a.lease.lease);
+            if let Some(pid) = a.keepalive_pid {
+                if let Err(e) =
+                    spawn_keepalive(g, url.as_deref(), &a.name, &token, a.lease.lease, pid)
+                {
+                    let _ = b.release(&a.name, &token);
+                    return Err(e);
+                }
+            }
             if a.json {
                 println!(
                     "{}",
@@ -128,7 +146,13 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
             Ok(error::OK)
         }
         Taken::Busy(info) => {
-            output::info(&busy_message(&a.name, &info, a.lease.wait));
+            output::event(
+                Level::Info,
+                "busy",
+                Some(&a.name),
+                &busy_message(&a.name, &info, a.lease.wait),
+                json!({ "holder": info.as_ref().map(|i| &i.holder) }),
+            );
             Ok(error::BUSY)
         }
     }
@@ -212,16 +236,23 @@ pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
 pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     names::check_name(&e.name)?;
     let timing = Timing::new(e.lease.lease, e.kill_after)?;
+    let argv: Vec<OsString> = match &e.shell {
+        Some(script) => vec!["/bin/sh".into(), "-c".into(), script.into()],
+        None => e.command.clone(),
+    };
+    if let Some(j) = e.jitter.filter(|j| !j.is_zero()) {
+        let delay = random_below(j);
+        output::verbose(&format!("jitter: sleeping {}", output::format_left(delay)));
+        std::thread::sleep(delay);
+    }
     let (mut b, _loc, cfg) = connect(g, url)?;
     let token = names::new_token();
-    let pid = std::process::id();
-    let cmdline = e
-        .command
+    let cmdline = argv
         .iter()
         .map(|a| a.to_string_lossy())
         .collect::<Vec<_>>()
         .join(" ");
-    let holder = Holder::new(pid, cmdline);
+    let holder = Holder::new(std::process::id(), cmdline);
     let req = Request {
         name: &e.name,
         token: &token,
@@ -231,11 +262,17 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     let (grant, sent) = match lease::acquire(b.as_mut(), &req, e.lease.wait)? {
         Taken::Held(grant, sent) => (grant, sent),
         Taken::Busy(info) => {
-            output::info(&busy_message(&e.name, &info, e.lease.wait));
+            output::event(
+                Level::Info,
+                "busy",
+                Some(&e.name),
+                &busy_message(&e.name, &info, e.lease.wait),
+                json!({ "holder": info.as_ref().map(|i| &i.holder) }),
+            );
             return Ok(e.conflict_exit_code);
         }
     };
-    output::verbose(&format!("acquired '{}' with fence {}", e.name, grant.fence));
+    announce_acquired(&e.name, &grant, timing.lease);
     let (tx, rx) = mpsc::channel();
     signals::forward_to(tx.clone());
     let keeper = Keeper::start(
@@ -248,7 +285,8 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         tx,
     );
     let job = Job {
-        argv: e.command.clone(),
+        name: e.name.clone(),
+        argv,
         env: vec![
             ("DLOCK_NAME".into(), e.name.clone()),
             ("DLOCK_TOKEN".into(), token),
@@ -256,13 +294,42 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
             ("DLOCK_HELD".into(), "1".into()),
         ],
         on_lost: e.on_lost_signal,
+        max_runtime: e.max_runtime,
     };
     let end = supervise::run(&job, rx, &keeper);
     signals::exit_on_signal();
-    let released = keeper.release();
+    // --min-hold: a job that ended early keeps the lock until min-hold after
+    // acquisition, so a late host's identical cron tick finds it busy.
+    let hold_left = match (&end, e.min_hold) {
+        (Ok(end), Some(min)) if !end.lost => min.checked_sub(sent.elapsed()),
+        _ => None,
+    };
+    let released = match hold_left {
+        Some(left) => keeper.lapse_after(left),
+        None => keeper.release(),
+    };
     let end = end?;
     match released {
-        Ok(Check::Done) => output::verbose(&format!("released '{}'", e.name)),
+        Ok(Check::Done) => match hold_left {
+            Some(left) => output::event(
+                Level::Debug,
+                "held",
+                Some(&e.name),
+                &format!(
+                    "keeping '{}' for another {} (--min-hold)",
+                    e.name,
+                    output::format_left(left)
+                ),
+                json!({ "left_ms": left.as_millis() as u64 }),
+            ),
+            None => output::event(
+                Level::Debug,
+                "released",
+                Some(&e.name),
+                &format!("released '{}'", e.name),
+                Value::Null,
+            ),
+        },
         Ok(_) if end.lost => {}
         Ok(Check::NotHeld) => output::error(&format!(
             "lock '{}' had already expired when the command ended",
@@ -278,5 +345,210 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
             e.name
         )),
     }
-    Ok(if end.lost { error::LOST } else { end.status })
+    Ok(if end.lost {
+        error::LOST
+    } else if end.timed_out {
+        error::TIMED_OUT
+    } else {
+        end.status
+    })
+}
+
+fn announce_acquired(name: &str, grant: &Grant, lease: Duration) {
+    output::event(
+        Level::Debug,
+        "acquired",
+        Some(name),
+        &format!(
+            "{} '{name}' with fence {}",
+            if grant.extended {
+                "extended"
+            } else {
+                "acquired"
+            },
+            grant.fence
+        ),
+        json!({ "fence": grant.fence, "lease_ms": lease.as_millis() as u64 }),
+    );
+}
+
+/// A uniformly random duration in [0, limit).
+fn random_below(limit: Duration) -> Duration {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source failed");
+    let nanos = limit.as_nanos().max(1) as u64;
+    Duration::from_nanos(u64::from_le_bytes(b) % nanos)
+}
+
+pub fn renew(g: &Global, url: Option<String>, r: &RenewArgs) -> Result<i32> {
+    names::check_name(&r.name)?;
+    names::check_token(&r.token)?;
+    let (mut b, _loc, _) = connect(g, url)?;
+    match b.renew(&r.name, &r.token, r.lease)? {
+        Check::Done => {
+            output::event(
+                Level::Debug,
+                "renewed",
+                Some(&r.name),
+                &format!(
+                    "renewed '{}' for {}",
+                    r.name,
+                    humantime::format_duration(r.lease)
+                ),
+                json!({ "lease_ms": r.lease.as_millis() as u64 }),
+            );
+            Ok(error::OK)
+        }
+        Check::NotHeld => {
+            output::error(&format!(
+                "lock '{}' is not held by this token: it is free or its lease expired; acquire it again",
+                r.name
+            ));
+            Ok(error::NOT_HELD)
+        }
+        Check::HeldByOther(info) => {
+            output::error(&format!(
+                "lock '{}' is held by another token: {}",
+                r.name,
+                describe(&info)
+            ));
+            Ok(error::HELD_BY_OTHER)
+        }
+    }
+}
+
+/// Starts the detached renewer for `acquire --keepalive-pid`: a new session,
+/// so the caller's Ctrl-C or job control does not reach it.
+fn spawn_keepalive(
+    g: &Global,
+    url: Option<&str>,
+    name: &str,
+    token: &str,
+    lease: Duration,
+    pid: u32,
+) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the dlock executable")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("keepalive")
+        .arg(name)
+        .arg("--lease")
+        .arg(format!("{}ms", lease.as_millis()))
+        .arg("--pid")
+        .arg(pid.to_string())
+        // Secrets travel in the environment, never in argv where `ps` shows them.
+        .env("DLOCK_TOKEN", token)
+        .env("DLOCK_PREFIX", &g.prefix)
+        .env(
+            "DLOCK_CONNECT_TIMEOUT",
+            format!("{}ms", g.connect_timeout.as_millis()),
+        )
+        .env_remove("DLOCK_URL_FILE")
+        // No inherited stdout or stderr either: a caller that captures them
+        // (`$(dlock acquire … 2>&1)`, a CI log pipe) would wait for EOF until
+        // the watched process exits. Trouble shows as `release`/`renew` exit 3.
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    match url {
+        Some(u) => cmd.env("DLOCK_URL", u),
+        None => cmd.env_remove("DLOCK_URL"),
+    };
+    if g.quiet {
+        cmd.arg("--quiet");
+    }
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().context("cannot start the keep-alive process")?;
+    Ok(())
+}
+
+/// The hidden `keepalive` subcommand: renew while `pid` lives, then release.
+pub fn keepalive(g: &Global, url: Option<String>, k: &KeepaliveArgs) -> Result<i32> {
+    let timing = Timing::new(k.lease, None)?;
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, k.pid as libc::pid_t, 0) } as i32;
+    let (b, _loc, cfg) = connect(g, url)?;
+    let (tx, rx) = mpsc::channel();
+    if pidfd >= 0 {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut p = libc::pollfd {
+                fd: pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            while unsafe { libc::poll(&mut p, 1, -1) } < 0 {}
+            let _ = tx.send(Event::Watched);
+        });
+    } else {
+        let _ = tx.send(Event::Watched); // already gone
+    }
+    signals::forward_to(tx.clone());
+    // Renew at once: the lease was granted a moment ago by the parent.
+    let keeper = Keeper::start(
+        b,
+        k.name.clone(),
+        k.token.clone(),
+        timing,
+        Instant::now() - timing.period,
+        cfg.timeout,
+        tx,
+    );
+    loop {
+        let wait = keeper.stop_by().saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Event::Watched) => {
+                let r = keeper.release()?;
+                if matches!(r, Check::Done) {
+                    output::event(
+                        Level::Debug,
+                        "released",
+                        Some(&k.name),
+                        &format!("process {} exited; released '{}'", k.pid, k.name),
+                        Value::Null,
+                    );
+                }
+                return Ok(error::OK);
+            }
+            Ok(Event::Lost(msg)) => {
+                output::event(
+                    Level::Error,
+                    "lost",
+                    Some(&k.name),
+                    &format!("keep-alive for '{}' stopped: {msg}", k.name),
+                    Value::Null,
+                );
+                return Ok(error::LOST);
+            }
+            Ok(Event::Signal(sig))
+                if signals::FORWARDED.contains(&sig)
+                    && sig != nix::sys::signal::Signal::SIGUSR1
+                    && sig != nix::sys::signal::Signal::SIGUSR2 =>
+            {
+                // Stopped deliberately: release, as the owner would.
+                let _ = keeper.release();
+                return Ok(signals::exit_code(sig));
+            }
+            Ok(Event::Signal(_)) => {}
+            Err(_) => {
+                if keeper.lose_if_due(Instant::now()) {
+                    output::event(
+                        Level::Error,
+                        "lost",
+                        Some(&k.name),
+                        &format!(
+                            "keep-alive for '{}' could not renew in time; the lease lapses",
+                            k.name
+                        ),
+                        Value::Null,
+                    );
+                    return Ok(error::LOST);
+                }
+            }
+        }
+    }
 }

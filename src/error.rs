@@ -23,6 +23,8 @@ pub const INTERNAL: i32 = 70;
 pub const BUSY: i32 = 75;
 /// `exec`: the lease could not be renewed in time; the command was stopped.
 pub const LOST: i32 = 79;
+/// `exec`: the command ran longer than `--max-runtime` and was stopped (as GNU timeout).
+pub const TIMED_OUT: i32 = 124;
 /// `exec`: the command could not be run because it is not executable.
 pub const NOT_EXECUTABLE: i32 = 126;
 /// `exec`: the command was not found.
@@ -40,6 +42,7 @@ Exit codes:
    70    internal error or unexpected backend reply
    75    lock busy after --wait (exec: --conflict-exit-code overrides)
    79    exec: lease lost; the command was stopped
+  124    exec: the command exceeded --max-runtime and was stopped
   126    exec: command not executable
   127    exec: command not found
 128+N    killed by signal N (while waiting, or the command died of it)

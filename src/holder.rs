@@ -38,8 +38,12 @@ impl Holder {
     /// The process that ran `dlock acquire`: the lease belongs to that script,
     /// not to the short-lived dlock process.
     pub fn parent_process() -> Holder {
-        let ppid = nix::unistd::getppid().as_raw() as u32;
-        let cmd = std::fs::read(format!("/proc/{ppid}/cmdline"))
+        Holder::process(nix::unistd::getppid().as_raw() as u32)
+    }
+
+    /// Process `pid` on this host, with its command line from /proc.
+    pub fn process(pid: u32) -> Holder {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
             .map(|b| {
                 b.split(|&c| c == 0)
                     .filter(|s| !s.is_empty())
@@ -48,7 +52,7 @@ impl Holder {
                     .join(" ")
             })
             .unwrap_or_default();
-        Holder::new(ppid, cmd)
+        Holder::new(pid, cmd)
     }
 }
 

@@ -16,9 +16,10 @@ use anyhow::Result;
 use crate::backend::{Acquire, Backend, Check, Request};
 use crate::cli::Wait;
 use crate::error::{fail, USAGE};
-use crate::output;
+use crate::output::{self, Level};
 use crate::signals;
 use crate::supervise::Event;
+use serde_json::json;
 
 /// Shortest lease accepted: below this, scheduling noise eats the margins.
 pub const MIN_LEASE: Duration = Duration::from_millis(500);
@@ -120,7 +121,13 @@ pub fn acquire(backend: &mut dyn Backend, req: &Request, wait: Wait) -> Result<T
             None => Duration::from_secs(3600),
         };
         if waiter.is_none() {
-            output::verbose(&format!("lock '{}' is busy; waiting", req.name));
+            output::event(
+                Level::Debug,
+                "waiting",
+                Some(req.name),
+                &format!("lock '{}' is busy; waiting", req.name),
+                json!({ "holder": busy.as_ref().map(|b| &b.holder) }),
+            );
             waiter = Some(backend.waiter(req.name)?);
             continue;
         }
@@ -144,6 +151,8 @@ struct State {
 
 enum Cmd {
     Release,
+    /// Stop renewing and let the lease run out after this long instead of releasing.
+    Lapse(Duration),
 }
 
 /// Renews a held lease on its own thread until told to release it.
@@ -179,7 +188,11 @@ impl Keeper {
                 let mut failures = 0u32;
                 loop {
                     match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                        Ok(Cmd::Release) | Err(RecvTimeoutError::Disconnected) => {
+                        Ok(Cmd::Lapse(left)) if left >= Duration::from_millis(1) => {
+                            let _ = backend.set_timeout(base_timeout);
+                            return backend.renew(&name, &token, left);
+                        }
+                        Ok(Cmd::Release | Cmd::Lapse(_)) | Err(RecvTimeoutError::Disconnected) => {
                             let _ = backend.set_timeout(base_timeout);
                             let lost = st.lock().unwrap_or_else(|e| e.into_inner()).lost;
                             if lost {
@@ -220,11 +233,14 @@ impl Keeper {
                                 s.last_ok = SystemTime::now();
                             }
                             drop(s);
-                            if failures > 0 {
-                                output::info(&format!("renewal of '{name}' succeeded again after {failures} failure(s)"));
-                            } else {
-                                output::verbose(&format!("renewed '{name}'"));
-                            }
+                            let level = if failures > 0 { Level::Info } else { Level::Debug };
+                            output::event(
+                                level,
+                                "renewed",
+                                Some(&name),
+                                &format!("renewed '{name}'"),
+                                json!({ "lease_ms": timing.lease.as_millis() as u64, "failures": failures }),
+                            );
                             failures = 0;
                             backoff = Duration::from_millis(25);
                             next = sent + timing.period;
@@ -248,11 +264,14 @@ impl Keeper {
                                 "renewal of '{name}' failed: {e:#}; retrying until the deadline in {}",
                                 output::format_left(stop_by.saturating_duration_since(Instant::now()))
                             );
-                            if failures == 1 {
-                                output::info(&msg);
-                            } else {
-                                output::verbose(&msg);
-                            }
+                            let level = if failures == 1 { Level::Info } else { Level::Debug };
+                            output::event(
+                                level,
+                                "renewal_failed",
+                                Some(&name),
+                                &msg,
+                                json!({ "attempt": failures }),
+                            );
                             let left = stop_by.saturating_duration_since(Instant::now());
                             let _ = backend.set_timeout(base_timeout.min(left));
                             let _ = backend.reconnect();
@@ -303,7 +322,16 @@ impl Keeper {
 
     /// Stops renewing and releases the lock; returns what the backend said.
     pub fn release(self) -> Result<Check> {
-        let _ = self.tx.send(Cmd::Release);
+        self.finish(Cmd::Release)
+    }
+
+    /// Stops renewing and sets the lease to run out `left` from now (--min-hold).
+    pub fn lapse_after(self, left: Duration) -> Result<Check> {
+        self.finish(Cmd::Lapse(left))
+    }
+
+    fn finish(self, cmd: Cmd) -> Result<Check> {
+        let _ = self.tx.send(cmd);
         self.handle
             .join()
             .unwrap_or_else(|_| Err(anyhow::anyhow!("the renewal thread panicked")))

@@ -40,12 +40,19 @@ pub fn main() -> ! {
         .and_then(|u| u.as_deref())
         .map(backend::secrets)
         .unwrap_or_default();
-    output::init(g.quiet, g.verbose, secrets);
+    output::init(
+        g.quiet,
+        g.verbose,
+        g.log_format == cli::LogFormat::Json,
+        secrets,
+    );
     let result = url.and_then(|url| match &cli.command {
         cli::Command::Acquire(a) => commands::acquire(g, url, a),
         cli::Command::Release(r) => commands::release(g, url, r),
         cli::Command::Status(s) => commands::status(g, url, s),
         cli::Command::Exec(e) => commands::exec(g, url, e),
+        cli::Command::Renew(r) => commands::renew(g, url, r),
+        cli::Command::Keepalive(k) => commands::keepalive(g, url, k),
     });
     match result {
         Ok(code) => std::process::exit(code),

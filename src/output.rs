@@ -1,7 +1,7 @@
 //! Everything dlock prints besides a command's own result: messages on
 //! stderr at the chosen verbosity, and the `status` table and JSON.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -14,9 +14,10 @@ const NORMAL: u8 = 1;
 const VERBOSE: u8 = 2;
 
 static LEVEL: AtomicU8 = AtomicU8::new(NORMAL);
+static JSON: AtomicBool = AtomicBool::new(false);
 static SECRETS: OnceLock<Vec<String>> = OnceLock::new();
 
-pub fn init(quiet: bool, verbose: u8, secrets: Vec<String>) {
+pub fn init(quiet: bool, verbose: u8, json: bool, secrets: Vec<String>) {
     let level = if quiet {
         QUIET
     } else if verbose > 0 {
@@ -25,6 +26,7 @@ pub fn init(quiet: bool, verbose: u8, secrets: Vec<String>) {
         NORMAL
     };
     LEVEL.store(level, Ordering::Relaxed);
+    JSON.store(json, Ordering::Relaxed);
     let _ = SECRETS.set(secrets);
 }
 
@@ -38,23 +40,63 @@ pub fn scrub(line: &str) -> String {
     out
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// A step report: text only with --verbose.
+    Debug,
+    /// Suppressed by --quiet.
+    Info,
+    /// Always shown.
+    Error,
+}
+
+/// One line on stderr: text, or with `--log-format json` one JSON object
+/// (`ts`, `level`, `event`, `lock`, `message` and the event's own fields).
+/// Lifecycle events (any `kind` but "message") are always in the JSON log
+/// unless --quiet, since log shippers want them without -v.
+pub fn event(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Value) {
+    let shown = LEVEL.load(Ordering::Relaxed);
+    let json = JSON.load(Ordering::Relaxed);
+    let visible = match level {
+        Level::Error => true,
+        Level::Info => shown >= NORMAL,
+        Level::Debug if json && kind != "message" => shown >= NORMAL,
+        Level::Debug => shown >= VERBOSE,
+    };
+    if !visible {
+        return;
+    }
+    let msg = scrub(msg);
+    if json {
+        let mut obj = json!({
+            "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "level": match level { Level::Debug => "debug", Level::Info => "info", Level::Error => "error" },
+            "event": kind,
+            "lock": lock,
+            "message": msg,
+        });
+        if let (Some(o), Value::Object(e)) = (obj.as_object_mut(), extra) {
+            o.extend(e);
+        }
+        eprintln!("{obj}");
+    } else {
+        eprintln!("dlock: {msg}");
+    }
+}
+
 /// A normal message (suppressed by --quiet).
 pub fn info(msg: &str) {
-    if LEVEL.load(Ordering::Relaxed) >= NORMAL {
-        eprintln!("dlock: {}", scrub(msg));
-    }
+    event(Level::Info, "message", None, msg, Value::Null);
 }
 
 /// A step report (only with --verbose).
 pub fn verbose(msg: &str) {
-    if LEVEL.load(Ordering::Relaxed) >= VERBOSE {
-        eprintln!("dlock: {}", scrub(msg));
-    }
+    event(Level::Debug, "message", None, msg, Value::Null);
 }
 
 /// A message that must reach the operator even with --quiet.
 pub fn error(msg: &str) {
-    eprintln!("dlock: {}", scrub(msg));
+    event(Level::Error, "error", None, msg, Value::Null);
 }
 
 /// RFC 3339 UTC with milliseconds, from µs since the epoch.

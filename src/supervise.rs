@@ -18,20 +18,27 @@ use nix::unistd::Pid;
 
 use crate::error::{fail, NOT_EXECUTABLE, NOT_FOUND};
 use crate::lease::Keeper;
-use crate::output;
+use crate::output::{self, Level};
 use crate::signals::{self, FORWARDED};
+use serde_json::json;
 
 /// What the supervisor reacts to, from the signal thread and the renewal thread.
 pub enum Event {
     Signal(Signal),
     /// The server says the lease is gone; the message says why.
     Lost(String),
+    /// A watched process (`acquire --keepalive-pid`) exited.
+    Watched,
 }
 
 pub struct Job {
+    /// The lock's name, for messages.
+    pub name: String,
     pub argv: Vec<OsString>,
     pub env: Vec<(String, String)>,
     pub on_lost: Signal,
+    /// Stop the job when it runs longer than this.
+    pub max_runtime: Option<Duration>,
 }
 
 /// How the job ended.
@@ -40,6 +47,8 @@ pub struct End {
     pub status: i32,
     /// True when the lease was lost and the command was stopped for it.
     pub lost: bool,
+    /// True when the command was stopped for exceeding --max-runtime.
+    pub timed_out: bool,
 }
 
 /// Starts the command; a spawn failure maps to 127 or 126 as in a shell.
@@ -105,7 +114,7 @@ struct Guard {
 }
 
 impl Guard {
-    fn start(pgid: Pid, kill_after: Duration) -> Option<Guard> {
+    fn start(kill_after: Duration) -> Option<Guard> {
         let mut fds = [0i32; 2];
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
             return None;
@@ -125,15 +134,33 @@ impl Guard {
                 None
             }
             0 => unsafe {
-                libc::close(w);
+                // Keep only the pipe: no copy of dlock's backend connection or terminal.
+                libc::syscall(libc::SYS_close_range, 0, r - 1, 0);
+                libc::syscall(libc::SYS_close_range, r + 1, u32::MAX, 0);
+                let mut pgid: i32 = 0;
+                let mut got = 0usize;
+                while got < 4 {
+                    let n = libc::read(
+                        r,
+                        (&mut pgid as *mut i32).cast::<u8>().add(got).cast(),
+                        4 - got,
+                    );
+                    if n > 0 {
+                        got += n as usize;
+                    } else if n < 0 && *libc::__errno_location() == libc::EINTR {
+                        continue;
+                    } else {
+                        libc::_exit(0); // dlock went away before starting the command
+                    }
+                }
                 let mut b = 0u8;
                 while libc::read(r, (&mut b as *mut u8).cast(), 1) < 0
                     && *libc::__errno_location() == libc::EINTR
                 {}
-                libc::kill(-pgid.as_raw(), libc::SIGTERM);
-                libc::kill(-pgid.as_raw(), libc::SIGCONT);
+                libc::kill(-pgid, libc::SIGTERM);
+                libc::kill(-pgid, libc::SIGCONT);
                 libc::nanosleep(&ts, std::ptr::null_mut());
-                libc::kill(-pgid.as_raw(), libc::SIGKILL);
+                libc::kill(-pgid, libc::SIGKILL);
                 libc::_exit(0)
             },
             pid => {
@@ -144,6 +171,12 @@ impl Guard {
                 })
             }
         }
+    }
+
+    /// Tells the guard which process group to stop if dlock dies.
+    fn arm(&self, pgid: Pid) {
+        let raw = pgid.as_raw().to_ne_bytes();
+        unsafe { libc::write(self.write_fd, raw.as_ptr().cast(), raw.len()) };
     }
 
     /// The job is over: dismiss the guard without letting it act.
@@ -187,9 +220,17 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
     // know when the whole job is gone.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let tty = foreground_tty();
+    // The guard is forked before the command, so that it already watches when
+    // the command starts; it learns the process group right after the spawn.
+    let guard = Guard::start(timing.kill_after);
     let child = spawn(job, tty)?;
     let pgid = child;
-    let guard = Guard::start(pgid, timing.kill_after);
+    if let Some(g) = &guard {
+        g.arm(pgid);
+    }
+    let started = Instant::now();
+    let mut runtime_over = job.max_runtime.map(|d| started + d);
+    let mut timed_out = false;
 
     let mut status: Option<i32> = None;
     let mut lost = false;
@@ -202,16 +243,44 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
         if !lost && keeper.lose_if_due(now) {
             lost = true;
             let since = keeper.last_renewed();
-            output::error(&format!(
-                "lease lost: no renewal succeeded since {} (lease {}); stopping the command with {}, SIGKILL in {}",
-                humantime::format_rfc3339_millis(since),
-                humantime::format_duration(timing.lease),
-                job.on_lost.as_str(),
-                humantime::format_duration(timing.kill_after),
-            ));
+            output::event(
+                Level::Error,
+                "lost",
+                Some(&job.name),
+                &format!(
+                    "lease on '{}' lost: no renewal succeeded since {} (lease {}); stopping the command with {}, SIGKILL in {}",
+                    job.name,
+                    humantime::format_rfc3339_millis(since),
+                    humantime::format_duration(timing.lease),
+                    job.on_lost.as_str(),
+                    humantime::format_duration(timing.kill_after),
+                ),
+                json!({ "last_renewed": humantime::format_rfc3339_millis(since).to_string() }),
+            );
             signal_group(pgid, job.on_lost);
             let hard = keeper.stop_by() + timing.kill_after;
             kill_at = Some(kill_at.map_or(hard, |k| k.min(hard)));
+        }
+        if let Some(over) = runtime_over {
+            if over <= now && status.is_none() {
+                runtime_over = None;
+                timed_out = true;
+                output::event(
+                    Level::Error,
+                    "max_runtime",
+                    Some(&job.name),
+                    &format!(
+                        "the command ran longer than --max-runtime {}; stopping it with {}, SIGKILL in {}",
+                        humantime::format_duration(job.max_runtime.unwrap_or_default()),
+                        job.on_lost.as_str(),
+                        humantime::format_duration(timing.kill_after),
+                    ),
+                    serde_json::Value::Null,
+                );
+                signal_group(pgid, job.on_lost);
+                let hard = now + timing.kill_after;
+                kill_at = Some(kill_at.map_or(hard, |k| k.min(hard)));
+            }
         }
         if let Some(k) = kill_at {
             if k <= now {
@@ -226,9 +295,23 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
         if let Some(k) = kill_at {
             wake = wake.min(k);
         }
+        if let Some(over) = runtime_over {
+            wake = wake.min(over);
+        }
         match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Signal(Signal::SIGCHLD)) => {
+                let was_running = status.is_none();
                 if reap(child, &mut status, guard.as_ref().map(|g| g.pid)) {
+                    if was_running {
+                        let code = status.unwrap_or_default();
+                        output::event(
+                            Level::Debug,
+                            "child_exited",
+                            Some(&job.name),
+                            &format!("the command exited with status {code}"),
+                            json!({ "status": code, "runtime_ms": started.elapsed().as_millis() as u64 }),
+                        );
+                    }
                     if let Some(fd) = tty {
                         unsafe { libc::tcsetpgrp(fd, libc::getpgrp()) };
                     }
@@ -250,17 +333,24 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
             Ok(Event::Lost(msg)) => {
                 if keeper.lose() {
                     lost = true;
-                    output::error(&format!(
-                        "lease lost: {msg}; stopping the command with {}, SIGKILL in {}",
-                        job.on_lost.as_str(),
-                        humantime::format_duration(timing.kill_after)
-                    ));
+                    let since = humantime::format_rfc3339_millis(keeper.last_renewed());
+                    output::event(
+                        Level::Error,
+                        "lost",
+                        Some(&job.name),
+                        &format!(
+                            "lease lost: {msg}; last renewal succeeded at {since}; stopping the command with {}, SIGKILL in {}",
+                            job.on_lost.as_str(),
+                            humantime::format_duration(timing.kill_after)
+                        ),
+                        json!({ "last_renewed": since.to_string() }),
+                    );
                     signal_group(pgid, job.on_lost);
                     let hard = Instant::now() + timing.kill_after;
                     kill_at = Some(kill_at.map_or(hard, |k| k.min(hard)));
                 }
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Ok(Event::Watched) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
@@ -271,6 +361,7 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
     Ok(End {
         status: status.unwrap_or(crate::error::INTERNAL),
         lost,
+        timed_out,
     })
 }
 
