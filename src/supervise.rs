@@ -301,7 +301,8 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
         match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Signal(Signal::SIGCHLD)) => {
                 let was_running = status.is_none();
-                if reap(child, &mut status, guard.as_ref().map(|g| g.pid)) {
+                let valid = || Instant::now() < keeper.stop_by();
+                if reap(child, &mut status, guard.as_ref().map(|g| g.pid), tty, &valid) {
                     if was_running {
                         let code = status.unwrap_or_default();
                         output::event(
@@ -366,9 +367,20 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
 }
 
 /// Reaps every exited child; returns true once the command itself has exited.
-fn reap(child: Pid, status: &mut Option<i32>, guard: Option<Pid>) -> bool {
+fn reap(
+    child: Pid,
+    status: &mut Option<i32>,
+    guard: Option<Pid>,
+    tty: Option<i32>,
+    lease_valid: &dyn Fn() -> bool,
+) -> bool {
     loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED)) {
+            Ok(WaitStatus::Stopped(pid, _)) if pid == child => {
+                if let Some(fd) = tty {
+                    suspend_with(fd, child, lease_valid);
+                }
+            }
             Ok(WaitStatus::Exited(pid, code)) if pid == child => *status = Some(code),
             Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
                 *status = Some(signals::exit_code(sig))
@@ -385,4 +397,25 @@ fn reap(child: Pid, status: &mut Option<i32>, guard: Option<Pid>) -> bool {
         }
     }
     status.is_some()
+}
+
+/// Ctrl-Z at the terminal stopped the command: take the terminal back and stop
+/// dlock too, so the shell regains control as it would for any job. On `fg`
+/// the command gets the terminal and SIGCONT. While dlock is stopped it cannot
+/// renew: if the lease runs out meanwhile, the deadline check on resumption
+/// stops the job as lost, as it must.
+fn suspend_with(fd: i32, child: Pid, lease_valid: &dyn Fn() -> bool) {
+    unsafe {
+        libc::tcsetpgrp(fd, libc::getpgrp());
+        // In an orphaned process group the kernel discards SIGTSTP and this returns at once.
+        libc::raise(libc::SIGTSTP);
+        if libc::tcgetpgrp(fd) == libc::getpgrp() {
+            libc::tcsetpgrp(fd, child.as_raw());
+        }
+    }
+    // A job whose lease ran out while suspended stays stopped: the deadline
+    // check that follows stops it for good instead.
+    if lease_valid() {
+        let _ = killpg(child, Signal::SIGCONT);
+    }
 }

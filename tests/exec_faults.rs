@@ -422,3 +422,67 @@ fn an_interactive_command_can_read_the_terminal() {
     assert_eq!(st.code(), Some(0));
     assert_eq!(std::fs::read_to_string(&got).unwrap().trim(), "yes");
 }
+
+fn proc_state(pid: i32) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()
+        .map(String::from)
+}
+
+#[test]
+fn ctrl_z_suspends_the_job_and_fg_resumes_it() {
+    require("script", "bsdutils");
+    require("bash", "bash");
+    let (_r, ctx) = setup();
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let go = Fifo::new(ctx.dir.path(), "go");
+    let rc = ctx.path("rc");
+    let mut term = std::process::Command::new("script")
+        .args(["-qefc", "bash --norc --noprofile -i", "/dev/null"])
+        .env("DLOCK_URL", ctx.url())
+        .env("DLOCK_PREFIX", &ctx.prefix)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut keys = term.stdin.take().unwrap();
+    let line = format!(
+        "'{}' exec --lease 30s job -- sh -c 'echo $PPID > {}; read x < {}'\n",
+        dlock_bin().display(),
+        ready.path.display(),
+        go.path.display(),
+    );
+    keys.write_all(line.as_bytes()).unwrap();
+    keys.flush().unwrap();
+    let dlock: i32 = ready.read_line(Duration::from_secs(10)).parse().unwrap();
+    keys.write_all(b"\x1a").unwrap();
+    keys.flush().unwrap();
+    wait_until("dlock to stop with its job", Duration::from_secs(5), || {
+        proc_state(dlock).as_deref() == Some("T")
+    });
+    assert!(
+        ctx.is_held("job"),
+        "a suspended job keeps its lock while the lease lasts"
+    );
+    // `fg` returns the job's status once it has finished.
+    keys.write_all(format!("fg; echo $? > {}\n", rc.display()).as_bytes())
+        .unwrap();
+    keys.flush().unwrap();
+    wait_until("dlock to run again", Duration::from_secs(5), || {
+        proc_state(dlock).as_deref() != Some("T")
+    });
+    go.write_line("go");
+    wait_until("the job to finish", Duration::from_secs(10), || {
+        std::fs::read_to_string(&rc).is_ok_and(|s| s.ends_with('\n'))
+    });
+    assert_eq!(std::fs::read_to_string(&rc).unwrap().trim(), "0");
+    keys.write_all(b"exit\n").unwrap();
+    drop(keys);
+    wait_child(&mut term, Duration::from_secs(10));
+    assert!(!ctx.is_held("job"));
+}
