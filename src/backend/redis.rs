@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use redis::{Client, Connection, Script, Value};
+use redis::{Client, Connection, IntoConnectionInfo, Script, Value};
 
 use super::{Acquire, Backend, Check, Config, Grant, LockInfo, Request, Waiter};
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
@@ -93,12 +93,17 @@ impl RedisBackend {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let shown = super::redact(url);
-        let client = Client::open(url).map_err(|e| {
+        let bad_url = |e: redis::RedisError| {
             fail(
                 crate::error::USAGE,
                 format!("invalid Redis URL '{shown}': {e}; expected redis://[user:pass@]host[:port][/db], rediss://… or redis+unix:///path?db=N"),
             )
-        })?;
+        };
+        let info = url.into_connection_info().map_err(bad_url)?;
+        // Skip the CLIENT SETINFO pair the driver pipelines on every connection:
+        // two server operations per dlock process for no use to a lock.
+        let settings = info.redis_settings().clone().set_skip_set_lib_name();
+        let client = Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
         let mut b = RedisBackend {
             client,
             con: None,
