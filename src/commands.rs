@@ -184,20 +184,25 @@ pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> 
             output::verbose(&format!("released '{}'", r.name));
             Ok(error::OK)
         }
-        Check::NotHeld => {
-            output::error(&format!(
-                "lock '{}' is not held by this token: it is free or its lease expired",
-                r.name
-            ));
-            Ok(error::NOT_HELD)
-        }
+        refused => Ok(token_refused(&r.name, refused, "; use --force to break it")),
+    }
+}
+
+/// Reports a release or renew that the token was not entitled to; returns its exit code.
+fn token_refused(name: &str, check: Check, hint_other: &str) -> i32 {
+    match check {
         Check::HeldByOther(info) => {
             output::error(&format!(
-                "lock '{}' is held by another token: {}; use --force to break it",
-                r.name,
+                "lock '{name}' is held by another token: {}{hint_other}",
                 describe(&info)
             ));
-            Ok(error::HELD_BY_OTHER)
+            error::HELD_BY_OTHER
+        }
+        _ => {
+            output::error(&format!(
+                "lock '{name}' is not held by this token: it is free or its lease expired"
+            ));
+            error::NOT_HELD
         }
     }
 }
@@ -399,21 +404,7 @@ pub fn renew(g: &Global, url: Option<String>, r: &RenewArgs) -> Result<i32> {
             );
             Ok(error::OK)
         }
-        Check::NotHeld => {
-            output::error(&format!(
-                "lock '{}' is not held by this token: it is free or its lease expired; acquire it again",
-                r.name
-            ));
-            Ok(error::NOT_HELD)
-        }
-        Check::HeldByOther(info) => {
-            output::error(&format!(
-                "lock '{}' is held by another token: {}",
-                r.name,
-                describe(&info)
-            ));
-            Ok(error::HELD_BY_OTHER)
-        }
+        refused => Ok(token_refused(&r.name, refused, "")),
     }
 }
 
