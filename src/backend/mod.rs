@@ -13,7 +13,10 @@ use serde::Serialize;
 use crate::error::{fail, USAGE};
 use crate::holder::Holder;
 
+pub mod mysql;
 pub mod redis;
+pub mod sql;
+pub mod sqlite;
 
 /// What a caller asks for when acquiring.
 pub struct Request<'a> {
@@ -108,13 +111,12 @@ pub struct Config {
     pub timeout: Duration,
 }
 
-/// Opens the backend named by the URL's scheme.
+/// Opens the backend named by the URL's scheme; without a URL, the embedded
+/// SQLite file, which guards this host only.
 pub fn open(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let Some(url) = cfg.url.as_deref() else {
-        return Err(fail(
-            USAGE,
-            "no backend: pass --url (e.g. redis://host:6379) or set DLOCK_URL",
-        ));
+        let (b, loc) = sqlite::SqliteBackend::open(None, cfg)?;
+        return Ok((Box::new(b), loc));
     };
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
     match scheme {
@@ -124,6 +126,18 @@ pub fn open(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
                 backend: "redis",
                 location: redact(url),
             };
+            Ok((Box::new(b), loc))
+        }
+        "mysql" => {
+            let b = mysql::MysqlBackend::open(url, cfg)?;
+            let loc = Location {
+                backend: "mysql",
+                location: redact(url),
+            };
+            Ok((Box::new(b), loc))
+        }
+        "sqlite" => {
+            let (b, loc) = sqlite::SqliteBackend::open(Some(url), cfg)?;
             Ok((Box::new(b), loc))
         }
         _ => Err(fail(

@@ -1,8 +1,10 @@
 //! Test harness: private servers on free loopback ports in temp dirs, and
 //! helpers to run the real dlock binary.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+pub mod mariadb;
 pub mod redis;
+pub mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

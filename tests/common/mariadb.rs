@@ -1,0 +1,288 @@
+//! Private mariadbd servers on free loopback ports, run as the current user
+//! from a temp dir, with a password-protected user for dlock.
+//!
+//! Starting one takes a second or two, so a test binary shares one (tests
+//! keep apart by prefix); fault tests that kill a server start their own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::{free_port, require, wait_until, Server};
+
+pub const USER: &str = "dlock";
+pub const PASSWORD: &str = "s3cret-Pw";
+pub const DATABASE: &str = "dlock_test";
+
+pub struct MariaDb {
+    pub port: u16,
+    dir: PathBuf,
+    /// Removed on drop; None for the shared server, which is removed at exit.
+    _tmp: Option<tempfile::TempDir>,
+    child: Mutex<Option<Child>>,
+    /// Server options beyond the defaults, kept for restarts.
+    extra: Vec<String>,
+}
+
+type SpawnRequest = (Command, Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` so that it is SIGKILLed when the test process dies. The
+/// parent-death signal fires when the forking *thread* exits, so every server
+/// is forked by one thread that never does.
+fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<Sender<SpawnRequest>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("mariadb-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    use std::os::unix::process::CommandExt;
+                    let parent = unsafe { libc::getpid() };
+                    // SAFETY: prctl and getppid are async-signal-safe.
+                    unsafe {
+                        cmd.pre_exec(move || {
+                            libc::prctl(
+                                libc::PR_SET_PDEATHSIG,
+                                libc::SIGKILL as libc::c_ulong,
+                                0,
+                                0,
+                                0,
+                            );
+                            if libc::getppid() != parent {
+                                libc::_exit(1);
+                            }
+                            Ok(())
+                        });
+                    }
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.lock()
+        .unwrap()
+        .send((cmd, reply_tx))
+        .expect("spawner alive");
+    reply_rx.recv().expect("spawner replies")
+}
+
+impl MariaDb {
+    /// The server shared by every test of this binary.
+    pub fn shared() -> Arc<MariaDb> {
+        static SHARED: OnceLock<Arc<MariaDb>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let dir = tempfile::tempdir().unwrap().keep();
+                let db = Arc::new(MariaDb::start_in(dir, None, Vec::new()));
+                extern "C" fn cleanup() {
+                    if let Some(db) = SHARED.get() {
+                        db.kill();
+                        let _ = std::fs::remove_dir_all(&db.dir);
+                    }
+                }
+                unsafe { libc::atexit(cleanup) };
+                db
+            })
+            .clone()
+    }
+
+    /// A server of its own, for tests that kill or restart it.
+    pub fn start() -> MariaDb {
+        MariaDb::start_with(&[])
+    }
+
+    /// A server of its own with extra mariadbd options (e.g. for TLS).
+    pub fn start_with(extra: &[&str]) -> MariaDb {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        MariaDb::start_in(dir, Some(tmp), extra)
+    }
+
+    fn start_in(dir: PathBuf, tmp: Option<tempfile::TempDir>, extra: Vec<String>) -> MariaDb {
+        let install = require("mariadb-install-db", "mariadb-server");
+        let out = Command::new(install)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .args([
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+                "--innodb-log-file-size=4M",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mariadb-install-db");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (child, port) = launch(&dir, None, &extra);
+        let db = MariaDb {
+            port,
+            dir,
+            _tmp: tmp,
+            child: Mutex::new(Some(child)),
+            extra,
+        };
+        // The grant covers every dlock_* database, so that a missing one is
+        // reported as unknown rather than as access denied.
+        db.sql(&format!(
+            "CREATE DATABASE {DATABASE}; \
+             CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'; \
+             GRANT ALL ON `dlock\\_%`.* TO '{USER}'@'%';"
+        ));
+        db
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("sock")
+    }
+
+    fn pid(&self) -> Option<i32> {
+        self.child.lock().unwrap().as_ref().map(|c| c.id() as i32)
+    }
+
+    /// SIGKILL: no clean shutdown, as when the host or the process dies.
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP: the server keeps its sockets but answers nothing.
+    pub fn pause(&self) {
+        if let Some(p) = self.pid() {
+            unsafe { libc::kill(p, libc::SIGSTOP) };
+        }
+    }
+
+    pub fn resume(&self) {
+        if let Some(p) = self.pid() {
+            unsafe { libc::kill(p, libc::SIGCONT) };
+        }
+    }
+
+    /// Starts the server again on the same port with the same data (crash recovery).
+    pub fn restart(&self) {
+        self.kill();
+        let port = self.port;
+        wait_until(
+            "the old mariadb port to free",
+            Duration::from_secs(20),
+            || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        );
+        let (child, _) = launch(&self.dir, Some(port), &self.extra);
+        *self.child.lock().unwrap() = Some(child);
+    }
+
+    /// Runs SQL as root over the unix socket and returns the tab-separated rows.
+    pub fn sql(&self, q: &str) -> String {
+        let cli = require("mariadb", "mariadb-client");
+        let mut last = String::new();
+        // Right after start-up the socket may not accept connections yet.
+        for _ in 0..100 {
+            let out = Command::new(&cli)
+                .arg("--no-defaults")
+                .arg(format!("--socket={}", self.socket().display()))
+                .args(["-uroot", "-N", "-B", "-e", q])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run mariadb");
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).trim().to_string();
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            if !last.contains("Can't connect") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("SQL failed: {q}: {last}");
+    }
+
+    /// A URL for this server with other credentials or database.
+    pub fn url_with(&self, user: &str, password: &str, database: &str) -> String {
+        format!(
+            "mysql://{user}:{password}@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("err.log")).unwrap_or_default()
+    }
+}
+
+/// Starts mariadbd on `port` (or a free one) and waits until it accepts connections.
+fn launch(dir: &Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
+    let bin = require("mariadbd", "mariadb-server");
+    // A free port may be taken before the server binds it; try a few.
+    for _ in 0..5 {
+        let port = port.unwrap_or_else(free_port);
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-error={}", dir.join("err.log").display()))
+            .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-name-resolve",
+                "--innodb-log-file-size=4M",
+                "--innodb-buffer-pool-size=32M",
+                "--max-connections=500",
+            ])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = spawn_tied(cmd).expect("start mariadbd");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return (child, port);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(dir.join("err.log")).unwrap_or_default();
+    panic!(
+        "mariadbd did not start; its log ends with:\n{}",
+        tail(&log, 20)
+    );
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Server for MariaDb {
+    fn url(&self) -> String {
+        self.url_with(USER, PASSWORD, DATABASE)
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

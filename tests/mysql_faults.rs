@@ -1,0 +1,386 @@
+//! MySQL/MariaDB backend under faults: the server killed and restarted, the
+//! holder's connection killed, refused and rejected connections; plus what
+//! is specific to this backend (its table, case-sensitive names, waiting
+//! server-side). Tests that kill or pause a server start their own.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::mariadb::{MariaDb, DATABASE, PASSWORD, USER};
+use common::*;
+
+fn read_i64(path: &std::path::Path) -> i64 {
+    let s = std::fs::read_to_string(path).unwrap();
+    s.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}: {s:?}", path.display()))
+}
+
+/// The stored expiry of `name` under the test's prefix, by the server's clock.
+fn expires_us(db: &MariaDb, ctx: &Ctx, name: &str) -> i64 {
+    db.sql(&format!(
+        "SELECT expires_us FROM {DATABASE}.`{}_leases` WHERE name = '{name}'",
+        ctx.prefix
+    ))
+    .parse()
+    .unwrap()
+}
+
+/// A command that records when it starts (µs) and its fence, and runs until
+/// `stop` appears; on SIGTERM it records when it stopped.
+fn recorder(ctx: &Ctx, tag: &str) -> String {
+    let p = |f: &str| ctx.path(&format!("{tag}.{f}")).display().to_string();
+    format!(
+        "printf %s \"$DLOCK_FENCE\" > '{fence}'; date +%s%6N > '{start}.tmp'; mv '{start}.tmp' '{start}'; \
+         trap 'date +%s%6N > \"{end}\"; exit 0' TERM; \
+         while [ ! -e '{stop}' ]; do sleep 0.02; done; date +%s%6N > '{end}'",
+        fence = p("fence"),
+        start = p("start"),
+        end = p("end"),
+        stop = p("stop"),
+    )
+}
+
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+#[test]
+fn server_killed_during_exec_stops_the_command_before_its_lease_ends() {
+    let db = Arc::new(MariaDb::start());
+    let ctx = Ctx::new(db.clone());
+    let mut a = spawn(ctx.cmd(&[
+        "exec",
+        "--lease",
+        "3s",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        &recorder(&ctx, "a"),
+    ]));
+    wait_for_file(&ctx.path("a.start"), Duration::from_secs(20));
+    db.kill();
+    let st = wait_child(&mut a, Duration::from_secs(20));
+    let err = stderr_of(&mut a);
+    assert_eq!(st.code(), Some(79), "{err}");
+    assert!(err.contains("lost"), "{err}");
+    let a_end = read_i64(&ctx.path("a.end"));
+
+    db.restart();
+    // Nothing renewed the lease after the kill, so this is when it ended.
+    let expiry = expires_us(&db, &ctx, "job");
+    assert!(
+        a_end < expiry,
+        "the command ran until {a_end}, past the lease's end at {expiry}"
+    );
+    // The next holder gets the lock once it expired, and never overlaps.
+    std::fs::write(ctx.path("b.stop"), "").unwrap();
+    let o = ctx.run(&[
+        "exec",
+        "--wait",
+        "20s",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        &recorder(&ctx, "b"),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let b_start = read_i64(&ctx.path("b.start"));
+    assert!(
+        b_start > a_end,
+        "b started at {b_start}, a ended at {a_end}"
+    );
+    assert!(read_i64(&ctx.path("b.fence")) > read_i64(&ctx.path("a.fence")));
+}
+
+#[test]
+fn server_restarted_within_the_lease_keeps_the_hold() {
+    let db = Arc::new(MariaDb::start());
+    let ctx = Ctx::new(db.clone());
+    let mut a = spawn(ctx.cmd(&[
+        "exec",
+        "--lease",
+        "10s",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        &recorder(&ctx, "a"),
+    ]));
+    wait_for_file(&ctx.path("a.start"), Duration::from_secs(20));
+    let before = expires_us(&db, &ctx, "job");
+    db.kill();
+    db.restart();
+    wait_until(
+        "a renewal on the restarted server",
+        Duration::from_secs(20),
+        || {
+            std::thread::sleep(Duration::from_millis(50));
+            expires_us(&db, &ctx, "job") > before
+        },
+    );
+    let busy = ctx.run(&["acquire", "job"]);
+    assert_eq!(code(&busy), 75, "{}", stderr(&busy));
+    std::fs::write(ctx.path("a.stop"), "").unwrap();
+    let st = wait_child(&mut a, Duration::from_secs(20));
+    let err = stderr_of(&mut a);
+    assert_eq!(st.code(), Some(0), "{err}");
+    // A failed renewal, then a good one on the restarted server.
+    assert!(err.contains("failed") && err.contains("renewed"), "{err}");
+    assert!(!ctx.is_held("job"));
+}
+
+/// FNV-1a 128 as dlock computes wake-up lock names (see src/backend/sql.rs).
+fn wake_lock(ctx: &Ctx, name: &str) -> String {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in format!("{DATABASE}\0{}_leases\0{name}", ctx.prefix).bytes() {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    format!("dlock-{h:032x}")
+}
+
+#[test]
+fn killed_connection_is_replaced_and_renewals_go_on() {
+    let db = Arc::new(MariaDb::start());
+    let ctx = Ctx::new(db.clone());
+    let mut a = spawn(ctx.cmd(&[
+        "exec",
+        "--lease",
+        "2s",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        &recorder(&ctx, "a"),
+    ]));
+    wait_for_file(&ctx.path("a.start"), Duration::from_secs(20));
+    let lock = wake_lock(&ctx, "job");
+    let holder_conn = db.sql(&format!("SELECT IS_USED_LOCK('{lock}')"));
+    assert_ne!(
+        holder_conn, "NULL",
+        "the live holder keeps the wake-up lock"
+    );
+    for id in db
+        .sql(&format!(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{USER}'"
+        ))
+        .lines()
+    {
+        db.sql(&format!("KILL {id}"));
+    }
+    let before = expires_us(&db, &ctx, "job");
+    wait_until(
+        "a renewal on a new connection",
+        Duration::from_secs(10),
+        || {
+            std::thread::sleep(Duration::from_millis(20));
+            expires_us(&db, &ctx, "job") > before
+        },
+    );
+    wait_until(
+        "the wake-up lock taken again",
+        Duration::from_secs(10),
+        || {
+            std::thread::sleep(Duration::from_millis(20));
+            let c = db.sql(&format!("SELECT IS_USED_LOCK('{lock}')"));
+            c != "NULL" && c != holder_conn
+        },
+    );
+    std::fs::write(ctx.path("a.stop"), "").unwrap();
+    let st = wait_child(&mut a, Duration::from_secs(20));
+    let err = stderr_of(&mut a);
+    assert_eq!(st.code(), Some(0), "the command ran to its end: {err}");
+}
+
+#[test]
+fn waiters_block_in_the_server_instead_of_polling() {
+    let db = Arc::new(MariaDb::start());
+    let ctx = Ctx::new(db.clone());
+    let mut a = spawn(ctx.cmd(&[
+        "exec",
+        "--lease",
+        "3s",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        &recorder(&ctx, "a"),
+    ]));
+    wait_for_file(&ctx.path("a.start"), Duration::from_secs(20));
+    let mut w = spawn(ctx.cmd(&["acquire", "job", "--wait", "60s"]));
+    let questions = || -> i64 {
+        db.sql("SHOW GLOBAL STATUS LIKE 'Questions'")
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let q0 = questions();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    let used = questions() - q0;
+    // The holder renews every second (two statements each); the waiter wakes
+    // about once per lease. A waiter polling every 10ms would send 500+.
+    assert!(used < 60, "{used} statements in {:?}", t0.elapsed());
+    assert!(w.try_wait().unwrap().is_none(), "still waiting");
+    std::fs::write(ctx.path("a.stop"), "").unwrap();
+    assert!(wait_child(&mut a, Duration::from_secs(20)).success());
+    let released = Instant::now();
+    assert!(wait_child(&mut w, Duration::from_secs(20)).success());
+    assert!(
+        released.elapsed() < Duration::from_millis(500),
+        "the waiter took {:?} after the holder exited",
+        released.elapsed()
+    );
+}
+
+/// `dlock ARGS` against `url`.
+fn at(url: &str, args: &[&str]) -> std::process::Output {
+    let mut c = dlock(url);
+    c.args(args);
+    run(c)
+}
+
+fn one_line_error(o: &std::process::Output, want_code: i32, want: &str) {
+    let err = stderr(o);
+    assert_eq!(code(o), want_code, "{err}");
+    assert!(err.contains(want), "expected '{want}' in: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("dlock: "), "{err}");
+}
+
+#[test]
+fn connection_errors_are_one_clear_line_without_the_password() {
+    let db = MariaDb::shared();
+    let port = free_port();
+    let o = at(
+        &format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}"),
+        &["status"],
+    );
+    one_line_error(&o, 69, "connection refused");
+    assert!(!stderr(&o).contains(PASSWORD));
+
+    for wrong in ["wrong-Pass-42", "p%40ss%3Aword-99"] {
+        let o = at(&db.url_with(USER, wrong, DATABASE), &["status"]);
+        one_line_error(&o, 69, "authentication");
+        let err = stderr(&o);
+        assert!(
+            !err.contains(wrong) && !err.contains("p@ss:word-99"),
+            "{err}"
+        );
+    }
+
+    let o = at(
+        &db.url_with(USER, PASSWORD, "dlock_missing"),
+        &["acquire", "x"],
+    );
+    one_line_error(&o, 69, "unknown database 'dlock_missing'");
+    assert!(!stderr(&o).contains(PASSWORD));
+
+    let o = at(
+        &format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}", db.port),
+        &["status"],
+    );
+    one_line_error(&o, 2, "no database");
+    assert!(!stderr(&o).contains(PASSWORD));
+}
+
+#[test]
+fn an_unresponsive_server_times_out_in_one_line() {
+    let db = MariaDb::start();
+    db.pause();
+    let t = Instant::now();
+    let o = at(&db.url(), &["--connect-timeout", "1s", "status"]);
+    db.resume();
+    one_line_error(&o, 69, "did not answer within 1s");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(!stderr(&o).contains(PASSWORD));
+}
+
+#[test]
+fn table_per_prefix_case_sensitive_names_and_a_kept_fence() {
+    let db = MariaDb::shared();
+    let ctx = Ctx::new(db.clone());
+    let upper = ctx.acquire("Job", "30s");
+    let lower = ctx.acquire("job", "30s");
+    let names: Vec<String> = ctx.status_json(&[])["locks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["Job", "job"]);
+    let table = format!("{}_leases", ctx.prefix);
+    assert_eq!(
+        db.sql(&format!("SHOW TABLES FROM {DATABASE} LIKE '{table}'")),
+        table
+    );
+    assert_eq!(code(&ctx.run(&["release", "Job", "--token", &upper])), 0);
+    assert_eq!(code(&ctx.run(&["release", "job", "--token", &lower])), 0);
+    // The rows stay, without an owner, so that fences never restart.
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT COUNT(*), COUNT(token) FROM {DATABASE}.`{table}`"
+        )),
+        "2\t0"
+    );
+    // A prefix that is not a plain identifier gets a table of its own.
+    let mut c = ctx.cmd(&["--prefix", "Team A/ci", "acquire", "job"]);
+    c.env_remove("DLOCK_PREFIX");
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+fn make_certs(dir: &std::path::Path) {
+    let sh = |cmd: &str| {
+        let st = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .current_dir(dir)
+            .status()
+            .expect("run openssl");
+        assert!(st.success(), "{cmd}");
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=dlock-test-ca -keyout ca.key -out ca.crt 2>/dev/null");
+    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr 2>/dev/null");
+    sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.crt 2>/dev/null");
+}
+
+#[test]
+fn tls_with_a_private_ca() {
+    require("openssl", "openssl");
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let c = |f: &str| certs.path().join(f).display().to_string();
+    let db = MariaDb::start_with(&[
+        &format!("--ssl-ca={}", c("ca.crt")),
+        &format!("--ssl-cert={}", c("server.crt")),
+        &format!("--ssl-key={}", c("server.key")),
+        "--require-secure-transport=ON",
+    ]);
+    let tls = format!(
+        "{}?require_ssl=true&root_cert_path={}",
+        db.url(),
+        c("ca.crt")
+    );
+    let o = at(&tls, &["exec", "job", "--", "true"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // The server insists on TLS, so plain connections are turned away.
+    let o = at(&db.url(), &["status"]);
+    assert_eq!(code(&o), 69, "{}", stderr(&o));
+    assert!(!stderr(&o).contains(PASSWORD));
+    // Without the private CA the certificate is not trusted.
+    let o = at(&format!("{}?require_ssl=true", db.url()), &["status"]);
+    one_line_error(&o, 69, "TLS with");
+}

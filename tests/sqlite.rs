@@ -1,0 +1,227 @@
+//! The embedded SQLite backend: the default without a URL, many processes
+//! on one file, and processes killed at any point.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::sqlite::Sqlite;
+use common::*;
+
+/// dlock with no URL at all, and HOME / XDG_STATE_HOME as given.
+fn no_url(home: Option<&Path>, xdg: Option<&Path>) -> Command {
+    let mut c = dlock("");
+    c.env_remove("DLOCK_URL")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("HOME");
+    if let Some(h) = home {
+        c.env("HOME", h);
+    }
+    if let Some(x) = xdg {
+        c.env("XDG_STATE_HOME", x);
+    }
+    c
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn default_backend_is_a_host_local_sqlite_file() {
+    let home = tempfile::tempdir().unwrap();
+    let db = home.path().join(".local/state/dlock/locks.db");
+    let mut c = no_url(Some(home.path()), None);
+    c.args([
+        "exec",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        "\"$DLOCK_BIN\" status --json",
+    ])
+    .env("DLOCK_BIN", dlock_bin());
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["backend"], "sqlite");
+    assert_eq!(v["location"], db.display().to_string());
+    assert_eq!(
+        v["locks"][0]["name"], "job",
+        "held while the command ran: {v}"
+    );
+    assert_eq!(mode(db.parent().unwrap()), 0o700);
+    assert_eq!(mode(&home.path().join(".local")), 0o700);
+
+    let mut c = no_url(Some(home.path()), None);
+    c.arg("status");
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let first = stdout(&o).lines().next().unwrap_or_default().to_string();
+    assert!(
+        first.contains("sqlite backend at") && first.contains(&db.display().to_string()),
+        "{first}"
+    );
+
+    // XDG_STATE_HOME wins over HOME.
+    let xdg = tempfile::tempdir().unwrap();
+    let mut c = no_url(Some(home.path()), Some(xdg.path()));
+    c.args(["status", "--json"]);
+    let o = run(c);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let want = xdg.path().join("dlock/locks.db");
+    assert_eq!(v["location"], want.display().to_string());
+    assert!(want.exists());
+
+    // `sqlite://` alone is the default file too.
+    let mut c = no_url(Some(home.path()), None);
+    c.args(["--url", "sqlite://", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&run(c).stdout).unwrap();
+    assert_eq!(v["location"], db.display().to_string());
+}
+
+#[test]
+fn concurrent_processes_never_see_database_is_locked() {
+    // The file does not exist yet: the first opens race to create it and switch it to WAL.
+    let s = Sqlite::new();
+    let counter = s.dir.path().join("counter");
+    std::fs::write(&counter, "0").unwrap();
+    let section = format!(
+        "n=$(cat '{c}'); n=$((n+1)); printf %s \"$n\" > '{c}.tmp'; mv '{c}.tmp' '{c}'",
+        c = counter.display()
+    );
+    let (workers, rounds) = (12, 10);
+    let mut kids = Vec::new();
+    for w in 0..workers {
+        let script = format!(
+            "i=0; while [ $i -lt {rounds} ]; do \
+               \"$B\" exec --wait forever counter -- sh -c \"$SECTION\" || exit 9; \
+               \"$B\" exec --wait forever other{w} -- true || exit 8; \
+               \"$B\" status >/dev/null || exit 7; \
+               i=$((i+1)); done"
+        );
+        let mut c = Command::new("sh");
+        c.args(["-c", &script])
+            .env("B", dlock_bin())
+            .env("DLOCK_URL", s.url())
+            .env("SECTION", &section);
+        kids.push(spawn(c));
+    }
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success(),
+            "a worker failed ({:?}): {err}",
+            o.status
+        );
+        assert!(
+            !err.contains("locked") && !err.contains("busy"),
+            "stderr: {err}"
+        );
+    }
+    let n: u32 = std::fs::read_to_string(&counter)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(n, workers * rounds, "sections overlapped");
+}
+
+#[test]
+fn a_killed_holder_leaves_a_lease_that_expires() {
+    let s: Arc<dyn Server> = Arc::new(Sqlite::new());
+    let ctx = Ctx::new(s);
+    let started = ctx.path("started");
+    let mut holder = spawn(ctx.cmd(&[
+        "exec",
+        "--lease",
+        "1s",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        &format!("touch '{}'; exec sleep 60", started.display()),
+    ]));
+    wait_for_file(&started, Duration::from_secs(10));
+    signal(holder.id(), libc::SIGKILL);
+    let _ = holder.wait();
+    assert!(ctx.is_held("job"), "the lease outlives its killed holder");
+    let t = Instant::now();
+    let o = ctx.run(&["acquire", "job", "--wait", "20s"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Free once the 1s lease ran out: not at once, not never.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
+
+#[test]
+fn processes_killed_mid_request_never_corrupt_the_file() {
+    let s = Sqlite::new();
+    let path = s.path();
+    let ctx = Ctx::new(Arc::new(s));
+    for i in 0..40u64 {
+        let name = format!("k{}", i % 3);
+        let mut c = ctx.cmd(&["acquire", &name, "--lease", "300ms", "--wait", "2s"]);
+        c.stdout(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        // Spread the kills over start-up, the transaction and exit.
+        std::thread::sleep(Duration::from_micros(500 * (i % 20)));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    for n in ["k0", "k1", "k2"] {
+        let o = ctx.run(&["acquire", n, "--wait", "5s", "--lease", "1s"]);
+        assert_eq!(code(&o), 0, "{n}: {}", stderr(&o));
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}
+
+#[test]
+fn a_release_by_another_process_wakes_waiters_at_once() {
+    let s: Arc<dyn Server> = Arc::new(Sqlite::new());
+    let ctx = Ctx::new(s);
+    let tok = ctx.acquire("w", "60s");
+    let mut waiter = spawn(ctx.cmd(&["acquire", "w", "--wait", "50s"]));
+    // Long enough for a backing-off waiter to be sleeping a whole second.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(waiter.try_wait().unwrap().is_none());
+    assert_eq!(code(&ctx.run(&["release", "w", "--token", &tok])), 0);
+    let released = Instant::now();
+    assert!(wait_child(&mut waiter, Duration::from_secs(50)).success());
+    assert!(
+        released.elapsed() < Duration::from_millis(500),
+        "woken {:?} after the release",
+        released.elapsed()
+    );
+}
+
+#[test]
+fn a_shared_file_keeps_its_wake_files_shareable() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let url = format!("sqlite://{}/locks.db", shared.display());
+    let mut c = dlock(&url);
+    c.arg("status");
+    assert_eq!(code(&run(c)), 0);
+    let db = shared.join("locks.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut c = dlock(&url);
+    c.args(["exec", "x", "--", "true"]);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let wake = shared.join("locks.db-wake");
+    assert_eq!(mode(&wake), 0o1777);
+    for f in std::fs::read_dir(&wake).unwrap() {
+        assert_eq!(mode(&f.unwrap().path()), 0o666);
+    }
+}
