@@ -302,7 +302,13 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
             Ok(Event::Signal(Signal::SIGCHLD)) => {
                 let was_running = status.is_none();
                 let valid = || Instant::now() < keeper.stop_by();
-                if reap(child, &mut status, guard.as_ref().map(|g| g.pid), tty, &valid) {
+                if reap(
+                    child,
+                    &mut status,
+                    guard.as_ref().map(|g| g.pid),
+                    tty,
+                    &valid,
+                ) {
                     if was_running {
                         let code = status.unwrap_or_default();
                         output::event(
