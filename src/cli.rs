@@ -46,12 +46,12 @@ pub struct Global {
     pub url: Option<String>,
 
     /// Read the backend URL from this file, keeping passwords out of argv and the environment
+    /// (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)
     #[arg(
         long,
         env = "DLOCK_URL_FILE",
         global = true,
-        value_name = "PATH",
-        conflicts_with = "url"
+        value_name = "PATH"
     )]
     pub url_file: Option<PathBuf>,
 
@@ -64,7 +64,7 @@ pub struct Global {
           value_parser = parse_positive, value_name = "DUR")]
     pub connect_timeout: Duration,
 
-    /// Print nothing but errors (and the token, which is the command's result)
+    /// Print no messages but errors on stderr; results on stdout (a token, the status) still print
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
 
@@ -85,7 +85,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Take a lock and print its token; the lease lapses unless released or re-acquired
+    /// Take a lock and print its token; the lease runs out unless renewed (`renew`, --keepalive-pid) or released
     #[command(after_help = ACQUIRE_EXAMPLES)]
     Acquire(AcquireArgs),
     /// Release a lock held by a token

@@ -14,14 +14,20 @@ mod output;
 mod signals;
 mod supervise;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 /// Runs dlock with the process's arguments and exits.
 pub fn main() -> ! {
     // Before any thread starts, so that every thread inherits the signal mask.
     signals::install();
-    let cli = match cli::Cli::try_parse() {
-        Ok(c) => c,
+    let parsed = cli::Cli::command()
+        .try_get_matches()
+        .and_then(|m| cli::Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let mut cli = match parsed {
+        Ok((mut c, m)) => {
+            pick_url_source(&mut c.global, &m);
+            c
+        }
         Err(e) if !e.use_stderr() => {
             // --help and --version
             let _ = e.print();
@@ -32,8 +38,16 @@ pub fn main() -> ! {
             std::process::exit(error::USAGE);
         }
     };
+    let g = &mut cli.global;
+    let url = if g.url.is_some() && g.url_file.is_some() {
+        Err(error::fail(
+            error::USAGE,
+            "both --url and --url-file (or DLOCK_URL and DLOCK_URL_FILE) are set: give one",
+        ))
+    } else {
+        commands::resolve_url(g)
+    };
     let g = &cli.global;
-    let url = commands::resolve_url(g);
     let secrets = url
         .as_ref()
         .ok()
@@ -77,4 +91,18 @@ fn one_line(rendered: &str) -> String {
         }
     }
     format!("{} (see --help)", parts.join(" "))
+}
+
+/// A URL given on the command line beats one from the environment, whichever
+/// of --url and --url-file carries it; two from the same place stay a conflict.
+fn pick_url_source(g: &mut cli::Global, m: &clap::ArgMatches) {
+    use clap::parser::ValueSource::CommandLine;
+    if g.url.is_none() || g.url_file.is_none() {
+        return;
+    }
+    match (m.value_source("url"), m.value_source("url_file")) {
+        (Some(CommandLine), Some(f)) if f != CommandLine => g.url_file = None,
+        (Some(u), Some(CommandLine)) if u != CommandLine => g.url = None,
+        _ => {}
+    }
 }

@@ -219,3 +219,33 @@ fn renewal_survives_dropped_connections() {
     let st = wait_child(&mut dlock, Duration::from_secs(10));
     assert_eq!(st.code(), Some(0), "no lost lease: {}", lines.rest());
 }
+
+#[test]
+fn a_url_on_the_command_line_beats_one_from_the_environment() {
+    let r = Redis::start();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r.url()).unwrap();
+    let dead = format!("redis://127.0.0.1:{}/0", free_port());
+    // DLOCK_URL in the environment, --url-file on the command line: the file wins.
+    let mut c = dlock(&dead);
+    c.arg("--url-file").arg(file.path()).args(["status", "x"]);
+    assert_eq!(code(&run(c)), 1, "the file's server answered");
+    // DLOCK_URL_FILE in the environment, --url on the command line: the URL wins.
+    let mut c = dlock(&r.url());
+    c.env_remove("DLOCK_URL")
+        .env("DLOCK_URL_FILE", "/nonexistent")
+        .arg("--url")
+        .arg(r.url())
+        .args(["status", "x"]);
+    assert_eq!(code(&run(c)), 1);
+    // Both on the command line: ambiguous.
+    let mut c = dlock(&r.url());
+    c.env_remove("DLOCK_URL")
+        .arg("--url")
+        .arg(r.url())
+        .arg("--url-file")
+        .arg(file.path())
+        .arg("status");
+    let o = run(c);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+}

@@ -105,25 +105,7 @@ impl MariaDb {
     }
 
     fn start_in(dir: PathBuf, tmp: Option<tempfile::TempDir>, extra: Vec<String>) -> MariaDb {
-        let install = require("mariadb-install-db", "mariadb-server");
-        let out = Command::new(install)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", dir.join("data").display()))
-            .args([
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                "--skip-name-resolve",
-                "--innodb-log-file-size=4M",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run mariadb-install-db");
-        assert!(
-            out.status.success(),
-            "mariadb-install-db failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        copy_template(&dir.join("data"));
         let (child, port) = launch(&dir, None, &extra);
         let db = MariaDb {
             port,
@@ -236,6 +218,7 @@ fn launch(dir: &Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
             .arg(format!("--port={port}"))
             .arg(format!("--log-error={}", dir.join("err.log").display()))
             .arg(format!("--pid-file={}", dir.join("pid").display()))
+            .arg(format!("--tmpdir={}", dir.display()))
             .args([
                 "--bind-address=127.0.0.1",
                 "--user=root",
@@ -285,4 +268,71 @@ impl Drop for MariaDb {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A freshly installed data directory, made once and kept under cargo's
+/// target tmp dir: running mariadb-install-db for every server was slow, and
+/// concurrent installs tripped over each other's temporary tables in /tmp.
+fn template() -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let bin = require("mariadbd", "mariadb-server");
+        let meta = std::fs::metadata(&bin).expect("stat mariadbd");
+        let stamp = format!(
+            "{}-{}",
+            meta.len(),
+            meta.modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs())
+        );
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let done = base.join(format!("mariadb-template-{stamp}"));
+        if done.join("ready").exists() {
+            return done;
+        }
+        let work = base.join(format!("mariadb-template-{stamp}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        let install = require("mariadb-install-db", "mariadb-server");
+        let out = Command::new(install)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", work.join("data").display()))
+            .arg(format!("--tmpdir={}", work.display()))
+            .args([
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+                "--innodb-log-file-size=4M",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mariadb-install-db");
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(work.join("ready"), "").unwrap();
+        // Another test process may have won the race: then use its copy.
+        if std::fs::rename(&work, &done).is_err() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        done
+    })
+}
+
+fn copy_template(data: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(template().join("data"))
+        .arg(data)
+        .output()
+        .expect("run cp");
+    assert!(
+        out.status.success(),
+        "copy the MariaDB template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,0 +1,159 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[dlock] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'dlock'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'dlock'= {
+            cand --url 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]'
+            cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
+            cand --prefix 'Namespace for every key, table row and channel dlock uses'
+            cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
+            cand --log-format 'Format of messages on stderr: text, or one JSON event per line for log shippers'
+            cand -q 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand --quiet 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand -v 'Report each step (acquired, renewed, released) on stderr'
+            cand --verbose 'Report each step (acquired, renewed, released) on stderr'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand acquire 'Take a lock and print its token; the lease runs out unless renewed (`renew`, --keepalive-pid) or released'
+            cand release 'Release a lock held by a token'
+            cand status 'Show who holds which lock (exit 1 when a named lock is free)'
+            cand exec 'Run a command while holding a lock, renewing the lease until it exits'
+            cand renew 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'dlock;acquire'= {
+            cand --lease 'How long the lease lasts on the server without renewal'
+            cand --wait 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit'
+            cand --token 'Use this token instead of a random one; acquiring again with it extends the lease'
+            cand --keepalive-pid 'Keep renewing the lease in a detached dlock while process PID lives (e.g. `$$`), and release it when PID exits'
+            cand --url 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]'
+            cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
+            cand --prefix 'Namespace for every key, table row and channel dlock uses'
+            cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
+            cand --log-format 'Format of messages on stderr: text, or one JSON event per line for log shippers'
+            cand --json 'Print an object with name, token, fence and expiry instead of the bare token'
+            cand -q 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand --quiet 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand -v 'Report each step (acquired, renewed, released) on stderr'
+            cand --verbose 'Report each step (acquired, renewed, released) on stderr'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'dlock;release'= {
+            cand --token 'The token printed by `acquire`'
+            cand --url 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]'
+            cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
+            cand --prefix 'Namespace for every key, table row and channel dlock uses'
+            cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
+            cand --log-format 'Format of messages on stderr: text, or one JSON event per line for log shippers'
+            cand --force 'Break the lock whoever holds it, and say whom it broke'
+            cand -q 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand --quiet 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand -v 'Report each step (acquired, renewed, released) on stderr'
+            cand --verbose 'Report each step (acquired, renewed, released) on stderr'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'dlock;status'= {
+            cand --url 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]'
+            cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
+            cand --prefix 'Namespace for every key, table row and channel dlock uses'
+            cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
+            cand --log-format 'Format of messages on stderr: text, or one JSON event per line for log shippers'
+            cand --json 'Print a JSON object (schema in README) instead of a table'
+            cand -q 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand --quiet 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand -v 'Report each step (acquired, renewed, released) on stderr'
+            cand --verbose 'Report each step (acquired, renewed, released) on stderr'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'dlock;exec'= {
+            cand --lease 'How long the lease lasts on the server without renewal'
+            cand --wait 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit'
+            cand -E 'Exit code when the lock is busy after --wait (like flock -E)'
+            cand --conflict-exit-code 'Exit code when the lock is busy after --wait (like flock -E)'
+            cand --on-lost-signal 'Signal sent to the command''s process group when the lease is lost'
+            cand --kill-after 'Grace period between that signal and SIGKILL [default: a fifth of the lease, at most 5s]'
+            cand --min-hold 'Keep the lease at least this long after acquiring it, even if the command ends sooner, so one cron tick runs once across hosts whose clocks differ'
+            cand --max-runtime 'Stop the whole job (signal, then SIGKILL after --kill-after) when it runs longer; exit 124'
+            cand --jitter 'Sleep a random time up to DUR before trying, to spread hosts started by the same cron tick'
+            cand -c 'Run this string with /bin/sh -c instead of CMD'
+            cand --shell 'Run this string with /bin/sh -c instead of CMD'
+            cand --url 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]'
+            cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
+            cand --prefix 'Namespace for every key, table row and channel dlock uses'
+            cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
+            cand --log-format 'Format of messages on stderr: text, or one JSON event per line for log shippers'
+            cand -q 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand --quiet 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand -v 'Report each step (acquired, renewed, released) on stderr'
+            cand --verbose 'Report each step (acquired, renewed, released) on stderr'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'dlock;renew'= {
+            cand --token 'The token printed by `acquire`'
+            cand --lease 'The new lease, counted from now'
+            cand --url 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]'
+            cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
+            cand --prefix 'Namespace for every key, table row and channel dlock uses'
+            cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
+            cand --log-format 'Format of messages on stderr: text, or one JSON event per line for log shippers'
+            cand -q 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand --quiet 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand -v 'Report each step (acquired, renewed, released) on stderr'
+            cand --verbose 'Report each step (acquired, renewed, released) on stderr'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'dlock;help'= {
+            cand acquire 'Take a lock and print its token; the lease runs out unless renewed (`renew`, --keepalive-pid) or released'
+            cand release 'Release a lock held by a token'
+            cand status 'Show who holds which lock (exit 1 when a named lock is free)'
+            cand exec 'Run a command while holding a lock, renewing the lease until it exits'
+            cand renew 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'dlock;help;acquire'= {
+        }
+        &'dlock;help;release'= {
+        }
+        &'dlock;help;status'= {
+        }
+        &'dlock;help;exec'= {
+        }
+        &'dlock;help;renew'= {
+        }
+        &'dlock;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

@@ -1,0 +1,117 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_dlock_global_optspecs
+    string join \n url= url-file= prefix= connect-timeout= q/quiet v/verbose log-format= h/help V/version
+end
+
+function __fish_dlock_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_dlock_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_dlock_using_subcommand
+    set -l cmd (__fish_dlock_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c dlock -n "__fish_dlock_needs_command" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_needs_command" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
+complete -c dlock -n "__fish_dlock_needs_command" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
+complete -c dlock -n "__fish_dlock_needs_command" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
+complete -c dlock -n "__fish_dlock_needs_command" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
+json\t''"
+complete -c dlock -n "__fish_dlock_needs_command" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+complete -c dlock -n "__fish_dlock_needs_command" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
+complete -c dlock -n "__fish_dlock_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_needs_command" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "acquire" -d 'Take a lock and print its token; the lease runs out unless renewed (`renew`, --keepalive-pid) or released'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "release" -d 'Release a lock held by a token'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "status" -d 'Show who holds which lock (exit 1 when a named lock is free)'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "exec" -d 'Run a command while holding a lock, renewing the lease until it exits'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "renew" -d 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l lease -d 'How long the lease lasts on the server without renewal' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l wait -d 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l token -d 'Use this token instead of a random one; acquiring again with it extends the lease' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l keepalive-pid -d 'Keep renewing the lease in a detached dlock while process PID lives (e.g. `$$`), and release it when PID exits' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
+json\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l json -d 'Print an object with name, token, fence and expiry instead of the bare token'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s h -l help -d 'Print help'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l token -d 'The token printed by `acquire`' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
+json\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l force -d 'Break the lock whoever holds it, and say whom it broke'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -s h -l help -d 'Print help'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
+json\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l json -d 'Print a JSON object (schema in README) instead of a table'
+complete -c dlock -n "__fish_dlock_using_subcommand status" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+complete -c dlock -n "__fish_dlock_using_subcommand status" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
+complete -c dlock -n "__fish_dlock_using_subcommand status" -s h -l help -d 'Print help'
+complete -c dlock -n "__fish_dlock_using_subcommand status" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l lease -d 'How long the lease lasts on the server without renewal' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l wait -d 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -s E -l conflict-exit-code -d 'Exit code when the lock is busy after --wait (like flock -E)' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l on-lost-signal -d 'Signal sent to the command\'s process group when the lease is lost' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l kill-after -d 'Grace period between that signal and SIGKILL [default: a fifth of the lease, at most 5s]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l min-hold -d 'Keep the lease at least this long after acquiring it, even if the command ends sooner, so one cron tick runs once across hosts whose clocks differ' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l max-runtime -d 'Stop the whole job (signal, then SIGKILL after --kill-after) when it runs longer; exit 124' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l jitter -d 'Sleep a random time up to DUR before trying, to spread hosts started by the same cron tick' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -s c -l shell -d 'Run this string with /bin/sh -c instead of CMD' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
+json\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -s h -l help -d 'Print help'
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l token -d 'The token printed by `acquire`' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l lease -d 'The new lease, counted from now' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
+json\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -s h -l help -d 'Print help'
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "acquire" -d 'Take a lock and print its token; the lease runs out unless renewed (`renew`, --keepalive-pid) or released'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "release" -d 'Release a lock held by a token'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "status" -d 'Show who holds which lock (exit 1 when a named lock is free)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "exec" -d 'Run a command while holding a lock, renewing the lease until it exits'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "renew" -d 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
