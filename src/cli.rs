@@ -47,12 +47,7 @@ pub struct Global {
 
     /// Read the backend URL from this file, keeping passwords out of argv and the environment
     /// (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)
-    #[arg(
-        long,
-        env = "DLOCK_URL_FILE",
-        global = true,
-        value_name = "PATH"
-    )]
+    #[arg(long, env = "DLOCK_URL_FILE", global = true, value_name = "PATH")]
     pub url_file: Option<PathBuf>,
 
     /// Namespace for every key, table row and channel dlock uses
