@@ -342,21 +342,6 @@ fn table_per_prefix_case_sensitive_names_and_a_kept_fence() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
-fn make_certs(dir: &std::path::Path) {
-    let sh = |cmd: &str| {
-        let st = std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .current_dir(dir)
-            .status()
-            .expect("run openssl");
-        assert!(st.success(), "{cmd}");
-    };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=dlock-test-ca -keyout ca.key -out ca.crt 2>/dev/null");
-    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr 2>/dev/null");
-    sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
-        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.crt 2>/dev/null");
-}
-
 #[test]
 fn tls_with_a_private_ca() {
     require("openssl", "openssl");

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -145,26 +144,6 @@ fn unknown_scheme_and_bad_urls_are_usage_errors() {
         assert_eq!(code(&o), 2, "{url}: {}", stderr(&o));
         assert_eq!(stderr(&o).trim_end().lines().count(), 1);
     }
-}
-
-fn make_certs(dir: &std::path::Path) {
-    let sh = |script: &str| {
-        let o = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            o.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=dlock-test-ca -keyout ca.key -out ca.crt 2>/dev/null");
-    sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr 2>/dev/null");
-    sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > ext.cnf && \
-        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.crt 2>/dev/null");
 }
 
 #[test]
