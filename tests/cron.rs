@@ -107,14 +107,19 @@ fn keepalive_pids(name: &str) -> Vec<i32> {
     out
 }
 
-#[test]
-fn keepalive_pid_holds_while_the_process_lives_and_frees_soon_after() {
-    let (_r, ctx) = setup();
-    let mut owner = std::process::Command::new("sh")
+/// A process that lives until its stdin is closed: the script a keep-alive watches.
+fn owner() -> std::process::Child {
+    std::process::Command::new("sh")
         .args(["-c", "read x"])
         .stdin(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn keepalive_pid_holds_while_the_process_lives_and_frees_soon_after() {
+    let (_r, ctx) = setup();
+    let mut owner = owner();
     let pid = owner.id().to_string();
     let o = ctx.run(&["acquire", "ka", "--lease", "1s", "--keepalive-pid", &pid]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -151,11 +156,7 @@ fn keepalive_pid_holds_while_the_process_lives_and_frees_soon_after() {
 #[test]
 fn a_killed_keepalive_lets_the_lease_lapse() {
     let (_r, ctx) = setup();
-    let mut owner = std::process::Command::new("sh")
-        .args(["-c", "read x"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut owner = owner();
     let name = format!("kk-{}", ctx.prefix);
     let o = ctx.run(&[
         "acquire",
