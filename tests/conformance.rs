@@ -100,31 +100,24 @@ fn leases_expire(ctx: &Ctx) {
 }
 
 fn same_token_extends_without_counting(ctx: &Ctx) {
-    let first = ctx.run(&[
-        "acquire",
-        "re",
-        "--token",
-        "my-token-1",
-        "--json",
-        "--lease",
-        "1s",
-    ]);
-    assert_eq!(code(&first), 0, "{}", stderr(&first));
-    let a: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let take = |lease: &str| {
+        let o = ctx.run(&[
+            "acquire",
+            "re",
+            "--token",
+            "my-token-1",
+            "--json",
+            "--lease",
+            lease,
+        ]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let a = take("1s");
     assert_eq!(a["token"], "my-token-1");
     assert_eq!(a["name"], "re");
     assert!(a["expires_at"].is_string());
-    let second = ctx.run(&[
-        "acquire",
-        "re",
-        "--token",
-        "my-token-1",
-        "--json",
-        "--lease",
-        "30s",
-    ]);
-    assert_eq!(code(&second), 0, "{}", stderr(&second));
-    let b: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    let b = take("30s");
     assert_eq!(a["fence"], b["fence"], "extending keeps the fence");
     assert_eq!(b["extended"], true);
     let ttl = ctx.status_json(&["re"])["locks"][0]["ttl_ms"]
