@@ -795,9 +795,10 @@ struct OpsResult {
 }
 
 /// The commands dlock's Redis scripts call; `dlock exec` sends none of them
-/// itself (it sends EVALSHA, EVAL and SUBSCRIBE).
+/// itself (it sends EVALSHA, EVAL and BZPOPMIN).
 const REDIS_SCRIPT_CALLS: &[&str] = &[
-    "hget", "hgetall", "hset", "time", "pexpire", "pttl", "get", "set", "del", "publish",
+    "hget", "hgetall", "hset", "time", "pexpire", "pttl", "get", "set", "del", "publish", "incr",
+    "zadd",
 ];
 
 /// Benchmark 4: Server operations per acquisition with WAITERS processes contending.

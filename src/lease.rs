@@ -91,7 +91,7 @@ pub enum Taken {
 }
 
 /// Tries, subscribes to releases, tries again (closing the lost-wake-up
-/// window), then retries on each release notification or when the holder's
+/// window, unless the backend keeps wake-ups for late waiters), then retries on each release notification or when the holder's
 /// lease runs out, until `wait` is over. Never polls at a fixed interval.
 pub fn acquire(backend: &mut dyn Backend, req: &Request, wait: Wait) -> Result<Taken> {
     let deadline = match wait {
@@ -128,8 +128,12 @@ pub fn acquire(backend: &mut dyn Backend, req: &Request, wait: Wait) -> Result<T
                 &format!("lock '{}' is busy; waiting", req.name),
                 json!({ "holder": busy.as_ref().map(|b| &b.holder) }),
             );
-            waiter = Some(backend.waiter(req.name)?);
-            continue;
+            let w = backend.waiter(req.name)?;
+            let keeps = w.keeps_wakeups();
+            waiter = Some(w);
+            if !keeps {
+                continue;
+            }
         }
         // Wake when the holder's lease would run out, even if no release is announced.
         let ttl = busy

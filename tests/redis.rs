@@ -228,3 +228,39 @@ fn a_url_on_the_command_line_beats_one_from_the_environment() {
     let o = run(c);
     assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
+
+/// A release wakes one waiter, the one that has waited longest, instead of
+/// all of them racing for the lock.
+#[test]
+fn each_release_wakes_the_longest_waiting_waiter() {
+    let r = Arc::new(Redis::start());
+    let ctx = Ctx::new(r.clone());
+    let tok = ctx.acquire("fifo", "30s");
+    let order = ctx.path("order");
+    let blocked = || {
+        r.cli(&["CLIENT", "LIST"])
+            .lines()
+            // Blocked in BZPOPMIN (a subscriber before wake-one waiting).
+            .filter(|l| l.contains("cmd=bzpopmin") || l.contains("cmd=subscribe"))
+            .count()
+    };
+    let mut waiters = Vec::new();
+    for i in 1..=4 {
+        let mut c = ctx.cmd(&["exec", "--wait", "60s", "fifo", "--", "sh", "-c"]);
+        c.arg(format!("echo {i} >> '{}'", order.display()));
+        waiters.push(spawn(c));
+        wait_until("the waiter to block", Duration::from_secs(20), || {
+            blocked() == i
+        });
+    }
+    let o = ctx.run(&["release", "fifo", "--token", &tok]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for w in &mut waiters {
+        assert!(wait_child(w, Duration::from_secs(20)).success());
+    }
+    assert_eq!(
+        std::fs::read_to_string(&order).unwrap(),
+        "1\n2\n3\n4\n",
+        "waiters ran in arrival order"
+    );
+}

@@ -74,6 +74,12 @@ pub struct LockInfo {
 /// before its last attempt).
 pub trait Waiter: Send {
     fn wait(&mut self, timeout: Duration) -> Result<()>;
+    /// True when a release that happened before the waiter existed still wakes
+    /// it (a persistent baton), so the caller need not try again after
+    /// creating it.
+    fn keeps_wakeups(&self) -> bool {
+        false
+    }
 }
 
 pub trait Backend: Send {

@@ -1,11 +1,25 @@
-//! Redis backend: one hash per lease with a millisecond TTL, changed only by
-//! Lua scripts so that every check-and-set is atomic on the server.
+//! Redis backend: one string per lease with a millisecond TTL, changed only
+//! by Lua scripts so that every check-and-set is atomic on the server.
 //!
 //! Keys for lock NAME under prefix P (the hash tag keeps them in one cluster slot):
-//!   P:{NAME}:lease     hash: token, fence, acquired_us, host, pid, user, command, name
-//!   P:{NAME}:fence     last fence handed out (outlives the lease, with a long TTL)
-//!   P:{NAME}:released  pub/sub channel that release publishes to
+//!   P:{NAME}:lease  string "token\nfence\nacquired_us\nhost\npid\nuser\nname\ncommand"
+//!                   (the command last: it is the only field that may hold a newline)
+//!   P:{NAME}:fence  last fence handed out (outlives the lease, with a day's TTL)
+//!   P:{NAME}:wake   sorted set with at most one member, the baton: release adds
+//!                   it, a waiter takes it with BZPOPMIN
+//!
+//! Waking one waiter per release, not all: Redis hands a pushed baton to the
+//! client that has been blocked longest, and a baton added while nobody waits
+//! stays (until the lease time passes) for the next one, so no release is
+//! missed between a waiter's attempt and its BZPOPMIN. A waiter that is killed
+//! between taking the baton and trying leaves the others asleep until the
+//! holder's TTL, when they wake anyway.
+//!
+//! Scripts keep their calls few, since each one is a server operation:
+//! a busy attempt is GET + PTTL, an acquisition GET + TIME + INCR + SET, a
+//! release GET + DEL + ZADD + PEXPIRE.
 
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -16,74 +30,95 @@ use crate::error::{fail, INTERNAL, UNAVAILABLE};
 use crate::holder::Holder;
 use crate::names::token_id;
 
-/// Fences are max(last + 1, server time in µs): strictly increasing per name,
-/// and still increasing after the server restarts with its data lost, because
-/// the clock has moved on while the counter was gone.
+/// Shared by the scripts: does lease value `v` belong to token `t`?
+const OWNS: &str = r"
+local function owns(v, t) return v and string.sub(v, 1, #t + 1) == t .. '\n' end
+";
+
+/// Fences count up from the last one handed out. When that counter is gone
+/// (a day unused, or the server lost its data) it restarts at the server time
+/// in µs, which is past every earlier fence because the clock has moved on.
 const ACQUIRE: &str = r"
-local cur = redis.call('HGET', KEYS[1], 'token')
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local nows = string.format('%.0f', now)
-if cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, redis.call('HGET', KEYS[1], 'fence'), nows, 1}
-end
+local cur = redis.call('GET', KEYS[1])
 if cur then
-  return {0, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}
+  if owns(cur, ARGV[1]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    local t = redis.call('TIME')
+    return {1, string.match(cur, '^[^\n]*\n([^\n]*)'), t[1] .. string.format('%06d', tonumber(t[2])), 1}
+  end
+  return {0, redis.call('PTTL', KEYS[1]), cur}
 end
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-local fence = now
-if last >= fence then fence = last + 1 end
-local fs = string.format('%.0f', fence)
-redis.call('SET', KEYS[2], fs, 'PX', tonumber(ARGV[2]) + 86400000)
-redis.call('HSET', KEYS[1], 'token', ARGV[1], 'fence', fs, 'acquired_us', nows,
-  'host', ARGV[3], 'pid', ARGV[4], 'user', ARGV[5], 'command', ARGV[6], 'name', ARGV[7])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local t = redis.call('TIME')
+local nows = t[1] .. string.format('%06d', tonumber(t[2]))
+local fence = redis.call('INCR', KEYS[2])
+if fence == 1 then
+  fence = nows
+  redis.call('SET', KEYS[2], fence, 'PX', 86400000)
+end
+local fs = fence
+if type(fence) == 'number' then fs = string.format('%.0f', fence) end
+redis.call('SET', KEYS[1], ARGV[1] .. '\n' .. fs .. '\n' .. nows .. '\n' .. ARGV[3], 'PX', ARGV[2])
 return {1, fs, nows, 0}
 ";
 
 /// Extends only a lease the token still holds: an expired lease stays lost.
 const RENEW: &str = r"
-local cur = redis.call('HGET', KEYS[1], 'token')
-if cur == ARGV[1] then
+local cur = redis.call('GET', KEYS[1])
+if owns(cur, ARGV[1]) then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {1}
 end
-if cur then return {2, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])} end
+if cur then return {2, redis.call('PTTL', KEYS[1]), cur} end
 return {0}
 ";
 
+/// Frees the lease and leaves the baton for the longest-waiting waiter.
 const RELEASE: &str = r"
-local cur = redis.call('HGET', KEYS[1], 'token')
-if cur == ARGV[1] then
+local cur = redis.call('GET', KEYS[1])
+if owns(cur, ARGV[1]) then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], 'released')
+  redis.call('ZADD', KEYS[2], 0, 'released')
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
   return {1}
 end
-if cur then return {2, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])} end
+if cur then return {2, redis.call('PTTL', KEYS[1]), cur} end
 return {0}
 ";
 
 const FORCE_RELEASE: &str = r"
-local h = redis.call('HGETALL', KEYS[1])
-if #h == 0 then return {0} end
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {0} end
 local ttl = redis.call('PTTL', KEYS[1])
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[1], 'released')
-return {1, ttl, h}
+redis.call('ZADD', KEYS[2], 0, 'released')
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return {1, ttl, cur}
 ";
 
+/// How long a baton left by a release waits for a waiter to take it.
+const BATON_TTL_MS: &str = "60000";
+
 pub struct RedisBackend {
-    client: Client,
-    con: Option<Connection>,
+    link: Arc<Link>,
     prefix: String,
-    timeout: Duration,
-    /// The URL without its password, for messages.
-    shown: String,
     acquire: Script,
     renew: Script,
     release: Script,
     force: Script,
+}
+
+/// The one connection of a process, shared by the backend and its waiter:
+/// a waiter blocks in BZPOPMIN only between attempts, never during one.
+struct Link {
+    client: Client,
+    con: Mutex<Option<Connection>>,
+    timeout: Mutex<Duration>,
+    /// The URL without its password, for messages.
+    shown: String,
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{OWNS}{body}"))
 }
 
 impl RedisBackend {
@@ -104,41 +139,101 @@ impl RedisBackend {
         // two server operations per dlock process for no use to a lock.
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
         let client = Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
-        let mut b = RedisBackend {
+        let link = Link {
             client,
-            con: None,
-            prefix: cfg.prefix.clone(),
-            timeout: cfg.timeout,
+            con: Mutex::new(None),
+            timeout: Mutex::new(cfg.timeout),
             shown,
-            acquire: Script::new(ACQUIRE),
-            renew: Script::new(RENEW),
-            release: Script::new(RELEASE),
-            force: Script::new(FORCE_RELEASE),
         };
-        b.connect()?;
-        Ok(b)
+        link.with_con(|_| Ok(()))?;
+        Ok(RedisBackend {
+            link: Arc::new(link),
+            prefix: cfg.prefix.clone(),
+            acquire: script(ACQUIRE),
+            renew: script(RENEW),
+            release: script(RELEASE),
+            force: script(FORCE_RELEASE),
+        })
     }
 
-    fn connect(&mut self) -> Result<&mut Connection> {
-        if self.con.is_none() {
-            let con = self.new_connection()?;
-            self.con = Some(con);
+    fn key(&self, name: &str, what: &str) -> String {
+        format!("{}:{{{}}}:{}", self.prefix, name, what)
+    }
+
+    fn run(&self, script: &Script, keys: &[String], args: &[&str]) -> Result<Vec<Value>> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(k);
         }
-        Ok(self.con.as_mut().expect("just connected"))
+        for a in args {
+            inv.arg(*a);
+        }
+        match self.link.with_con(|con| inv.invoke::<Value>(con))? {
+            Value::Array(items) => Ok(items),
+            other => Err(fail(
+                INTERNAL,
+                format!("unexpected reply from {}: {other:?}", self.link.shown),
+            )),
+        }
+    }
+
+    fn check_reply(&self, name: &str, items: &[Value]) -> Result<Check> {
+        match int(items.first()) {
+            Some(1) => Ok(Check::Done),
+            Some(0) => Ok(Check::NotHeld),
+            Some(2) => Ok(Check::HeldByOther(lock_info(
+                name,
+                items.get(1),
+                items.get(2),
+            ))),
+            _ => Err(fail(
+                INTERNAL,
+                format!("unexpected script reply from {}", self.link.shown),
+            )),
+        }
+    }
+}
+
+impl Link {
+    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
+        self.con.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn timeout(&self) -> Duration {
+        *self.timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the connection, opening it first if needed. Any error drops
+    /// the connection, because a late reply to a timed-out request would
+    /// otherwise be read as the next one's answer.
+    fn with_con<T>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T> {
+        let mut guard = self.lock();
+        if guard.is_none() {
+            *guard = Some(self.new_connection()?);
+        }
+        let con = guard.as_mut().expect("just connected");
+        match f(con) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                *guard = None;
+                Err(self.request_error(&e))
+            }
+        }
     }
 
     fn new_connection(&self) -> Result<Connection> {
+        let timeout = self.timeout();
         let con = self
             .client
-            .get_connection_with_timeout(self.timeout)
-            .map_err(|e| self.connect_error(&e))?;
-        con.set_read_timeout(Some(self.timeout))
-            .and_then(|_| con.set_write_timeout(Some(self.timeout)))
-            .map_err(|e| self.connect_error(&e))?;
+            .get_connection_with_timeout(timeout)
+            .map_err(|e| self.connect_error(&e, timeout))?;
+        con.set_read_timeout(Some(timeout))
+            .and_then(|_| con.set_write_timeout(Some(timeout)))
+            .map_err(|e| self.connect_error(&e, timeout))?;
         Ok(con)
     }
 
-    fn connect_error(&self, e: &redis::RedisError) -> anyhow::Error {
+    fn connect_error(&self, e: &redis::RedisError, timeout: Duration) -> anyhow::Error {
         let at = &self.shown;
         let msg = if is_auth_error(e) {
             format!("authentication to {at} failed: check the user and password in the URL")
@@ -147,7 +242,7 @@ impl RedisBackend {
         } else if e.is_timeout() {
             format!(
                 "cannot connect to {at}: no answer within {}; check host, port and firewall, or raise --connect-timeout",
-                humantime::format_duration(self.timeout)
+                humantime::format_duration(timeout)
             )
         } else {
             format!("cannot connect to {at}: {e}")
@@ -167,7 +262,7 @@ impl RedisBackend {
                 UNAVAILABLE,
                 format!(
                     "{at} did not answer within {}",
-                    humantime::format_duration(self.timeout)
+                    humantime::format_duration(self.timeout())
                 ),
             )
         } else if e.is_io_error() || e.is_connection_dropped() {
@@ -176,67 +271,19 @@ impl RedisBackend {
             fail(INTERNAL, format!("unexpected reply from {at}: {e}"))
         }
     }
-
-    fn key(&self, name: &str, what: &str) -> String {
-        format!("{}:{{{}}}:{}", self.prefix, name, what)
-    }
-
-    /// Runs one script; any error drops the connection, because a late reply
-    /// to a timed-out request would otherwise be read as the next one's answer.
-    fn run(&mut self, script: &Script, keys: &[String], args: &[&str]) -> Result<Vec<Value>> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
-        }
-        for a in args {
-            inv.arg(*a);
-        }
-        let con = self.connect()?;
-        match inv.invoke::<Value>(con) {
-            Ok(Value::Array(items)) => Ok(items),
-            Ok(other) => Err(fail(
-                INTERNAL,
-                format!("unexpected reply from {}: {other:?}", self.shown),
-            )),
-            Err(e) => {
-                self.con = None;
-                Err(self.request_error(&e))
-            }
-        }
-    }
-
-    fn check_reply(&self, name: &str, items: &[Value]) -> Result<Check> {
-        match int(items.first()) {
-            Some(1) => Ok(Check::Done),
-            Some(0) => Ok(Check::NotHeld),
-            Some(2) => Ok(Check::HeldByOther(lock_info(
-                name,
-                items.get(1),
-                items.get(2),
-            ))),
-            _ => Err(fail(
-                INTERNAL,
-                format!("unexpected script reply from {}", self.shown),
-            )),
-        }
-    }
 }
 
 impl Backend for RedisBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
         let keys = [self.key(req.name, "lease"), self.key(req.name, "fence")];
         let ms = req.lease.as_millis().max(1).to_string();
-        let pid = req.holder.pid.to_string();
-        let args = [
-            req.token,
-            &ms,
-            &req.holder.host,
-            &pid,
-            &req.holder.user,
-            &req.holder.command,
-            req.name,
-        ];
-        let items = self.run(&self.acquire.clone(), &keys, &args)?;
+        let h = req.holder;
+        // The lease value after token, fence and time: see the module comment.
+        let about = format!(
+            "{}\n{}\n{}\n{}\n{}",
+            h.host, h.pid, h.user, req.name, h.command
+        );
+        let items = self.run(&self.acquire, &keys, &[req.token, &ms, &about])?;
         match int(items.first()) {
             Some(1) => Ok(Acquire::Acquired(Grant {
                 fence: int(items.get(1)).context("fence missing from reply")? as u64,
@@ -250,34 +297,26 @@ impl Backend for RedisBackend {
             )))),
             _ => Err(fail(
                 INTERNAL,
-                format!("unexpected acquire reply from {}", self.shown),
+                format!("unexpected acquire reply from {}", self.link.shown),
             )),
         }
     }
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
         let ms = lease.as_millis().max(1).to_string();
-        let items = self.run(
-            &self.renew.clone(),
-            &[self.key(name, "lease")],
-            &[token, &ms],
-        )?;
+        let items = self.run(&self.renew, &[self.key(name, "lease")], &[token, &ms])?;
         self.check_reply(name, &items)
     }
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
-        let chan = self.key(name, "released");
-        let items = self.run(
-            &self.release.clone(),
-            &[self.key(name, "lease")],
-            &[token, &chan],
-        )?;
+        let keys = [self.key(name, "lease"), self.key(name, "wake")];
+        let items = self.run(&self.release, &keys, &[token, BATON_TTL_MS])?;
         self.check_reply(name, &items)
     }
 
     fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>> {
-        let chan = self.key(name, "released");
-        let items = self.run(&self.force.clone(), &[self.key(name, "lease")], &[&chan])?;
+        let keys = [self.key(name, "lease"), self.key(name, "wake")];
+        let items = self.run(&self.force, &keys, &[BATON_TTL_MS])?;
         Ok(match int(items.first()) {
             Some(1) => Some(lock_info(name, items.get(1), items.get(2))),
             _ => None,
@@ -294,16 +333,9 @@ impl Backend for RedisBackend {
         }
         let mut pipe = redis::pipe();
         for k in &keys {
-            pipe.cmd("PTTL").arg(k).cmd("HGETALL").arg(k);
+            pipe.cmd("PTTL").arg(k).cmd("GET").arg(k);
         }
-        let con = self.connect()?;
-        let replies: Vec<Value> = match pipe.query(con) {
-            Ok(v) => v,
-            Err(e) => {
-                self.con = None;
-                return Err(self.request_error(&e));
-            }
-        };
+        let replies: Vec<Value> = self.link.with_con(|con| pipe.query(con))?;
         let mut out = Vec::new();
         for (i, pair) in replies.chunks(2).enumerate() {
             let ttl = int(pair.first()).unwrap_or(-2);
@@ -324,33 +356,27 @@ impl Backend for RedisBackend {
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
-        let mut con = self.new_connection()?;
-        let chan = self.key(name, "released");
-        let sub = redis::cmd("SUBSCRIBE").arg(&chan).get_packed_command();
-        con.send_packed_command(&sub)
-            .and_then(|_| con.recv_response())
-            .map_err(|e| self.request_error(&e))?;
         Ok(Box::new(RedisWaiter {
-            con,
-            shown: self.shown.clone(),
+            link: Arc::clone(&self.link),
+            baton: self.key(name, "wake"),
         }))
     }
 
     fn reconnect(&mut self) -> Result<()> {
-        self.con = None;
-        self.connect().map(|_| ())
+        *self.link.lock() = None;
+        self.link.with_con(|_| Ok(()))
     }
 
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         let t = timeout.max(Duration::from_millis(1));
-        self.timeout = t;
-        if let Some(con) = &self.con {
-            if con
-                .set_read_timeout(Some(t))
-                .and_then(|_| con.set_write_timeout(Some(t)))
+        *self.link.timeout.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        let mut con = self.link.lock();
+        if let Some(c) = con.as_ref() {
+            if c.set_read_timeout(Some(t))
+                .and_then(|_| c.set_write_timeout(Some(t)))
                 .is_err()
             {
-                self.con = None;
+                *con = None;
             }
         }
         Ok(())
@@ -363,21 +389,15 @@ impl RedisBackend {
         let mut keys = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let con = self.connect()?;
-            let r: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(con);
-            let (next, batch) = match r {
-                Ok(v) => v,
-                Err(e) => {
-                    self.con = None;
-                    return Err(self.request_error(&e));
-                }
-            };
+            let (next, batch): (u64, Vec<String>) = self.link.with_con(|con| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(con)
+            })?;
             keys.extend(batch);
             if next == 0 {
                 break;
@@ -390,23 +410,33 @@ impl RedisBackend {
     }
 }
 
+/// Waits for the baton: the persistent wake-up means a waiter needs no
+/// subscription before its last attempt.
 struct RedisWaiter {
-    con: Connection,
-    shown: String,
+    link: Arc<Link>,
+    baton: String,
 }
 
 impl Waiter for RedisWaiter {
     fn wait(&mut self, timeout: Duration) -> Result<()> {
-        let t = timeout.max(Duration::from_millis(1));
-        self.con.set_read_timeout(Some(t)).ok();
-        match self.con.recv_response() {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_timeout() => Ok(()),
-            Err(e) => Err(fail(
-                UNAVAILABLE,
-                format!("lost connection to {} while waiting: {e}", self.shown),
-            )),
-        }
+        // BZPOPMIN takes seconds with decimals; 0 would mean forever.
+        let secs = timeout.as_secs_f64().max(0.001);
+        let slack = self.link.timeout();
+        let r = self.link.with_con(|con| {
+            con.set_read_timeout(Some(timeout + slack))?;
+            let r = redis::cmd("BZPOPMIN")
+                .arg(&self.baton)
+                .arg(format!("{secs:.3}"))
+                .query::<Value>(con);
+            con.set_read_timeout(Some(slack))?;
+            r
+        });
+        r.map(|_| ())
+            .map_err(|e| fail(UNAVAILABLE, format!("{e:#} while waiting")))
+    }
+
+    fn keeps_wakeups(&self) -> bool {
+        true
     }
 }
 
@@ -447,32 +477,21 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// Builds a LockInfo from a PTTL reply and an HGETALL reply (flat or map).
-fn lock_info(name: &str, ttl: Option<&Value>, hash: Option<&Value>) -> LockInfo {
-    let mut fields: Vec<(String, String)> = Vec::new();
-    match hash {
-        Some(Value::Array(items)) => {
-            for kv in items.chunks(2) {
-                if let [k, v] = kv {
-                    fields.push((text(k), text(v)));
-                }
-            }
-        }
-        Some(Value::Map(items)) => {
-            for (k, v) in items {
-                fields.push((text(k), text(v)));
-            }
-        }
-        _ => {}
-    }
-    let get = |k: &str| {
-        fields
-            .iter()
-            .find(|(f, _)| f == k)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    let stored_name = get("name");
+/// Builds a LockInfo from a PTTL reply and a lease value (see the module comment).
+fn lock_info(name: &str, ttl: Option<&Value>, lease: Option<&Value>) -> LockInfo {
+    let value = lease.map(text).unwrap_or_default();
+    let mut f = value.splitn(8, '\n');
+    let mut next = || f.next().unwrap_or_default().to_string();
+    let (token, fence, acquired, host, pid, user, stored_name, command) = (
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+        next(),
+    );
     LockInfo {
         name: if stored_name.is_empty() {
             name.to_string()
@@ -480,14 +499,14 @@ fn lock_info(name: &str, ttl: Option<&Value>, hash: Option<&Value>) -> LockInfo 
             stored_name
         },
         holder: Holder {
-            host: get("host"),
-            pid: get("pid").parse().unwrap_or(0),
-            user: get("user"),
-            command: get("command"),
+            host,
+            pid: pid.parse().unwrap_or(0),
+            user,
+            command,
         },
-        token_id: token_id(&get("token")),
-        fence: get("fence").parse().unwrap_or(0),
-        acquired_at_us: get("acquired_us").parse().unwrap_or(0),
+        token_id: token_id(&token),
+        fence: fence.parse().unwrap_or(0),
+        acquired_at_us: acquired.parse().unwrap_or(0),
         ttl: Duration::from_millis(int(ttl).unwrap_or(0).max(0) as u64),
     }
 }
@@ -499,6 +518,21 @@ mod tests {
     #[test]
     fn globs_are_escaped() {
         assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn lease_values_keep_newlines_in_the_command() {
+        let v = Value::BulkString(
+            b"0123abcd\n42\n1700000000000001\nvm\n7\nroot\njob\nsh -c 'a\nb'".to_vec(),
+        );
+        let i = lock_info("fallback", Some(&Value::Int(1500)), Some(&v));
+        assert_eq!(i.name, "job");
+        assert_eq!(i.fence, 42);
+        assert_eq!(i.acquired_at_us, 1_700_000_000_000_001);
+        assert_eq!((i.holder.host.as_str(), i.holder.pid), ("vm", 7));
+        assert_eq!(i.holder.command, "sh -c 'a\nb'");
+        assert_eq!(i.ttl, Duration::from_millis(1500));
+        assert_eq!(lock_info("x", None, None).name, "x");
     }
 
     #[test]
