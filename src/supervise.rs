@@ -105,12 +105,61 @@ fn spawn(job: &Job, tty: Option<i32>) -> Result<Pid> {
     }
 }
 
-/// A forked process that stops the command's group if dlock dies, even by
-/// SIGKILL: it blocks reading a pipe whose only writer is dlock, and the
-/// kernel closes that pipe when dlock goes away.
+/// A process that stops the command's group if dlock dies, even by SIGKILL:
+/// it blocks reading a pipe whose only writer is dlock, and the kernel closes
+/// that pipe when dlock goes away.
+///
+/// It is started with `clone(CLONE_VM)` on a small stack of its own rather
+/// than forked: sharing dlock's memory means no page tables to copy and no
+/// copy-on-write faults afterwards, which made a fork cost about 0.75 ms of
+/// CPU per job. It only makes raw system calls and never returns, so sharing
+/// is safe; while dlock lives, none of its calls fail (nothing interrupts a
+/// blocking read when every handled signal is blocked), so it never writes
+/// the shared `errno` under dlock's feet.
 struct Guard {
     pid: Pid,
     write_fd: i32,
+}
+
+/// What the guard needs, in memory it shares with dlock (leaked on purpose:
+/// the guard may outlive dlock).
+struct GuardArgs {
+    read_fd: i32,
+    kill_after: libc::timespec,
+}
+
+const GUARD_STACK: usize = 64 * 1024;
+
+extern "C" fn guard_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the leaked GuardArgs; everything below is a plain system call.
+    unsafe {
+        let a = &*(arg as *const GuardArgs);
+        let r = a.read_fd;
+        // Keep only the pipe: no copy of dlock's backend connection or terminal.
+        libc::syscall(libc::SYS_close_range, 0, r - 1, 0);
+        libc::syscall(libc::SYS_close_range, r + 1, u32::MAX, 0);
+        let mut pgid: i32 = 0;
+        let mut got = 0usize;
+        while got < 4 {
+            let n = libc::read(
+                r,
+                (&mut pgid as *mut i32).cast::<u8>().add(got).cast(),
+                4 - got,
+            );
+            if n <= 0 {
+                libc::_exit(0); // dlock went away before starting the command
+            }
+            got += n as usize;
+        }
+        let mut b = 0u8;
+        libc::read(r, (&mut b as *mut u8).cast(), 1);
+        // dlock is gone: stop the job it supervised.
+        libc::kill(-pgid, libc::SIGTERM);
+        libc::kill(-pgid, libc::SIGCONT);
+        libc::nanosleep(&a.kill_after, std::ptr::null_mut());
+        libc::kill(-pgid, libc::SIGKILL);
+        libc::_exit(0)
+    }
 }
 
 impl Guard {
@@ -120,57 +169,51 @@ impl Guard {
             return None;
         }
         let (r, w) = (fds[0], fds[1]);
-        let ts = libc::timespec {
-            tv_sec: kill_after.as_secs() as libc::time_t,
-            tv_nsec: kill_after.subsec_nanos() as libc::c_long,
+        let close_both = || unsafe {
+            libc::close(r);
+            libc::close(w);
         };
-        // SAFETY: the child runs only async-signal-safe calls and never returns.
-        match unsafe { libc::fork() } {
-            -1 => {
-                unsafe {
-                    libc::close(r);
-                    libc::close(w);
-                }
-                None
-            }
-            0 => unsafe {
-                // Keep only the pipe: no copy of dlock's backend connection or terminal.
-                libc::syscall(libc::SYS_close_range, 0, r - 1, 0);
-                libc::syscall(libc::SYS_close_range, r + 1, u32::MAX, 0);
-                let mut pgid: i32 = 0;
-                let mut got = 0usize;
-                while got < 4 {
-                    let n = libc::read(
-                        r,
-                        (&mut pgid as *mut i32).cast::<u8>().add(got).cast(),
-                        4 - got,
-                    );
-                    if n > 0 {
-                        got += n as usize;
-                    } else if n < 0 && *libc::__errno_location() == libc::EINTR {
-                        continue;
-                    } else {
-                        libc::_exit(0); // dlock went away before starting the command
-                    }
-                }
-                let mut b = 0u8;
-                while libc::read(r, (&mut b as *mut u8).cast(), 1) < 0
-                    && *libc::__errno_location() == libc::EINTR
-                {}
-                libc::kill(-pgid, libc::SIGTERM);
-                libc::kill(-pgid, libc::SIGCONT);
-                libc::nanosleep(&ts, std::ptr::null_mut());
-                libc::kill(-pgid, libc::SIGKILL);
-                libc::_exit(0)
-            },
-            pid => {
-                unsafe { libc::close(r) };
-                Some(Guard {
-                    pid: Pid::from_raw(pid),
-                    write_fd: w,
-                })
-            }
+        // SAFETY: a fresh anonymous mapping, used only as the guard's stack.
+        let stack = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                GUARD_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if stack == libc::MAP_FAILED {
+            close_both();
+            return None;
         }
+        let args = Box::into_raw(Box::new(GuardArgs {
+            read_fd: r,
+            kill_after: libc::timespec {
+                tv_sec: kill_after.as_secs() as libc::time_t,
+                tv_nsec: kill_after.subsec_nanos() as libc::c_long,
+            },
+        }));
+        // SAFETY: the stack grows down from the end of its mapping; guard_main
+        // never returns and touches only `args` and its own stack.
+        let pid = unsafe {
+            libc::clone(
+                guard_main,
+                stack.cast::<u8>().add(GUARD_STACK).cast(),
+                libc::CLONE_VM | libc::SIGCHLD,
+                args.cast(),
+            )
+        };
+        if pid == -1 {
+            close_both();
+            return None;
+        }
+        unsafe { libc::close(r) };
+        Some(Guard {
+            pid: Pid::from_raw(pid),
+            write_fd: w,
+        })
     }
 
     /// Tells the guard which process group to stop if dlock dies.
@@ -179,10 +222,10 @@ impl Guard {
         unsafe { libc::write(self.write_fd, raw.as_ptr().cast(), raw.len()) };
     }
 
-    /// The job is over: dismiss the guard without letting it act.
+    /// The job is over: dismiss the guard without letting it act. It is not
+    /// waited for: SIGKILL cannot be refused, and dlock exits soon after.
     fn dismiss(self) {
         let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
-        let _ = waitpid(self.pid, None);
         unsafe { libc::close(self.write_fd) };
     }
 }
