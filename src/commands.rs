@@ -280,7 +280,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     announce_acquired(&e.name, &grant, timing.lease);
     let (tx, rx) = mpsc::channel();
     signals::forward_to(tx.clone());
-    let keeper = Keeper::start(
+    let keeper = Keeper::deferred(
         b,
         e.name.clone(),
         token.clone(),

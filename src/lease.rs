@@ -159,17 +159,184 @@ enum Cmd {
     Lapse(Duration),
 }
 
-/// Renews a held lease on its own thread until told to release it.
+/// Renews a held lease until told to release it: on a thread of its own,
+/// started when the first renewal is due (a third of the lease), so that a
+/// short job never starts one and is released straight from the caller.
 pub struct Keeper {
     state: Arc<Mutex<State>>,
-    tx: Sender<Cmd>,
-    handle: JoinHandle<Result<Check>>,
+    run: Mutex<Run>,
     timing: Timing,
 }
 
+enum Run {
+    Deferred(Box<Renewer>),
+    Running(Sender<Cmd>, JoinHandle<Result<Check>>),
+    Finished,
+}
+
+/// What the renewal loop owns.
+struct Renewer {
+    backend: Box<dyn Backend>,
+    name: String,
+    token: String,
+    timing: Timing,
+    acquired_sent: Instant,
+    base_timeout: Duration,
+    events: Sender<Event>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Renewer {
+    /// Releases, or lets the lease run out (`Lapse`), after the last renewal.
+    fn finish(&mut self, cmd: Cmd) -> Result<Check> {
+        let backend = &mut self.backend;
+        let _ = backend.set_timeout(self.base_timeout);
+        if let Cmd::Lapse(left) = cmd {
+            if left >= Duration::from_millis(1) {
+                return backend.renew(&self.name, &self.token, left);
+            }
+        }
+        let lost = self.state.lock().unwrap_or_else(|e| e.into_inner()).lost;
+        if lost {
+            // The lease is gone or about to expire; a release
+            // could only block on the server that failed us.
+            return Ok(Check::NotHeld);
+        }
+        let r = backend.release(&self.name, &self.token);
+        if r.is_err() {
+            let _ = backend.reconnect();
+            return backend.release(&self.name, &self.token);
+        }
+        r
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) -> Result<Check> {
+        let timing = self.timing;
+        let base_timeout = self.base_timeout;
+        let st = Arc::clone(&self.state);
+        let name = self.name.clone();
+        let token = self.token.clone();
+        let events = self.events.clone();
+        let acquired_sent = self.acquired_sent;
+        let mut next = acquired_sent + timing.period;
+        let mut backoff = Duration::from_millis(25);
+        let mut failures = 0u32;
+        loop {
+            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Ok(cmd) => return self.finish(cmd),
+                Err(RecvTimeoutError::Disconnected) => return self.finish(Cmd::Release),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let stop_by = {
+                let s = st.lock().unwrap_or_else(|e| e.into_inner());
+                if s.lost {
+                    next = Instant::now() + Duration::from_secs(3600);
+                    continue;
+                }
+                s.stop_by
+            };
+            let now = Instant::now();
+            if stop_by <= now {
+                // The supervisor acts on the deadline; nothing sent now could save the lease.
+                next = now + Duration::from_secs(3600);
+                continue;
+            }
+            let _ = self.backend.set_timeout(base_timeout.min(stop_by - now));
+            let sent = Instant::now();
+            match self.backend.renew(&name, &token, timing.lease) {
+                Ok(Check::Done) => {
+                    let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+                    if !s.lost {
+                        s.stop_by = s.stop_by.max(timing.stop_by(sent));
+                        s.last_ok = SystemTime::now();
+                    }
+                    drop(s);
+                    let level = if failures > 0 {
+                        Level::Info
+                    } else {
+                        Level::Debug
+                    };
+                    output::event(
+                        level,
+                        "renewed",
+                        Some(&name),
+                        &format!("renewed '{name}'"),
+                        json!({ "lease_ms": timing.lease.as_millis() as u64, "failures": failures }),
+                    );
+                    failures = 0;
+                    backoff = Duration::from_millis(25);
+                    next = sent + timing.period;
+                }
+                Ok(Check::NotHeld) => {
+                    let _ = events.send(Event::Lost(format!(
+                        "the server no longer has the lease on '{name}' (expired or the server lost its data)"
+                    )));
+                    next = Instant::now() + Duration::from_secs(3600);
+                }
+                Ok(Check::HeldByOther(o)) => {
+                    let _ = events.send(Event::Lost(format!(
+                        "lock '{name}' is now held by {}:{} ({}) with fence {}",
+                        o.holder.host, o.holder.pid, o.holder.user, o.fence
+                    )));
+                    next = Instant::now() + Duration::from_secs(3600);
+                }
+                Err(e) => {
+                    failures += 1;
+                    let msg = format!(
+                        "renewal of '{name}' failed: {e:#}; retrying until the deadline in {}",
+                        output::format_left(stop_by.saturating_duration_since(Instant::now()))
+                    );
+                    let level = if failures == 1 {
+                        Level::Info
+                    } else {
+                        Level::Debug
+                    };
+                    output::event(
+                        level,
+                        "renewal_failed",
+                        Some(&name),
+                        &msg,
+                        json!({ "attempt": failures }),
+                    );
+                    let left = stop_by.saturating_duration_since(Instant::now());
+                    let _ = self.backend.set_timeout(base_timeout.min(left));
+                    let _ = self.backend.reconnect();
+                    next = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(timing.period);
+                }
+            }
+        }
+    }
+}
+
 impl Keeper {
+    /// Renews from a thread started at once.
     pub fn start(
-        mut backend: Box<dyn Backend>,
+        backend: Box<dyn Backend>,
+        name: String,
+        token: String,
+        timing: Timing,
+        acquired_sent: Instant,
+        base_timeout: Duration,
+        events: Sender<Event>,
+    ) -> Keeper {
+        let k = Keeper::deferred(
+            backend,
+            name,
+            token,
+            timing,
+            acquired_sent,
+            base_timeout,
+            events,
+        );
+        k.spawn();
+        k
+    }
+
+    /// Renews from a thread that [`Keeper::start_if_due`] starts when the
+    /// first renewal is due; the caller must call it by [`Keeper::first_renewal`].
+    pub fn deferred(
+        backend: Box<dyn Backend>,
         name: String,
         token: String,
         timing: Timing,
@@ -182,115 +349,52 @@ impl Keeper {
             last_ok: SystemTime::now(),
             lost: false,
         }));
-        let (tx, rx) = mpsc::channel();
-        let st = Arc::clone(&state);
-        let handle = std::thread::Builder::new()
-            .name("renew".into())
-            .spawn(move || {
-                let mut next = acquired_sent + timing.period;
-                let mut backoff = Duration::from_millis(25);
-                let mut failures = 0u32;
-                loop {
-                    match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                        Ok(Cmd::Lapse(left)) if left >= Duration::from_millis(1) => {
-                            let _ = backend.set_timeout(base_timeout);
-                            return backend.renew(&name, &token, left);
-                        }
-                        Ok(Cmd::Release | Cmd::Lapse(_)) | Err(RecvTimeoutError::Disconnected) => {
-                            let _ = backend.set_timeout(base_timeout);
-                            let lost = st.lock().unwrap_or_else(|e| e.into_inner()).lost;
-                            if lost {
-                                // The lease is gone or about to expire; a release
-                                // could only block on the server that failed us.
-                                return Ok(Check::NotHeld);
-                            }
-                            let r = backend.release(&name, &token);
-                            if r.is_err() {
-                                let _ = backend.reconnect();
-                                return backend.release(&name, &token);
-                            }
-                            return r;
-                        }
-                        Err(RecvTimeoutError::Timeout) => {}
-                    }
-                    let stop_by = {
-                        let s = st.lock().unwrap_or_else(|e| e.into_inner());
-                        if s.lost {
-                            next = Instant::now() + Duration::from_secs(3600);
-                            continue;
-                        }
-                        s.stop_by
-                    };
-                    let now = Instant::now();
-                    if stop_by <= now {
-                        // The supervisor acts on the deadline; nothing sent now could save the lease.
-                        next = now + Duration::from_secs(3600);
-                        continue;
-                    }
-                    let _ = backend.set_timeout(base_timeout.min(stop_by - now));
-                    let sent = Instant::now();
-                    match backend.renew(&name, &token, timing.lease) {
-                        Ok(Check::Done) => {
-                            let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
-                            if !s.lost {
-                                s.stop_by = s.stop_by.max(timing.stop_by(sent));
-                                s.last_ok = SystemTime::now();
-                            }
-                            drop(s);
-                            let level = if failures > 0 { Level::Info } else { Level::Debug };
-                            output::event(
-                                level,
-                                "renewed",
-                                Some(&name),
-                                &format!("renewed '{name}'"),
-                                json!({ "lease_ms": timing.lease.as_millis() as u64, "failures": failures }),
-                            );
-                            failures = 0;
-                            backoff = Duration::from_millis(25);
-                            next = sent + timing.period;
-                        }
-                        Ok(Check::NotHeld) => {
-                            let _ = events.send(Event::Lost(format!(
-                                "the server no longer has the lease on '{name}' (expired or the server lost its data)"
-                            )));
-                            next = Instant::now() + Duration::from_secs(3600);
-                        }
-                        Ok(Check::HeldByOther(o)) => {
-                            let _ = events.send(Event::Lost(format!(
-                                "lock '{name}' is now held by {}:{} ({}) with fence {}",
-                                o.holder.host, o.holder.pid, o.holder.user, o.fence
-                            )));
-                            next = Instant::now() + Duration::from_secs(3600);
-                        }
-                        Err(e) => {
-                            failures += 1;
-                            let msg = format!(
-                                "renewal of '{name}' failed: {e:#}; retrying until the deadline in {}",
-                                output::format_left(stop_by.saturating_duration_since(Instant::now()))
-                            );
-                            let level = if failures == 1 { Level::Info } else { Level::Debug };
-                            output::event(
-                                level,
-                                "renewal_failed",
-                                Some(&name),
-                                &msg,
-                                json!({ "attempt": failures }),
-                            );
-                            let left = stop_by.saturating_duration_since(Instant::now());
-                            let _ = backend.set_timeout(base_timeout.min(left));
-                            let _ = backend.reconnect();
-                            next = Instant::now() + backoff;
-                            backoff = (backoff * 2).min(timing.period);
-                        }
-                    }
-                }
-            })
-            .expect("cannot start the renewal thread");
+        let renewer = Renewer {
+            backend,
+            name,
+            token,
+            timing,
+            acquired_sent,
+            base_timeout,
+            events,
+            state: Arc::clone(&state),
+        };
         Keeper {
             state,
-            tx,
-            handle,
+            run: Mutex::new(Run::Deferred(Box::new(renewer))),
             timing,
+        }
+    }
+
+    fn spawn(&self) {
+        let mut run = self.run.lock().unwrap_or_else(|e| e.into_inner());
+        if let Run::Deferred(_) = &*run {
+            let Run::Deferred(renewer) = std::mem::replace(&mut *run, Run::Finished) else {
+                unreachable!()
+            };
+            let (tx, rx) = mpsc::channel();
+            let handle = std::thread::Builder::new()
+                .name("renew".into())
+                // Small: the loop's frames and the driver's buffers are on the heap.
+                .stack_size(256 * 1024)
+                .spawn(move || renewer.run(rx))
+                .expect("cannot start the renewal thread");
+            *run = Run::Running(tx, handle);
+        }
+    }
+
+    /// When the renewal thread must be running, while it is not yet.
+    pub fn first_renewal(&self) -> Option<Instant> {
+        match &*self.run.lock().unwrap_or_else(|e| e.into_inner()) {
+            Run::Deferred(r) => Some(r.acquired_sent + r.timing.period),
+            _ => None,
+        }
+    }
+
+    /// Starts the renewal thread if the first renewal is due by `now`.
+    pub fn start_if_due(&self, now: Instant) {
+        if self.first_renewal().is_some_and(|t| t <= now) {
+            self.spawn();
         }
     }
 
@@ -335,10 +439,17 @@ impl Keeper {
     }
 
     fn finish(self, cmd: Cmd) -> Result<Check> {
-        let _ = self.tx.send(cmd);
-        self.handle
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the renewal thread panicked")))
+        let run = self.run.into_inner().unwrap_or_else(|e| e.into_inner());
+        match run {
+            Run::Deferred(mut r) => r.finish(cmd),
+            Run::Running(tx, handle) => {
+                let _ = tx.send(cmd);
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the renewal thread panicked")))
+            }
+            Run::Finished => Ok(Check::NotHeld),
+        }
     }
 }
 

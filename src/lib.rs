@@ -12,6 +12,7 @@ mod lease;
 mod names;
 mod output;
 mod signals;
+mod spawn;
 mod supervise;
 
 use clap::{CommandFactory, FromArgMatches};

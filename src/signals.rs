@@ -60,6 +60,8 @@ pub fn install() {
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None)
         .expect("blocking signals cannot fail");
     std::thread::Builder::new()
+        // Small: it only waits for signals and dispatches them.
+        .stack_size(128 * 1024)
         .name("signals".into())
         .spawn(move || loop {
             let Ok(sig) = set.wait() else { continue };

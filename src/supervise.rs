@@ -5,8 +5,6 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -52,49 +50,16 @@ pub struct End {
 }
 
 /// Starts the command; a spawn failure maps to 127 or 126 as in a shell.
-fn spawn(job: &Job, tty: Option<i32>) -> Result<Pid> {
-    let parent = nix::unistd::getpid();
-    let mut cmd = Command::new(&job.argv[0]);
-    cmd.args(&job.argv[1..])
-        .envs(job.env.iter().map(|(k, v)| (k, v)));
-    // SAFETY: only async-signal-safe calls (setpgid, tcsetpgrp, prctl, getppid,
-    // sigprocmask) run between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if let Some(fd) = tty {
-                // SIGTTOU is blocked in this child, so a background group may take the terminal.
-                libc::tcsetpgrp(fd, libc::getpid());
-            }
-            // If dlock dies, so does the command (the guard then stops the rest of its group).
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
-            if libc::getppid() != parent.as_raw() {
-                libc::_exit(129);
-            }
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            Ok(())
-        });
-    }
+fn spawn(job: &Job, tty: Option<i32>, guard: Option<&Guard>) -> Result<Pid> {
     let shown = job.argv[0].to_string_lossy().into_owned();
-    match cmd.spawn() {
-        Ok(child) => {
-            let pid = Pid::from_raw(child.id() as i32);
+    match crate::spawn::spawn(&job.argv, &job.env, tty, guard.map(|g| g.write_fd)) {
+        Ok(pid) => {
+            let pid = Pid::from_raw(pid);
             // Also from the parent, so that there is no window in which a signal to the group misses.
             let _ = nix::unistd::setpgid(pid, pid);
             if let Some(fd) = tty {
                 unsafe { libc::tcsetpgrp(fd, pid.as_raw()) };
             }
-            // `child` is dropped without waiting: the supervisor reaps with waitpid(-1).
             Ok(pid)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(fail(
@@ -216,12 +181,6 @@ impl Guard {
         })
     }
 
-    /// Tells the guard which process group to stop if dlock dies.
-    fn arm(&self, pgid: Pid) {
-        let raw = pgid.as_raw().to_ne_bytes();
-        unsafe { libc::write(self.write_fd, raw.as_ptr().cast(), raw.len()) };
-    }
-
     /// The job is over: dismiss the guard without letting it act. It is not
     /// waited for: SIGKILL cannot be refused, and dlock exits soon after.
     fn dismiss(self) {
@@ -263,14 +222,19 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
     // know when the whole job is gone.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let tty = foreground_tty();
-    // The guard is forked before the command, so that it already watches when
-    // the command starts; it learns the process group right after the spawn.
+    // The guard starts before the command, and the command's process tells it
+    // its group before exec'ing, so that no moment is left unwatched.
     let guard = Guard::start(timing.kill_after);
-    let child = spawn(job, tty)?;
+    let child = match spawn(job, tty, guard.as_ref()) {
+        Ok(pid) => pid,
+        Err(e) => {
+            if let Some(g) = guard {
+                g.dismiss();
+            }
+            return Err(e);
+        }
+    };
     let pgid = child;
-    if let Some(g) = &guard {
-        g.arm(pgid);
-    }
     let started = Instant::now();
     let mut runtime_over = job.max_runtime.map(|d| started + d);
     let mut timed_out = false;
@@ -283,6 +247,7 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
             break;
         }
         let now = Instant::now();
+        keeper.start_if_due(now);
         if !lost && keeper.lose_if_due(now) {
             lost = true;
             let since = keeper.last_renewed();
@@ -337,6 +302,9 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
         }
         if let Some(k) = kill_at {
             wake = wake.min(k);
+        }
+        if let Some(r) = keeper.first_renewal() {
+            wake = wake.min(r);
         }
         if let Some(over) = runtime_over {
             wake = wake.min(over);

@@ -305,3 +305,43 @@ fn json_log_lines_parse_and_name_each_event() {
     assert_eq!(lost["level"], "error");
     assert!(lost["last_renewed"].is_string());
 }
+
+/// The command starts as a shell would start it: found on PATH past a
+/// non-executable file of the same name, a script without `#!` run by
+/// /bin/sh, and no signal blocked or ignored.
+#[test]
+fn commands_start_as_a_shell_would_start_them() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_r, ctx) = setup();
+    let (first, second) = (ctx.path("first"), ctx.path("second"));
+    for dir in [&first, &second] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let script = "echo \"no #! line, args: $*\"\n";
+    std::fs::write(first.join("job"), script).unwrap();
+    std::fs::write(second.join("job"), script).unwrap();
+    std::fs::set_permissions(second.join("job"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut c = ctx.cmd(&["exec", "start", "--", "job", "a", "b"]);
+    c.env(
+        "PATH",
+        format!("{}:{}:/usr/bin:/bin", first.display(), second.display()),
+    );
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "no #! line, args: a b\n");
+
+    let o = ctx.run(&["exec", "start", "--", "cat", "/proc/self/status"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let status = stdout(&o);
+    let mask = |field: &str| {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "blocked signals");
+    // dlock ignores SIGPIPE (Rust does); the command must not inherit that.
+    assert_eq!(
+        mask("SigIgn:") & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE ignored"
+    );
+}
