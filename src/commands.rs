@@ -280,7 +280,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     announce_acquired(&e.name, &grant, timing.lease);
     let (tx, rx) = mpsc::channel();
     signals::forward_to(tx.clone());
-    let keeper = Keeper::deferred(
+    let keeper = Keeper::new(
         b,
         e.name.clone(),
         token.clone(),
@@ -480,7 +480,7 @@ pub fn keepalive(g: &Global, url: Option<String>, k: &KeepaliveArgs) -> Result<i
     }
     signals::forward_to(tx.clone());
     // Renew at once: the lease was granted a moment ago by the parent.
-    let keeper = Keeper::start(
+    let keeper = Keeper::new(
         b,
         k.name.clone(),
         k.token.clone(),
@@ -489,6 +489,7 @@ pub fn keepalive(g: &Global, url: Option<String>, k: &KeepaliveArgs) -> Result<i
         cfg.timeout,
         tx,
     );
+    keeper.start_now();
     loop {
         let wait = keeper.stop_by().saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {

@@ -310,32 +310,10 @@ impl Renewer {
 }
 
 impl Keeper {
-    /// Renews from a thread started at once.
-    pub fn start(
-        backend: Box<dyn Backend>,
-        name: String,
-        token: String,
-        timing: Timing,
-        acquired_sent: Instant,
-        base_timeout: Duration,
-        events: Sender<Event>,
-    ) -> Keeper {
-        let k = Keeper::deferred(
-            backend,
-            name,
-            token,
-            timing,
-            acquired_sent,
-            base_timeout,
-            events,
-        );
-        k.spawn();
-        k
-    }
-
     /// Renews from a thread that [`Keeper::start_if_due`] starts when the
-    /// first renewal is due; the caller must call it by [`Keeper::first_renewal`].
-    pub fn deferred(
+    /// first renewal is due (the caller must call it by
+    /// [`Keeper::first_renewal`]), or [`Keeper::start_now`].
+    pub fn new(
         backend: Box<dyn Backend>,
         name: String,
         token: String,
@@ -366,7 +344,8 @@ impl Keeper {
         }
     }
 
-    fn spawn(&self) {
+    /// Starts the renewal thread now.
+    pub fn start_now(&self) {
         let mut run = self.run.lock().unwrap_or_else(|e| e.into_inner());
         if let Run::Deferred(_) = &*run {
             let Run::Deferred(renewer) = std::mem::replace(&mut *run, Run::Finished) else {
@@ -394,7 +373,7 @@ impl Keeper {
     /// Starts the renewal thread if the first renewal is due by `now`.
     pub fn start_if_due(&self, now: Instant) {
         if self.first_renewal().is_some_and(|t| t <= now) {
-            self.spawn();
+            self.start_now();
         }
     }
 
