@@ -10,16 +10,28 @@
 //! inside each `BEGIN IMMEDIATE` transaction. WAL mode and a busy timeout let
 //! many processes share the file; a process killed at any point leaves either
 //! its last transaction or nothing, and every lease carries its expiry.
+//! Every `dlock` is a new process, so opening is kept cheap: a file whose
+//! header already says WAL gets only the per-connection pragmas, and the
+//! table is created when a statement finds it missing (another prefix).
 //!
 //! Waking waiters: each name has a 4-byte counter file in `<db>-wake/`,
 //! mapped shared by every process. Release (by any process: `dlock exec`,
-//! `dlock release`, `--force`) bumps the counter and wakes the futex on it;
-//! a waiter sleeps in FUTEX_WAIT on the value it saw when it subscribed, so a
-//! release in between is never missed, and nothing polls. A lease that
-//! simply runs out is noticed by the waiter's timeout, which lease.rs sets to
-//! the holder's TTL.
+//! `dlock release`, `--force`) bumps the counter and wakes one sleeper in
+//! FUTEX_WAKE; a waiter sleeps in FUTEX_WAIT on the value it read before its
+//! last attempt, so a release in between is never missed (the wait returns
+//! at once), and nothing polls. One sleeper is enough: a woken waiter always
+//! tries right away (lease.rs tries before it looks at its deadline); if it
+//! wins it releases later, and if it loses, the winner does, and each
+//! release wakes the next one. A waiter whose attempt fails with an error
+//! passes the wake-up on. A woken waiter that dies before it tries (SIGKILL,
+//! or a stopping signal in the microseconds between waking and trying)
+//! takes its wake-up with it: the others then sleep on until the holder's
+//! lease would have run out, as they last saw it; late, never wrong. A
+//! lease that simply runs out is noticed by the waiter's timeout, which
+//! lease.rs sets to the holder's TTL.
 
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -47,6 +59,10 @@ pub struct SqliteBackend {
     path: PathBuf,
     leases: Leases,
     timeout: Duration,
+    /// The database file's permission bits when it was opened, for the wake-up files.
+    mode: Option<u32>,
+    /// The name this process waited for, if any: see `acquire`.
+    waited: Option<String>,
 }
 
 /// The database file a `sqlite://` URL (or no URL) names, made absolute.
@@ -113,6 +129,10 @@ fn default_path() -> Result<PathBuf> {
     .into_iter()
     .flatten()
     {
+        // One stat in the usual case instead of mkdir, EEXIST and a stat.
+        if dir.is_dir() {
+            return Ok(dir.join("locks.db"));
+        }
         match DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir.join("locks.db")),
             Err(e) => tried.push(format!("{}: {e}", dir.display())),
@@ -173,10 +193,31 @@ fn create_table(table: &str) -> String {
     )
 }
 
+/// Whether the file at `path` is an SQLite database already in WAL mode
+/// (header bytes 18 and 19, the file format versions, are 2), and its
+/// permission bits. Anything else (no file, an empty or foreign file) goes
+/// through the full set-up, which also reports unusable files.
+fn wal_header(path: &Path) -> (bool, Option<u32>) {
+    let Ok(mut f) = File::open(path) else {
+        return (false, None);
+    };
+    let mode = f.metadata().ok().map(|m| m.mode() & 0o666);
+    let mut h = [0u8; 20];
+    let wal = f.read_exact(&mut h).is_ok()
+        && h.starts_with(b"SQLite format 3\0")
+        && h[18] == 2
+        && h[19] == 2;
+    // Closed here, before SQLite opens the file: closing any descriptor of
+    // a file drops the process's fcntl locks on it.
+    drop(f);
+    (wal, mode)
+}
+
 impl SqliteBackend {
     pub fn open(url: Option<&str>, cfg: &Config) -> Result<(SqliteBackend, Location)> {
         let path = resolve(url)?;
-        if let Some(dir) = path.parent() {
+        let (ready, mode) = wal_header(&path);
+        if let Some(dir) = path.parent().filter(|_| !ready) {
             DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -189,7 +230,7 @@ impl SqliteBackend {
                 })?;
         }
         let table = sql::table_name(&cfg.prefix);
-        let conn = connect(&path, &table, cfg.timeout)?;
+        let conn = connect(&path, &table, cfg.timeout, !ready)?;
         let loc = Location {
             backend: "sqlite",
             location: path.display().to_string(),
@@ -200,6 +241,8 @@ impl SqliteBackend {
                 leases: Leases::new(&DIALECT, &table),
                 path,
                 timeout: cfg.timeout,
+                mode,
+                waited: None,
             },
             loc,
         ))
@@ -221,6 +264,17 @@ impl SqliteBackend {
     /// SQLite does for its -wal and -shm files, so that a file shared by
     /// several users works.
     fn bell(&self, name: &str) -> std::io::Result<Bell> {
+        let file = self.wake_file(name);
+        let mode = || {
+            self.mode.unwrap_or_else(|| {
+                std::fs::metadata(&self.path).map_or(0o600, |m| m.mode() & 0o666)
+            })
+        };
+        // Usually the bell exists: open it without creating anything.
+        match Bell::open(&file, self.mode) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => return r,
+        }
         let dir = self.wake_dir();
         if !dir.is_dir() {
             let mode = self
@@ -236,11 +290,10 @@ impl SqliteBackend {
                 Err(e) => return Err(e),
             }
         }
-        let mode = std::fs::metadata(&self.path).map_or(0o600, |m| m.mode() & 0o666);
-        Bell::open(&self.wake_file(name), mode)
+        Bell::create(&file, mode())
     }
 
-    /// Wakes every waiter of `name`; best effort, since a waiter also wakes at the TTL.
+    /// Wakes one waiter of `name`; best effort, since a waiter also wakes at the TTL.
     fn wake(&self, name: &str) {
         if let Ok(b) = self.bell(name) {
             b.ring();
@@ -252,38 +305,63 @@ impl SqliteBackend {
 /// on it: futexes on shared file mappings work across processes.
 struct Bell {
     ptr: std::ptr::NonNull<AtomicU32>,
+    /// False for another user's file that we may only read: we can wait on
+    /// it but not ring it.
+    writable: bool,
 }
 
 // SAFETY: the mapping is owned by the Bell and only accessed atomically.
 unsafe impl Send for Bell {}
 
 impl Bell {
-    fn open(path: &Path, mode: u32) -> std::io::Result<Bell> {
-        let (file, writable) = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(mode)
-            .open(path)
-        {
-            Ok(f) => {
-                let _ = f.set_permissions(Permissions::from_mode(mode));
-                (f, true)
-            }
+    /// Opens an existing bell; with `mode`, gives it those permission bits
+    /// if it lacks them and is ours (a database file made shared later).
+    fn open(path: &Path, mode: Option<u32>) -> std::io::Result<Bell> {
+        let (file, writable) = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(f) => (f, true),
             // Another user's file that we may only read: enough to wait on.
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 (File::open(path)?, false)
             }
             Err(e) => return Err(e),
         };
-        if file.metadata()?.len() < 4 {
+        let meta = file.metadata()?;
+        if let Some(mode) = mode.filter(|&m| writable && meta.mode() & 0o666 != m) {
+            let _ = file.set_permissions(Permissions::from_mode(mode));
+        }
+        if meta.len() < 4 {
+            // A bell being created right now by another process.
             if !writable {
                 return Err(std::io::ErrorKind::InvalidData.into());
             }
             // Only ever grown: shrinking a mapped file would fault its users.
             file.set_len(4)?;
         }
+        Bell::map(&file, writable)
+    }
+
+    /// Creates the bell with `mode` (whatever the umask), or opens it if
+    /// another process just did.
+    fn create(path: &Path, mode: u32) -> std::io::Result<Bell> {
+        let file = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Bell::open(path, Some(mode))
+            }
+            Err(e) => return Err(e),
+        };
+        let _ = file.set_permissions(Permissions::from_mode(mode));
+        file.set_len(4)?;
+        Bell::map(&file, true)
+    }
+
+    fn map(file: &File, writable: bool) -> std::io::Result<Bell> {
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
@@ -305,6 +383,7 @@ impl Bell {
         }
         Ok(Bell {
             ptr: std::ptr::NonNull::new(p.cast()).expect("mmap never returns null here"),
+            writable,
         })
     }
 
@@ -317,7 +396,13 @@ impl Bell {
         self.counter().load(Ordering::SeqCst)
     }
 
-    fn ring(&self) {
+    /// Bumps the counter and wakes one sleeper, if any; returns how many
+    /// woke. One is enough (see the module comment), and waking all of
+    /// them had each run an attempt that could only find the lock taken.
+    fn ring(&self) -> i64 {
+        if !self.writable {
+            return 0;
+        }
         self.counter().fetch_add(1, Ordering::SeqCst);
         // SAFETY: FUTEX_WAKE on our mapping; no other memory is touched.
         unsafe {
@@ -325,11 +410,11 @@ impl Bell {
                 libc::SYS_futex,
                 self.ptr.as_ptr(),
                 libc::FUTEX_WAKE,
-                i32::MAX,
+                1,
                 std::ptr::null::<libc::timespec>(),
                 std::ptr::null::<u32>(),
                 0,
-            );
+            )
         }
     }
 
@@ -361,14 +446,15 @@ impl Drop for Bell {
     }
 }
 
-/// Opens the file, switches it to WAL once, and creates the table. A fresh
-/// file opened by many processes at once can report "busy" before any busy
-/// handler applies, so the whole setup is retried until the timeout.
-fn connect(path: &Path, table: &str, timeout: Duration) -> Result<Connection> {
+/// Opens the file and, with `set_up`, switches it to WAL and creates the
+/// table. A fresh file opened by many processes at once can report "busy"
+/// before any busy handler applies, so the whole setup is retried until the
+/// timeout.
+fn connect(path: &Path, table: &str, timeout: Duration, set_up: bool) -> Result<Connection> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     loop {
-        match try_connect(path, table, timeout) {
+        match try_connect(path, table, timeout, set_up) {
             Ok(c) => return Ok(c),
             Err(e) if is_busy(&e) && Instant::now() < deadline => {
                 std::thread::sleep(pause);
@@ -379,7 +465,12 @@ fn connect(path: &Path, table: &str, timeout: Duration) -> Result<Connection> {
     }
 }
 
-fn try_connect(path: &Path, table: &str, timeout: Duration) -> rusqlite::Result<Connection> {
+fn try_connect(
+    path: &Path,
+    table: &str,
+    timeout: Duration,
+    set_up: bool,
+) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -393,15 +484,27 @@ fn try_connect(path: &Path, table: &str, timeout: Duration) -> rusqlite::Result<
     conn.create_scalar_function("dlock_now_us", 0, FunctionFlags::SQLITE_UTF8, |_| {
         Ok(now_us())
     })?;
-    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
-    }
-    // In WAL mode NORMAL loses no committed transaction when a process dies,
-    // only when the host does, and then every holder died with it.
+    // Per connection, so set by every process. In WAL mode NORMAL loses no
+    // committed transaction when a process dies, only when the host does, and
+    // then every holder died with it. (`synchronous` loads the schema: one
+    // read transaction that the first statement would need anyway.)
     conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=100")?;
-    conn.execute_batch(&create_table(table))?;
+    if set_up {
+        // WAL mode is stored in the file: this runs once per file (or until
+        // the header shows it), not once per process.
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
+        }
+        conn.execute_batch(&create_table(table))?;
+    }
     Ok(conn)
+}
+
+/// The error of a statement naming a table that does not exist.
+fn is_no_table(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, Some(m))
+        if f.code == ErrorCode::Unknown && m.starts_with("no such table"))
 }
 
 fn db_error(path: &Path, timeout: Duration, e: rusqlite::Error) -> anyhow::Error {
@@ -434,12 +537,25 @@ fn db_error(path: &Path, timeout: Duration, e: rusqlite::Error) -> anyhow::Error
 struct Db<'a> {
     conn: &'a Connection,
     path: &'a Path,
+    table: &'a str,
     timeout: Duration,
 }
 
 impl Db<'_> {
     fn err(&self, e: rusqlite::Error) -> anyhow::Error {
         db_error(self.path, self.timeout, e)
+    }
+
+    /// Prepares `sql`, first creating the table if it is missing (a file set
+    /// up by another prefix); inside a transaction, the table comes with it.
+    fn prepare(&self, sql: &str) -> rusqlite::Result<rusqlite::CachedStatement<'_>> {
+        match self.conn.prepare_cached(sql) {
+            Err(e) if is_no_table(&e) => {
+                self.conn.execute_batch(&create_table(self.table))?;
+                self.conn.prepare_cached(sql)
+            }
+            r => r,
+        }
     }
 }
 
@@ -454,7 +570,7 @@ fn to_value(v: &Val) -> Value {
 impl Exec for Db<'_> {
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Vec<Val>>> {
         let run = || -> rusqlite::Result<Vec<Vec<Val>>> {
-            let mut st = self.conn.prepare_cached(sql)?;
+            let mut st = self.prepare(sql)?;
             let n = st.column_count();
             let mut rows = st.query(rusqlite::params_from_iter(params.iter().map(to_value)))?;
             let mut out = Vec::new();
@@ -478,7 +594,7 @@ impl Exec for Db<'_> {
     }
 
     fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64> {
-        let mut st = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
+        let mut st = self.prepare(sql).map_err(|e| self.err(e))?;
         st.execute(rusqlite::params_from_iter(params.iter().map(to_value)))
             .map(|n| n as u64)
             .map_err(|e| self.err(e))
@@ -503,7 +619,13 @@ impl Exec for Db<'_> {
 
 impl Backend for SqliteBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
-        self.leases.acquire(&mut self.db_ref(), req)
+        let r = self.leases.acquire(&mut self.db_ref(), req);
+        // This attempt may be the one a release woke us for: with the lock
+        // perhaps free, hand the wake-up to the next sleeper.
+        if r.is_err() && self.waited.as_deref() == Some(req.name) {
+            self.wake(req.name);
+        }
+        r
     }
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
@@ -531,6 +653,7 @@ impl Backend for SqliteBackend {
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
+        self.waited = Some(name.to_string());
         let bell = self.bell(name).ok();
         Ok(Box::new(SqliteWaiter {
             seen: bell.as_ref().map_or(0, Bell::value),
@@ -540,7 +663,7 @@ impl Backend for SqliteBackend {
     }
 
     fn reconnect(&mut self) -> Result<()> {
-        self.conn = connect(&self.path, &self.leases.table, self.timeout)?;
+        self.conn = connect(&self.path, &self.leases.table, self.timeout, false)?;
         Ok(())
     }
 
@@ -556,6 +679,7 @@ impl SqliteBackend {
         Db {
             conn: &self.conn,
             path: &self.path,
+            table: &self.leases.table,
             timeout: self.timeout,
         }
     }
@@ -591,8 +715,8 @@ mod tests {
     fn bells_wake_sleepers_and_remember_rings() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bell");
-        let a = Bell::open(&path, 0o600).unwrap();
-        let b = Bell::open(&path, 0o600).unwrap();
+        let a = Bell::create(&path, 0o600).unwrap();
+        let b = Bell::open(&path, None).unwrap();
         // A ring between reading the value and waiting is not lost.
         let seen = b.value();
         a.ring();
@@ -616,6 +740,72 @@ mod tests {
             t.elapsed() >= Duration::from_millis(25),
             "a quiet bell times out"
         );
+    }
+
+    /// How many threads sleep on `bell`, without waking them: a requeue onto
+    /// the same futex counts the sleepers it moves. Only while nobody rings.
+    fn sleepers(bell: &Bell) -> i64 {
+        // SAFETY: FUTEX_CMP_REQUEUE from our mapping onto itself: wakes none.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                bell.ptr.as_ptr(),
+                libc::FUTEX_CMP_REQUEUE,
+                0,
+                i32::MAX as usize,
+                bell.ptr.as_ptr(),
+                bell.value(),
+            )
+        }
+    }
+
+    #[test]
+    fn a_ring_wakes_one_sleeper_and_the_next_ring_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bell");
+        let ringer = Bell::create(&path, 0o600).unwrap();
+        let seen = ringer.value();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..2)
+            .map(|i| {
+                let (tx, b) = (tx.clone(), Bell::open(&path, None).unwrap());
+                std::thread::spawn(move || {
+                    b.wait(seen, Duration::from_secs(60));
+                    tx.send(i).unwrap();
+                })
+            })
+            .collect();
+        // Both asleep in the kernel (each through its own mapping), so a
+        // wake-all would wake both.
+        while sleepers(&ringer) < 2 {
+            std::thread::yield_now();
+        }
+        assert_eq!(ringer.ring(), 1, "one release, one sleeper woken");
+        let first = rx.recv().unwrap();
+        assert_eq!(sleepers(&ringer), 1, "the other sleeps on");
+        assert!(rx.try_recv().is_err());
+        assert_eq!(ringer.ring(), 1);
+        assert_ne!(rx.recv().unwrap(), first);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(ringer.ring(), 0, "nobody left to wake");
+    }
+
+    #[test]
+    fn another_users_bell_is_waited_on_but_never_rung() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bell");
+        let owner = Bell::create(&path, 0o600).unwrap();
+        let file = File::open(&path).unwrap();
+        let reader = Bell::map(&file, false).unwrap();
+        let seen = reader.value();
+        // A read-only mapping would fault on the increment.
+        assert_eq!(reader.ring(), 0);
+        assert_eq!(owner.value(), seen);
+        owner.ring();
+        reader.wait(seen, Duration::from_secs(20));
+        assert_ne!(reader.value(), seen);
     }
 
     /// Runs a statement on another connection just before the first write,
@@ -644,8 +834,8 @@ mod tests {
         let path = dir.path().join("l.db");
         let t = Duration::from_secs(2);
         let (mine, theirs) = (
-            try_connect(&path, "t_leases", t).unwrap(),
-            try_connect(&path, "t_leases", t).unwrap(),
+            try_connect(&path, "t_leases", t, true).unwrap(),
+            try_connect(&path, "t_leases", t, true).unwrap(),
         );
         let leases = Leases::new(&DIALECT, "t_leases");
         let h = Holder::default();
@@ -658,6 +848,7 @@ mod tests {
         let db = |c| Db {
             conn: c,
             path: &path,
+            table: "t_leases",
             timeout: t,
         };
         // Free row first, so that the race is an UPDATE on a known version.
