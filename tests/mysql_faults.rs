@@ -249,6 +249,77 @@ fn waiters_block_in_the_server_instead_of_polling() {
     );
 }
 
+#[test]
+fn a_release_wakes_one_waiter_not_all() {
+    let db = Arc::new(MariaDb::start());
+    let ctx = Ctx::new(db.clone());
+    let exec = |tag: &str| {
+        spawn(ctx.cmd(&[
+            "exec",
+            "--lease",
+            "10s",
+            "--wait",
+            "60s",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            &recorder(&ctx, tag),
+        ]))
+    };
+    let mut a = exec("a");
+    wait_for_file(&ctx.path("a.start"), Duration::from_secs(20));
+    let tags = ["w1", "w2", "w3", "w4", "w5"];
+    let mut waiters: Vec<_> = tags.iter().map(|t| exec(t)).collect();
+    wait_until(
+        "every waiter blocked in GET_LOCK",
+        Duration::from_secs(20),
+        || {
+            std::thread::sleep(Duration::from_millis(20));
+            db.sql(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                 WHERE INFO LIKE '%GET\\_LOCK%' AND ID <> CONNECTION_ID()",
+            ) == "5"
+        },
+    );
+    let questions = || -> i64 {
+        db.sql("SHOW GLOBAL STATUS LIKE 'Questions'")
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let q0 = questions();
+    std::fs::write(ctx.path("a.stop"), "").unwrap();
+    assert!(wait_child(&mut a, Duration::from_secs(20)).success());
+    wait_until("a waiter running", Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(10));
+        tags.iter()
+            .any(|t| ctx.path(&format!("{t}.start")).exists())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The holder's release and wake-up, the woken waiter's read and write,
+    // and the two status queries; a wake-up of every waiter costs 2 or more
+    // statements each.
+    let used = questions() - q0;
+    let running = tags
+        .iter()
+        .filter(|t| ctx.path(&format!("{t}.start")).exists())
+        .count();
+    assert_eq!(running, 1);
+    assert!(
+        used <= 8,
+        "{used} statements for one hand-off to one of 5 waiters"
+    );
+    for t in tags {
+        std::fs::write(ctx.path(&format!("{t}.stop")), "").unwrap();
+    }
+    for w in &mut waiters {
+        assert!(wait_child(w, Duration::from_secs(30)).success());
+    }
+}
+
 /// `dlock ARGS` against `url`.
 fn at(url: &str, args: &[&str]) -> std::process::Output {
     let mut c = dlock(url);

@@ -13,24 +13,40 @@
 //! unix socket, `tcp_connect_timeout_ms`, `compress`, `prefer_socket` and the
 //! other parameters of the `mysql` crate are passed through.
 //!
+//! Statements go as plain text queries, values written into them as
+//! literals (numbers as digits, text as hex): a process lives for one
+//! acquisition, so a prepared statement would cost a round trip of its own
+//! and be used once.
+//!
 //! Waking waiters: the live holder (the dlock process that acquired and is
 //! still running, as `dlock exec` is) also holds `GET_LOCK('dlock-<hash>')`
 //! on its connection; a waiter blocks server-side in `GET_LOCK` on the same
-//! name and gets it the moment the holder releases or its connection dies.
+//! name, on its one connection, and gets it the moment the holder releases or
+//! its connection dies. The server hands the wake lock to one waiter at a
+//! time: that waiter keeps it while it tries, and keeps it as the new holder,
+//! so each release wakes exactly one waiter. One that gives up waiting lets
+//! it go for the next. A process that never waited can take the lease in the
+//! moment between a release and the woken waiter's attempt; it then finds the
+//! wake lock taken and holds a second one, `dlock-<hash>-h`, on which the
+//! woken waiter (keeping the first, so the rest sleep on) blocks instead. When
+//! the holder has neither (its `dlock acquire` has exited), the woken waiter
+//! backs off exponentially from 10ms to 1s. Wake locks only change how soon a
+//! waiter tries: the lease itself is decided by the row's compare-and-set
+//! alone, and every wait ends by the holder's lease.
 //! Lock names are case-insensitive and at most 64 characters, hence the hash.
-//! When no live holder has the wake lock (its `dlock acquire` has exited),
-//! waiters back off exponentially from 10ms to 1s. MySQL before 5.7
-//! drops a session's earlier GET_LOCK on a new one, so there one process
-//! keeps at most one wake lock.
+//! MySQL before 5.7 drops a session's earlier GET_LOCK on a new one, so there
+//! one process keeps at most one wake lock.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Result;
 use mysql::consts::CapabilityFlags;
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder, Params, Value};
+use mysql::{Conn, Opts, OptsBuilder, Value};
 
 use super::sql::{self, Backoff, Dialect, Exec, Leases, Val};
 use super::{Acquire, Backend, Check, Config, LockInfo, Request, Waiter};
@@ -48,9 +64,27 @@ const ER_ACCESS_DENIED: u16 = 1045;
 const ER_BAD_DB: u16 = 1049;
 const ER_NO_SUCH_TABLE: u16 = 1146;
 
+/// Far above any statement or row dlock sends (a few KB); set so that the
+/// driver does not ask the server for it on every connection.
+const MAX_PACKET: usize = 16 << 20;
+
 pub struct MysqlBackend {
-    db: Db,
+    /// Shared with the waiter, which blocks on the same connection.
+    db: Arc<Mutex<Db>>,
     leases: Leases,
+}
+
+/// Why this connection holds a name's wake lock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Wake {
+    /// It holds the lease: waiters sleep until it lets go.
+    Holder,
+    /// A waiter was woken with it and is trying; it becomes `Holder` if the
+    /// lease is taken, and is let go if the waiter gives up.
+    Woken,
+    /// It holds the lease, and the second wake lock, since a woken waiter
+    /// kept the first: that waiter sleeps on this one.
+    Second,
 }
 
 struct Db {
@@ -62,7 +96,7 @@ struct Db {
     table: String,
     timeout: Duration,
     /// Names whose wake-up lock the current connection holds.
-    wake_held: HashSet<String>,
+    wake_held: HashMap<String, Wake>,
 }
 
 impl MysqlBackend {
@@ -78,14 +112,24 @@ impl MysqlBackend {
             database,
             table: table.clone(),
             timeout,
-            wake_held: HashSet::new(),
+            wake_held: HashMap::new(),
         };
         db.connection()?;
         Ok(MysqlBackend {
-            db,
+            db: Arc::new(Mutex::new(db)),
             leases: Leases::new(&DIALECT, &table),
         })
     }
+
+    fn db(&self) -> MutexGuard<'_, Db> {
+        lock(&self.db)
+    }
+}
+
+/// A panic elsewhere cannot leave `Db` half-changed in a way that matters:
+/// at worst a wake lock is thought held, which only affects latency.
+fn lock(db: &Mutex<Db>) -> MutexGuard<'_, Db> {
+    db.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -142,7 +186,8 @@ fn options(url: &str, shown: &str, timeout: Duration) -> Result<(Opts, String)> 
         .tcp_connect_timeout(Some(timeout))
         .read_timeout(Some(timeout))
         .write_timeout(Some(timeout))
-        .init(vec!["SET time_zone = '+00:00'"])
+        .max_allowed_packet(Some(MAX_PACKET))
+        // No session settings: the clock is UTC_TIMESTAMP(6), whatever the session's time zone.
         .additional_capabilities(CapabilityFlags::CLIENT_FOUND_ROWS);
     if !prefer_socket_given {
         // The driver would otherwise reconnect over the server's unix socket: a second handshake.
@@ -287,12 +332,43 @@ fn breaks_connection(e: &mysql::Error) -> bool {
     }
 }
 
-fn to_value(v: &Val) -> Value {
-    match v {
-        Val::Null => Value::NULL,
-        Val::Int(i) => Value::Int(*i),
-        Val::Text(s) => Value::Bytes(s.clone().into_bytes()),
+/// `sql` with each `?` outside quotes replaced by the next value as a
+/// literal. Text becomes a hex literal (`X'…'`, a binary string), which reads
+/// the same whatever the sql_mode (`NO_BACKSLASH_ESCAPES`) or the connection's
+/// character set, so no value can ever be read as SQL.
+fn interpolate(sql: &str, vals: &[Val]) -> Result<String> {
+    let mut out = String::with_capacity(sql.len() + vals.len() * 16);
+    let mut vals = vals.iter();
+    let mut quote: Option<char> = None;
+    for c in sql.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (None, '\'' | '"' | '`') => quote = Some(c),
+            (None, '?') => {
+                let v = vals
+                    .next()
+                    .ok_or_else(|| fail(INTERNAL, "too few values for a statement"))?;
+                match v {
+                    Val::Null => out.push_str("NULL"),
+                    Val::Int(i) => write!(out, "{i}").expect("writing to a String"),
+                    Val::Text(t) => {
+                        out.push_str("X'");
+                        for b in t.bytes() {
+                            write!(out, "{b:02x}").expect("writing to a String");
+                        }
+                        out.push('\'');
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
     }
+    if vals.next().is_some() || quote.is_some() {
+        return Err(fail(INTERNAL, "a statement and its values do not match"));
+    }
+    Ok(out)
 }
 
 fn from_value(v: Value) -> Val {
@@ -304,14 +380,6 @@ fn from_value(v: Value) -> Val {
         Value::Double(f) => Val::Int(f as i64),
         Value::Bytes(b) => Val::Text(String::from_utf8_lossy(&b).into_owned()),
         other => Val::Text(other.as_sql(true)),
-    }
-}
-
-fn params(vals: &[Val]) -> Params {
-    if vals.is_empty() {
-        Params::Empty
-    } else {
-        Params::Positional(vals.iter().map(to_value).collect())
     }
 }
 
@@ -377,31 +445,59 @@ impl Db {
         format!("dlock-{}", sql::wake_key(&scope, name))
     }
 
+    /// Runs a statement that may block in the server up to `wait`.
+    fn blocking(&mut self, q: &str, wait: Duration) -> Result<mysql::Result<Option<i64>>> {
+        let base = self.timeout;
+        let conn = self.connection()?;
+        // Whole seconds: MySQL may round the wait up to them.
+        set_socket_timeout(conn, Duration::from_secs(wait.as_secs() + 1) + base);
+        let r = conn.query_first::<Option<i64>, _>(q).map(Option::flatten);
+        set_socket_timeout(conn, base);
+        Ok(r)
+    }
+
     /// Best effort: without it waiters fall back to backing off, so a failure
     /// here must not fail the request that took the lease.
     fn hold_wake(&mut self, name: &str) {
-        if self.wake_held.contains(name) {
-            return;
-        }
-        let key = self.wake_key(name);
-        let got = self.run(|c| c.exec_first::<Option<i64>, _, _>("SELECT GET_LOCK(?, 0)", (&key,)));
-        if let Ok(Some(Some(1))) = got {
-            self.wake_held.insert(name.to_string());
+        match self.wake_held.get_mut(name) {
+            // Woken with it: the new holder keeps it, and the other waiters sleep on.
+            Some(w @ Wake::Woken) => *w = Wake::Holder,
+            Some(_) => {}
+            None => {
+                let key = self.wake_key(name);
+                let q = interpolate(
+                    "SELECT IF(GET_LOCK(?, 0), 1, IF(GET_LOCK(?, 0), 2, 0))",
+                    &[Val::Text(key.clone()), Val::Text(second_key(&key))],
+                );
+                let got = q.and_then(|q| self.run(|c| c.query_first::<Option<i64>, _>(&q)));
+                let w = match got {
+                    Ok(Some(Some(1))) => Wake::Holder,
+                    Ok(Some(Some(2))) => Wake::Second,
+                    _ => return,
+                };
+                self.wake_held.insert(name.to_string(), w);
+            }
         }
     }
 
-    /// Wakes the waiters of `name`, if this connection was keeping them asleep.
+    /// Wakes the next waiter of `name`, if this connection was keeping them asleep.
     fn drop_wake(&mut self, name: &str) {
-        if self.wake_held.remove(name) {
-            let key = self.wake_key(name);
-            let _ = self.run(|c| c.exec_drop("DO RELEASE_LOCK(?)", (&key,)));
+        if let Some(w) = self.wake_held.remove(name) {
+            let mut key = self.wake_key(name);
+            if w == Wake::Second {
+                key = second_key(&key);
+            }
+            if let Ok(q) = interpolate("DO RELEASE_LOCK(?)", &[Val::Text(key)]) {
+                let _ = self.run(|c| c.query_drop(&q));
+            }
         }
     }
 }
 
 impl Exec for Db {
     fn query(&mut self, sql: &str, vals: &[Val]) -> Result<Vec<Vec<Val>>> {
-        let rows: Vec<mysql::Row> = self.run(|c| c.exec(sql, params(vals)))?;
+        let q = interpolate(sql, vals)?;
+        let rows: Vec<mysql::Row> = self.run(|c| c.query(&q))?;
         Ok(rows
             .into_iter()
             .map(|r| r.unwrap().into_iter().map(from_value).collect())
@@ -409,8 +505,9 @@ impl Exec for Db {
     }
 
     fn execute(&mut self, sql: &str, vals: &[Val]) -> Result<u64> {
+        let q = interpolate(sql, vals)?;
         self.run(|c| {
-            c.exec_drop(sql, params(vals))?;
+            c.query_drop(&q)?;
             Ok(c.affected_rows())
         })
     }
@@ -441,133 +538,162 @@ fn create_table(table: &str) -> String {
 
 impl Backend for MysqlBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
-        let r = self.leases.acquire(&mut self.db, req)?;
+        let mut db = self.db();
+        let r = self.leases.acquire(&mut *db, req)?;
         if matches!(r, Acquire::Acquired(_)) {
-            self.db.hold_wake(req.name);
+            db.hold_wake(req.name);
         }
+        // Busy: a woken waiter keeps the wake lock and tries again after a
+        // back-off (see `MysqlWaiter::wait`), so the others sleep on.
         Ok(r)
     }
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
-        let r = self.leases.renew(&mut self.db, name, token, lease)?;
+        let mut db = self.db();
+        let r = self.leases.renew(&mut *db, name, token, lease)?;
         match r {
-            // Taken again after a reconnect (or if a waiter briefly had it when we acquired).
-            Check::Done => self.db.hold_wake(name),
-            _ => self.db.drop_wake(name),
+            // Taken again after a reconnect, or once a waiter that had it lets go.
+            Check::Done => db.hold_wake(name),
+            _ => db.drop_wake(name),
         }
         Ok(r)
     }
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
-        let r = self.leases.release(&mut self.db, name, token)?;
-        self.db.drop_wake(name);
+        let mut db = self.db();
+        let r = self.leases.release(&mut *db, name, token)?;
+        db.drop_wake(name);
         Ok(r)
     }
 
     fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>> {
         // A live holder elsewhere keeps its wake lock until it notices at its
         // next renewal; waiters then wake, or at the TTL they were given.
-        self.leases.force_release(&mut self.db, name)
+        self.leases.force_release(&mut *self.db(), name)
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
-        self.leases.status(&mut self.db, names)
+        self.leases.status(&mut *self.db(), names)
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
-        let mut w = MysqlWaiter {
-            conn: None,
-            key: self.db.wake_key(name),
-            fractional: false,
-            opts: self.db.opts.clone(),
-            shown: self.db.shown.clone(),
-            database: self.db.database.clone(),
-            timeout: self.db.timeout,
+        // No statement and no connection of its own: it waits on this one.
+        let key = self.db().wake_key(name);
+        Ok(Box::new(MysqlWaiter {
+            db: Arc::clone(&self.db),
+            name: name.to_string(),
+            key,
             backoff: Backoff::new(),
-        };
-        w.connection()?;
-        Ok(Box::new(w))
+        }))
     }
 
     fn reconnect(&mut self) -> Result<()> {
-        self.db.drop_connection();
-        self.db.connection().map(|_| ())
+        let mut db = self.db();
+        db.drop_connection();
+        db.connection().map(|_| ())
     }
 
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
-        self.db.timeout = timeout.max(Duration::from_millis(1));
-        if let Some(c) = &self.db.conn {
-            set_socket_timeout(c, self.db.timeout);
+        let mut db = self.db();
+        db.timeout = timeout.max(Duration::from_millis(1));
+        if let Some(c) = &db.conn {
+            set_socket_timeout(c, db.timeout);
         }
         Ok(())
     }
 }
 
 struct MysqlWaiter {
-    conn: Option<Conn>,
+    db: Arc<Mutex<Db>>,
+    name: String,
     key: String,
-    /// MariaDB takes fractional GET_LOCK timeouts; MySQL rounds them to whole seconds.
-    fractional: bool,
-    opts: Opts,
-    shown: String,
-    database: String,
-    timeout: Duration,
     backoff: Backoff,
 }
 
-impl MysqlWaiter {
-    fn connection(&mut self) -> Result<&mut Conn> {
-        if self.conn.is_none() {
-            let mut c = Conn::new(self.opts.clone())
-                .map_err(|e| describe(&e, &self.shown, &self.database, self.timeout))?;
-            set_socket_timeout(&c, self.timeout);
-            let version: Option<String> = c
-                .query_first("SELECT VERSION()")
-                .map_err(|e| describe(&e, &self.shown, &self.database, self.timeout))?;
-            self.fractional = version.is_some_and(|v| v.contains("MariaDB"));
-            self.conn = Some(c);
-        }
-        Ok(self.conn.as_mut().expect("just connected"))
-    }
+/// The wake lock a holder takes when a woken waiter keeps the first one.
+fn second_key(key: &str) -> String {
+    format!("{key}-h")
+}
+
+/// A GET_LOCK timeout of `wait`: MariaDB takes fractions of a second, MySQL
+/// rounds them to whole seconds, where a zero would return at once and turn
+/// the caller's loop into a spin. Asking the server which it is costs nothing
+/// here, unlike a `SELECT VERSION()` of its own.
+fn lock_wait(wait: Duration) -> String {
+    let secs = format!("{:.3}", wait.as_secs_f64().max(0.001));
+    format!("IF(VERSION() LIKE '%MariaDB%', {secs}, CEIL({secs}))")
+}
+
+/// Blocks until the holder lets the wake lock go: 1 when it did.
+fn wait_statement(key: &str, wait: Duration) -> Result<String> {
+    let sql = format!("SELECT GET_LOCK(?, {})", lock_wait(wait));
+    interpolate(&sql, &[Val::Text(key.to_string())])
+}
+
+/// For a woken waiter that found the lease taken: blocks on the holder's
+/// second wake lock (not kept: 1 when it was let go), or -1 at once when the
+/// holder has none and will announce nothing.
+fn second_wait_statement(key: &str, wait: Duration) -> Result<String> {
+    let sql = format!(
+        "SELECT IF(IS_FREE_LOCK(?), -1, IF(GET_LOCK(?, {}) = 1, RELEASE_LOCK(?), 0))",
+        lock_wait(wait)
+    );
+    let k = Val::Text(second_key(key));
+    interpolate(&sql, &[k.clone(), k.clone(), k])
 }
 
 impl Waiter for MysqlWaiter {
     fn wait(&mut self, timeout: Duration) -> Result<()> {
-        let secs = if self.fractional {
-            timeout.as_secs_f64().max(0.001)
+        let mut db = lock(&self.db);
+        let woken = db.wake_held.contains_key(&self.name);
+        let q = if woken {
+            // Woken, yet the lease was taken by a process that never waited;
+            // we keep the wake lock, so the other waiters sleep on.
+            second_wait_statement(&self.key, timeout)?
         } else {
-            // Rounded up: a zero would return at once and turn the caller's loop into a spin.
-            timeout.as_secs_f64().ceil().max(1.0)
+            wait_statement(&self.key, timeout)?
         };
-        let base = self.timeout;
-        let key = self.key.clone();
-        let conn = self.connection()?;
-        set_socket_timeout(conn, Duration::from_secs_f64(secs) + base);
-        // -1: nobody holds the wake lock, so no release will be announced.
-        let r = conn.exec_first::<Option<i64>, _, _>(
-            "SELECT IF(IS_FREE_LOCK(?), -1, GET_LOCK(?, ?))",
-            (&key, &key, secs),
-        );
-        match r {
-            Ok(Some(Some(-1))) => {
-                set_socket_timeout(conn, base);
-                self.backoff.sleep(timeout);
-            }
-            Ok(Some(Some(1))) => {
-                set_socket_timeout(conn, base);
-                if conn.exec_drop("DO RELEASE_LOCK(?)", (&key,)).is_err() {
-                    self.conn = None;
+        match db.blocking(&q, timeout)? {
+            Ok(Some(1)) => {
+                if !woken {
+                    // Kept while the caller tries: the next waiter wakes only
+                    // when we take the lease and later release it, or give up.
+                    db.wake_held.insert(self.name.clone(), Wake::Woken);
                 }
                 self.backoff.reset();
             }
-            Ok(_) => set_socket_timeout(conn, base),
+            // Nobody will announce the end of this lease.
+            Ok(Some(-1)) => {
+                drop(db);
+                self.backoff.sleep(timeout);
+            }
+            // Timed out: the caller tries again as the holder's lease runs out.
+            Ok(_) => {}
             Err(_) => {
                 // A spurious wake-up: the caller's next request shows whether the server is there.
-                self.conn = None;
+                db.drop_connection();
+                drop(db);
                 self.backoff.sleep(timeout);
             }
         }
         Ok(())
+    }
+
+    /// A release before the first wait leaves the wake lock free (or with a
+    /// waiter that was queued earlier, which takes the lease and releases in
+    /// turn), so `GET_LOCK` returns at once: nothing is missed.
+    fn keeps_wakeups(&self) -> bool {
+        true
+    }
+}
+
+impl Drop for MysqlWaiter {
+    /// Gives up: the wake lock goes to the next waiter. A holder's stays.
+    fn drop(&mut self) {
+        let mut db = lock(&self.db);
+        if db.wake_held.get(&self.name) == Some(&Wake::Woken) {
+            db.drop_wake(&self.name);
+        }
     }
 }
 
@@ -641,6 +767,31 @@ mod tests {
     }
 
     #[test]
+    fn values_become_literals_that_cannot_be_read_as_sql() {
+        let q = interpolate(
+            "SELECT '?', `a?`, ? FROM t WHERE a = ? AND b = ? AND c = ?",
+            &[
+                Val::Int(-7),
+                Val::Null,
+                Val::Text("x' OR 1 -- \\?".into()),
+                Val::Text(String::new()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            q,
+            "SELECT '?', `a?`, -7 FROM t WHERE a = NULL AND b = X'7827204f522031202d2d205c3f' AND c = X''"
+        );
+        assert!(interpolate("SELECT ?", &[]).is_err());
+        assert!(interpolate("SELECT 1", &[Val::Int(1)]).is_err());
+        let w = wait_statement("dlock-ab", Duration::ZERO).unwrap();
+        assert_eq!(
+            w,
+            "SELECT GET_LOCK(X'646c6f636b2d6162', IF(VERSION() LIKE '%MariaDB%', 0.001, CEIL(0.001)))"
+        );
+    }
+
+    #[test]
     fn wake_keys_fit_get_lock() {
         let db = Db {
             opts: Opts::default(),
@@ -649,7 +800,7 @@ mod tests {
             database: "d".into(),
             table: "dlock_leases".into(),
             timeout: Duration::from_secs(1),
-            wake_held: HashSet::new(),
+            wake_held: HashMap::new(),
         };
         let k = db.wake_key(&"é".repeat(127));
         assert!(k.len() <= 64 && k == k.to_ascii_lowercase(), "{k}");

@@ -13,6 +13,10 @@
 //! trips: a client that stalls or loses its network mid-operation cannot leave
 //! a row locked for others. SQLite additionally brackets each step in
 //! `BEGIN IMMEDIATE`, so there the compare-and-set never loses.
+//!
+//! Renew and release, the common case of which is "my token, not expired",
+//! first try one UPDATE whose WHERE is that very check (atomic on its own);
+//! only when it matches no row do they read the row to tell why.
 
 use std::time::Duration;
 
@@ -243,6 +247,10 @@ pub struct Leases {
     insert: String,
     update: String,
     update_unexpired: String,
+    /// Extends the lease where `token` holds it unexpired: renew in one statement.
+    extend_mine: String,
+    /// Clears the row where `token` holds it unexpired: release in one statement.
+    clear_mine: String,
 }
 
 impl Leases {
@@ -255,6 +263,7 @@ impl Leases {
         let set = "token = ?, fence = ?, holder_host = ?, holder_pid = ?, holder_user = ?, \
                    holder_command = ?, acquired_us = ?, expires_us = ?, version = ?";
         let update = format!("UPDATE `{table}` SET {set} WHERE name = ? AND version = ?");
+        let mine = format!("WHERE name = ? AND token = ? AND expires_us > {}", d.now_us);
         Leases {
             table: table.to_string(),
             // The join yields the clock even when the row does not exist yet.
@@ -272,6 +281,16 @@ impl Leases {
             ),
             update_unexpired: format!("{update} AND expires_us > {}", d.now_us),
             update,
+            extend_mine: format!(
+                "UPDATE `{table}` SET expires_us = {now} + ?, version = version + 1 {mine}",
+                now = d.now_us
+            ),
+            // The same values as `Row::cleared`: the fence stays.
+            clear_mine: format!(
+                "UPDATE `{table}` SET token = NULL, holder_host = '', holder_pid = 0, \
+                 holder_user = '', holder_command = '', acquired_us = 0, expires_us = 0, \
+                 version = version + 1 {mine}"
+            ),
         }
     }
 
@@ -365,10 +384,22 @@ impl Leases {
         token: &str,
         lease: Duration,
     ) -> Result<Check> {
+        let p = [
+            Val::Int(lease_us(lease)),
+            Val::Text(name.to_string()),
+            Val::Text(token.to_string()),
+        ];
+        if db.execute(&self.extend_mine, &p)? == 1 {
+            return Ok(Check::Done);
+        }
         self.step(db, name, |now, cur| plan_renew(now, cur, token, lease))
     }
 
     pub fn release(&self, db: &mut dyn Exec, name: &str, token: &str) -> Result<Check> {
+        let p = [Val::Text(name.to_string()), Val::Text(token.to_string())];
+        if db.execute(&self.clear_mine, &p)? == 1 {
+            return Ok(Check::Done);
+        }
         self.step(db, name, |now, cur| plan_release(now, cur, token))
     }
 
