@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Sender};
+
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -24,51 +24,6 @@ pub struct MariaDb {
     child: Mutex<Option<Child>>,
     /// Server options beyond the defaults, kept for restarts.
     extra: Vec<String>,
-}
-
-type SpawnRequest = (Command, Sender<std::io::Result<Child>>);
-
-/// Spawns `cmd` so that it is SIGKILLed when the test process dies. The
-/// parent-death signal fires when the forking *thread* exits, so every server
-/// is forked by one thread that never does.
-fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
-    static SPAWNER: OnceLock<Mutex<Sender<SpawnRequest>>> = OnceLock::new();
-    let tx = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnRequest>();
-        std::thread::Builder::new()
-            .name("mariadb-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    use std::os::unix::process::CommandExt;
-                    let parent = unsafe { libc::getpid() };
-                    // SAFETY: prctl and getppid are async-signal-safe.
-                    unsafe {
-                        cmd.pre_exec(move || {
-                            libc::prctl(
-                                libc::PR_SET_PDEATHSIG,
-                                libc::SIGKILL as libc::c_ulong,
-                                0,
-                                0,
-                                0,
-                            );
-                            if libc::getppid() != parent {
-                                libc::_exit(1);
-                            }
-                            Ok(())
-                        });
-                    }
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("start the spawner thread");
-        Mutex::new(tx)
-    });
-    let (reply_tx, reply_rx) = mpsc::channel();
-    tx.lock()
-        .unwrap()
-        .send((cmd, reply_tx))
-        .expect("spawner alive");
-    reply_rx.recv().expect("spawner replies")
 }
 
 impl MariaDb {
@@ -231,7 +186,7 @@ fn launch(dir: &Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = spawn_tied(cmd).expect("start mariadbd");
+        let mut child = super::spawn_tied(cmd).expect("start mariadbd");
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {

@@ -8,6 +8,8 @@ pub mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use self::redis::Redis;
@@ -329,4 +331,49 @@ pub fn make_certs(dir: &Path) {
     sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr 2>/dev/null");
     sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext.cnf && \
         openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext.cnf -out server.crt 2>/dev/null");
+}
+
+type SpawnRequest = (Command, Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` so that it is SIGKILLed when the test process dies. The
+/// parent-death signal fires when the forking *thread* exits, so every server
+/// is forked by one thread that never does.
+pub fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<Sender<SpawnRequest>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("server-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    use std::os::unix::process::CommandExt;
+                    let parent = unsafe { libc::getpid() };
+                    // SAFETY: prctl and getppid are async-signal-safe.
+                    unsafe {
+                        cmd.pre_exec(move || {
+                            libc::prctl(
+                                libc::PR_SET_PDEATHSIG,
+                                libc::SIGKILL as libc::c_ulong,
+                                0,
+                                0,
+                                0,
+                            );
+                            if libc::getppid() != parent {
+                                libc::_exit(1);
+                            }
+                            Ok(())
+                        });
+                    }
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.lock()
+        .unwrap()
+        .send((cmd, reply_tx))
+        .expect("spawner alive");
+    reply_rx.recv().expect("spawner replies")
 }

@@ -88,11 +88,9 @@ impl Redis {
             if let Some(p) = &self.password {
                 cmd.args(["--requirepass", p]);
             }
-            let mut child = cmd
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start redis-server");
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            // Tied to the test process: a server shared through a static is never dropped.
+            let mut child = super::spawn_tied(cmd).expect("start redis-server");
             let ok = {
                 let mut ok = false;
                 let deadline = std::time::Instant::now() + Duration::from_secs(10);
