@@ -554,7 +554,7 @@ impl Proc {
 }
 
 /// Blocks until `pid`'s main thread sleeps (waits on a lock), and a little
-/// longer so that a dlock waiter that printed "waiting" has subscribed.
+/// longer so that a dlock waiter that printed "waiting" is blocked on the release.
 fn settle(pid: u32) {
     std::thread::sleep(Duration::from_millis(25));
     let stat = format!("/proc/{pid}/stat");
@@ -1403,10 +1403,11 @@ by the bench process (Rust `std::process::Command`), the same for every tool.
    holds until its stdin (a pipe from the bench) gets a line. For each
    hand-off the bench starts the next waiter (`dlock -v exec --wait forever`),
    waits for its "waiting" line on stderr, then until its main thread sleeps,
-   plus 25 ms for it to subscribe to release notices; then it reads
+   plus 25 ms for it to block on the release (`BZPOPMIN`, `GET_LOCK` or a
+   futex); then it reads
    `CLOCK_MONOTONIC` (t0) and writes a line to the holder's stdin. The
    holder's command exits, dlock reaps it, releases, the waiter wakes,
-   acquires, forks and execs `sh`, which prints its line; the bench's reader
+   acquires, starts and execs `sh`, which prints its line; the bench's reader
    thread, blocked on that pipe, stamps `CLOCK_MONOTONIC` as the line arrives
    (t1). Hand-off = t1 − t0. It includes the exec of `sh` and the exit of the
    old holder's command, which the flock row shows as a floor: there the
