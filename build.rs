@@ -4,8 +4,22 @@
 //! independent, so this changes only how the final executable is linked.
 fn main() {
     let target = std::env::var("TARGET").unwrap_or_default();
-    if target.contains("linux") {
-        println!("cargo:rustc-link-arg-bins=-no-pie");
+    let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+    for arg in link_args(&target, &features) {
+        println!("cargo:rustc-link-arg-bins={arg}");
     }
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// The extra linker arguments for the dlock executable. A static build
+/// (`crt-static`: musl by default, or glibc on request) links as static PIE,
+/// which applies its own relocations at start; `-no-pie` on top of that makes
+/// an executable that crashes before `main`, so it is left alone there.
+pub fn link_args(target: &str, target_features: &str) -> Vec<&'static str> {
+    let crt_static = target_features.split(',').any(|f| f == "crt-static");
+    if target.contains("linux") && !crt_static {
+        vec!["-no-pie"]
+    } else {
+        Vec::new()
+    }
 }

@@ -1,0 +1,32 @@
+//! The linker arguments build.rs gives the executable, per target.
+
+#[allow(dead_code)] // its `main` is cargo's entry point, not called here
+#[path = "../build.rs"]
+mod build_script;
+
+use build_script::link_args;
+
+#[test]
+fn a_dynamic_linux_build_links_without_pie() {
+    assert_eq!(
+        link_args("x86_64-unknown-linux-gnu", "fxsr,sse,sse2"),
+        ["-no-pie"]
+    );
+}
+
+#[test]
+fn a_static_build_keeps_its_static_pie_start_up() {
+    // With crt-static, rustc links a static PIE; adding -no-pie made a
+    // binary that died with SIGSEGV before main (seen with glibc crt-static).
+    for target in ["x86_64-unknown-linux-gnu", "x86_64-unknown-linux-musl"] {
+        assert!(
+            link_args(target, "crt-static,fxsr,sse,sse2").is_empty(),
+            "{target}"
+        );
+    }
+}
+
+#[test]
+fn other_systems_get_no_extra_arguments() {
+    assert!(link_args("aarch64-apple-darwin", "neon").is_empty());
+}
