@@ -222,14 +222,7 @@ fn waiters_block_in_the_server_instead_of_polling() {
     ]));
     wait_for_file(&ctx.path("a.start"), Duration::from_secs(20));
     let mut w = spawn(ctx.cmd(&["acquire", "job", "--wait", "60s"]));
-    let questions = || -> i64 {
-        db.sql("SHOW GLOBAL STATUS LIKE 'Questions'")
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let questions = || questions(&db);
     let q0 = questions();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
@@ -282,14 +275,7 @@ fn a_release_wakes_one_waiter_not_all() {
             ) == "5"
         },
     );
-    let questions = || -> i64 {
-        db.sql("SHOW GLOBAL STATUS LIKE 'Questions'")
-            .split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let questions = || questions(&db);
     let q0 = questions();
     std::fs::write(ctx.path("a.stop"), "").unwrap();
     assert!(wait_child(&mut a, Duration::from_secs(20)).success());
@@ -443,4 +429,14 @@ fn tls_with_a_private_ca() {
     // Without the private CA the certificate is not trusted.
     let o = at(&format!("{}?require_ssl=true", db.url()), &["status"]);
     one_line_error(&o, 69, "TLS with");
+}
+
+/// The server's count of statements received (`Questions`), all clients.
+fn questions(db: &MariaDb) -> i64 {
+    db.sql("SHOW GLOBAL STATUS LIKE 'Questions'")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
