@@ -75,21 +75,8 @@ pub fn spawn(
         parent: unsafe { libc::getpid() },
         error: 0,
     };
-    // SAFETY: a fresh anonymous mapping, used only as the child's stack and
-    // unmapped once the child no longer runs in dlock's memory.
-    let stack = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            STACK,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-            -1,
-            0,
-        )
-    };
-    if stack == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    // Unmapped once the child no longer runs in dlock's memory.
+    let stack = map_stack(STACK)?;
     // SAFETY: the child runs child_main on its own stack and only reads
     // `plan` (and writes `plan.error`, `plan.sh_argv[1]`) while this thread
     // is suspended by CLONE_VFORK.
@@ -177,6 +164,26 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         };
         libc::_exit(127)
     }
+}
+
+/// A fresh anonymous mapping of `len` bytes for a cloned process to run on;
+/// the stack grows down from `stack + len`.
+pub fn map_stack(len: usize) -> io::Result<*mut libc::c_void> {
+    // SAFETY: a new private mapping; nothing else refers to it.
+    let stack = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if stack == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(stack)
 }
 
 /// dlock's environment with `env` set on top, as `KEY=VALUE` strings.

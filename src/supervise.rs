@@ -138,21 +138,11 @@ impl Guard {
             libc::close(r);
             libc::close(w);
         };
-        // SAFETY: a fresh anonymous mapping, used only as the guard's stack.
-        let stack = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                GUARD_STACK,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-                -1,
-                0,
-            )
-        };
-        if stack == libc::MAP_FAILED {
+        // Used only as the guard's stack, and kept: the guard may outlive dlock.
+        let Ok(stack) = crate::spawn::map_stack(GUARD_STACK) else {
             close_both();
             return None;
-        }
+        };
         let args = Box::into_raw(Box::new(GuardArgs {
             read_fd: r,
             kill_after: libc::timespec {
