@@ -91,8 +91,9 @@ pub enum Taken {
 }
 
 /// Tries, subscribes to releases, tries again (closing the lost-wake-up
-/// window, unless the backend keeps wake-ups for late waiters), then retries on each release notification or when the holder's
-/// lease runs out, until `wait` is over. Never polls at a fixed interval.
+/// window, unless the backend keeps wake-ups for late waiters), then retries
+/// on each release notification or when the holder's lease runs out, until
+/// `wait` is over. Never polls at a fixed interval.
 pub fn acquire(backend: &mut dyn Backend, req: &Request, wait: Wait) -> Result<Taken> {
     let deadline = match wait {
         Wait::For(d) => Some(Instant::now() + d),
@@ -211,24 +212,34 @@ impl Renewer {
     }
 
     fn run(mut self, rx: mpsc::Receiver<Cmd>) -> Result<Check> {
-        let timing = self.timing;
-        let base_timeout = self.base_timeout;
-        let st = Arc::clone(&self.state);
-        let name = self.name.clone();
-        let token = self.token.clone();
-        let events = self.events.clone();
-        let acquired_sent = self.acquired_sent;
-        let mut next = acquired_sent + timing.period;
+        let cmd = self.renew_until_told(&rx);
+        self.finish(cmd)
+    }
+
+    /// Renews every period until the keeper says how to finish.
+    fn renew_until_told(&mut self, rx: &mpsc::Receiver<Cmd>) -> Cmd {
+        let Renewer {
+            backend,
+            name,
+            token,
+            timing,
+            acquired_sent,
+            base_timeout,
+            events,
+            state,
+        } = self;
+        let (timing, base_timeout) = (*timing, *base_timeout);
+        let mut next = *acquired_sent + timing.period;
         let mut backoff = Duration::from_millis(25);
         let mut failures = 0u32;
         loop {
             match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Ok(cmd) => return self.finish(cmd),
-                Err(RecvTimeoutError::Disconnected) => return self.finish(Cmd::Release),
+                Ok(cmd) => return cmd,
+                Err(RecvTimeoutError::Disconnected) => return Cmd::Release,
                 Err(RecvTimeoutError::Timeout) => {}
             }
             let stop_by = {
-                let s = st.lock().unwrap_or_else(|e| e.into_inner());
+                let s = state.lock().unwrap_or_else(|e| e.into_inner());
                 if s.lost {
                     next = Instant::now() + Duration::from_secs(3600);
                     continue;
@@ -241,11 +252,11 @@ impl Renewer {
                 next = now + Duration::from_secs(3600);
                 continue;
             }
-            let _ = self.backend.set_timeout(base_timeout.min(stop_by - now));
+            let _ = backend.set_timeout(base_timeout.min(stop_by - now));
             let sent = Instant::now();
-            match self.backend.renew(&name, &token, timing.lease) {
+            match backend.renew(name, token, timing.lease) {
                 Ok(Check::Done) => {
-                    let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
                     if !s.lost {
                         s.stop_by = s.stop_by.max(timing.stop_by(sent));
                         s.last_ok = SystemTime::now();
@@ -259,7 +270,7 @@ impl Renewer {
                     output::event(
                         level,
                         "renewed",
-                        Some(&name),
+                        Some(name.as_str()),
                         &format!("renewed '{name}'"),
                         json!({ "lease_ms": timing.lease.as_millis() as u64, "failures": failures }),
                     );
@@ -294,13 +305,13 @@ impl Renewer {
                     output::event(
                         level,
                         "renewal_failed",
-                        Some(&name),
+                        Some(name.as_str()),
                         &msg,
                         json!({ "attempt": failures }),
                     );
                     let left = stop_by.saturating_duration_since(Instant::now());
-                    let _ = self.backend.set_timeout(base_timeout.min(left));
-                    let _ = self.backend.reconnect();
+                    let _ = backend.set_timeout(base_timeout.min(left));
+                    let _ = backend.reconnect();
                     next = Instant::now() + backoff;
                     backoff = (backoff * 2).min(timing.period);
                 }
@@ -347,19 +358,19 @@ impl Keeper {
     /// Starts the renewal thread now.
     pub fn start_now(&self) {
         let mut run = self.run.lock().unwrap_or_else(|e| e.into_inner());
-        if let Run::Deferred(_) = &*run {
-            let Run::Deferred(renewer) = std::mem::replace(&mut *run, Run::Finished) else {
-                unreachable!()
-            };
-            let (tx, rx) = mpsc::channel();
-            let handle = std::thread::Builder::new()
-                .name("renew".into())
-                // Small: the loop's frames and the driver's buffers are on the heap.
-                .stack_size(256 * 1024)
-                .spawn(move || renewer.run(rx))
-                .expect("cannot start the renewal thread");
-            *run = Run::Running(tx, handle);
-        }
+        *run = match std::mem::replace(&mut *run, Run::Finished) {
+            Run::Deferred(renewer) => {
+                let (tx, rx) = mpsc::channel();
+                let handle = std::thread::Builder::new()
+                    .name("renew".into())
+                    // Small: the loop's frames and the driver's buffers are on the heap.
+                    .stack_size(256 * 1024)
+                    .spawn(move || renewer.run(rx))
+                    .expect("cannot start the renewal thread");
+                Run::Running(tx, handle)
+            }
+            other => other,
+        };
     }
 
     /// When the renewal thread must be running, while it is not yet.
