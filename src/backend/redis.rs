@@ -19,7 +19,7 @@
 //! a busy attempt is GET + PTTL, an acquisition GET + TIME + INCR + SET, a
 //! release GET + DEL + ZADD + PEXPIRE.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -101,10 +101,6 @@ const BATON_TTL_MS: &str = "60000";
 pub struct RedisBackend {
     link: Arc<Link>,
     prefix: String,
-    acquire: Script,
-    renew: Script,
-    release: Script,
-    force: Script,
 }
 
 /// The one connection of a process, shared by the backend and its waiter:
@@ -119,6 +115,18 @@ struct Link {
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{OWNS}{body}"))
+}
+
+// Hashed (SHA-1) on first use: a process runs two or three of the four.
+static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACQUIRE));
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RENEW));
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
+static FORCE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FORCE_RELEASE));
+
+/// The key of `what` ("lease", "fence", "wake") for lock `name`: the name is
+/// the hash tag, so a lock's keys share a cluster slot.
+fn key(prefix: &str, name: &str, what: &str) -> String {
+    format!("{prefix}:{{{name}}}:{what}")
 }
 
 impl RedisBackend {
@@ -149,15 +157,11 @@ impl RedisBackend {
         Ok(RedisBackend {
             link: Arc::new(link),
             prefix: cfg.prefix.clone(),
-            acquire: script(ACQUIRE),
-            renew: script(RENEW),
-            release: script(RELEASE),
-            force: script(FORCE_RELEASE),
         })
     }
 
     fn key(&self, name: &str, what: &str) -> String {
-        format!("{}:{{{}}}:{}", self.prefix, name, what)
+        key(&self.prefix, name, what)
     }
 
     fn run(&self, script: &Script, keys: &[String], args: &[&str]) -> Result<Vec<Value>> {
@@ -283,7 +287,7 @@ impl Backend for RedisBackend {
             "{}\n{}\n{}\n{}\n{}",
             h.host, h.pid, h.user, req.name, h.command
         );
-        let items = self.run(&self.acquire, &keys, &[req.token, &ms, &about])?;
+        let items = self.run(&ACQUIRE_SCRIPT, &keys, &[req.token, &ms, &about])?;
         match int(items.first()) {
             Some(1) => Ok(Acquire::Acquired(Grant {
                 fence: int(items.get(1)).context("fence missing from reply")? as u64,
@@ -304,19 +308,19 @@ impl Backend for RedisBackend {
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
         let ms = lease.as_millis().max(1).to_string();
-        let items = self.run(&self.renew, &[self.key(name, "lease")], &[token, &ms])?;
+        let items = self.run(&RENEW_SCRIPT, &[self.key(name, "lease")], &[token, &ms])?;
         self.check_reply(name, &items)
     }
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
         let keys = [self.key(name, "lease"), self.key(name, "wake")];
-        let items = self.run(&self.release, &keys, &[token, BATON_TTL_MS])?;
+        let items = self.run(&RELEASE_SCRIPT, &keys, &[token, BATON_TTL_MS])?;
         self.check_reply(name, &items)
     }
 
     fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>> {
         let keys = [self.key(name, "lease"), self.key(name, "wake")];
-        let items = self.run(&self.force, &keys, &[BATON_TTL_MS])?;
+        let items = self.run(&FORCE_SCRIPT, &keys, &[BATON_TTL_MS])?;
         Ok(match int(items.first()) {
             Some(1) => Some(lock_info(name, items.get(1), items.get(2))),
             _ => None,
@@ -537,8 +541,11 @@ mod tests {
 
     #[test]
     fn keys_share_a_hash_tag() {
-        let b = |n: &str, w: &str| format!("{}:{{{}}}:{}", "dlock", n, w);
-        assert_eq!(b("job", "lease"), "dlock:{job}:lease");
-        assert_ne!(b("a}:fence", "lease"), b("a", "fence"));
+        assert_eq!(key("dlock", "job", "lease"), "dlock:{job}:lease");
+        assert_eq!(key("dlock", "job", "wake"), "dlock:{job}:wake");
+        assert_ne!(
+            key("dlock", "a}:fence", "lease"),
+            key("dlock", "a", "fence")
+        );
     }
 }
