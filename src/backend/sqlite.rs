@@ -265,11 +265,6 @@ impl SqliteBackend {
     /// several users works.
     fn bell(&self, name: &str) -> std::io::Result<Bell> {
         let file = self.wake_file(name);
-        let mode = || {
-            self.mode.unwrap_or_else(|| {
-                std::fs::metadata(&self.path).map_or(0o600, |m| m.mode() & 0o666)
-            })
-        };
         // Usually the bell exists: open it without creating anything.
         match Bell::open(&file, self.mode) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -277,20 +272,23 @@ impl SqliteBackend {
         }
         let dir = self.wake_dir();
         if !dir.is_dir() {
-            let mode = self
+            let dir_mode = self
                 .path
                 .parent()
                 .and_then(|p| std::fs::metadata(p).ok())
                 .map_or(0o700, |m| m.mode() & 0o7777);
-            match DirBuilder::new().mode(mode).create(&dir) {
+            match DirBuilder::new().mode(dir_mode).create(&dir) {
                 Ok(()) => {
-                    let _ = std::fs::set_permissions(&dir, Permissions::from_mode(mode));
+                    let _ = std::fs::set_permissions(&dir, Permissions::from_mode(dir_mode));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
         }
-        Bell::create(&file, mode())
+        let file_mode = self
+            .mode
+            .unwrap_or_else(|| std::fs::metadata(&self.path).map_or(0o600, |m| m.mode() & 0o666));
+        Bell::create(&file, file_mode)
     }
 
     /// Wakes one waiter of `name`; best effort, since a waiter also wakes at the TTL.
