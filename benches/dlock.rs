@@ -48,8 +48,36 @@ fn main() {
         println!("benches/dlock.rs: benchmarks run only under `cargo bench` (scripts/bench); nothing to do");
         return;
     }
-    let opts = Opts::parse(&args[1..]);
-    run(&opts);
+    match Opts::parse(&args[1..]) {
+        Ok(opts) => run(&opts),
+        Err(e) => {
+            eprintln!("scripts/bench: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// An option's value: the next argument, unless it is another option (cargo
+/// appends `--bench` after the user's arguments).
+fn value<'a>(it: &mut impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    it.next().filter(|v| !v.starts_with("--"))
+}
+
+/// The backends `--only` names; an unknown one is an error, not an empty run.
+fn backend_list(v: &str) -> Result<Vec<String>, String> {
+    let known: Vec<&str> = BACKENDS.iter().map(|(k, _)| *k).collect();
+    v.split(',')
+        .map(|b| {
+            if known.contains(&b) {
+                Ok(b.to_string())
+            } else {
+                Err(format!(
+                    "--only: no backend '{b}'; choose from {}",
+                    known.join(",")
+                ))
+            }
+        })
+        .collect()
 }
 
 /// What the bench measures, and how much of it.
@@ -61,7 +89,7 @@ struct Opts {
 }
 
 impl Opts {
-    fn parse(args: &[String]) -> Opts {
+    fn parse(args: &[String]) -> Result<Opts, String> {
         let mut o = Opts {
             quick: false,
             only: None,
@@ -77,22 +105,21 @@ impl Opts {
                 "--write" => write = Some(true),
                 "--no-write" => write = Some(false),
                 "--only" => {
-                    let v = it.next().expect("--only needs a list: redis,mysql,sqlite");
-                    o.only = Some(v.split(',').map(str::to_string).collect());
+                    let v = value(&mut it).ok_or("--only needs a list: redis,mysql,sqlite")?;
+                    o.only = Some(backend_list(v)?);
                 }
                 "--dlock" => {
-                    let v = it.next().expect("--dlock needs the path of a dlock binary");
-                    o.dlock = Some(PathBuf::from(v));
+                    let v = value(&mut it).ok_or("--dlock needs the path of a dlock binary")?;
+                    let bin = std::fs::canonicalize(v).map_err(|e| format!("--dlock {v}: {e}"))?;
+                    o.dlock = Some(bin);
                 }
-                s if s.starts_with("--only=") => {
-                    o.only = Some(s[7..].split(',').map(str::to_string).collect());
-                }
+                s if s.starts_with("--only=") => o.only = Some(backend_list(&s[7..])?),
                 // cargo bench passes a name filter and libtest flags through; none apply.
                 _ => {}
             }
         }
         o.write = write.unwrap_or(!o.quick && o.only.is_none() && o.dlock.is_none());
-        o
+        Ok(o)
     }
 
     fn sizes(&self) -> Sizes {
@@ -1106,7 +1133,7 @@ fn machine(backends: &[Backend]) -> Vec<(String, String)> {
 fn run(opts: &Opts) {
     let s = opts.sizes();
     if let Some(bin) = &opts.dlock {
-        let bin = std::fs::canonicalize(bin).expect("--dlock: no such file");
+        let bin = bin.clone();
         eprintln!(
             "bench: measuring {} instead of the built dlock",
             bin.display()
