@@ -224,7 +224,7 @@ fn set_socket_timeout(conn: &Conn, t: Duration) {
 /// One clear line for a driver error; the password never appears in them.
 fn describe(e: &mysql::Error, at: &str, database: &str, timeout: Duration) -> anyhow::Error {
     use std::io::ErrorKind;
-    let waited = humantime::format_duration(timeout);
+    let waited = crate::output::format_duration(timeout);
     let refused = || {
         fail(
             UNAVAILABLE,

@@ -246,7 +246,7 @@ impl Link {
         } else if e.is_timeout() {
             format!(
                 "cannot connect to {at}: no answer within {}; check host, port and firewall, or raise --connect-timeout",
-                humantime::format_duration(timeout)
+                crate::output::format_duration(timeout)
             )
         } else {
             format!("cannot connect to {at}: {e}")
@@ -266,7 +266,7 @@ impl Link {
                 UNAVAILABLE,
                 format!(
                     "{at} did not answer within {}",
-                    humantime::format_duration(self.timeout())
+                    crate::output::format_duration(self.timeout())
                 ),
             )
         } else if e.is_io_error() || e.is_connection_dropped() {

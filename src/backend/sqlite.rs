@@ -512,7 +512,7 @@ fn db_error(path: &Path, timeout: Duration, e: rusqlite::Error) -> anyhow::Error
             UNAVAILABLE,
             format!(
                 "SQLite file {at} stayed busy for {}: another process kept a transaction open (a stopped dlock?)",
-                humantime::format_duration(timeout)
+                crate::output::format_duration(timeout)
             ),
         ),
         Some(
