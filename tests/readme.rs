@@ -308,6 +308,17 @@ fn setup_commands() {
         "the first set-up command is one line"
     );
     assert_eq!(test_it, "scripts/test");
+    // Both install what is missing through one helper (tests/setup.rs checks
+    // it), so a root shell without sudo works for either.
+    assert!(
+        run_it.starts_with("scripts/prereqs build && "),
+        "the first set-up command starts with scripts/prereqs build: {run_it}"
+    );
+    let test_script =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test")).unwrap();
+    assert!(test_script
+        .lines()
+        .any(|l| l.trim() == "scripts/prereqs test"));
     let ci = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/run")).unwrap();
     assert!(
         ci.lines().any(|l| l.trim() == "scripts/test"),
