@@ -259,20 +259,9 @@ pub fn parse_wait(s: &str) -> Result<Wait, String> {
     }
 }
 
-/// humantime, plus a bare `0`; a leading `-` gets its own message because
-/// humantime's "expected number" hides what was wrong.
+/// See [`crate::duration::parse`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s.starts_with('-') {
-        return Err(format!(
-            "'{s}' is negative; durations are like 500ms, 5s, 2m, 1h"
-        ));
-    }
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration ({e}); use e.g. 500ms, 5s, 2m, 1h"))
+    crate::duration::parse(s)
 }
 
 pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {

@@ -78,7 +78,7 @@ fn busy_message(name: &str, info: &Option<LockInfo>, waited: crate::cli::Wait) -
     match waited {
         crate::cli::Wait::For(d) if !d.is_zero() => format!(
             "lock '{name}' is still busy after waiting {}: held by {who}",
-            humantime::format_duration(d)
+            crate::duration::format(d)
         ),
         _ => format!("lock '{name}' is busy: held by {who} (use --wait to wait for it)"),
     }
@@ -398,7 +398,7 @@ pub fn renew(g: &Global, url: Option<String>, r: &RenewArgs) -> Result<i32> {
                 &format!(
                     "renewed '{}' for {}",
                     r.name,
-                    humantime::format_duration(r.lease)
+                    crate::duration::format(r.lease)
                 ),
                 json!({ "lease_ms": r.lease.as_millis() as u64 }),
             );

@@ -45,8 +45,8 @@ impl Timing {
                 USAGE,
                 format!(
                     "--lease {} is too short for exec: use at least {}",
-                    humantime::format_duration(lease),
-                    humantime::format_duration(MIN_LEASE)
+                    crate::duration::format(lease),
+                    crate::duration::format(MIN_LEASE)
                 ),
             ));
         }
@@ -59,9 +59,9 @@ impl Timing {
                 format!(
                     "--kill-after {} leaves too little of the {} lease for renewals: \
                      use a --kill-after of at most {} or a longer --lease",
-                    humantime::format_duration(kill_after),
-                    humantime::format_duration(lease),
-                    humantime::format_duration(round_ms(lease / 2 - margin)),
+                    crate::duration::format(kill_after),
+                    crate::duration::format(lease),
+                    crate::duration::format(round_ms(lease / 2 - margin)),
                 ),
             ));
         }

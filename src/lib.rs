@@ -6,6 +6,7 @@
 mod backend;
 pub mod cli;
 mod commands;
+mod duration;
 pub mod error;
 mod holder;
 mod lease;

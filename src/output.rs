@@ -108,11 +108,7 @@ pub fn format_time_us(us: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// A duration for a message, in whole milliseconds: timeouts cut short to
-/// meet a renewal deadline would otherwise read "732ms 996us 307ns".
-pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(Duration::from_millis(d.as_millis() as u64)).to_string()
-}
+pub use crate::duration::format as format_duration;
 
 /// Short human duration: 850ms, 12.3s, 4m05s, 2h10m.
 pub fn format_left(d: Duration) -> String {
@@ -230,14 +226,6 @@ pub fn status_json(loc: &Location, prefix: &str, rows: &[Row]) -> Value {
 mod tests {
     use super::*;
     use crate::holder::Holder;
-
-    #[test]
-    fn message_durations_stop_at_milliseconds() {
-        let d = Duration::from_nanos(732_996_307);
-        assert_eq!(format_duration(d), "732ms");
-        assert_eq!(format_duration(Duration::from_millis(2500)), "2s 500ms");
-        assert_eq!(format_duration(Duration::from_micros(400)), "0s");
-    }
 
     #[test]
     fn durations_read_well() {

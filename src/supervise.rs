@@ -249,9 +249,9 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
                     "lease on '{}' lost: no renewal succeeded since {} (lease {}); stopping the command with {}, SIGKILL in {}",
                     job.name,
                     humantime::format_rfc3339_millis(since),
-                    humantime::format_duration(timing.lease),
+                    crate::duration::format(timing.lease),
                     job.on_lost.as_str(),
-                    humantime::format_duration(timing.kill_after),
+                    crate::duration::format(timing.kill_after),
                 ),
                 json!({ "last_renewed": humantime::format_rfc3339_millis(since).to_string() }),
             );
@@ -269,9 +269,9 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
                     Some(&job.name),
                     &format!(
                         "the command ran longer than --max-runtime {}; stopping it with {}, SIGKILL in {}",
-                        humantime::format_duration(job.max_runtime.unwrap_or_default()),
+                        crate::duration::format(job.max_runtime.unwrap_or_default()),
                         job.on_lost.as_str(),
-                        humantime::format_duration(timing.kill_after),
+                        crate::duration::format(timing.kill_after),
                     ),
                     serde_json::Value::Null,
                 );
@@ -349,7 +349,7 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
                         &format!(
                             "lease lost: {msg}; last renewal succeeded at {since}; stopping the command with {}, SIGKILL in {}",
                             job.on_lost.as_str(),
-                            humantime::format_duration(timing.kill_after)
+                            crate::duration::format(timing.kill_after)
                         ),
                         json!({ "last_renewed": since.to_string() }),
                     );
