@@ -100,6 +100,23 @@ pub enum Command {
     Keepalive(KeepaliveArgs),
 }
 
+impl Command {
+    /// The one lock the subcommand is about, if it names exactly one.
+    pub fn lock_name(&self) -> Option<&str> {
+        match self {
+            Command::Acquire(a) => Some(&a.name),
+            Command::Release(r) => Some(&r.name),
+            Command::Exec(e) => Some(&e.name),
+            Command::Renew(r) => Some(&r.name),
+            Command::Keepalive(k) => Some(&k.name),
+            Command::Status(s) => match s.names.as_slice() {
+                [one] => Some(one),
+                _ => None,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct AcquireArgs {
     /// Lock name: any UTF-8 text without control characters, at most 255 bytes

@@ -51,6 +51,7 @@ fn connect(g: &Global, url: Option<String>) -> Result<(Box<dyn Backend>, Locatio
         timeout: g.connect_timeout,
     };
     let (b, loc) = backend::open(&cfg)?;
+    output::set_location(&loc.location);
     Ok((b, loc, cfg))
 }
 
@@ -164,11 +165,13 @@ pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> 
     if r.force {
         return match b.force_release(&r.name)? {
             Some(info) => {
-                output::info(&format!(
-                    "broke lock '{}' held by {}",
-                    r.name,
-                    describe(&info)
-                ));
+                output::event(
+                    Level::Info,
+                    "broken",
+                    Some(&r.name),
+                    &format!("broke lock '{}' held by {}", r.name, describe(&info)),
+                    json!({ "holder": info.holder, "fence": info.fence }),
+                );
                 Ok(error::OK)
             }
             None => {

@@ -36,7 +36,19 @@ pub fn main() -> ! {
             std::process::exit(error::OK);
         }
         Err(e) => {
-            eprintln!("dlock: {}", one_line(&e.render().to_string()));
+            let msg = one_line(&e.render().to_string());
+            if json_log_requested() {
+                output::init(false, 0, true, Vec::new());
+                output::event(
+                    output::Level::Error,
+                    "usage",
+                    None,
+                    &msg,
+                    Default::default(),
+                );
+            } else {
+                eprintln!("dlock: {msg}");
+            }
             std::process::exit(error::USAGE);
         }
     };
@@ -62,6 +74,15 @@ pub fn main() -> ! {
         g.log_format == cli::LogFormat::Json,
         secrets,
     );
+    if let Some(name) = cli.command.lock_name() {
+        output::set_lock(name);
+    }
+    if let Ok(u) = &url {
+        output::set_location(
+            &u.as_deref()
+                .map_or_else(|| "the default SQLite file".to_string(), backend::redact),
+        );
+    }
     let result = url.and_then(|url| match &cli.command {
         cli::Command::Acquire(a) => commands::acquire(g, url, a),
         cli::Command::Release(r) => commands::release(g, url, r),
@@ -73,10 +94,37 @@ pub fn main() -> ! {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            output::error(&format!("error: {e:#}"));
-            std::process::exit(error::code_of(&e));
+            let code = error::code_of(&e);
+            let kind = if code == error::USAGE {
+                "usage"
+            } else {
+                "error"
+            };
+            let msg = format!("error: {e:#}");
+            output::event(output::Level::Error, kind, None, &msg, Default::default());
+            std::process::exit(code);
         }
     }
+}
+
+/// Whether --log-format json (or DLOCK_LOG_FORMAT=json) was asked for, read
+/// from the raw arguments: a usage error means clap could not parse them.
+fn json_log_requested() -> bool {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut from_args = None;
+    for (i, a) in args.iter().enumerate() {
+        if a == "--" {
+            break;
+        }
+        if let Some(v) = a.strip_prefix("--log-format=") {
+            from_args = Some(v.to_string());
+        } else if a == "--log-format" {
+            from_args = args.get(i + 1).cloned();
+        }
+    }
+    from_args
+        .or_else(|| std::env::var("DLOCK_LOG_FORMAT").ok())
+        .is_some_and(|v| v == "json")
 }
 
 /// clap's usage errors span several lines; an operator reading a cron mail or

@@ -2,7 +2,7 @@
 //! stderr at the chosen verbosity, and the `status` table and JSON.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -16,6 +16,40 @@ const VERBOSE: u8 = 2;
 static LEVEL: AtomicU8 = AtomicU8::new(NORMAL);
 static JSON: AtomicBool = AtomicBool::new(false);
 static SECRETS: OnceLock<Vec<String>> = OnceLock::new();
+/// The lock the command is about and where the backend is, for JSON events
+/// whose call site does not name them.
+static LOCK: OnceLock<String> = OnceLock::new();
+static LOCATION: Mutex<Option<String>> = Mutex::new(None);
+
+/// Every `event` name a JSON log line can carry; README.md lists the same
+/// names with their meaning, and tests/json_log.rs produces each one.
+pub const EVENTS: &[&str] = &[
+    "usage",
+    "error",
+    "message",
+    "waiting",
+    "busy",
+    "acquired",
+    "renewed",
+    "renewal_failed",
+    "lost",
+    "max_runtime",
+    "child_exited",
+    "released",
+    "held",
+    "broken",
+];
+
+/// The lock this run is about (the one lock a subcommand names).
+pub fn set_lock(name: &str) {
+    let _ = LOCK.set(name.to_string());
+}
+
+/// Where the backend is, already without passwords: the URL at first, the
+/// resolved place (the SQLite file) once the backend is open.
+pub fn set_location(location: &str) {
+    *LOCATION.lock().unwrap_or_else(|e| e.into_inner()) = Some(location.to_string());
+}
 
 pub fn init(quiet: bool, verbose: u8, json: bool, secrets: Vec<String>) {
     let level = if quiet {
@@ -51,7 +85,8 @@ pub enum Level {
 }
 
 /// One line on stderr: text, or with `--log-format json` one JSON object
-/// (`ts`, `level`, `event`, `lock`, `message` and the event's own fields).
+/// (`ts`, `level`, `event`, `lock`, `location`, `message` and the event's
+/// own fields).
 /// Lifecycle events (any `kind` but "message") are always in the JSON log
 /// unless --quiet, since log shippers want them without -v.
 pub fn event(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Value) {
@@ -67,12 +102,14 @@ pub fn event(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Val
         return;
     }
     let msg = scrub(msg);
+    debug_assert!(EVENTS.contains(&kind), "event '{kind}' is not in EVENTS");
     if json {
         let mut obj = json!({
             "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             "level": match level { Level::Debug => "debug", Level::Info => "info", Level::Error => "error" },
             "event": kind,
-            "lock": lock,
+            "lock": lock.or(LOCK.get().map(String::as_str)),
+            "location": *LOCATION.lock().unwrap_or_else(|e| e.into_inner()),
             "message": msg,
         });
         if let (Some(o), Value::Object(e)) = (obj.as_object_mut(), extra) {

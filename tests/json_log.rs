@@ -1,0 +1,186 @@
+//! `--log-format json`: every line dlock writes to stderr is one JSON object
+//! with a documented event name, the lock, the backend's location and a
+//! timestamp. Each event of the documented list is produced here by the real
+//! binary.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::sqlite::Sqlite;
+use common::{code, spawn, stderr, wait_child, Ctx, Fifo, Lines, Redis};
+use serde_json::Value;
+
+const README: &str = include_str!("../README.md");
+
+/// Parses every stderr line and checks the fields every event carries.
+fn events(stderr: &str, lock: Option<&str>) -> Vec<Value> {
+    stderr
+        .lines()
+        .map(|l| {
+            let e: Value =
+                serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l}"));
+            assert!(e["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{l}");
+            assert!(e["level"].is_string() && e["message"].is_string(), "{l}");
+            // Only a command line clap could not parse has no backend yet.
+            assert!(
+                e["location"].is_string() || e["event"] == "usage",
+                "no location: {l}"
+            );
+            if let Some(name) = lock {
+                assert_eq!(e["lock"], name, "{l}");
+            }
+            e
+        })
+        .collect()
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Runs `dlock --log-format json ARGS` and returns its events.
+fn logged(ctx: &Ctx, args: &[&str], lock: Option<&str>) -> (i32, Vec<Value>) {
+    let mut c = ctx.cmd(&["--log-format", "json"]);
+    c.args(args);
+    let o = common::run(c);
+    (code(&o), events(&stderr(&o), lock))
+}
+
+/// The event names the README documents, from its table of events.
+fn documented() -> BTreeSet<String> {
+    let at = README
+        .find("| event | when |")
+        .expect("README.md has a table of JSON log events");
+    README[at..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            l.split('`')
+                .nth(1)
+                .expect("event name in backquotes")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn every_documented_event_is_produced_and_parses() {
+    let mut seen = BTreeSet::new();
+    let ctx = Ctx::new(Arc::new(Sqlite::new()));
+
+    // usage: clap's own errors and dlock's later checks alike.
+    for args in [&["acquire"][..], &["acquire", "u", "--lease", "banana"]] {
+        let (rc, ev) = logged(&ctx, args, None);
+        assert_eq!(rc, 2);
+        assert_eq!(kinds(&ev), ["usage"]);
+        seen.extend(kinds(&ev));
+    }
+    let mut c = ctx.cmd(&["acquire", "u", "--lease", "0"]);
+    c.env("DLOCK_LOG_FORMAT", "json");
+    let ev = events(&stderr(&common::run(c)), None);
+    assert_eq!(kinds(&ev), ["usage"]);
+
+    // acquired, renewed, child_exited, released.
+    let (rc, ev) = logged(
+        &ctx,
+        &["exec", "--lease", "600ms", "ev", "-c", "sleep 0.5; exit 3"],
+        Some("ev"),
+    );
+    assert_eq!(rc, 3);
+    let k = kinds(&ev);
+    for want in ["acquired", "renewed", "child_exited", "released"] {
+        assert!(k.iter().any(|x| x == want), "no {want} in {k:?}");
+    }
+    seen.extend(k);
+
+    // waiting, busy; then message and broken from release --force.
+    let tok = ctx.acquire("held", "30s");
+    let (rc, ev) = logged(
+        &ctx,
+        &["exec", "--wait", "100ms", "held", "--", "true"],
+        Some("held"),
+    );
+    assert_eq!(
+        (rc, kinds(&ev)),
+        (75, vec!["waiting".into(), "busy".into()])
+    );
+    seen.extend(kinds(&ev));
+    let (rc, ev) = logged(&ctx, &["release", "held", "--force"], Some("held"));
+    assert_eq!((rc, kinds(&ev)), (0, vec!["broken".to_string()]));
+    assert!(ev[0]["holder"]["pid"].as_u64().is_some(), "{ev:?}");
+    seen.extend(kinds(&ev));
+    let (_, ev) = logged(&ctx, &["release", "held", "--force"], Some("held"));
+    assert_eq!(kinds(&ev), ["message"]);
+    seen.extend(kinds(&ev));
+    let (rc, ev) = logged(&ctx, &["release", "held", "--token", &tok], Some("held"));
+    assert_eq!((rc, kinds(&ev)), (3, vec!["error".to_string()]));
+    seen.extend(kinds(&ev));
+
+    // held (--min-hold) and max_runtime.
+    let (_, ev) = logged(
+        &ctx,
+        &["exec", "--min-hold", "1m", "mh", "--", "true"],
+        Some("mh"),
+    );
+    seen.extend(kinds(&ev));
+    assert!(kinds(&ev).contains(&"held".to_string()), "{ev:?}");
+    let (rc, ev) = logged(
+        &ctx,
+        &["exec", "--max-runtime", "100ms", "mr", "--", "sleep", "10"],
+        Some("mr"),
+    );
+    assert_eq!(rc, 124);
+    seen.extend(kinds(&ev));
+
+    // renewal_failed and lost: a Redis server that stops answering.
+    let redis = Arc::new(Redis::start());
+    let rctx = Ctx::new(redis.clone());
+    let ready = Fifo::new(rctx.dir.path(), "ready");
+    let job = format!("echo go > '{}'; exec sleep 60", ready.path.display());
+    let mut c = rctx.cmd(&["--log-format", "json", "exec", "--lease", "1s", "rl", "-c"]);
+    c.arg(&job);
+    let mut child = spawn(c);
+    let mut lines = Lines::of(&mut child);
+    ready.read_line(Duration::from_secs(10));
+    redis.pause();
+    let status = wait_child(&mut child, Duration::from_secs(10));
+    redis.resume();
+    assert_eq!(status.code(), Some(79));
+    let ev = events(&lines.rest(), Some("rl"));
+    let k = kinds(&ev);
+    assert!(
+        k.contains(&"renewal_failed".to_string()) && k.contains(&"lost".to_string()),
+        "{k:?}"
+    );
+    seen.extend(k);
+
+    let docs = documented();
+    let listed: BTreeSet<String> = dlock_events();
+    assert_eq!(
+        docs, listed,
+        "README's event table and the code's list differ"
+    );
+    assert_eq!(
+        seen, listed,
+        "events listed but not produced here, or the reverse"
+    );
+}
+
+/// The code's list: `EVENTS` in src/output.rs.
+fn dlock_events() -> BTreeSet<String> {
+    let src = include_str!("../src/output.rs");
+    let at = src.find("pub const EVENTS").unwrap();
+    let list = &src[at..src[at..].find("];").unwrap() + at];
+    list.split('"')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect()
+}
