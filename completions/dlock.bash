@@ -93,25 +93,25 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__acquire)
-            opts="-q -v -h -V --lease --wait --token --json --keepalive-pid --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
+            opts="-q -v -h -V --token --json --keepalive-pid --lease --wait --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
-                --lease)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --wait)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
                 --token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --keepalive-pid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --lease)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -34,6 +34,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Backend and output (any subcommand)")]
 pub struct Global {
     /// Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]
     #[arg(
@@ -47,15 +48,27 @@ pub struct Global {
 
     /// Read the backend URL from this file, keeping passwords out of argv and the environment
     /// (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)
-    #[arg(long, env = "DLOCK_URL_FILE", global = true, value_name = "PATH")]
+    #[arg(
+        long,
+        env = "DLOCK_URL_FILE",
+        global = true,
+        hide_env_values = true,
+        value_name = "PATH"
+    )]
     pub url_file: Option<PathBuf>,
 
     /// Namespace for every key, table row and channel dlock uses
-    #[arg(long, env = "DLOCK_PREFIX", global = true, default_value = "dlock")]
+    #[arg(
+        long,
+        env = "DLOCK_PREFIX",
+        global = true,
+        hide_env_values = true,
+        default_value = "dlock"
+    )]
     pub prefix: String,
 
     /// How long to wait for the backend to accept a connection or answer a request
-    #[arg(long, env = "DLOCK_CONNECT_TIMEOUT", global = true, default_value = "5s",
+    #[arg(long, env = "DLOCK_CONNECT_TIMEOUT", global = true, hide_env_values = true, default_value = "5s",
           value_parser = parse_positive, value_name = "DUR")]
     pub connect_timeout: Duration,
 
@@ -68,7 +81,8 @@ pub struct Global {
     pub verbose: u8,
 
     /// Format of messages on stderr: text, or one JSON event per line for log shippers
-    #[arg(long, env = "DLOCK_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "DLOCK_LOG_FORMAT", global = true, hide_env_values = true, value_enum,
+          default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,
 }
 
@@ -122,9 +136,6 @@ pub struct AcquireArgs {
     /// Lock name: any UTF-8 text without control characters, at most 255 bytes
     pub name: String,
 
-    #[command(flatten)]
-    pub lease: LeaseArgs,
-
     /// Use this token instead of a random one; acquiring again with it extends the lease
     #[arg(long, env = "DLOCK_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -137,6 +148,10 @@ pub struct AcquireArgs {
     /// (e.g. `$$`), and release it when PID exits
     #[arg(long, value_name = "PID")]
     pub keepalive_pid: Option<u32>,
+
+    // Last: the headings of a flattened group carry on to the fields after it.
+    #[command(flatten)]
+    pub lease: LeaseArgs,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +181,7 @@ pub struct KeepaliveArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Lease and waiting")]
 pub struct LeaseArgs {
     /// How long the lease lasts on the server without renewal
     #[arg(long, default_value = DEFAULT_LEASE, value_parser = parse_positive, value_name = "DUR",
@@ -212,39 +228,6 @@ pub struct ExecArgs {
     /// Lock name
     pub name: String,
 
-    #[command(flatten)]
-    pub lease: LeaseArgs,
-
-    /// Exit code when the lock is busy after --wait (like flock -E)
-    #[arg(long, short = 'E', default_value_t = error::BUSY, value_name = "N",
-          value_parser = clap::value_parser!(i32).range(0..=255))]
-    pub conflict_exit_code: i32,
-
-    /// Signal sent to the command's process group when the lease is lost
-    #[arg(long, default_value = "TERM", value_parser = parse_signal, value_name = "SIG")]
-    pub on_lost_signal: nix::sys::signal::Signal,
-
-    /// Grace period between that signal and SIGKILL [default: a fifth of the lease, at most 5s]
-    #[arg(long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
-    pub kill_after: Option<Duration>,
-
-    /// Keep the lease at least this long after acquiring it, even if the command ends
-    /// sooner, so one cron tick runs once across hosts whose clocks differ
-    #[arg(long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
-    pub min_hold: Option<Duration>,
-
-    /// Stop the whole job (signal, then SIGKILL after --kill-after) when it runs longer; exit 124
-    #[arg(long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
-    pub max_runtime: Option<Duration>,
-
-    /// Sleep a random time up to DUR before trying, to spread hosts started by the same cron tick
-    #[arg(long, value_parser = parse_duration, value_name = "DUR", allow_hyphen_values = true)]
-    pub jitter: Option<Duration>,
-
-    /// Run this string with /bin/sh -c instead of CMD
-    #[arg(long, short = 'c', value_name = "STRING", conflicts_with = "command")]
-    pub shell: Option<String>,
-
     /// The command and its arguments, run without a shell (never re-split)
     #[arg(
         required_unless_present = "shell",
@@ -252,6 +235,45 @@ pub struct ExecArgs {
         value_name = "CMD"
     )]
     pub command: Vec<OsString>,
+
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+
+    /// Exit code when the lock is busy after --wait (like flock -E)
+    #[arg(help_heading = "Lease and waiting", long, short = 'E', default_value_t = error::BUSY, value_name = "N",
+          value_parser = clap::value_parser!(i32).range(0..=255))]
+    pub conflict_exit_code: i32,
+
+    /// Signal sent to the command's process group when the lease is lost
+    #[arg(help_heading = "Running the command", long, default_value = "TERM", value_parser = parse_signal, value_name = "SIG")]
+    pub on_lost_signal: nix::sys::signal::Signal,
+
+    /// Grace period between that signal and SIGKILL [default: a fifth of the lease, at most 5s]
+    #[arg(help_heading = "Running the command", long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
+    pub kill_after: Option<Duration>,
+
+    /// Keep the lease at least this long after acquiring it, even if the command ends
+    /// sooner, so one cron tick runs once across hosts whose clocks differ
+    #[arg(help_heading = "Lease and waiting", long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
+    pub min_hold: Option<Duration>,
+
+    /// Stop the whole job (signal, then SIGKILL after --kill-after) when it runs longer; exit 124
+    #[arg(help_heading = "Running the command", long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
+    pub max_runtime: Option<Duration>,
+
+    /// Sleep a random time up to DUR before trying, to spread hosts started by the same cron tick
+    #[arg(help_heading = "Lease and waiting", long, value_parser = parse_duration, value_name = "DUR", allow_hyphen_values = true)]
+    pub jitter: Option<Duration>,
+
+    /// Run this string with /bin/sh -c instead of CMD
+    #[arg(
+        help_heading = "Running the command",
+        long,
+        short = 'c',
+        value_name = "STRING",
+        conflicts_with = "command"
+    )]
+    pub shell: Option<String>,
 }
 
 /// How long to wait for a busy lock.
