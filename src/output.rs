@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::backend::{Location, LockInfo};
@@ -227,36 +228,56 @@ pub fn status_table(loc: &Location, prefix: &str, rows: &[Row]) -> String {
 }
 
 /// The documented `status --json` schema (see README).
-pub fn status_json(loc: &Location, prefix: &str, rows: &[Row]) -> Value {
-    let locks: Vec<Value> = rows
+/// `status --json`: one line, keys in the order README.md documents them
+/// (structs, since serde_json's own maps sort their keys).
+pub fn status_json(loc: &Location, prefix: &str, rows: &[Row]) -> String {
+    #[derive(Serialize)]
+    struct Status<'a> {
+        backend: &'a str,
+        location: &'a str,
+        prefix: &'a str,
+        locks: Vec<Entry<'a>>,
+    }
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        name: &'a str,
+        held: bool,
+        holder: Option<&'a crate::holder::Holder>,
+        token_id: Option<&'a str>,
+        fence: Option<u64>,
+        acquired_at: Option<String>,
+        ttl_ms: Option<u64>,
+    }
+    let locks = rows
         .iter()
         .map(|row| match row {
-            Row::Held(l) => json!({
-                "name": l.name,
-                "held": true,
-                "holder": l.holder,
-                "token_id": l.token_id,
-                "fence": l.fence,
-                "acquired_at": format_time_us(l.acquired_at_us),
-                "ttl_ms": l.ttl.as_millis() as u64,
-            }),
-            Row::Free(name) => json!({
-                "name": name,
-                "held": false,
-                "holder": null,
-                "token_id": null,
-                "fence": null,
-                "acquired_at": null,
-                "ttl_ms": null,
-            }),
+            Row::Held(l) => Entry {
+                name: &l.name,
+                held: true,
+                holder: Some(&l.holder),
+                token_id: Some(&l.token_id),
+                fence: Some(l.fence),
+                acquired_at: Some(format_time_us(l.acquired_at_us)),
+                ttl_ms: Some(l.ttl.as_millis() as u64),
+            },
+            Row::Free(name) => Entry {
+                name,
+                held: false,
+                holder: None,
+                token_id: None,
+                fence: None,
+                acquired_at: None,
+                ttl_ms: None,
+            },
         })
         .collect();
-    json!({
-        "backend": loc.backend,
-        "location": loc.location,
-        "prefix": prefix,
-        "locks": locks,
-    })
+    let status = Status {
+        backend: loc.backend,
+        location: &loc.location,
+        prefix,
+        locks,
+    };
+    serde_json::to_string(&status).expect("plain data serializes")
 }
 
 #[cfg(test)]
@@ -301,7 +322,12 @@ mod tests {
         };
         assert_eq!(col(lines[1]), col(lines[2]));
         assert!(t.contains("2023-11-14T22:13:20.000Z"), "{t}");
-        let j = status_json(&loc, "dlock", &[Row::Held(&l), Row::Free("x")]);
+        let j: Value = serde_json::from_str(&status_json(
+            &loc,
+            "dlock",
+            &[Row::Held(&l), Row::Free("x")],
+        ))
+        .unwrap();
         assert_eq!(j["locks"][0]["holder"]["pid"], 42);
         assert_eq!(j["locks"][1]["held"], false);
     }

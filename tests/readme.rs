@@ -596,8 +596,95 @@ fn json_block(kind: &str) -> Value {
     serde_json::from_str(&b.body).unwrap_or_else(|e| panic!("line {}: {e}", b.line))
 }
 
+/// Compact JSON text laid out as `jq .` does, keys in the order printed.
+fn jq_layout(compact: &str) -> String {
+    let (mut out, mut depth, mut in_str, mut esc) = (String::new(), 0usize, false, false);
+    let mut chars = compact.trim().chars().peekable();
+    let newline = |out: &mut String, depth: usize| {
+        out.push('\n');
+        out.push_str(&"  ".repeat(depth));
+    };
+    while let Some(c) = chars.next() {
+        if in_str {
+            out.push(c);
+            match (esc, c) {
+                (true, _) => esc = false,
+                (false, '\\') => esc = true,
+                (false, '"') => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_str = true;
+                out.push(c);
+            }
+            '{' | '[' if matches!(chars.peek(), Some('}' | ']')) => {
+                out.push(c);
+                out.push(chars.next().unwrap());
+            }
+            '{' | '[' => {
+                out.push(c);
+                depth += 1;
+                newline(&mut out, depth);
+            }
+            '}' | ']' => {
+                depth -= 1;
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The README's JSON block must be dlock's real output laid out by `jq .`,
+/// line for line: the same keys in the same order and the same values, but
+/// for values that differ from run to run (tokens, times, pids...).
+fn assert_json_example(kind: &str, real: &[u8], volatile: &[&str]) {
+    let b = blocks()
+        .into_iter()
+        .find(|b| b.lang == "json" && b.has(kind))
+        .unwrap_or_else(|| panic!("README.md has no ```json {kind} block"));
+    let real = String::from_utf8_lossy(real);
+    assert_eq!(
+        real.trim().lines().count(),
+        1,
+        "dlock prints one line: {real}"
+    );
+    let want = jq_layout(&real);
+    let mismatch = || {
+        format!(
+            "README.md line {} differs from dlock's output through `jq .`:\n{want}",
+            b.line
+        )
+    };
+    assert_eq!(
+        b.body.trim().lines().count(),
+        want.lines().count(),
+        "{}",
+        mismatch()
+    );
+    for (doc, out) in b.body.trim().lines().zip(want.lines()) {
+        let key = |l: &str| l.trim().split(':').next().unwrap_or("").to_string();
+        let is_volatile = volatile.iter().any(|v| key(out) == format!("\"{v}\""));
+        if is_volatile {
+            assert_eq!(key(doc), key(out), "{}", mismatch());
+        } else {
+            assert_eq!(doc, out, "{}", mismatch());
+        }
+    }
+}
+
 #[test]
-fn json_examples_have_the_real_shape() {
+fn json_examples_are_real_output() {
     let w = World::new();
     let o = w.dlock(&["acquire", "--json", "deploy", "--lease", "10m"]);
     assert_eq!(code(&o), 0, "{}", show(&o));
@@ -608,6 +695,19 @@ fn json_examples_have_the_real_shape() {
     assert_eq!(code(&o), 1, "{}", show(&o));
     let status: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(shape(&json_block("status")), shape(&status));
+    let volatile = [
+        "backend",
+        "location",
+        "host",
+        "pid",
+        "user",
+        "command",
+        "token_id",
+        "fence",
+        "acquired_at",
+        "ttl_ms",
+    ];
+    assert_json_example("status", &o.stdout, &volatile);
 
     let token = acquired["token"].as_str().unwrap();
     let o = w.dlock(&["release", "deploy", "--token", token]);
