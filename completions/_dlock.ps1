@@ -88,6 +88,7 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
             [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'How long to wait for the backend to accept a connection or answer a request')
             [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Format of messages on stderr: text, or one JSON event per line for log shippers')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print a JSON object (schema in README) instead of a table')
+            [CompletionResult]::new('--names-only', '--names-only', [CompletionResultType]::ParameterName, 'Print only the names of the held locks, one per line (for scripts and shell completion)')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print no messages but errors on stderr; results on stdout (a token, the status) still print')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print no messages but errors on stderr; results on stdout (a token, the status) still print')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Report each step (acquired, renewed, released) on stderr')

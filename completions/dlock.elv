@@ -82,6 +82,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
             cand --log-format 'Format of messages on stderr: text, or one JSON event per line for log shippers'
             cand --json 'Print a JSON object (schema in README) instead of a table'
+            cand --names-only 'Print only the names of the held locks, one per line (for scripts and shell completion)'
             cand -q 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
             cand --quiet 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
             cand -v 'Report each step (acquired, renewed, released) on stderr'

@@ -74,6 +74,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand status" -l connect-timeout -
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l json -d 'Print a JSON object (schema in README) instead of a table'
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l names-only -d 'Print only the names of the held locks, one per line (for scripts and shell completion)'
 complete -c dlock -n "__fish_dlock_using_subcommand status" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
 complete -c dlock -n "__fish_dlock_using_subcommand status" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand status" -s h -l help -d 'Print help'
@@ -81,7 +82,16 @@ complete -c dlock -n "__fish_dlock_using_subcommand status" -s V -l version -d '
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -l lease -d 'How long the lease lasts on the server without renewal' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -l wait -d 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -s E -l conflict-exit-code -d 'Exit code when the lock is busy after --wait (like flock -E)' -r
-complete -c dlock -n "__fish_dlock_using_subcommand exec" -l on-lost-signal -d 'Signal sent to the command\'s process group when the lease is lost' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l on-lost-signal -d 'Signal sent to the command\'s process group when the lease is lost' -r -f -a "TERM\t''
+INT\t''
+HUP\t''
+QUIT\t''
+KILL\t''
+USR1\t''
+USR2\t''
+ALRM\t''
+ABRT\t''
+PWR\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -l kill-after -d 'Grace period between that signal and SIGKILL [default: a fifth of the lease, at most 5s]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -l min-hold -d 'Keep the lease at least this long after acquiring it, even if the command ends sooner, so one cron tick runs once across hosts whose clocks differ' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -l max-runtime -d 'Stop the whole job (signal, then SIGKILL after --kill-after) when it runs longer; exit 124' -r
@@ -115,3 +125,58 @@ complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_su
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "exec" -d 'Run a command while holding a lock, renewing the lease until it exits'
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "renew" -d 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+
+# Lock names for the NAME argument of acquire, release, exec and renew (and the
+# names of status), from `dlock status --names-only` with the --url, --url-file
+# and --prefix typed on the line; DLOCK_* in the environment apply as usual.
+# Appended to clap's completion by examples/gen-docs.rs.
+
+# Prints the options to list names with when the token being completed is a
+# lock name; fails otherwise.
+function __fish_dlock_name_args
+    set -l cmd (commandline -opc)
+    set -l sub
+    set -l skip
+    set -l given 0
+    for w in $cmd[2..-1]
+        if test -n "$skip"
+            test "$skip" = keep; and echo $w
+            set skip
+            continue
+        end
+        switch $w
+            case --
+                return 1
+            case --url --url-file --prefix
+                echo $w
+                set skip keep
+            case '--url=*' '--url-file=*' '--prefix=*'
+                echo $w
+            case --lease --wait -E --conflict-exit-code --on-lost-signal --kill-after --min-hold --max-runtime --jitter -c --shell --connect-timeout --log-format --token --keepalive-pid
+                set skip drop
+            case '-*'
+            case '*'
+                if test -z "$sub"
+                    set sub $w
+                else
+                    set given (math $given + 1)
+                end
+        end
+    end
+    test -z "$skip"; or return 1
+    switch $sub
+        case acquire release exec renew
+            test $given -eq 0
+        case status
+            return 0
+        case '*'
+            return 1
+    end
+end
+
+function __fish_dlock_lock_names
+    set -l cmd (commandline -opc)
+    $cmd[1] (__fish_dlock_name_args) --connect-timeout 1s status --names-only 2>/dev/null
+end
+
+complete -c dlock -n "__fish_dlock_name_args >/dev/null" -f -a "(__fish_dlock_lock_names)" -d 'held lock'

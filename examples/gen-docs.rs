@@ -62,6 +62,8 @@ pub fn generate(root: &Path) -> io::Result<Vec<PathBuf>> {
     let bin = cmd.get_name().to_string();
     for &shell in Shell::value_variants() {
         let path = clap_complete::generate_to(shell, &mut cmd, &bin, root.join("completions"))?;
+        let text = fs::read_to_string(&path)?;
+        fs::write(&path, with_lock_names(shell, text))?;
         written.push(relative(root, &path));
     }
 
@@ -112,6 +114,44 @@ fn visible(cmd: &Command) -> Command {
         out = out.subcommand(visible(s));
     }
     out
+}
+
+/// Adds the completion of lock names (from `dlock status --names-only`) to
+/// what clap generates, which knows only static values. Elvish and PowerShell
+/// keep clap's completion alone.
+fn with_lock_names(shell: Shell, text: String) -> String {
+    match shell {
+        Shell::Bash => {
+            let (head, tail) = text
+                .split_once("\nif [[ \"${BASH_VERSINFO[0]}\"")
+                .expect("clap's bash script ends with its `complete` lines");
+            format!(
+                "{head}\n{}\nif [[ \"${{BASH_VERSINFO[0]}}\"{}",
+                include_str!("completions/names.bash").trim_end(),
+                tail.replace("complete -F _dlock ", "complete -F _dlock_with_names ")
+            )
+        }
+        Shell::Fish => text + include_str!("completions/names.fish"),
+        Shell::Zsh => {
+            let names_arg = |l: &str| l.starts_with("':name -- ") || l.starts_with("'*::names -- ");
+            let body: Vec<String> = text
+                .lines()
+                .map(|l| match names_arg(l) {
+                    true => l.replace(":_default'", ":_dlock_lock_names'"),
+                    false => l.to_string(),
+                })
+                .collect();
+            let body = body.join("\n") + "\n";
+            let (head, tail) = body
+                .split_once("\nif [ \"$funcstack[1]\" = \"_dlock\" ]; then")
+                .expect("clap's zsh script ends by registering _dlock");
+            format!(
+                "{head}\n{}\n\nif [ \"$funcstack[1]\" = \"_dlock\" ]; then{tail}",
+                include_str!("completions/names.zsh").trim_end()
+            )
+        }
+        _ => text,
+    }
 }
 
 fn relative(root: &Path, path: &Path) -> PathBuf {

@@ -221,6 +221,10 @@ pub struct StatusArgs {
     /// Print a JSON object (schema in README) instead of a table
     #[arg(long)]
     pub json: bool,
+
+    /// Print only the names of the held locks, one per line (for scripts and shell completion)
+    #[arg(long, conflicts_with = "json")]
+    pub names_only: bool,
 }
 
 #[derive(Debug, Args)]
@@ -245,7 +249,8 @@ pub struct ExecArgs {
     pub conflict_exit_code: i32,
 
     /// Signal sent to the command's process group when the lease is lost
-    #[arg(help_heading = "Running the command", long, default_value = "TERM", value_parser = parse_signal, value_name = "SIG")]
+    #[arg(help_heading = "Running the command", long, default_value = "TERM", value_parser = SignalParser,
+          hide_possible_values = true, value_name = "SIG")]
     pub on_lost_signal: nix::sys::signal::Signal,
 
     /// Grace period between that signal and SIGKILL [default: a fifth of the lease, at most 5s]
@@ -301,6 +306,47 @@ pub fn parse_wait(s: &str) -> Result<Wait, String> {
 /// See [`crate::duration::parse`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s)
+}
+
+/// Signal names for shell completion; [`parse_signal`] also takes numbers
+/// and the `SIG` prefix.
+const SIGNAL_NAMES: [&str; 10] = [
+    "TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2", "ALRM", "ABRT", "PWR",
+];
+
+/// [`parse_signal`] with the common names offered to shell completion.
+#[derive(Clone)]
+struct SignalParser;
+
+impl clap::builder::TypedValueParser for SignalParser {
+    type Value = nix::sys::signal::Signal;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let text = value.to_string_lossy();
+        parse_signal(&text).map_err(|why| {
+            let name = arg.map_or("SIG".to_string(), |a| a.to_string());
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value '{text}' for '{name}': {why}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            SIGNAL_NAMES
+                .iter()
+                .map(|n| clap::builder::PossibleValue::new(*n)),
+        ))
+    }
 }
 
 pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {

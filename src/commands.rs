@@ -233,7 +233,11 @@ pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
         }
         None => rows.extend(held.iter().map(Row::Held)),
     }
-    if s.json {
+    if s.names_only {
+        for l in &held {
+            println!("{}", l.name);
+        }
+    } else if s.json {
         println!("{}", output::status_json(&loc, &g.prefix, &rows));
     } else {
         print!("{}", output::status_table(&loc, &g.prefix, &rows));
