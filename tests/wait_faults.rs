@@ -145,6 +145,7 @@ fn waiter_survives_a_restart(ctx: &Ctx, kill: impl FnOnce(), start: impl FnOnce(
     start();
     let st = wait_child(&mut waiter, Duration::from_secs(40));
     let rest = lines.rest();
+    eprintln!("waiter through a restart:\n{}", lines.seen.join("\n"));
     assert_eq!(st.code(), Some(0), "{rest}");
     let mut out = String::new();
     use std::io::Read;
@@ -216,10 +217,11 @@ fn mysql_more_waiters_than_connections_all_run() {
 
 /// The server stops answering while a short job runs: dlock gives up
 /// releasing after one --connect-timeout, in one line, and exits.
-#[test]
-fn release_at_exit_takes_at_most_one_timeout() {
-    let r = Arc::new(Redis::start());
-    let ctx = Ctx::new(r.clone());
+fn release_at_exit_takes_at_most_one_timeout(
+    ctx: &Ctx,
+    pause: impl FnOnce(),
+    resume: impl FnOnce(),
+) {
     let go = Fifo::new(ctx.dir.path(), "go");
     let started = ctx.path("started");
     let job = format!(
@@ -240,12 +242,12 @@ fn release_at_exit_takes_at_most_one_timeout() {
         &job,
     ]));
     wait_for_file(&started, Duration::from_secs(20));
-    r.pause();
+    pause();
     let t0 = Instant::now();
     go.write_line("go");
     let st = wait_child(&mut holder, Duration::from_secs(30));
     let took = t0.elapsed();
-    r.resume();
+    resume();
     let mut err = String::new();
     use std::io::Read;
     holder
@@ -262,4 +264,18 @@ fn release_at_exit_takes_at_most_one_timeout() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("could not release 'job'"), "{err}");
+}
+
+#[test]
+fn redis_release_at_exit_takes_at_most_one_timeout() {
+    let r = Arc::new(Redis::start());
+    let ctx = Ctx::new(r.clone());
+    release_at_exit_takes_at_most_one_timeout(&ctx, || r.pause(), || r.resume());
+}
+
+#[test]
+fn mysql_release_at_exit_takes_at_most_one_timeout() {
+    let db = Arc::new(MariaDb::start());
+    let ctx = Ctx::new(db.clone());
+    release_at_exit_takes_at_most_one_timeout(&ctx, || db.pause(), || db.resume());
 }

@@ -90,7 +90,7 @@ impl Trouble {
             },
             "retrying",
             Some(req.name),
-            &format!("{err:#}; still waiting for '{}' {until}", req.name),
+            &format!("{err:#} (still waiting for '{}' {until})", req.name),
             json!({ "attempt": self.failures }),
         );
         let step = jitter(self.next).min(left.unwrap_or(Duration::MAX));
