@@ -117,7 +117,7 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
         lease: a.lease.lease,
         holder: &holder,
     };
-    match lease::acquire(b.as_mut(), &req, a.lease.wait)? {
+    match lease::acquire(b.as_mut(), &req, a.lease.wait, g.connect_timeout)? {
         Taken::Held(grant, _) => {
             let expires_us = grant.server_now_us + a.lease.lease.as_micros() as i64;
             announce_acquired(&a.name, &grant, a.lease.lease);
@@ -271,7 +271,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         lease: timing.lease,
         holder: &holder,
     };
-    let (grant, sent) = match lease::acquire(b.as_mut(), &req, e.lease.wait)? {
+    let (grant, sent) = match lease::acquire(b.as_mut(), &req, e.lease.wait, cfg.timeout)? {
         Taken::Held(grant, sent) => (grant, sent),
         Taken::Busy(info) => {
             output::event(

@@ -13,13 +13,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 
-use crate::backend::{Acquire, Backend, Check, Request};
+use crate::backend::{Acquire, Backend, Check, Request, Waiter};
 use crate::cli::Wait;
-use crate::error::{fail, USAGE};
+use crate::error::{fail, INTERNAL, UNAVAILABLE, USAGE};
 use crate::output::{self, Level};
 use crate::signals;
 use crate::supervise::Event;
 use serde_json::json;
+
+mod retry;
+use retry::Trouble;
 
 /// Shortest lease accepted: below this, scheduling noise eats the margins.
 pub const MIN_LEASE: Duration = Duration::from_millis(500);
@@ -94,64 +97,127 @@ pub enum Taken {
 /// window, unless the backend keeps wake-ups for late waiters), then retries
 /// on each release notification or when the holder's lease runs out, until
 /// `wait` is over. Never polls at a fixed interval.
-pub fn acquire(backend: &mut dyn Backend, req: &Request, wait: Wait) -> Result<Taken> {
+///
+/// A failed request (the server restarts, refuses a connection, or answers
+/// too late) does not end a wait: dlock backs off and tries again with the
+/// same token until `wait` runs out, so an acquire that the server applied
+/// but whose reply was lost is found again as ours. With no wait left it
+/// fails, after releasing what such an acquire may have taken.
+pub fn acquire(
+    backend: &mut dyn Backend,
+    req: &Request,
+    wait: Wait,
+    timeout: Duration,
+) -> Result<Taken> {
     let deadline = match wait {
         Wait::For(d) => Some(Instant::now() + d),
         Wait::Forever => None,
     };
-    let mut waiter = None;
+    let mut waiter: Option<Box<dyn Waiter>> = None;
+    let mut trouble = Trouble::new(timeout);
     loop {
         let sent = Instant::now();
         let (result, pending) = signals::in_flight(|| backend.acquire(req));
         if let Some(sig) = pending {
-            if let Ok(Acquire::Acquired(g)) = &result {
-                if !g.extended {
-                    let _ = backend.release(req.name, req.token);
-                }
-            }
+            let taken = match &result {
+                Ok(Acquire::Acquired(g)) => !g.extended,
+                Ok(Acquire::Busy(_)) => false,
+                Err(_) => true,
+            };
+            trouble.unsure |= taken;
+            trouble.give_up(backend, req);
             std::process::exit(signals::exit_code(sig));
         }
-        let busy = match result? {
-            Acquire::Acquired(g) => return Ok(Taken::Held(g, sent)),
-            Acquire::Busy(info) => info,
+        let busy = match result {
+            Ok(Acquire::Acquired(g)) => return Ok(Taken::Held(trouble.grant(g), sent)),
+            Ok(Acquire::Busy(info)) => {
+                trouble.recovered(req.name);
+                info
+            }
+            Err(e) => {
+                trouble.unsure = true;
+                trouble.failed(backend, req, e, deadline)?;
+                continue;
+            }
         };
         let now = Instant::now();
         let left = match deadline {
-            Some(d) if d <= now => return Ok(Taken::Busy(busy)),
+            Some(d) if d <= now => {
+                trouble.give_up(backend, req);
+                return Ok(Taken::Busy(busy));
+            }
             Some(d) => d - now,
             None => Duration::from_secs(3600),
         };
-        if waiter.is_none() {
-            output::event(
-                Level::Debug,
-                "waiting",
-                Some(req.name),
-                &format!("lock '{}' is busy; waiting", req.name),
-                json!({ "holder": busy.as_ref().map(|b| &b.holder) }),
-            );
-            let w = backend.waiter(req.name)?;
-            let keeps = w.keeps_wakeups();
-            waiter = Some(w);
-            if !keeps {
-                continue;
+        let w = match &mut waiter {
+            Some(w) => w,
+            None => {
+                output::event(
+                    Level::Debug,
+                    "waiting",
+                    Some(req.name),
+                    &format!("lock '{}' is busy; waiting", req.name),
+                    json!({ "holder": busy.as_ref().map(|b| &b.holder) }),
+                );
+                match backend.waiter(req.name) {
+                    Ok(w) if w.keeps_wakeups() => waiter.insert(w),
+                    Ok(w) => {
+                        waiter = Some(w);
+                        continue;
+                    }
+                    Err(e) => {
+                        trouble.failed(backend, req, e, deadline)?;
+                        continue;
+                    }
+                }
             }
-        }
+        };
         // Wake when the holder's lease would run out, even if no release is announced.
         let ttl = busy
             .as_ref()
             .map(|b| b.ttl + Duration::from_millis(1))
             .unwrap_or(left);
-        waiter
-            .as_mut()
-            .expect("subscribed above")
-            .wait(left.min(ttl))?;
+        if let Err(e) = w.wait(left.min(ttl)) {
+            trouble.failed(backend, req, e, deadline)?;
+        }
     }
+}
+
+/// The release (or the lapse's last renewal) at exit, with one more try
+/// on a connection that broke since the last request, all within `budget`.
+fn last_request(
+    backend: &mut dyn Backend,
+    name: &str,
+    token: &str,
+    cmd: Cmd,
+    budget: Duration,
+) -> Result<Check> {
+    let end = Instant::now() + budget;
+    let _ = backend.set_timeout(budget);
+    if let Cmd::Lapse(left) = cmd {
+        if left >= Duration::from_millis(1) {
+            return backend.renew(name, token, left);
+        }
+    }
+    backend.release(name, token).or_else(|e| {
+        let left = end.saturating_duration_since(Instant::now());
+        if left < Duration::from_millis(1) {
+            return Err(e);
+        }
+        let _ = backend.set_timeout(left);
+        backend.reconnect()?;
+        let left = end.saturating_duration_since(Instant::now());
+        let _ = backend.set_timeout(left.max(Duration::from_millis(1)));
+        backend.release(name, token)
+    })
 }
 
 struct State {
     stop_by: Instant,
     last_ok: SystemTime,
     lost: bool,
+    /// The last renewal failed.
+    failing: bool,
 }
 
 enum Cmd {
@@ -188,27 +254,61 @@ struct Renewer {
 }
 
 impl Renewer {
-    /// Releases, or lets the lease run out (`Lapse`), after the last renewal.
-    fn finish(&mut self, cmd: Cmd) -> Result<Check> {
-        let backend = &mut self.backend;
-        let _ = backend.set_timeout(self.base_timeout);
-        if let Cmd::Lapse(left) = cmd {
-            if left >= Duration::from_millis(1) {
-                return backend.renew(&self.name, &self.token, left);
-            }
-        }
-        let lost = self.state.lock().unwrap_or_else(|e| e.into_inner()).lost;
-        if lost {
+    /// Releases, or lets the lease run out (`Lapse`), after the last renewal:
+    /// within one --connect-timeout in all (less when renewals were failing:
+    /// no later than the deadline), because an unreachable server would
+    /// otherwise hold up the exit while the lease frees itself anyway.
+    fn finish(self, cmd: Cmd) -> Result<Check> {
+        let (lost, failing, stop_by) = {
+            let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            (s.lost, s.failing, s.stop_by)
+        };
+        let lapse = matches!(cmd, Cmd::Lapse(left) if left >= Duration::from_millis(1));
+        if lost && !lapse {
             // The lease is gone or about to expire; a release
             // could only block on the server that failed us.
             return Ok(Check::NotHeld);
         }
-        let r = backend.release(&self.name, &self.token);
-        if r.is_err() {
-            let _ = backend.reconnect();
-            return backend.release(&self.name, &self.token);
+        let mut budget = self.base_timeout;
+        if failing {
+            budget = budget.min(stop_by.saturating_duration_since(Instant::now()));
         }
-        r
+        if budget < Duration::from_millis(1) {
+            return Err(fail(
+                UNAVAILABLE,
+                "the backend stopped answering renewals before the deadline",
+            ));
+        }
+        let Renewer {
+            backend,
+            name,
+            token,
+            ..
+        } = self;
+        let (tx, rx) = mpsc::channel();
+        // On a thread of its own, so that the wait ends at the budget even
+        // inside a driver call; the process exits soon after, abandoning it.
+        let spawned = std::thread::Builder::new()
+            .name("release".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut backend = backend;
+                let _ = tx.send(last_request(backend.as_mut(), &name, &token, cmd, budget));
+            });
+        if spawned.is_err() {
+            return Err(fail(INTERNAL, "cannot start a thread to release the lock"));
+        }
+        // A little slack, so that the driver's own timeout error, which says more, wins.
+        match rx.recv_timeout(budget + Duration::from_millis(50)) {
+            Ok(r) => r,
+            Err(_) => Err(fail(
+                UNAVAILABLE,
+                format!(
+                    "the backend did not answer within {}",
+                    output::format_duration(budget)
+                ),
+            )),
+        }
     }
 
     fn run(mut self, rx: mpsc::Receiver<Cmd>) -> Result<Check> {
@@ -261,6 +361,7 @@ impl Renewer {
                         s.stop_by = s.stop_by.max(timing.stop_by(sent));
                         s.last_ok = SystemTime::now();
                     }
+                    s.failing = false;
                     drop(s);
                     let level = if failures > 0 {
                         Level::Info
@@ -293,6 +394,7 @@ impl Renewer {
                 }
                 Err(e) => {
                     failures += 1;
+                    state.lock().unwrap_or_else(|e| e.into_inner()).failing = true;
                     let msg = format!(
                         "renewal of '{name}' failed: {e:#}; retrying until the deadline in {}",
                         output::format_left(stop_by.saturating_duration_since(Instant::now()))
@@ -337,6 +439,7 @@ impl Keeper {
             stop_by: timing.stop_by(acquired_sent),
             last_ok: SystemTime::now(),
             lost: false,
+            failing: false,
         }));
         let renewer = Renewer {
             backend,
@@ -431,7 +534,7 @@ impl Keeper {
     fn finish(self, cmd: Cmd) -> Result<Check> {
         let run = self.run.into_inner().unwrap_or_else(|e| e.into_inner());
         match run {
-            Run::Deferred(mut r) => r.finish(cmd),
+            Run::Deferred(r) => r.finish(cmd),
             Run::Running(tx, handle) => {
                 let _ = tx.send(cmd);
                 handle

@@ -63,6 +63,8 @@ const ER_DBACCESS_DENIED: u16 = 1044;
 const ER_ACCESS_DENIED: u16 = 1045;
 const ER_BAD_DB: u16 = 1049;
 const ER_NO_SUCH_TABLE: u16 = 1146;
+const ER_CON_COUNT: u16 = 1040;
+const ER_TOO_MANY_USER_CONNECTIONS: u16 = 1203;
 
 /// Far above any statement or row dlock sends (a few KB); set so that the
 /// driver does not ask the server for it on every connection.
@@ -114,7 +116,14 @@ impl MysqlBackend {
             timeout,
             wake_held: HashMap::new(),
         };
-        db.connection()?;
+        match db.try_connect() {
+            Ok(conn) => db.conn = Some(conn),
+            // Full for now (max_connections): the first request connects
+            // again, and fails then if it must; a waiter retries it with
+            // back-off until --wait runs out.
+            Err(mysql::Error::MySqlError(m)) if is_full(m.code) => {}
+            Err(e) => return Err(describe(&e, &db.shown, &db.database, timeout)),
+        }
         Ok(MysqlBackend {
             db: Arc::new(Mutex::new(db)),
             leases: Leases::new(&DIALECT, &table),
@@ -257,7 +266,7 @@ fn describe(e: &mysql::Error, at: &str, database: &str, timeout: Duration) -> an
                     UNAVAILABLE,
                     format!("unknown database '{database}' on {at}: create it first (CREATE DATABASE `{database}`)"),
                 ),
-                1040 | 1129 | 1130 | 1226 => {
+                ER_CON_COUNT | ER_TOO_MANY_USER_CONNECTIONS | 1129 | 1130 | 1226 => {
                     fail(UNAVAILABLE, format!("{at} refused the connection: {msg}"))
                 }
                 1053 | 1077 | 1152 | 1158..=1161 | 1317 | 1927 | 2006 | 2013 | 4031 => {
@@ -383,18 +392,28 @@ fn from_value(v: Value) -> Val {
     }
 }
 
+/// The server refuses new connections until others close (max_connections,
+/// max_user_connections).
+fn is_full(code: u16) -> bool {
+    matches!(code, ER_CON_COUNT | ER_TOO_MANY_USER_CONNECTIONS)
+}
+
 impl Db {
-    fn connect(&self) -> Result<Conn> {
+    fn try_connect(&self) -> mysql::Result<Conn> {
         // Near a renewal deadline the timeout is shorter than when the options were made.
         let t = Some(self.timeout);
         let opts = OptsBuilder::from_opts(self.opts.clone())
             .tcp_connect_timeout(t)
             .read_timeout(t)
             .write_timeout(t);
-        let conn =
-            Conn::new(opts).map_err(|e| describe(&e, &self.shown, &self.database, self.timeout))?;
+        let conn = Conn::new(opts)?;
         set_socket_timeout(&conn, self.timeout);
         Ok(conn)
+    }
+
+    fn connect(&self) -> Result<Conn> {
+        self.try_connect()
+            .map_err(|e| describe(&e, &self.shown, &self.database, self.timeout))
     }
 
     fn connection(&mut self) -> Result<&mut Conn> {

@@ -1,0 +1,194 @@
+//! What the wait loop does when a request fails: back off, try again, and
+//! clean up after a request whose reply never came.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::backend::{Backend, Check, Grant, Request};
+use crate::output::{self, Level};
+use crate::signals;
+
+/// Back-off between attempts while the backend fails: doubling from
+/// `FIRST` to `CAP`, each sleep a random 50–100 % of the step, so that many
+/// waiters cut off by the same restart (or refused by a full server) do not
+/// all come back at the same instant.
+pub struct Trouble {
+    next: Duration,
+    /// An acquire failed after it may have reached the server: it may hold
+    /// the lock under our token although we never saw the grant.
+    pub unsure: bool,
+    failures: u32,
+    timeout: Duration,
+}
+
+impl Trouble {
+    const FIRST: Duration = Duration::from_millis(50);
+    const CAP: Duration = Duration::from_secs(2);
+
+    pub fn new(timeout: Duration) -> Trouble {
+        Trouble {
+            next: Self::FIRST,
+            unsure: false,
+            failures: 0,
+            timeout,
+        }
+    }
+
+    /// A grant after a request that went unanswered is the one that request
+    /// took (the token is ours alone): a new acquisition, not an extension.
+    /// Only a `--token` that already held the lock before this call is
+    /// reported as new here too; its fence is the same either way.
+    pub fn grant(&self, mut g: Grant) -> Grant {
+        if self.unsure {
+            g.extended = false;
+        }
+        g
+    }
+
+    /// The backend answered again.
+    pub fn recovered(&mut self, name: &str) {
+        if self.failures > 0 {
+            output::event(
+                Level::Info,
+                "reconnected",
+                Some(name),
+                &format!("the backend answers again; still waiting for '{name}'"),
+                json!({ "failures": self.failures }),
+            );
+        }
+        self.failures = 0;
+        self.next = Self::FIRST;
+    }
+
+    /// Handles a failed request while waiting: with time left before
+    /// `deadline` (None: forever), sleeps a back-off step and returns Ok so
+    /// that the caller tries again; otherwise releases what an unanswered
+    /// acquire may have taken and returns the error.
+    pub fn failed(
+        &mut self,
+        backend: &mut dyn Backend,
+        req: &Request,
+        err: anyhow::Error,
+        deadline: Option<Instant>,
+    ) -> anyhow::Result<()> {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            self.give_up(backend, req);
+            return Err(err);
+        }
+        self.failures += 1;
+        let until = match left {
+            Some(l) => format!("for up to {} more", output::format_left(l)),
+            None => "for as long as it takes (--wait forever)".into(),
+        };
+        output::event(
+            if self.failures == 1 {
+                Level::Info
+            } else {
+                Level::Debug
+            },
+            "retrying",
+            Some(req.name),
+            &format!("{err:#} (still waiting for '{}' {until})", req.name),
+            json!({ "attempt": self.failures }),
+        );
+        let step = jitter(self.next).min(left.unwrap_or(Duration::MAX));
+        self.next = (self.next * 2).min(Self::CAP);
+        if self.unsure {
+            // A stopping signal now must not leave behind the lock that the
+            // unanswered request may have taken.
+            let ((), pending) = signals::in_flight(|| std::thread::sleep(step));
+            if let Some(sig) = pending {
+                self.give_up(backend, req);
+                std::process::exit(signals::exit_code(sig));
+            }
+        } else {
+            std::thread::sleep(step);
+        }
+        Ok(())
+    }
+
+    /// Before giving up: an acquire whose reply never came may have taken
+    /// the lock, which nobody would know the token of; release it, within
+    /// one --connect-timeout.
+    pub fn give_up(&self, backend: &mut dyn Backend, req: &Request) {
+        if !self.unsure {
+            return;
+        }
+        match release_within(backend, req.name, req.token, self.timeout) {
+            Ok(Check::Done) => output::event(
+                Level::Debug,
+                "released",
+                Some(req.name),
+                &format!(
+                    "released '{}', which a request that went unanswered had taken",
+                    req.name
+                ),
+                json!({}),
+            ),
+            Ok(_) => {}
+            Err(e) => output::event(
+                Level::Info,
+                "release_failed",
+                Some(req.name),
+                &format!(
+                    "could not make sure that '{}' was not taken by the request that went unanswered: {e:#}; \
+                     if it was, it frees itself within {}",
+                    req.name,
+                    output::format_left(req.lease)
+                ),
+                json!({}),
+            ),
+        }
+    }
+}
+
+/// Releases `token`'s hold on `name`, connecting again first (the failed
+/// request dropped the connection), all within `budget`.
+fn release_within(
+    backend: &mut dyn Backend,
+    name: &str,
+    token: &str,
+    budget: Duration,
+) -> anyhow::Result<Check> {
+    let end = Instant::now() + budget;
+    let _ = backend.set_timeout(budget);
+    let r = backend.reconnect().and_then(|()| {
+        let left = end.saturating_duration_since(Instant::now());
+        if left < Duration::from_millis(1) {
+            return Err(anyhow::anyhow!(
+                "no time left within {}",
+                output::format_duration(budget)
+            ));
+        }
+        let _ = backend.set_timeout(left);
+        backend.release(name, token)
+    });
+    let _ = backend.set_timeout(budget);
+    r
+}
+
+/// A random duration between half of `step` and `step`.
+fn jitter(step: Duration) -> Duration {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return step;
+    }
+    let half = step / 2;
+    let span = half.as_nanos().max(1) as u64;
+    half + Duration::from_nanos(u64::from_le_bytes(b) % span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_between_half_and_the_step() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(100));
+            assert!(j >= Duration::from_millis(50) && j <= Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! A TCP proxy in front of a private server that forwards every request but
+//! holds back the reply to one of them: the server applies the request, the
+//! client times out waiting for the answer.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct LateReply {
+    pub port: u16,
+    /// Set once the held-back request has gone through to the server.
+    pub fired: Arc<AtomicBool>,
+}
+
+impl LateReply {
+    /// Listens on a free loopback port and forwards to `upstream`. The first
+    /// client write containing `marker` (any connection) reaches the server
+    /// as usual, but the server's reply to it is held back for `delay`.
+    pub fn start(upstream: u16, marker: &[u8], delay: Duration) -> LateReply {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let fired = Arc::new(AtomicBool::new(false));
+        let (f, marker) = (fired.clone(), marker.to_vec());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let hold = Arc::new(Mutex::new(None::<Instant>));
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (hold2, f2, m2) = (hold.clone(), f.clone(), marker.clone());
+                std::thread::spawn(move || {
+                    pump(c2, s2, |chunk| {
+                        let hit = chunk.windows(m2.len()).any(|w| w == m2.as_slice());
+                        if hit && !f2.swap(true, Ordering::SeqCst) {
+                            *hold2.lock().unwrap() = Some(Instant::now() + delay);
+                        }
+                    })
+                });
+                std::thread::spawn(move || {
+                    pump(server, client, |_| {
+                        let until = *hold.lock().unwrap();
+                        if let Some(t) = until {
+                            std::thread::sleep(t.saturating_duration_since(Instant::now()));
+                        }
+                    })
+                });
+            }
+        });
+        LateReply { port, fired }
+    }
+}
+
+/// Copies `from` to `to`, calling `before` with each chunk before forwarding it.
+fn pump(mut from: TcpStream, mut to: TcpStream, mut before: impl FnMut(&[u8])) {
+    let mut buf = [0u8; 16384];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                before(&buf[..n]);
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
+}
