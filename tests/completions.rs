@@ -117,7 +117,7 @@ fn zsh_lists_held_lock_names_for_its_name_arguments() {
     assert_eq!(wired, 5, "acquire, release, exec, renew and status name arguments");
     // compadd only works inside completion: stand in for it to see what is offered.
     let script = format!(
-        "autoload -U compinit; compinit -u -d /dev/null; source {DIR}/_dlock
+        "autoload -U compinit; compinit -u -D; source {DIR}/_dlock
 compadd() {{ print -rl -- ${{(P)${{@[-1]}}}} }}
 words=(exec ''); CURRENT=2; _dlock_lock_names"
     );
