@@ -1,0 +1,138 @@
+//! The command line as scripts meet it: option bounds, the token a nested
+//! dlock may use, output that cannot be written, and what messages and the
+//! holder record may quote.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::sqlite::Sqlite;
+use common::*;
+
+fn sqlite_ctx() -> Ctx {
+    Ctx::new(Arc::new(Sqlite::new()))
+}
+
+/// The lines of stderr, asserting there is exactly one.
+fn one_line(o: &std::process::Output) -> String {
+    let err = stderr(o);
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+    err
+}
+
+/// Every duration option refuses a value past its bound at parse time, in one
+/// line with exit 2, before anything is acquired or run.
+#[test]
+fn durations_above_their_bound_are_usage_errors() {
+    let ctx = sqlite_ctx();
+    let marker = ctx.path("ran");
+    let touch = format!("touch '{}'", marker.display());
+    let huge = "300000000000y";
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("--wait", vec!["acquire", "j", "--wait", huge]),
+        ("--lease", vec!["acquire", "j", "--lease", huge]),
+        ("--lease", vec!["acquire", "j", "--lease", "1y 1s"]),
+        (
+            "--connect-timeout",
+            vec!["acquire", "j", "--connect-timeout", huge],
+        ),
+        (
+            "--connect-timeout",
+            vec!["status", "--connect-timeout", "61m"],
+        ),
+        (
+            "--lease",
+            vec!["renew", "j", "--token", "abc", "--lease", huge],
+        ),
+        ("--wait", vec!["exec", "j", "--wait", huge, "-c", &touch]),
+        ("--lease", vec!["exec", "j", "--lease", huge, "-c", &touch]),
+        (
+            "--kill-after",
+            vec!["exec", "j", "--kill-after", huge, "-c", &touch],
+        ),
+        (
+            "--min-hold",
+            vec!["exec", "j", "--min-hold", huge, "-c", &touch],
+        ),
+        (
+            "--max-runtime",
+            vec!["exec", "j", "--max-runtime", huge, "-c", &touch],
+        ),
+        (
+            "--jitter",
+            vec!["exec", "j", "--jitter", huge, "-c", &touch],
+        ),
+    ];
+    for (option, args) in cases {
+        let o = ctx.run(&args);
+        let err = one_line(&o);
+        assert_eq!(code(&o), 2, "{args:?}: {err}");
+        assert!(
+            err.contains(option) && err.contains("at most"),
+            "{args:?}: names the option and its bound: {err}"
+        );
+        assert!(!ctx.is_held("j"), "{args:?} acquired the lock");
+        assert!(!marker.exists(), "{args:?} ran the command");
+    }
+    let mut c = ctx.cmd(&["status"]);
+    c.env("DLOCK_CONNECT_TIMEOUT", huge);
+    let o = run(c);
+    assert_eq!(code(&o), 2, "{}", one_line(&o));
+    assert!(stderr(&o).contains("--connect-timeout"), "{}", stderr(&o));
+}
+
+/// The largest values allowed work end to end on every backend.
+fn longest_durations_work(ctx: &Ctx) {
+    let o = ctx.run(&[
+        "acquire",
+        "long",
+        "--lease",
+        "1y",
+        "--connect-timeout",
+        "1h",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let tok = stdout(&o).trim().to_string();
+    let v = ctx.status_json(&["long"]);
+    let ttl = v["locks"][0]["ttl_ms"].as_u64().expect("held");
+    assert!(ttl > 31_000_000_000, "a year's lease: {v}");
+    let o = ctx.run(&["renew", "long", "--token", &tok, "--lease", "1y"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(code(&ctx.run(&["release", "long", "--token", &tok])), 0);
+    let o = ctx.run(&[
+        "exec",
+        "long",
+        "--wait",
+        "1y",
+        "--lease",
+        "1y",
+        "--max-runtime",
+        "1y",
+        "--min-hold",
+        "1ms",
+        "--kill-after",
+        "1h",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+macro_rules! backends {
+    ($($backend:ident => $server:expr;)*) => {$(
+        mod $backend {
+            use super::*;
+            fn ctx() -> Ctx {
+                let server: Arc<dyn Server> = $server;
+                Ctx::new(server)
+            }
+            #[test] fn longest_durations_work() { super::longest_durations_work(&ctx()) }
+        }
+    )*};
+}
+
+backends! {
+    redis => Arc::new(Redis::start());
+    sqlite => Arc::new(Sqlite::new());
+    mariadb => common::mariadb::MariaDb::shared();
+}
