@@ -108,8 +108,9 @@ pub struct AcquireArgs {
     #[command(flatten)]
     pub lease: LeaseArgs,
 
-    /// Use this token instead of a random one; acquiring again with it extends the lease
-    #[arg(long, env = "DLOCK_TOKEN", hide_env_values = true)]
+    /// Use this token instead of a random one; acquiring again with it extends the lease.
+    /// Never taken from DLOCK_TOKEN, so an acquire inside `dlock exec` waits like any other
+    #[arg(long)]
     pub token: Option<String>,
 
     /// Print an object with name, token, fence and expiry instead of the bare token
@@ -166,7 +167,8 @@ pub struct ReleaseArgs {
     /// Lock name
     pub name: String,
 
-    /// The token printed by `acquire`
+    /// The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of
+    /// the same lock is refused: that exec releases the lock when its command ends
     #[arg(
         long,
         env = "DLOCK_TOKEN",
@@ -174,6 +176,10 @@ pub struct ReleaseArgs {
         required_unless_present = "force"
     )]
     pub token: Option<String>,
+
+    /// Set by main: the token came from DLOCK_TOKEN, not from --token.
+    #[arg(skip)]
+    pub token_from_env: bool,
 
     /// Break the lock whoever holds it, and say whom it broke
     #[arg(long, conflicts_with = "token")]
@@ -352,7 +358,9 @@ Examples:
   dlock exec --max-runtime 1h backup -- ./backup.sh
 
 The command gets DLOCK_NAME, DLOCK_TOKEN, DLOCK_FENCE and DLOCK_HELD=1 in its
-environment and runs in its own process group. The lease is renewed every third
+environment and runs in its own process group. Inside it, `dlock acquire` of the
+same lock waits like any other process, and `dlock release` of it refuses the
+inherited DLOCK_TOKEN (pass --token to release early on purpose). The lease is renewed every third
 of --lease; if it cannot be renewed in time the whole group gets --on-lost-signal,
 then SIGKILL after --kill-after, before the lease can expire on the server.";
 

@@ -160,6 +160,18 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
 
 pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> {
     names::check_name(&r.name)?;
+    if r.token_from_env && inside_exec_of(&r.name) {
+        // A job's `dlock release NAME` would otherwise free the lock that the
+        // enclosing exec holds for it while the job still runs.
+        return Err(fail(
+            error::USAGE,
+            format!(
+                "not releasing '{0}' with DLOCK_TOKEN: it belongs to the enclosing `dlock exec {0}`, \
+                 which releases the lock when its command ends; pass --token to release it early on purpose",
+                r.name
+            ),
+        ));
+    }
     let (mut b, _loc, _) = connect(g, url)?;
     if r.force {
         return match b.force_release(&r.name)? {
@@ -186,6 +198,12 @@ pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> 
         }
         refused => Ok(token_refused(&r.name, refused, "; use --force to break it")),
     }
+}
+
+/// True when an enclosing `dlock exec` holds `name` and set DLOCK_TOKEN for it.
+fn inside_exec_of(name: &str) -> bool {
+    std::env::var_os("DLOCK_HELD").is_some_and(|v| v == "1")
+        && std::env::var_os("DLOCK_NAME").is_some_and(|n| n == name)
 }
 
 /// Reports a release or renew that the token was not entitled to; returns its exit code.

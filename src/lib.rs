@@ -27,6 +27,12 @@ pub fn main() -> ! {
     let mut cli = match parsed {
         Ok((mut c, m)) => {
             pick_url_source(&mut c.global, &m);
+            if let (cli::Command::Release(r), Some(rm)) =
+                (&mut c.command, m.subcommand_matches("release"))
+            {
+                r.token_from_env =
+                    rm.value_source("token") == Some(clap::parser::ValueSource::EnvVariable);
+            }
             c
         }
         Err(e) if !e.use_stderr() => {

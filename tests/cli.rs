@@ -136,3 +136,91 @@ backends! {
     sqlite => Arc::new(Sqlite::new());
     mariadb => common::mariadb::MariaDb::shared();
 }
+
+/// `dlock exec` with `$DLOCK_BIN` (the dlock under test) in its environment.
+fn exec_sh(ctx: &Ctx, args: &[&str], script: &str) -> std::process::Command {
+    let mut all = vec!["exec"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--", "sh", "-c", script]);
+    let mut c = ctx.cmd(&all);
+    c.env("DLOCK_BIN", dlock_bin());
+    c
+}
+
+/// Inside `exec L`, `acquire L` is not re-entrant (it ignores the inherited
+/// DLOCK_TOKEN and waits), and `release L` refuses the inherited token.
+#[test]
+fn a_job_cannot_reacquire_or_release_its_exec_lock_by_accident() {
+    let ctx = sqlite_ctx();
+    let script = r#"
+        "$DLOCK_BIN" acquire L --wait 300ms; echo "acq=$?"
+        "$DLOCK_BIN" release L; echo "rel=$?"
+        "$DLOCK_BIN" status L >/dev/null; echo "held=$?""#;
+    let o = run(exec_sh(&ctx, &["L"], script));
+    let out = stdout(&o);
+    assert_eq!(code(&o), 0, "{out}{}", stderr(&o));
+    assert!(out.contains("acq=75"), "the nested acquire waited: {out}");
+    assert!(out.contains("rel=2"), "the nested release refused: {out}");
+    assert!(out.contains("held=0"), "the lock stayed held: {out}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("DLOCK_TOKEN") && err.contains("--token"),
+        "says why and what to do: {err}"
+    );
+    assert!(!ctx.is_held("L"), "exec released it when the job ended");
+
+    // The literal case: exec's own release still finds its lease.
+    let mut c = ctx.cmd(&["exec", "L", "--"]);
+    c.arg(dlock_bin()).args(["release", "L"]);
+    let o = run(c);
+    let err = one_line(&o);
+    assert_eq!(code(&o), 2, "{err}");
+    assert!(!err.contains("expired"), "{err}");
+
+    // On purpose: an explicit --token, or DLOCK_TOKEN for another lock.
+    let o = run(exec_sh(
+        &ctx,
+        &["L"],
+        r#""$DLOCK_BIN" release L --token "$DLOCK_TOKEN" && echo released"#,
+    ));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("released"));
+    let tok = ctx.acquire("M", "30s");
+    // exec sets DLOCK_TOKEN for its job; M's token comes in under another name.
+    let mut c = exec_sh(
+        &ctx,
+        &["L"],
+        r#"DLOCK_TOKEN="$M_TOKEN" "$DLOCK_BIN" release M"#,
+    );
+    c.env("M_TOKEN", &tok);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!ctx.is_held("M"));
+}
+
+/// The reported job: the nested acquire/release must not let a second exec in
+/// while the first job still runs.
+#[test]
+fn a_nested_release_does_not_let_another_exec_in() {
+    let ctx = sqlite_ctx();
+    let released = Fifo::new(ctx.dir.path(), "released");
+    let go = Fifo::new(ctx.dir.path(), "go");
+    let script = r#""$DLOCK_BIN" release L --token "$("$DLOCK_BIN" acquire L --wait 1s)"
+        echo "$?" > "$RELEASED"; read x < "$GO""#;
+    let mut c = exec_sh(&ctx, &["--lease", "3s", "L"], script);
+    c.env("RELEASED", &released.path).env("GO", &go.path);
+    let mut first = spawn(c);
+    released.read_line(std::time::Duration::from_secs(30));
+    let o = ctx.run(&["exec", "L", "--", "echo", "in"]);
+    assert!(
+        !stdout(&o).contains("in"),
+        "a second exec ran while the first job runs: {}",
+        stderr(&o)
+    );
+    assert_eq!(code(&o), 75, "{}", stderr(&o));
+    go.write_line("go");
+    let st = wait_child(&mut first, std::time::Duration::from_secs(30));
+    assert!(st.success(), "{st:?}");
+    let o = ctx.run(&["exec", "L", "--", "echo", "in"]);
+    assert_eq!(stdout(&o).trim(), "in", "{}", stderr(&o));
+}
