@@ -128,22 +128,23 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
                     return Err(e);
                 }
             }
-            if a.json {
-                println!(
-                    "{}",
-                    json!({
-                        "name": a.name,
-                        "token": token,
-                        "fence": grant.fence,
-                        "lease_ms": a.lease.lease.as_millis() as u64,
-                        "expires_at": output::format_time_us(expires_us),
-                        "extended": grant.extended,
-                    })
-                );
+            let text = if a.json {
+                json!({
+                    "name": a.name,
+                    "token": token,
+                    "fence": grant.fence,
+                    "lease_ms": a.lease.lease.as_millis() as u64,
+                    "expires_at": output::format_time_us(expires_us),
+                    "extended": grant.extended,
+                })
+                .to_string()
             } else {
-                println!("{token}");
+                token.clone()
+            };
+            match output::result(&format!("{text}\n")) {
+                Ok(()) => Ok(error::OK),
+                Err(why) => Err(token_unwritten(b.as_mut(), &a.name, &token, &grant, &why)),
             }
-            Ok(error::OK)
         }
         Taken::Busy(info) => {
             output::event(
@@ -156,6 +157,31 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
             Ok(error::BUSY)
         }
     }
+}
+
+/// A token nobody received must not keep the lock: release it, unless this
+/// call only extended a lease the caller already held with its own token.
+fn token_unwritten(
+    b: &mut dyn Backend,
+    name: &str,
+    token: &str,
+    grant: &Grant,
+    why: &str,
+) -> anyhow::Error {
+    let what = if grant.extended {
+        format!("kept lock '{name}', which --token already held")
+    } else {
+        match b.release(name, token) {
+            Ok(_) => format!("released lock '{name}' so that it is not held with its token lost"),
+            Err(e) => format!(
+                "could not release lock '{name}' either ({e:#}); it frees itself when the lease runs out"
+            ),
+        }
+    };
+    fail(
+        error::OUTPUT,
+        format!("could not write the token to stdout ({why}); {what}"),
+    )
 }
 
 pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> {
@@ -248,11 +274,17 @@ pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
         }
         None => rows.extend(held.iter().map(Row::Held)),
     }
-    if s.json {
-        println!("{}", output::status_json(&loc, &g.prefix, &rows));
+    let text = if s.json {
+        format!("{}\n", output::status_json(&loc, &g.prefix, &rows))
     } else {
-        print!("{}", output::status_table(&loc, &g.prefix, &rows));
-    }
+        output::status_table(&loc, &g.prefix, &rows)
+    };
+    output::result(&text).map_err(|why| {
+        fail(
+            error::OUTPUT,
+            format!("could not write the status to stdout ({why})"),
+        )
+    })?;
     Ok(if all_held { error::OK } else { error::FREE })
 }
 

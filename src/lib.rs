@@ -37,11 +37,18 @@ pub fn main() -> ! {
         }
         Err(e) if !e.use_stderr() => {
             // --help and --version
-            let _ = e.print();
+            let written = match output::stdout_closed() {
+                true => Err("stdout is closed".to_string()),
+                false => e.print().map_err(|e| e.to_string()),
+            };
+            if let Err(why) = written {
+                output::stderr_line(&format!("dlock: error: could not write to stdout: {why}"));
+                std::process::exit(error::OUTPUT);
+            }
             std::process::exit(error::OK);
         }
         Err(e) => {
-            eprintln!("dlock: {}", one_line(&e.render().to_string()));
+            output::stderr_line(&format!("dlock: {}", one_line(&e.render().to_string())));
             std::process::exit(error::USAGE);
         }
     };

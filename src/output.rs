@@ -1,6 +1,7 @@
 //! Everything dlock prints besides a command's own result: messages on
 //! stderr at the chosen verbosity, and the `status` table and JSON.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
@@ -16,6 +17,43 @@ const VERBOSE: u8 = 2;
 static LEVEL: AtomicU8 = AtomicU8::new(NORMAL);
 static JSON: AtomicBool = AtomicBool::new(false);
 static SECRETS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Whether stdout was closed when dlock started. std quietly puts /dev/null
+/// on a closed stdout before `main`, where a token written to it would be
+/// lost without an error; this records the truth before that.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+// glibc runs `.init_array` entries before `main`, and so before std's set-up.
+#[used]
+#[link_section = ".init_array"]
+static RECORD_STDOUT: extern "C" fn() = record_stdout;
+
+extern "C" fn record_stdout() {
+    // SAFETY: F_GETFD only reads descriptor 1's flags; it touches no memory.
+    let closed = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFD) } == -1;
+    STDOUT_CLOSED.store(closed, Ordering::Relaxed);
+}
+
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// Writes a command's result to stdout and flushes it, or says why it could not.
+pub fn result(text: &str) -> Result<(), String> {
+    if stdout_closed() {
+        return Err("stdout is closed".into());
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())
+}
+
+/// A line on stderr that never panics: with stderr closed or its pipe gone,
+/// there is nobody left to tell, and dlock carries on to its exit code.
+pub fn stderr_line(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
 
 pub fn init(quiet: bool, verbose: u8, json: bool, secrets: Vec<String>) {
     let level = if quiet {
@@ -78,9 +116,9 @@ pub fn event(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Val
         if let (Some(o), Value::Object(e)) = (obj.as_object_mut(), extra) {
             o.extend(e);
         }
-        eprintln!("{obj}");
+        stderr_line(&obj.to_string());
     } else {
-        eprintln!("dlock: {msg}");
+        stderr_line(&format!("dlock: {msg}"));
     }
 }
 

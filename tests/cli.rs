@@ -224,3 +224,110 @@ fn a_nested_release_does_not_let_another_exec_in() {
     let o = ctx.run(&["exec", "L", "--", "echo", "in"]);
     assert_eq!(stdout(&o).trim(), "in", "{}", stderr(&o));
 }
+
+/// Runs `c` with stdout a pipe whose reading end is already closed, and stdin
+/// and stderr as `run` has them (stderr closed too with `close_stderr`).
+fn run_with_stdout(mut c: std::process::Command, stdout: Stdout) -> std::process::Output {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    match stdout {
+        Stdout::BrokenPipe | Stdout::BrokenPipeNoStderr => {
+            let mut fds = [0; 2];
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // SAFETY: both descriptors were just created and are owned here.
+            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            drop(r);
+            c.stdout(Stdio::from(w));
+        }
+        Stdout::Closed => {
+            // SAFETY: close is async-signal-safe.
+            unsafe {
+                c.pre_exec(|| {
+                    libc::close(1);
+                    Ok(())
+                });
+            }
+        }
+    }
+    if stdout == Stdout::BrokenPipeNoStderr {
+        // SAFETY: close is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::close(2);
+                Ok(())
+            });
+        }
+        c.stderr(Stdio::inherit());
+    } else {
+        c.stderr(Stdio::piped());
+    }
+    c.stdin(Stdio::null())
+        .spawn()
+        .expect("spawn dlock")
+        .wait_with_output()
+        .unwrap()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stdout {
+    BrokenPipe,
+    BrokenPipeNoStderr,
+    Closed,
+}
+
+/// A token that cannot be written is not left holding the lock: exit 74,
+/// one line, and the lock is free; never a panic.
+#[test]
+fn acquire_releases_a_token_it_cannot_write() {
+    let ctx = sqlite_ctx();
+    for how in [Stdout::BrokenPipe, Stdout::Closed] {
+        for args in [
+            vec!["acquire", "L"],
+            vec!["acquire", "L", "--json"],
+            vec!["acquire", "L", "--keepalive-pid", "1"],
+        ] {
+            let o = run_with_stdout(ctx.cmd(&args), how);
+            let err = one_line(&o);
+            assert_eq!(code(&o), 74, "{args:?}: {err}");
+            assert!(
+                err.contains("could not write the token") && err.contains("released"),
+                "{args:?}: {err}"
+            );
+            assert!(!ctx.is_held("L"), "{args:?} left the lock held");
+        }
+    }
+    let o = run_with_stdout(ctx.cmd(&["acquire", "L"]), Stdout::BrokenPipeNoStderr);
+    assert_eq!(code(&o), 74, "quietly, with the code");
+    assert!(!ctx.is_held("L"));
+
+    // Only extended: the caller holds it with its own token, which stays valid.
+    let tok = ctx.acquire("L", "30s");
+    let o = run_with_stdout(
+        ctx.cmd(&["acquire", "L", "--token", &tok]),
+        Stdout::BrokenPipe,
+    );
+    assert_eq!(code(&o), 74, "{}", one_line(&o));
+    assert!(ctx.is_held("L"));
+    assert_eq!(code(&ctx.run(&["release", "L", "--token", &tok])), 0);
+}
+
+#[test]
+fn status_and_help_report_output_they_cannot_write() {
+    let ctx = sqlite_ctx();
+    ctx.acquire("L", "30s");
+    for how in [Stdout::BrokenPipe, Stdout::Closed] {
+        for args in [
+            vec!["status"],
+            vec!["status", "--json", "L"],
+            vec!["--help"],
+        ] {
+            let o = run_with_stdout(ctx.cmd(&args), how);
+            let err = one_line(&o);
+            assert_eq!(code(&o), 74, "{args:?}: {err}");
+            assert!(err.contains("could not write"), "{args:?}: {err}");
+        }
+    }
+    let o = run_with_stdout(ctx.cmd(&["status"]), Stdout::BrokenPipeNoStderr);
+    assert_eq!(code(&o), 74);
+}
