@@ -331,3 +331,45 @@ fn status_and_help_report_output_they_cannot_write() {
     let o = run_with_stdout(ctx.cmd(&["status"]), Stdout::BrokenPipeNoStderr);
     assert_eq!(code(&o), 74);
 }
+
+/// A parent whose command line carries the URL (a cron `sh -c`) must not put
+/// the password into every host's `status`, for `acquire` and for the
+/// process watched by `--keepalive-pid`.
+#[test]
+fn status_never_shows_a_password_from_a_command_line() {
+    let server = Arc::new(Redis::with_password("s3cret"));
+    let ctx = Ctx::new(server.clone());
+    let url = ctx.url();
+    assert!(url.contains(":s3cret@"), "{url}");
+    let done = Fifo::new(ctx.dir.path(), "done");
+    let go = Fifo::new(ctx.dir.path(), "go");
+    // The URL in use, another URL, a query password and the bare secret, all
+    // literally in the parent's command line (`true` keeps sh from exec'ing dlock).
+    let script = format!(
+        r#": DLOCK_URL={url} mysql://u:s3cret@db/x redis+unix:///s?pass=s3cret s3cret
+        "$DLOCK_BIN" acquire plain >/dev/null && "$DLOCK_BIN" acquire kept --keepalive-pid $$ >/dev/null
+        echo "$?" > "$DONE"; read x < "$GO"; true"#
+    );
+    let mut c = std::process::Command::new("sh");
+    c.args(["-c", &script])
+        .env("DLOCK_BIN", dlock_bin())
+        .env("DLOCK_URL", &url)
+        .env("DLOCK_PREFIX", &ctx.prefix)
+        .env("DONE", &done.path)
+        .env("GO", &go.path);
+    let mut parent = spawn(c);
+    assert_eq!(done.read_line(std::time::Duration::from_secs(30)), "0");
+    let table = stdout(&ctx.run(&["status"]));
+    let json = ctx.status_json(&["plain", "kept"]);
+    go.write_line("go");
+    wait_child(&mut parent, std::time::Duration::from_secs(30));
+    for lock in json["locks"].as_array().unwrap() {
+        let cmd = lock["holder"]["command"]
+            .as_str()
+            .expect("held, with a command");
+        assert!(cmd.contains("acquire plain"), "the parent's command: {cmd}");
+    }
+    assert!(table.contains("acquire plain"), "{table}");
+    assert!(!table.contains("s3cret"), "{table}");
+    assert!(!json.to_string().contains("s3cret"), "{json}");
+}
