@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::error;
@@ -47,7 +48,8 @@ pub struct Global {
 
     /// Read the backend URL from this file, keeping passwords out of argv and the environment
     /// (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)
-    #[arg(long, env = "DLOCK_URL_FILE", global = true, value_name = "PATH")]
+    #[arg(long, env = "DLOCK_URL_FILE", global = true, value_name = "PATH",
+          value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from))]
     pub url_file: Option<PathBuf>,
 
     /// Namespace for every key, table row and channel dlock uses

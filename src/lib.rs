@@ -24,16 +24,17 @@ pub fn main() -> ! {
     let parsed = cli::Cli::command()
         .try_get_matches()
         .and_then(|m| cli::Cli::from_arg_matches(&m).map(|c| (c, m)));
-    let mut cli = match parsed {
+    let (mut cli, empty_url) = match parsed {
         Ok((mut c, m)) => {
             pick_url_source(&mut c.global, &m);
+            let empty_url = empty_url_error(&c.global, &m);
             if let (cli::Command::Release(r), Some(rm)) =
                 (&mut c.command, m.subcommand_matches("release"))
             {
                 r.token_from_env =
                     rm.value_source("token") == Some(clap::parser::ValueSource::EnvVariable);
             }
-            c
+            (c, empty_url)
         }
         Err(e) if !e.use_stderr() => {
             // --help and --version
@@ -48,12 +49,15 @@ pub fn main() -> ! {
             std::process::exit(error::OK);
         }
         Err(e) => {
-            output::stderr_line(&format!("dlock: {}", one_line(&e.render().to_string())));
+            let line = one_line(&e.render().to_string());
+            output::stderr_line(&format!("dlock: {}", output::cap_quotes(&line)));
             std::process::exit(error::USAGE);
         }
     };
     let g = &mut cli.global;
-    let url = if g.url.is_some() && g.url_file.is_some() {
+    let url = if let Some(e) = empty_url {
+        Err(e)
+    } else if g.url.is_some() && g.url_file.is_some() {
         Err(error::fail(
             error::USAGE,
             "both --url and --url-file (or DLOCK_URL and DLOCK_URL_FILE) are set: give one",
@@ -89,6 +93,40 @@ pub fn main() -> ! {
             std::process::exit(error::code_of(&e));
         }
     }
+}
+
+/// An empty URL or URL file is a mistake (a blank cron `DLOCK_URL=` line),
+/// never a request for the local SQLite file: two hosts would then each lock
+/// their own file.
+fn empty_url_error(g: &cli::Global, m: &clap::ArgMatches) -> Option<anyhow::Error> {
+    use clap::parser::ValueSource::EnvVariable;
+    let (id, option, var, give) = if g.url.as_deref().is_some_and(|u| u.trim().is_empty()) {
+        ("url", "--url", "DLOCK_URL", "a backend URL")
+    } else if g
+        .url_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        (
+            "url_file",
+            "--url-file",
+            "DLOCK_URL_FILE",
+            "the path of a file holding the URL",
+        )
+    } else {
+        return None;
+    };
+    let (what, unset) = match m.value_source(id) {
+        Some(EnvVariable) => (format!("{var} is set but empty"), format!("unset {var}")),
+        _ => (format!("{option} is empty"), format!("leave out {option}")),
+    };
+    Some(error::fail(
+        error::USAGE,
+        format!(
+            "{what}: give {give}, or {unset} to use the local SQLite file \
+             (which excludes only processes on this host)"
+        ),
+    ))
 }
 
 /// clap's usage errors span several lines; an operator reading a cron mail or

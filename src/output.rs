@@ -78,6 +78,33 @@ pub fn scrub(line: &str) -> String {
     out
 }
 
+/// Longest run without whitespace that a message quotes whole.
+const MAX_QUOTED: usize = 200;
+
+/// Shortens every run of non-space characters longer than [`MAX_QUOTED`] to
+/// that many plus "…": a 100 KB host name, URL or value echoed by clap or a
+/// driver would otherwise make a 100 KB error line. Done here, once, for
+/// every message.
+pub fn cap_quotes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len().min(4096));
+    let mut run = 0;
+    for c in line.chars() {
+        if c.is_whitespace() {
+            run = 0;
+        } else {
+            run += 1;
+            if run == MAX_QUOTED + 1 {
+                out.push('…');
+            }
+            if run > MAX_QUOTED {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     /// A step report: text only with --verbose.
@@ -104,7 +131,7 @@ pub fn event(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Val
     if !visible {
         return;
     }
-    let msg = scrub(msg);
+    let msg = cap_quotes(&scrub(msg));
     if json {
         let mut obj = json!({
             "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -275,6 +302,17 @@ mod tests {
         assert_eq!(format_duration(d), "732ms");
         assert_eq!(format_duration(Duration::from_millis(2500)), "2s 500ms");
         assert_eq!(format_duration(Duration::from_micros(400)), "0s");
+    }
+
+    #[test]
+    fn long_quotes_are_capped() {
+        let long = "a".repeat(1000);
+        let capped = cap_quotes(&format!("bad '{long}': fix {long}"));
+        assert_eq!(
+            capped,
+            format!("bad '{}…: fix {}…", "a".repeat(199), "a".repeat(200))
+        );
+        assert_eq!(cap_quotes("short words stay"), "short words stay");
     }
 
     #[test]

@@ -373,3 +373,93 @@ fn status_never_shows_a_password_from_a_command_line() {
     assert!(!table.contains("s3cret"), "{table}");
     assert!(!json.to_string().contains("s3cret"), "{json}");
 }
+
+/// An empty URL setting is refused, never read as "use this host's file".
+#[test]
+fn an_empty_url_setting_is_a_usage_error() {
+    let home = tempfile::tempdir().unwrap();
+    let bare = || {
+        let mut c = dlock("");
+        c.env_remove("DLOCK_URL")
+            .env_remove("XDG_STATE_HOME")
+            .env("HOME", home.path());
+        c
+    };
+    let cases: Vec<(&str, std::process::Command)> = vec![
+        ("DLOCK_URL is set but empty", {
+            let mut c = bare();
+            c.env("DLOCK_URL", "").args(["status"]);
+            c
+        }),
+        ("--url is empty", {
+            let mut c = bare();
+            c.args(["status", "--url", ""]);
+            c
+        }),
+        ("DLOCK_URL_FILE is set but empty", {
+            let mut c = bare();
+            c.env("DLOCK_URL_FILE", "")
+                .args(["exec", "j", "--", "true"]);
+            c
+        }),
+        ("--url-file is empty", {
+            let mut c = bare();
+            c.args(["acquire", "j", "--url-file", ""]);
+            c
+        }),
+    ];
+    for (says, c) in cases {
+        let o = run(c);
+        let err = one_line(&o);
+        assert_eq!(code(&o), 2, "{err}");
+        assert!(err.contains(says) && err.contains("SQLite"), "{err}");
+    }
+    assert!(
+        !home.path().join(".local").exists(),
+        "no local SQLite file was used"
+    );
+    // A URL on the command line still beats an empty one in the environment.
+    let db = home.path().join("x.db");
+    let mut c = bare();
+    c.env("DLOCK_URL_FILE", "")
+        .args(["status", "--url", &format!("sqlite://{}", db.display())]);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+/// Huge user input is quoted shortened, so the error stays one short line.
+#[test]
+fn huge_input_is_not_echoed_whole() {
+    let ctx = sqlite_ctx();
+    let huge = "a".repeat(100_000);
+    let file = format!("/{huge}");
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "status".into(),
+            "--url".into(),
+            format!("redis://{huge}:1/0"),
+        ],
+        vec![
+            "status".into(),
+            "--url".into(),
+            format!("mysql://u:p@{huge}/db"),
+        ],
+        vec![
+            "status".into(),
+            "--url".into(),
+            format!("redis://127.0.0.1:1/{huge}"),
+        ],
+        vec!["status".into(), "--url-file".into(), file],
+        vec!["acquire".into(), "j".into(), "--lease".into(), huge.clone()],
+        vec!["exec".into(), "j".into(), "--".into(), format!("/{huge}")],
+    ];
+    for args in cases {
+        let mut c = ctx.cmd(&[]);
+        c.args(&args).env("DLOCK_CONNECT_TIMEOUT", "2s");
+        let o = run(c);
+        let err = one_line(&o);
+        assert_ne!(code(&o), 0);
+        assert!(err.len() < 1000, "{} bytes: {}…", err.len(), &err[..300]);
+        assert!(err.contains('…'), "{err}");
+    }
+}
