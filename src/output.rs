@@ -310,7 +310,7 @@ mod tests {
         let capped = cap_quotes(&format!("bad '{long}': fix {long}"));
         assert_eq!(
             capped,
-            format!("bad '{}…: fix {}…", "a".repeat(199), "a".repeat(200))
+            format!("bad '{}… fix {}…", "a".repeat(199), "a".repeat(200))
         );
         assert_eq!(cap_quotes("short words stay"), "short words stay");
     }
