@@ -43,7 +43,7 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
             break
         }
         'dlock;acquire' {
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'Use this token instead of a random one; acquiring again with it extends the lease')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'Use this token instead of a random one; acquiring again with it extends the lease. Never taken from DLOCK_TOKEN, so an acquire inside `dlock exec` waits like any other')
             [CompletionResult]::new('--keepalive-pid', '--keepalive-pid', [CompletionResultType]::ParameterName, 'Keep renewing the lease in a detached dlock while process PID lives (e.g. `$$`), and release it when PID exits')
             [CompletionResult]::new('--lease', '--lease', [CompletionResultType]::ParameterName, 'How long the lease lasts on the server without renewal')
             [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit')
@@ -64,7 +64,7 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
             break
         }
         'dlock;release' {
-            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'The token printed by `acquire`')
+            [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends')
             [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]')
             [CompletionResult]::new('--url-file', '--url-file', [CompletionResultType]::ParameterName, 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)')
             [CompletionResult]::new('--prefix', '--prefix', [CompletionResultType]::ParameterName, 'Namespace for every key, table row and channel dlock uses')

@@ -39,7 +39,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'dlock;acquire'= {
-            cand --token 'Use this token instead of a random one; acquiring again with it extends the lease'
+            cand --token 'Use this token instead of a random one; acquiring again with it extends the lease. Never taken from DLOCK_TOKEN, so an acquire inside `dlock exec` waits like any other'
             cand --keepalive-pid 'Keep renewing the lease in a detached dlock while process PID lives (e.g. `$$`), and release it when PID exits'
             cand --lease 'How long the lease lasts on the server without renewal'
             cand --wait 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit'
@@ -59,7 +59,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand --version 'Print version'
         }
         &'dlock;release'= {
-            cand --token 'The token printed by `acquire`'
+            cand --token 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends'
             cand --url 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]'
             cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
             cand --prefix 'Namespace for every key, table row and channel dlock uses'

@@ -40,7 +40,7 @@ complete -c dlock -n "__fish_dlock_needs_command" -f -a "status" -d 'Show who ho
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "exec" -d 'Run a command while holding a lock, renewing the lease until it exits'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "renew" -d 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l token -d 'Use this token instead of a random one; acquiring again with it extends the lease' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l token -d 'Use this token instead of a random one; acquiring again with it extends the lease. Never taken from DLOCK_TOKEN, so an acquire inside `dlock exec` waits like any other' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l keepalive-pid -d 'Keep renewing the lease in a detached dlock while process PID lives (e.g. `$$`), and release it when PID exits' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l lease -d 'How long the lease lasts on the server without renewal' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l wait -d 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit' -r
@@ -55,7 +55,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s q -l quiet -d 'P
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s h -l help -d 'Print help'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s V -l version -d 'Print version'
-complete -c dlock -n "__fish_dlock_using_subcommand release" -l token -d 'The token printed by `acquire`' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l token -d 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r

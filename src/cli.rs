@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::error;
@@ -53,7 +54,8 @@ pub struct Global {
         env = "DLOCK_URL_FILE",
         global = true,
         hide_env_values = true,
-        value_name = "PATH"
+        value_name = "PATH",
+        value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from)
     )]
     pub url_file: Option<PathBuf>,
 
@@ -69,7 +71,7 @@ pub struct Global {
 
     /// How long to wait for the backend to accept a connection or answer a request
     #[arg(long, env = "DLOCK_CONNECT_TIMEOUT", global = true, hide_env_values = true, default_value = "5s",
-          value_parser = parse_positive, value_name = "DUR")]
+          value_parser = parse_connect_timeout, value_name = "DUR")]
     pub connect_timeout: Duration,
 
     /// Print no messages but errors on stderr; results on stdout (a token, the status) still print
@@ -136,8 +138,9 @@ pub struct AcquireArgs {
     /// Lock name: any UTF-8 text without control characters, at most 255 bytes
     pub name: String,
 
-    /// Use this token instead of a random one; acquiring again with it extends the lease
-    #[arg(long, env = "DLOCK_TOKEN", hide_env_values = true)]
+    /// Use this token instead of a random one; acquiring again with it extends the lease.
+    /// Never taken from DLOCK_TOKEN, so an acquire inside `dlock exec` waits like any other
+    #[arg(long)]
     pub token: Option<String>,
 
     /// Print an object with name, token, fence and expiry instead of the bare token
@@ -164,7 +167,7 @@ pub struct RenewArgs {
     pub token: String,
 
     /// The new lease, counted from now
-    #[arg(long, default_value = DEFAULT_LEASE, value_parser = parse_positive, value_name = "DUR",
+    #[arg(long, default_value = DEFAULT_LEASE, value_parser = parse_long, value_name = "DUR",
           allow_hyphen_values = true)]
     pub lease: Duration,
 }
@@ -174,7 +177,7 @@ pub struct KeepaliveArgs {
     pub name: String,
     #[arg(long, env = "DLOCK_TOKEN", hide_env_values = true)]
     pub token: String,
-    #[arg(long, value_parser = parse_positive)]
+    #[arg(long, value_parser = parse_long)]
     pub lease: Duration,
     #[arg(long)]
     pub pid: u32,
@@ -184,7 +187,7 @@ pub struct KeepaliveArgs {
 #[command(next_help_heading = "Lease and waiting")]
 pub struct LeaseArgs {
     /// How long the lease lasts on the server without renewal
-    #[arg(long, default_value = DEFAULT_LEASE, value_parser = parse_positive, value_name = "DUR",
+    #[arg(long, default_value = DEFAULT_LEASE, value_parser = parse_long, value_name = "DUR",
           allow_hyphen_values = true)]
     pub lease: Duration,
 
@@ -199,7 +202,8 @@ pub struct ReleaseArgs {
     /// Lock name
     pub name: String,
 
-    /// The token printed by `acquire`
+    /// The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of
+    /// the same lock is refused: that exec releases the lock when its command ends
     #[arg(
         long,
         env = "DLOCK_TOKEN",
@@ -207,6 +211,10 @@ pub struct ReleaseArgs {
         required_unless_present = "force"
     )]
     pub token: Option<String>,
+
+    /// Set by main: the token came from DLOCK_TOKEN, not from --token.
+    #[arg(skip)]
+    pub token_from_env: bool,
 
     /// Break the lock whoever holds it, and say whom it broke
     #[arg(long, conflicts_with = "token")]
@@ -254,20 +262,20 @@ pub struct ExecArgs {
     pub on_lost_signal: nix::sys::signal::Signal,
 
     /// Grace period between that signal and SIGKILL [default: a fifth of the lease, at most 5s]
-    #[arg(help_heading = "Running the command", long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
+    #[arg(help_heading = "Running the command", long, value_parser = parse_long, value_name = "DUR", allow_hyphen_values = true)]
     pub kill_after: Option<Duration>,
 
     /// Keep the lease at least this long after acquiring it, even if the command ends
     /// sooner, so one cron tick runs once across hosts whose clocks differ
-    #[arg(help_heading = "Lease and waiting", long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
+    #[arg(help_heading = "Lease and waiting", long, value_parser = parse_long, value_name = "DUR", allow_hyphen_values = true)]
     pub min_hold: Option<Duration>,
 
     /// Stop the whole job (signal, then SIGKILL after --kill-after) when it runs longer; exit 124
-    #[arg(help_heading = "Running the command", long, value_parser = parse_positive, value_name = "DUR", allow_hyphen_values = true)]
+    #[arg(help_heading = "Running the command", long, value_parser = parse_long, value_name = "DUR", allow_hyphen_values = true)]
     pub max_runtime: Option<Duration>,
 
     /// Sleep a random time up to DUR before trying, to spread hosts started by the same cron tick
-    #[arg(help_heading = "Lease and waiting", long, value_parser = parse_duration, value_name = "DUR", allow_hyphen_values = true)]
+    #[arg(help_heading = "Lease and waiting", long, value_parser = parse_long_or_zero, value_name = "DUR", allow_hyphen_values = true)]
     pub jitter: Option<Duration>,
 
     /// Run this string with /bin/sh -c instead of CMD
@@ -288,19 +296,49 @@ pub enum Wait {
     Forever,
 }
 
-pub fn parse_positive(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
+/// Upper bound of leases, waits and the other job durations: a year is far
+/// beyond any real job, yet keeps every backend's arithmetic in range (Redis
+/// PX milliseconds and SQL microseconds as 64-bit integers, DATETIME and
+/// `Instant` sums), which durations near humantime's limit overflow.
+pub const MAX_LONG: Duration = Duration::from_secs(31_557_600);
+/// Upper bound of --connect-timeout: an hour is more than any request should
+/// take; SQLite's busy timeout is an `int` of milliseconds (under 25 days).
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A duration in (0, MAX_LONG]: --lease, --kill-after, --min-hold, --max-runtime.
+pub fn parse_long(s: &str) -> Result<Duration, String> {
+    positive(bounded(s, MAX_LONG, "1y")?)
+}
+
+/// --jitter: like [`parse_long`], but 0 is allowed.
+pub fn parse_long_or_zero(s: &str) -> Result<Duration, String> {
+    bounded(s, MAX_LONG, "1y")
+}
+
+pub fn parse_connect_timeout(s: &str) -> Result<Duration, String> {
+    positive(bounded(s, MAX_CONNECT_TIMEOUT, "1h")?)
+}
+
+pub fn parse_wait(s: &str) -> Result<Wait, String> {
+    match s.trim() {
+        "forever" | "inf" | "infinite" => Ok(Wait::Forever),
+        other => bounded(other, MAX_LONG, "1y (or `forever`)").map(Wait::For),
+    }
+}
+
+fn positive(d: Duration) -> Result<Duration, String> {
     if d.is_zero() {
         return Err("must be greater than zero".into());
     }
     Ok(d)
 }
 
-pub fn parse_wait(s: &str) -> Result<Wait, String> {
-    match s.trim() {
-        "forever" | "inf" | "infinite" => Ok(Wait::Forever),
-        other => parse_duration(other).map(Wait::For),
+fn bounded(s: &str, max: Duration, max_text: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > max {
+        return Err(format!("too long: at most {max_text}"));
     }
+    Ok(d)
 }
 
 /// See [`crate::duration::parse`].
@@ -396,7 +434,9 @@ Examples:
   dlock exec --max-runtime 1h backup -- ./backup.sh
 
 The command gets DLOCK_NAME, DLOCK_TOKEN, DLOCK_FENCE and DLOCK_HELD=1 in its
-environment and runs in its own process group. The lease is renewed every third
+environment and runs in its own process group. Inside it, `dlock acquire` of the
+same lock waits like any other process, and `dlock release` of it refuses the
+inherited DLOCK_TOKEN (pass --token to release early on purpose). The lease is renewed every third
 of --lease; if it cannot be renewed in time the whole group gets --on-lost-signal,
 then SIGKILL after --kill-after, before the lease can expire on the server.";
 
@@ -417,9 +457,16 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("-5s").unwrap_err().contains("negative"));
         assert!(parse_duration("soon").is_err());
-        assert!(parse_positive("0s").is_err());
+        assert!(parse_long("0s").is_err());
         assert_eq!(parse_wait("forever"), Ok(Wait::Forever));
         assert_eq!(parse_wait("0"), Ok(Wait::For(Duration::ZERO)));
+        assert_eq!(parse_long("1y"), Ok(MAX_LONG));
+        assert!(parse_long("1y 1s").unwrap_err().contains("at most 1y"));
+        assert_eq!(parse_wait("1y"), Ok(Wait::For(MAX_LONG)));
+        assert!(parse_wait("300000000000y").is_err());
+        assert_eq!(parse_connect_timeout("1h"), Ok(MAX_CONNECT_TIMEOUT));
+        assert!(parse_connect_timeout("61m").is_err());
+        assert_eq!(parse_long_or_zero("0"), Ok(Duration::ZERO));
     }
 
     #[test]

@@ -129,22 +129,23 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
                     return Err(e);
                 }
             }
-            if a.json {
-                println!(
-                    "{}",
-                    json!({
-                        "name": a.name,
-                        "token": token,
-                        "fence": grant.fence,
-                        "lease_ms": a.lease.lease.as_millis() as u64,
-                        "expires_at": output::format_time_us(expires_us),
-                        "extended": grant.extended,
-                    })
-                );
+            let text = if a.json {
+                json!({
+                    "name": a.name,
+                    "token": token,
+                    "fence": grant.fence,
+                    "lease_ms": a.lease.lease.as_millis() as u64,
+                    "expires_at": output::format_time_us(expires_us),
+                    "extended": grant.extended,
+                })
+                .to_string()
             } else {
-                println!("{token}");
+                token.clone()
+            };
+            match output::result(&format!("{text}\n")) {
+                Ok(()) => Ok(error::OK),
+                Err(why) => Err(token_unwritten(b.as_mut(), &a.name, &token, &grant, &why)),
             }
-            Ok(error::OK)
         }
         Taken::Busy(info) => {
             output::event(
@@ -159,8 +160,45 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
     }
 }
 
+/// A token nobody received must not keep the lock: release it, unless this
+/// call only extended a lease the caller already held with its own token.
+fn token_unwritten(
+    b: &mut dyn Backend,
+    name: &str,
+    token: &str,
+    grant: &Grant,
+    why: &str,
+) -> anyhow::Error {
+    let what = if grant.extended {
+        format!("kept lock '{name}', which --token already held")
+    } else {
+        match b.release(name, token) {
+            Ok(_) => format!("released lock '{name}' so that it is not held with its token lost"),
+            Err(e) => format!(
+                "could not release lock '{name}' either ({e:#}); it frees itself when the lease runs out"
+            ),
+        }
+    };
+    fail(
+        error::OUTPUT,
+        format!("could not write the token to stdout ({why}); {what}"),
+    )
+}
+
 pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> {
     names::check_name(&r.name)?;
+    if r.token_from_env && inside_exec_of(&r.name) {
+        // A job's `dlock release NAME` would otherwise free the lock that the
+        // enclosing exec holds for it while the job still runs.
+        return Err(fail(
+            error::USAGE,
+            format!(
+                "not releasing '{0}' with DLOCK_TOKEN: it belongs to the enclosing `dlock exec {0}`, \
+                 which releases the lock when its command ends; pass --token to release it early on purpose",
+                r.name
+            ),
+        ));
+    }
     let (mut b, _loc, _) = connect(g, url)?;
     if r.force {
         return match b.force_release(&r.name)? {
@@ -189,6 +227,12 @@ pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> 
         }
         refused => Ok(token_refused(&r.name, refused, "; use --force to break it")),
     }
+}
+
+/// True when an enclosing `dlock exec` holds `name` and set DLOCK_TOKEN for it.
+fn inside_exec_of(name: &str) -> bool {
+    std::env::var_os("DLOCK_HELD").is_some_and(|v| v == "1")
+        && std::env::var_os("DLOCK_NAME").is_some_and(|n| n == name)
 }
 
 /// Reports a release or renew that the token was not entitled to; returns its exit code.
@@ -233,15 +277,19 @@ pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
         }
         None => rows.extend(held.iter().map(Row::Held)),
     }
-    if s.names_only {
-        for l in &held {
-            println!("{}", l.name);
-        }
+    let text = if s.names_only {
+        held.iter().map(|l| format!("{}\n", l.name)).collect()
     } else if s.json {
-        println!("{}", output::status_json(&loc, &g.prefix, &rows));
+        format!("{}\n", output::status_json(&loc, &g.prefix, &rows))
     } else {
-        print!("{}", output::status_table(&loc, &g.prefix, &rows));
-    }
+        output::status_table(&loc, &g.prefix, &rows)
+    };
+    output::result(&text).map_err(|why| {
+        fail(
+            error::OUTPUT,
+            format!("could not write the status to stdout ({why})"),
+        )
+    })?;
     Ok(if all_held { error::OK } else { error::FREE })
 }
 
@@ -352,10 +400,16 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
             e.name,
             describe(&info)
         )),
-        Err(err) => output::error(&format!(
-            "could not release '{}': {err:#}; it frees itself when the lease runs out",
-            e.name
-        )),
+        Err(err) => output::event(
+            Level::Error,
+            "release_failed",
+            Some(&e.name),
+            &format!(
+                "could not release '{}': {err:#}; it frees itself when the lease runs out",
+                e.name
+            ),
+            Value::Null,
+        ),
     }
     Ok(if end.lost {
         error::LOST

@@ -19,6 +19,9 @@ pub const HELD_BY_OTHER: i32 = 4;
 pub const UNAVAILABLE: i32 = 69;
 /// Internal error or an unexpected answer from the backend.
 pub const INTERNAL: i32 = 70;
+/// The result could not be written: stdout is closed or a pipe's reader is
+/// gone (sysexits' EX_IOERR). `acquire` releases the lock it took.
+pub const OUTPUT: i32 = 74;
 /// The lock is busy and `--wait` ran out (exec: `--conflict-exit-code`).
 pub const BUSY: i32 = 75;
 /// `exec`: the lease could not be renewed in time; the command was stopped.
@@ -40,6 +43,7 @@ Exit codes:
     4    release/renew: the lock is held by another token
    69    backend unreachable, refused, timed out, or authentication failed
    70    internal error or unexpected backend reply
+   74    could not write the output (stdout closed or broken pipe)
    75    lock busy after --wait (exec: --conflict-exit-code overrides)
    79    exec: lease lost; the command was stopped
   124    exec: the command exceeded --max-runtime and was stopped

@@ -25,18 +25,32 @@ pub fn main() -> ! {
     let parsed = cli::Cli::command()
         .try_get_matches()
         .and_then(|m| cli::Cli::from_arg_matches(&m).map(|c| (c, m)));
-    let mut cli = match parsed {
+    let (mut cli, empty_url) = match parsed {
         Ok((mut c, m)) => {
             pick_url_source(&mut c.global, &m);
-            c
+            let empty_url = empty_url_error(&c.global, &m);
+            if let (cli::Command::Release(r), Some(rm)) =
+                (&mut c.command, m.subcommand_matches("release"))
+            {
+                r.token_from_env =
+                    rm.value_source("token") == Some(clap::parser::ValueSource::EnvVariable);
+            }
+            (c, empty_url)
         }
         Err(e) if !e.use_stderr() => {
             // --help and --version
-            let _ = e.print();
+            let written = match output::stdout_closed() {
+                true => Err("stdout is closed".to_string()),
+                false => e.print().map_err(|e| e.to_string()),
+            };
+            if let Err(why) = written {
+                output::stderr_line(&format!("dlock: error: could not write to stdout: {why}"));
+                std::process::exit(error::OUTPUT);
+            }
             std::process::exit(error::OK);
         }
         Err(e) => {
-            let msg = one_line(&e.render().to_string());
+            let msg = output::cap_quotes(&one_line(&e.render().to_string()));
             if json_log_requested() {
                 output::init(false, 0, true, Vec::new());
                 output::event(
@@ -47,13 +61,15 @@ pub fn main() -> ! {
                     Default::default(),
                 );
             } else {
-                eprintln!("dlock: {msg}");
+                output::stderr_line(&format!("dlock: {msg}"));
             }
             std::process::exit(error::USAGE);
         }
     };
     let g = &mut cli.global;
-    let url = if g.url.is_some() && g.url_file.is_some() {
+    let url = if let Some(e) = empty_url {
+        Err(e)
+    } else if g.url.is_some() && g.url_file.is_some() {
         Err(error::fail(
             error::USAGE,
             "both --url and --url-file (or DLOCK_URL and DLOCK_URL_FILE) are set: give one",
@@ -125,6 +141,40 @@ fn json_log_requested() -> bool {
     from_args
         .or_else(|| std::env::var("DLOCK_LOG_FORMAT").ok())
         .is_some_and(|v| v == "json")
+}
+
+/// An empty URL or URL file is a mistake (a blank cron `DLOCK_URL=` line),
+/// never a request for the local SQLite file: two hosts would then each lock
+/// their own file.
+fn empty_url_error(g: &cli::Global, m: &clap::ArgMatches) -> Option<anyhow::Error> {
+    use clap::parser::ValueSource::EnvVariable;
+    let (id, option, var, give) = if g.url.as_deref().is_some_and(|u| u.trim().is_empty()) {
+        ("url", "--url", "DLOCK_URL", "a backend URL")
+    } else if g
+        .url_file
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        (
+            "url_file",
+            "--url-file",
+            "DLOCK_URL_FILE",
+            "the path of a file holding the URL",
+        )
+    } else {
+        return None;
+    };
+    let (what, unset) = match m.value_source(id) {
+        Some(EnvVariable) => (format!("{var} is set but empty"), format!("unset {var}")),
+        _ => (format!("{option} is empty"), format!("leave out {option}")),
+    };
+    Some(error::fail(
+        error::USAGE,
+        format!(
+            "{what}: give {give}, or {unset} to use the local SQLite file \
+             (which excludes only processes on this host)"
+        ),
+    ))
 }
 
 /// clap's usage errors span several lines; an operator reading a cron mail or

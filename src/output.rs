@@ -1,6 +1,7 @@
 //! Everything dlock prints besides a command's own result: messages on
 //! stderr at the chosen verbosity, and the `status` table and JSON.
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
@@ -29,6 +30,8 @@ pub const EVENTS: &[&str] = &[
     "error",
     "message",
     "waiting",
+    "retrying",
+    "reconnected",
     "busy",
     "acquired",
     "renewed",
@@ -37,6 +40,7 @@ pub const EVENTS: &[&str] = &[
     "max_runtime",
     "child_exited",
     "released",
+    "release_failed",
     "held",
     "broken",
 ];
@@ -50,6 +54,43 @@ pub fn set_lock(name: &str) {
 /// resolved place (the SQLite file) once the backend is open.
 pub fn set_location(location: &str) {
     *LOCATION.lock().unwrap_or_else(|e| e.into_inner()) = Some(location.to_string());
+}
+
+/// Whether stdout was closed when dlock started. std quietly puts /dev/null
+/// on a closed stdout before `main`, where a token written to it would be
+/// lost without an error; this records the truth before that.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+// glibc runs `.init_array` entries before `main`, and so before std's set-up.
+#[used]
+#[link_section = ".init_array"]
+static RECORD_STDOUT: extern "C" fn() = record_stdout;
+
+extern "C" fn record_stdout() {
+    // SAFETY: F_GETFD only reads descriptor 1's flags; it touches no memory.
+    let closed = unsafe { libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFD) } == -1;
+    STDOUT_CLOSED.store(closed, Ordering::Relaxed);
+}
+
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// Writes a command's result to stdout and flushes it, or says why it could not.
+pub fn result(text: &str) -> Result<(), String> {
+    if stdout_closed() {
+        return Err("stdout is closed".into());
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| e.to_string())
+}
+
+/// A line on stderr that never panics: with stderr closed or its pipe gone,
+/// there is nobody left to tell, and dlock carries on to its exit code.
+pub fn stderr_line(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 pub fn init(quiet: bool, verbose: u8, json: bool, secrets: Vec<String>) {
@@ -71,6 +112,33 @@ pub fn scrub(line: &str) -> String {
     let mut out = line.to_string();
     for s in SECRETS.get().map(Vec::as_slice).unwrap_or(&[]) {
         out = out.replace(s.as_str(), "***");
+    }
+    out
+}
+
+/// Longest run without whitespace that a message quotes whole.
+const MAX_QUOTED: usize = 200;
+
+/// Shortens every run of non-space characters longer than [`MAX_QUOTED`] to
+/// that many plus "…": a 100 KB host name, URL or value echoed by clap or a
+/// driver would otherwise make a 100 KB error line. Done here, once, for
+/// every message.
+pub fn cap_quotes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len().min(4096));
+    let mut run = 0;
+    for c in line.chars() {
+        if c.is_whitespace() {
+            run = 0;
+        } else {
+            run += 1;
+            if run == MAX_QUOTED + 1 {
+                out.push('…');
+            }
+            if run > MAX_QUOTED {
+                continue;
+            }
+        }
+        out.push(c);
     }
     out
 }
@@ -102,7 +170,7 @@ pub fn event(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Val
     if !visible {
         return;
     }
-    let msg = scrub(msg);
+    let msg = cap_quotes(&scrub(msg));
     debug_assert!(EVENTS.contains(&kind), "event '{kind}' is not in EVENTS");
     if json {
         let mut obj = json!({
@@ -116,9 +184,9 @@ pub fn event(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Val
         if let (Some(o), Value::Object(e)) = (obj.as_object_mut(), extra) {
             o.extend(e);
         }
-        eprintln!("{obj}");
+        stderr_line(&obj.to_string());
     } else {
-        eprintln!("dlock: {msg}");
+        stderr_line(&format!("dlock: {msg}"));
     }
 }
 
@@ -284,6 +352,17 @@ pub fn status_json(loc: &Location, prefix: &str, rows: &[Row]) -> String {
 mod tests {
     use super::*;
     use crate::holder::Holder;
+
+    #[test]
+    fn long_quotes_are_capped() {
+        let long = "a".repeat(1000);
+        let capped = cap_quotes(&format!("bad '{long}': fix {long}"));
+        assert_eq!(
+            capped,
+            format!("bad '{}… fix {}…", "a".repeat(199), "a".repeat(200))
+        );
+        assert_eq!(cap_quotes("short words stay"), "short words stay");
+    }
 
     #[test]
     fn durations_read_well() {

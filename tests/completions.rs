@@ -65,7 +65,10 @@ printf '%s\n' "${{COMPREPLY[@]}}""#
     );
     let bash = require("bash");
     let out = shell(ctx, path, bash.to_str().unwrap(), &["-c", &script], env_url);
-    out.lines().filter(|l| !l.is_empty()).map(String::from).collect()
+    out.lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -114,7 +117,10 @@ fn zsh_lists_held_lock_names_for_its_name_arguments() {
     let zsh = require("zsh");
     let text = std::fs::read_to_string(format!("{DIR}/_dlock")).unwrap();
     let wired = text.matches(":_dlock_lock_names'").count();
-    assert_eq!(wired, 5, "acquire, release, exec, renew and status name arguments");
+    assert_eq!(
+        wired, 5,
+        "acquire, release, exec, renew and status name arguments"
+    );
     // compadd only works inside completion: stand in for it to see what is offered.
     let script = format!(
         "autoload -U compinit; compinit -u -D; source {DIR}/_dlock

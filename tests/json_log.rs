@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::mariadb::MariaDb;
 use common::sqlite::Sqlite;
 use common::{code, spawn, stderr, wait_child, Ctx, Fifo, Lines, Redis};
 use serde_json::Value;
@@ -161,6 +162,9 @@ fn every_documented_event_is_produced_and_parses() {
     );
     seen.extend(k);
 
+    seen.extend(retrying_and_reconnected());
+    seen.extend(release_failed());
+
     let docs = documented();
     let listed: BTreeSet<String> = dlock_events();
     assert_eq!(
@@ -183,4 +187,74 @@ fn dlock_events() -> BTreeSet<String> {
         .step_by(2)
         .map(String::from)
         .collect()
+}
+
+/// A waiter whose server goes away and comes back with the lock still held
+/// (MariaDB keeps its rows across the restart), until the holder releases.
+fn retrying_and_reconnected() -> Vec<String> {
+    let db = Arc::new(MariaDb::start());
+    let ctx = Ctx::new(db.clone());
+    let tok = ctx.acquire("rr", "2m");
+    let mut c = ctx.cmd(&[
+        "--log-format",
+        "json",
+        "exec",
+        "--wait",
+        "60s",
+        "rr",
+        "--",
+        "true",
+    ]);
+    c.stdout(std::process::Stdio::null());
+    let mut child = spawn(c);
+    let mut lines = Lines::of(&mut child);
+    lines.expect("\"waiting\"", Duration::from_secs(10));
+    db.kill();
+    lines.expect("\"retrying\"", Duration::from_secs(10));
+    db.restart();
+    lines.expect("\"reconnected\"", Duration::from_secs(30));
+    assert_eq!(code(&ctx.run(&["release", "rr", "--token", &tok])), 0);
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    let ev = events(&lines.rest(), Some("rr"));
+    assert_eq!(status.code(), Some(0), "{ev:?}");
+    let seen = lines.seen.iter().map(|l| events(l, Some("rr")));
+    seen.flat_map(|e| kinds(&e)).collect()
+}
+
+/// A job that ends while its server does not answer.
+fn release_failed() -> Vec<String> {
+    let redis = Arc::new(Redis::start());
+    let ctx = Ctx::new(redis.clone());
+    let (ready, go) = (
+        Fifo::new(ctx.dir.path(), "ready"),
+        Fifo::new(ctx.dir.path(), "go"),
+    );
+    let job = format!(
+        "echo up > '{}'; read x < '{}'",
+        ready.path.display(),
+        go.path.display()
+    );
+    let mut c = ctx.cmd(&[
+        "--log-format",
+        "json",
+        "--connect-timeout",
+        "1s",
+        "exec",
+        "--lease",
+        "30s",
+        "rf",
+        "-c",
+    ]);
+    c.arg(&job);
+    let mut child = spawn(c);
+    let mut lines = Lines::of(&mut child);
+    ready.read_line(Duration::from_secs(10));
+    redis.pause();
+    go.write_line("go");
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    redis.resume();
+    assert_eq!(status.code(), Some(0));
+    let k = kinds(&events(&lines.rest(), Some("rf")));
+    assert!(k.contains(&"release_failed".to_string()), "{k:?}");
+    k
 }

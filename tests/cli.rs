@@ -1,0 +1,465 @@
+//! The command line as scripts meet it: option bounds, the token a nested
+//! dlock may use, output that cannot be written, and what messages and the
+//! holder record may quote.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::sqlite::Sqlite;
+use common::*;
+
+fn sqlite_ctx() -> Ctx {
+    Ctx::new(Arc::new(Sqlite::new()))
+}
+
+/// The lines of stderr, asserting there is exactly one.
+fn one_line(o: &std::process::Output) -> String {
+    let err = stderr(o);
+    assert_eq!(err.lines().count(), 1, "one line on stderr: {err}");
+    err
+}
+
+/// Every duration option refuses a value past its bound at parse time, in one
+/// line with exit 2, before anything is acquired or run.
+#[test]
+fn durations_above_their_bound_are_usage_errors() {
+    let ctx = sqlite_ctx();
+    let marker = ctx.path("ran");
+    let touch = format!("touch '{}'", marker.display());
+    let huge = "300000000000y";
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("--wait", vec!["acquire", "j", "--wait", huge]),
+        ("--lease", vec!["acquire", "j", "--lease", huge]),
+        ("--lease", vec!["acquire", "j", "--lease", "1y 1s"]),
+        (
+            "--connect-timeout",
+            vec!["acquire", "j", "--connect-timeout", huge],
+        ),
+        (
+            "--connect-timeout",
+            vec!["status", "--connect-timeout", "61m"],
+        ),
+        (
+            "--lease",
+            vec!["renew", "j", "--token", "abc", "--lease", huge],
+        ),
+        ("--wait", vec!["exec", "j", "--wait", huge, "-c", &touch]),
+        ("--lease", vec!["exec", "j", "--lease", huge, "-c", &touch]),
+        (
+            "--kill-after",
+            vec!["exec", "j", "--kill-after", huge, "-c", &touch],
+        ),
+        (
+            "--min-hold",
+            vec!["exec", "j", "--min-hold", huge, "-c", &touch],
+        ),
+        (
+            "--max-runtime",
+            vec!["exec", "j", "--max-runtime", huge, "-c", &touch],
+        ),
+        (
+            "--jitter",
+            vec!["exec", "j", "--jitter", huge, "-c", &touch],
+        ),
+    ];
+    for (option, args) in cases {
+        let o = ctx.run(&args);
+        let err = one_line(&o);
+        assert_eq!(code(&o), 2, "{args:?}: {err}");
+        assert!(
+            err.contains(option) && err.contains("at most"),
+            "{args:?}: names the option and its bound: {err}"
+        );
+        assert!(!ctx.is_held("j"), "{args:?} acquired the lock");
+        assert!(!marker.exists(), "{args:?} ran the command");
+    }
+    let mut c = ctx.cmd(&["status"]);
+    c.env("DLOCK_CONNECT_TIMEOUT", huge);
+    let o = run(c);
+    assert_eq!(code(&o), 2, "{}", one_line(&o));
+    assert!(stderr(&o).contains("--connect-timeout"), "{}", stderr(&o));
+}
+
+/// The largest values allowed work end to end on every backend.
+fn longest_durations_work(ctx: &Ctx) {
+    let o = ctx.run(&[
+        "acquire",
+        "long",
+        "--lease",
+        "1y",
+        "--connect-timeout",
+        "1h",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let tok = stdout(&o).trim().to_string();
+    let v = ctx.status_json(&["long"]);
+    let ttl = v["locks"][0]["ttl_ms"].as_u64().expect("held");
+    assert!(ttl > 31_000_000_000, "a year's lease: {v}");
+    let o = ctx.run(&["renew", "long", "--token", &tok, "--lease", "1y"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(code(&ctx.run(&["release", "long", "--token", &tok])), 0);
+    let o = ctx.run(&[
+        "exec",
+        "long",
+        "--wait",
+        "1y",
+        "--lease",
+        "1y",
+        "--max-runtime",
+        "1y",
+        "--min-hold",
+        "1ms",
+        "--kill-after",
+        "1h",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+macro_rules! backends {
+    ($($backend:ident => $server:expr;)*) => {$(
+        mod $backend {
+            use super::*;
+            fn ctx() -> Ctx {
+                let server: Arc<dyn Server> = $server;
+                Ctx::new(server)
+            }
+            #[test] fn longest_durations_work() { super::longest_durations_work(&ctx()) }
+        }
+    )*};
+}
+
+backends! {
+    redis => Arc::new(Redis::start());
+    sqlite => Arc::new(Sqlite::new());
+    mariadb => common::mariadb::MariaDb::shared();
+}
+
+/// `dlock exec` with `$DLOCK_BIN` (the dlock under test) in its environment.
+fn exec_sh(ctx: &Ctx, args: &[&str], script: &str) -> std::process::Command {
+    let mut all = vec!["exec"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--", "sh", "-c", script]);
+    let mut c = ctx.cmd(&all);
+    c.env("DLOCK_BIN", dlock_bin());
+    c
+}
+
+/// Inside `exec L`, `acquire L` is not re-entrant (it ignores the inherited
+/// DLOCK_TOKEN and waits), and `release L` refuses the inherited token.
+#[test]
+fn a_job_cannot_reacquire_or_release_its_exec_lock_by_accident() {
+    let ctx = sqlite_ctx();
+    let script = r#"
+        "$DLOCK_BIN" acquire L --wait 300ms; echo "acq=$?"
+        "$DLOCK_BIN" release L; echo "rel=$?"
+        "$DLOCK_BIN" status L >/dev/null; echo "held=$?""#;
+    let o = run(exec_sh(&ctx, &["L"], script));
+    let out = stdout(&o);
+    assert_eq!(code(&o), 0, "{out}{}", stderr(&o));
+    assert!(out.contains("acq=75"), "the nested acquire waited: {out}");
+    assert!(out.contains("rel=2"), "the nested release refused: {out}");
+    assert!(out.contains("held=0"), "the lock stayed held: {out}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("DLOCK_TOKEN") && err.contains("--token"),
+        "says why and what to do: {err}"
+    );
+    assert!(!ctx.is_held("L"), "exec released it when the job ended");
+
+    // The literal case: exec's own release still finds its lease.
+    let mut c = ctx.cmd(&["exec", "L", "--"]);
+    c.arg(dlock_bin()).args(["release", "L"]);
+    let o = run(c);
+    let err = one_line(&o);
+    assert_eq!(code(&o), 2, "{err}");
+    assert!(!err.contains("expired"), "{err}");
+
+    // On purpose: an explicit --token, or DLOCK_TOKEN for another lock.
+    let o = run(exec_sh(
+        &ctx,
+        &["L"],
+        r#""$DLOCK_BIN" release L --token "$DLOCK_TOKEN" && echo released"#,
+    ));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("released"));
+    let tok = ctx.acquire("M", "30s");
+    // exec sets DLOCK_TOKEN for its job; M's token comes in under another name.
+    let mut c = exec_sh(
+        &ctx,
+        &["L"],
+        r#"DLOCK_TOKEN="$M_TOKEN" "$DLOCK_BIN" release M"#,
+    );
+    c.env("M_TOKEN", &tok);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!ctx.is_held("M"));
+}
+
+/// The reported job: the nested acquire/release must not let a second exec in
+/// while the first job still runs.
+#[test]
+fn a_nested_release_does_not_let_another_exec_in() {
+    let ctx = sqlite_ctx();
+    let released = Fifo::new(ctx.dir.path(), "released");
+    let go = Fifo::new(ctx.dir.path(), "go");
+    let script = r#""$DLOCK_BIN" release L --token "$("$DLOCK_BIN" acquire L --wait 1s)"
+        echo "$?" > "$RELEASED"; read x < "$GO""#;
+    let mut c = exec_sh(&ctx, &["--lease", "3s", "L"], script);
+    c.env("RELEASED", &released.path).env("GO", &go.path);
+    let mut first = spawn(c);
+    released.read_line(std::time::Duration::from_secs(30));
+    let o = ctx.run(&["exec", "L", "--", "echo", "in"]);
+    assert!(
+        !stdout(&o).contains("in"),
+        "a second exec ran while the first job runs: {}",
+        stderr(&o)
+    );
+    assert_eq!(code(&o), 75, "{}", stderr(&o));
+    go.write_line("go");
+    let st = wait_child(&mut first, std::time::Duration::from_secs(30));
+    assert!(st.success(), "{st:?}");
+    let o = ctx.run(&["exec", "L", "--", "echo", "in"]);
+    assert_eq!(stdout(&o).trim(), "in", "{}", stderr(&o));
+}
+
+/// Runs `c` with stdout a pipe whose reading end is already closed, and stdin
+/// and stderr as `run` has them (stderr closed too with `close_stderr`).
+fn run_with_stdout(mut c: std::process::Command, stdout: Stdout) -> std::process::Output {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    match stdout {
+        Stdout::BrokenPipe | Stdout::BrokenPipeNoStderr => {
+            let mut fds = [0; 2];
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // SAFETY: both descriptors were just created and are owned here.
+            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            drop(r);
+            c.stdout(Stdio::from(w));
+        }
+        Stdout::Closed => {
+            // SAFETY: close is async-signal-safe.
+            unsafe {
+                c.pre_exec(|| {
+                    libc::close(1);
+                    Ok(())
+                });
+            }
+        }
+    }
+    if stdout == Stdout::BrokenPipeNoStderr {
+        // SAFETY: close is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::close(2);
+                Ok(())
+            });
+        }
+        c.stderr(Stdio::inherit());
+    } else {
+        c.stderr(Stdio::piped());
+    }
+    c.stdin(Stdio::null())
+        .spawn()
+        .expect("spawn dlock")
+        .wait_with_output()
+        .unwrap()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stdout {
+    BrokenPipe,
+    BrokenPipeNoStderr,
+    Closed,
+}
+
+/// A token that cannot be written is not left holding the lock: exit 74,
+/// one line, and the lock is free; never a panic.
+#[test]
+fn acquire_releases_a_token_it_cannot_write() {
+    let ctx = sqlite_ctx();
+    for how in [Stdout::BrokenPipe, Stdout::Closed] {
+        for args in [
+            vec!["acquire", "L"],
+            vec!["acquire", "L", "--json"],
+            vec!["acquire", "L", "--keepalive-pid", "1"],
+        ] {
+            let o = run_with_stdout(ctx.cmd(&args), how);
+            let err = one_line(&o);
+            assert_eq!(code(&o), 74, "{args:?}: {err}");
+            assert!(
+                err.contains("could not write the token") && err.contains("released"),
+                "{args:?}: {err}"
+            );
+            assert!(!ctx.is_held("L"), "{args:?} left the lock held");
+        }
+    }
+    let o = run_with_stdout(ctx.cmd(&["acquire", "L"]), Stdout::BrokenPipeNoStderr);
+    assert_eq!(code(&o), 74, "quietly, with the code");
+    assert!(!ctx.is_held("L"));
+
+    // Only extended: the caller holds it with its own token, which stays valid.
+    let tok = ctx.acquire("L", "30s");
+    let o = run_with_stdout(
+        ctx.cmd(&["acquire", "L", "--token", &tok]),
+        Stdout::BrokenPipe,
+    );
+    assert_eq!(code(&o), 74, "{}", one_line(&o));
+    assert!(ctx.is_held("L"));
+    assert_eq!(code(&ctx.run(&["release", "L", "--token", &tok])), 0);
+}
+
+#[test]
+fn status_and_help_report_output_they_cannot_write() {
+    let ctx = sqlite_ctx();
+    ctx.acquire("L", "30s");
+    for how in [Stdout::BrokenPipe, Stdout::Closed] {
+        for args in [
+            vec!["status"],
+            vec!["status", "--json", "L"],
+            vec!["--help"],
+        ] {
+            let o = run_with_stdout(ctx.cmd(&args), how);
+            let err = one_line(&o);
+            assert_eq!(code(&o), 74, "{args:?}: {err}");
+            assert!(err.contains("could not write"), "{args:?}: {err}");
+        }
+    }
+    let o = run_with_stdout(ctx.cmd(&["status"]), Stdout::BrokenPipeNoStderr);
+    assert_eq!(code(&o), 74);
+}
+
+/// A parent whose command line carries the URL (a cron `sh -c`) must not put
+/// the password into every host's `status`, for `acquire` and for the
+/// process watched by `--keepalive-pid`.
+#[test]
+fn status_never_shows_a_password_from_a_command_line() {
+    let server = Arc::new(Redis::with_password("s3cret"));
+    let ctx = Ctx::new(server.clone());
+    let url = ctx.url();
+    assert!(url.contains(":s3cret@"), "{url}");
+    let done = Fifo::new(ctx.dir.path(), "done");
+    let go = Fifo::new(ctx.dir.path(), "go");
+    // The URL in use, another URL, a query password and the bare secret, all
+    // literally in the parent's command line (`true` keeps sh from exec'ing dlock).
+    let script = format!(
+        r#": DLOCK_URL={url} mysql://u:s3cret@db/x redis+unix:///s?pass=s3cret s3cret
+        "$DLOCK_BIN" acquire plain >/dev/null && "$DLOCK_BIN" acquire kept --keepalive-pid $$ >/dev/null
+        echo "$?" > "$DONE"; read x < "$GO"; true"#
+    );
+    let mut c = std::process::Command::new("sh");
+    c.args(["-c", &script])
+        .env("DLOCK_BIN", dlock_bin())
+        .env("DLOCK_URL", &url)
+        .env("DLOCK_PREFIX", &ctx.prefix)
+        .env("DONE", &done.path)
+        .env("GO", &go.path);
+    let mut parent = spawn(c);
+    assert_eq!(done.read_line(std::time::Duration::from_secs(30)), "0");
+    let table = stdout(&ctx.run(&["status"]));
+    let json = ctx.status_json(&["plain", "kept"]);
+    go.write_line("go");
+    wait_child(&mut parent, std::time::Duration::from_secs(30));
+    for lock in json["locks"].as_array().unwrap() {
+        let cmd = lock["holder"]["command"]
+            .as_str()
+            .expect("held, with a command");
+        assert!(cmd.contains("acquire plain"), "the parent's command: {cmd}");
+    }
+    assert!(table.contains("acquire plain"), "{table}");
+    assert!(!table.contains("s3cret"), "{table}");
+    assert!(!json.to_string().contains("s3cret"), "{json}");
+}
+
+/// An empty URL setting is refused, never read as "use this host's file".
+#[test]
+fn an_empty_url_setting_is_a_usage_error() {
+    let home = tempfile::tempdir().unwrap();
+    let bare = || {
+        let mut c = dlock("");
+        c.env_remove("DLOCK_URL")
+            .env_remove("XDG_STATE_HOME")
+            .env("HOME", home.path());
+        c
+    };
+    let cases: Vec<(&str, std::process::Command)> = vec![
+        ("DLOCK_URL is set but empty", {
+            let mut c = bare();
+            c.env("DLOCK_URL", "").args(["status"]);
+            c
+        }),
+        ("--url is empty", {
+            let mut c = bare();
+            c.args(["status", "--url", ""]);
+            c
+        }),
+        ("DLOCK_URL_FILE is set but empty", {
+            let mut c = bare();
+            c.env("DLOCK_URL_FILE", "")
+                .args(["exec", "j", "--", "true"]);
+            c
+        }),
+        ("--url-file is empty", {
+            let mut c = bare();
+            c.args(["acquire", "j", "--url-file", ""]);
+            c
+        }),
+    ];
+    for (says, c) in cases {
+        let o = run(c);
+        let err = one_line(&o);
+        assert_eq!(code(&o), 2, "{err}");
+        assert!(err.contains(says) && err.contains("SQLite"), "{err}");
+    }
+    assert!(
+        !home.path().join(".local").exists(),
+        "no local SQLite file was used"
+    );
+    // A URL on the command line still beats an empty one in the environment.
+    let db = home.path().join("x.db");
+    let mut c = bare();
+    c.env("DLOCK_URL_FILE", "")
+        .args(["status", "--url", &format!("sqlite://{}", db.display())]);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+/// Huge user input is quoted shortened, so the error stays one short line.
+#[test]
+fn huge_input_is_not_echoed_whole() {
+    let ctx = sqlite_ctx();
+    let huge = "a".repeat(100_000);
+    let file = format!("/{huge}");
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "status".into(),
+            "--url".into(),
+            format!("redis://{huge}:1/0"),
+        ],
+        vec![
+            "status".into(),
+            "--url".into(),
+            format!("mysql://u:p@{huge}/db"),
+        ],
+        vec![
+            "status".into(),
+            "--url".into(),
+            format!("redis://127.0.0.1:1/{huge}"),
+        ],
+        vec!["status".into(), "--url-file".into(), file],
+        vec!["acquire".into(), "j".into(), "--lease".into(), huge.clone()],
+        vec!["exec".into(), "j".into(), "--".into(), format!("/{huge}")],
+    ];
+    for args in cases {
+        let mut c = ctx.cmd(&[]);
+        c.args(&args).env("DLOCK_CONNECT_TIMEOUT", "2s");
+        let o = run(c);
+        let err = one_line(&o);
+        assert_ne!(code(&o), 0);
+        assert!(err.len() < 1000, "{} bytes: {}…", err.len(), &err[..300]);
+        assert!(err.contains('…'), "{err}");
+    }
+}
