@@ -130,15 +130,7 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
                 }
             }
             let text = if a.json {
-                json!({
-                    "name": a.name,
-                    "token": token,
-                    "fence": grant.fence,
-                    "lease_ms": a.lease.lease.as_millis() as u64,
-                    "expires_at": output::format_time_us(expires_us),
-                    "extended": grant.extended,
-                })
-                .to_string()
+                output::acquired_json(&a.name, &token, &grant, a.lease.lease, expires_us)
             } else {
                 token.clone()
             };

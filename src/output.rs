@@ -296,6 +296,34 @@ pub fn status_table(loc: &Location, prefix: &str, rows: &[Row]) -> String {
 }
 
 /// The documented `status --json` schema (see README).
+/// `acquire --json`: one line, keys in the order README.md documents them.
+pub fn acquired_json(
+    name: &str,
+    token: &str,
+    grant: &crate::backend::Grant,
+    lease: Duration,
+    expires_us: i64,
+) -> String {
+    #[derive(Serialize)]
+    struct Acquired<'a> {
+        name: &'a str,
+        token: &'a str,
+        fence: u64,
+        lease_ms: u64,
+        expires_at: String,
+        extended: bool,
+    }
+    serde_json::to_string(&Acquired {
+        name,
+        token,
+        fence: grant.fence,
+        lease_ms: lease.as_millis() as u64,
+        expires_at: format_time_us(expires_us),
+        extended: grant.extended,
+    })
+    .expect("plain data serializes")
+}
+
 /// `status --json`: one line, keys in the order README.md documents them
 /// (structs, since serde_json's own maps sort their keys).
 pub fn status_json(loc: &Location, prefix: &str, rows: &[Row]) -> String {

@@ -690,6 +690,7 @@ fn json_examples_are_real_output() {
     assert_eq!(code(&o), 0, "{}", show(&o));
     let acquired: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(shape(&json_block("acquire")), shape(&acquired));
+    assert_json_example("acquire", &o.stdout, &["token", "fence", "expires_at"]);
 
     let o = w.dlock(&["status", "--json", "deploy", "nightly"]);
     assert_eq!(code(&o), 1, "{}", show(&o));
