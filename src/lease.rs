@@ -393,12 +393,23 @@ impl Renewer {
                     next = Instant::now() + Duration::from_secs(3600);
                 }
                 Err(e) => {
+                    // The job may have ended while this attempt was under way:
+                    // then only the release matters, and talk of retrying
+                    // would follow "the command exited" in the log.
+                    if let Ok(cmd) = rx.try_recv() {
+                        return cmd;
+                    }
                     failures += 1;
                     state.lock().unwrap_or_else(|e| e.into_inner()).failing = true;
-                    let msg = format!(
-                        "renewal of '{name}' failed: {e:#}; retrying until the deadline in {}",
-                        output::format_left(stop_by.saturating_duration_since(Instant::now()))
-                    );
+                    let msg = match stop_by.saturating_duration_since(Instant::now()) {
+                        left if left.is_zero() => {
+                            format!("renewal of '{name}' failed: {e:#}; no time is left to retry")
+                        }
+                        left => format!(
+                            "renewal of '{name}' failed: {e:#}; retrying until the deadline in {}",
+                            output::format_duration(left)
+                        ),
+                    };
                     let level = if failures == 1 {
                         Level::Info
                     } else {

@@ -258,3 +258,43 @@ fn release_failed() -> Vec<String> {
     assert!(k.contains(&"release_failed".to_string()), "{k:?}");
     k
 }
+
+/// A renewal that fails while the command is ending must not be logged
+/// after it: the job is over, and only the release matters.
+#[test]
+fn no_renewal_talk_after_the_command_exited() {
+    let redis = Arc::new(Redis::start());
+    let ctx = Ctx::new(redis.clone());
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    // Lease 3s: the first renewal goes out at 1s and, with the server paused,
+    // fails at the deadline (2.1s); the command ends at 1.5s, in between.
+    let job = format!("echo up > '{}'; sleep 1.5", ready.path.display());
+    let mut c = ctx.cmd(&[
+        "--log-format",
+        "json",
+        "--connect-timeout",
+        "1s",
+        "exec",
+        "--lease",
+        "3s",
+        "rt",
+        "-c",
+    ]);
+    c.arg(&job);
+    let mut child = spawn(c);
+    let mut lines = Lines::of(&mut child);
+    ready.read_line(Duration::from_secs(10));
+    redis.pause();
+    let status = wait_child(&mut child, Duration::from_secs(20));
+    redis.resume();
+    assert_eq!(status.code(), Some(0));
+    let k = kinds(&events(&lines.rest(), Some("rt")));
+    let exited = k
+        .iter()
+        .position(|e| e == "child_exited")
+        .expect("child_exited");
+    assert!(
+        !k[exited..].iter().any(|e| e.starts_with("renew")),
+        "renewal events after the command exited: {k:?}"
+    );
+}
