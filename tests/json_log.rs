@@ -140,12 +140,23 @@ fn every_documented_event_is_produced_and_parses() {
     assert_eq!(rc, 124);
     seen.extend(kinds(&ev));
 
-    // renewal_failed and lost: a Redis server that stops answering.
+    // renewal_failed and lost: a Redis server that stops answering. The first
+    // renewal (at 1s) times out at 1.3s, well before the deadline (2.1s).
     let redis = Arc::new(Redis::start());
     let rctx = Ctx::new(redis.clone());
     let ready = Fifo::new(rctx.dir.path(), "ready");
     let job = format!("echo go > '{}'; exec sleep 60", ready.path.display());
-    let mut c = rctx.cmd(&["--log-format", "json", "exec", "--lease", "1s", "rl", "-c"]);
+    let mut c = rctx.cmd(&[
+        "--log-format",
+        "json",
+        "--connect-timeout",
+        "300ms",
+        "exec",
+        "--lease",
+        "3s",
+        "rl",
+        "-c",
+    ]);
     c.arg(&job);
     let mut child = spawn(c);
     let mut lines = Lines::of(&mut child);
