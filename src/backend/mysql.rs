@@ -116,13 +116,13 @@ impl MysqlBackend {
             timeout,
             wake_held: HashMap::new(),
         };
-        match db.try_connect() {
+        match db.establish() {
             Ok(conn) => db.conn = Some(conn),
             // Full for now (max_connections): the first request connects
             // again, and fails then if it must; a waiter retries it with
             // back-off until --wait runs out.
-            Err(mysql::Error::MySqlError(m)) if is_full(m.code) => {}
-            Err(e) => return Err(describe(&e, &db.shown, &db.database, timeout)),
+            Err(Unconnected::Driver(mysql::Error::MySqlError(m))) if is_full(m.code) => {}
+            Err(e) => return Err(db.explain(e)),
         }
         Ok(MysqlBackend {
             db: Arc::new(Mutex::new(db)),
@@ -398,22 +398,81 @@ fn is_full(code: u16) -> bool {
     matches!(code, ER_CON_COUNT | ER_TOO_MANY_USER_CONNECTIONS)
 }
 
+/// How long a MySQL server takes to greet a new connection before dlock
+/// looks at what else might be listening (a Redis port greets nobody).
+const GREETING_WAIT: Duration = Duration::from_millis(500);
+
+/// Why no connection was made: the driver's error, or a server of another kind.
+enum Unconnected {
+    Driver(mysql::Error),
+    Elsewhere(anyhow::Error),
+}
+
+/// A request or connection attempt that ran out of time.
+fn timed_out(e: &mysql::Error) -> bool {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    match e {
+        mysql::Error::DriverError(
+            mysql::DriverError::ConnectTimeout | mysql::DriverError::Timeout,
+        ) => true,
+        _ => io_error(e).is_some_and(|io| matches!(io.kind(), TimedOut | WouldBlock)),
+    }
+}
+
 impl Db {
-    fn try_connect(&self) -> mysql::Result<Conn> {
+    /// Connects with `read` as the limit on each read while connecting.
+    fn try_connect(&self, read: Duration) -> mysql::Result<Conn> {
         // Near a renewal deadline the timeout is shorter than when the options were made.
         let t = Some(self.timeout);
         let opts = OptsBuilder::from_opts(self.opts.clone())
             .tcp_connect_timeout(t)
-            .read_timeout(t)
+            .read_timeout(Some(read))
             .write_timeout(t);
         let conn = Conn::new(opts)?;
         set_socket_timeout(&conn, self.timeout);
         Ok(conn)
     }
 
+    /// Connects; a server that has not greeted within [`GREETING_WAIT`] is
+    /// asked what it speaks, so that a wrong port fails at once in one clear
+    /// line. A MySQL server that is merely slow gets a second attempt with
+    /// the rest of the timeout.
+    fn establish(&self) -> std::result::Result<Conn, Unconnected> {
+        let started = std::time::Instant::now();
+        if self.timeout <= GREETING_WAIT || self.opts.get_socket().is_some() {
+            return self.try_connect(self.timeout).map_err(Unconnected::Driver);
+        }
+        match self.try_connect(GREETING_WAIT) {
+            Err(e) if timed_out(&e) => {}
+            done => return done.map_err(Unconnected::Driver),
+        }
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let (host, port) = (self.opts.get_ip_or_hostname(), self.opts.get_tcp_port());
+        let other = super::probe::speaks(&host, port, left.min(GREETING_WAIT));
+        if let Some(other) = other.filter(|p| *p != "MySQL/MariaDB") {
+            return Err(Unconnected::Elsewhere(fail(
+                UNAVAILABLE,
+                format!(
+                    "the server at {host}:{port} does not speak the MySQL protocol: \
+                     it answers as {other} does; is the port in {} right?",
+                    self.shown
+                ),
+            )));
+        }
+        let left = self.timeout.saturating_sub(started.elapsed());
+        self.try_connect(left.max(Duration::from_millis(1)))
+            .map_err(Unconnected::Driver)
+    }
+
+    fn explain(&self, e: Unconnected) -> anyhow::Error {
+        match e {
+            Unconnected::Driver(e) => describe(&e, &self.shown, &self.database, self.timeout),
+            Unconnected::Elsewhere(e) => e,
+        }
+    }
+
     fn connect(&self) -> Result<Conn> {
-        self.try_connect()
-            .map_err(|e| describe(&e, &self.shown, &self.database, self.timeout))
+        self.establish().map_err(|e| self.explain(e))
     }
 
     fn connection(&mut self) -> Result<&mut Conn> {
