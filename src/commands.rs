@@ -345,6 +345,9 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
             e.name,
             describe(&info)
         )),
+        Err(err) if error::code_of(&err) == error::NOT_HELD => {
+            output::error(&format!("could not release '{}': {err:#}", e.name))
+        }
         Err(err) => output::error(&format!(
             "could not release '{}': {err:#}; it frees itself when the lease runs out",
             e.name

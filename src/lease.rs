@@ -15,7 +15,7 @@ use anyhow::Result;
 
 use crate::backend::{Acquire, Backend, Check, Request};
 use crate::cli::Wait;
-use crate::error::{fail, USAGE};
+use crate::error::{code_of, fail, NOT_HELD, USAGE};
 use crate::output::{self, Level};
 use crate::signals;
 use crate::supervise::Event;
@@ -204,7 +204,8 @@ impl Renewer {
             return Ok(Check::NotHeld);
         }
         let r = backend.release(&self.name, &self.token);
-        if r.is_err() {
+        // NOT_HELD: the backend knows the lease is gone; a retry cannot help.
+        if r.as_ref().is_err_and(|e| code_of(e) != NOT_HELD) {
             let _ = backend.reconnect();
             return backend.release(&self.name, &self.token);
         }
@@ -289,6 +290,11 @@ impl Renewer {
                         "lock '{name}' is now held by {}:{} ({}) with fence {}",
                         o.holder.host, o.holder.pid, o.holder.user, o.fence
                     )));
+                    next = Instant::now() + Duration::from_secs(3600);
+                }
+                // The backend knows the lease is gone (an SQLite file deleted under it).
+                Err(e) if code_of(&e) == NOT_HELD => {
+                    let _ = events.send(Event::Lost(format!("{e:#}")));
                     next = Instant::now() + Duration::from_secs(3600);
                 }
                 Err(e) => {

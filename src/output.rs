@@ -66,8 +66,17 @@ pub fn event(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Val
     if !visible {
         return;
     }
+    eprintln!("{}", render(level, kind, lock, msg, extra));
+}
+
+/// The line `error(msg)` prints, for a signal handler that cannot build one.
+pub fn error_line(msg: &str) -> String {
+    render(Level::Error, "error", None, msg, Value::Null)
+}
+
+fn render(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Value) -> String {
     let msg = scrub(msg);
-    if json {
+    if JSON.load(Ordering::Relaxed) {
         let mut obj = json!({
             "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             "level": match level { Level::Debug => "debug", Level::Info => "info", Level::Error => "error" },
@@ -78,9 +87,9 @@ pub fn event(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Val
         if let (Some(o), Value::Object(e)) = (obj.as_object_mut(), extra) {
             o.extend(e);
         }
-        eprintln!("{obj}");
+        obj.to_string()
     } else {
-        eprintln!("dlock: {msg}");
+        format!("dlock: {msg}")
     }
 }
 

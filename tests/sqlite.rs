@@ -225,3 +225,175 @@ fn a_shared_file_keeps_its_wake_files_shareable() {
         assert_eq!(mode(&f.unwrap().path()), 0o666);
     }
 }
+
+/// How many processes sleep on the (only) bell in `wake_dir`, without waking
+/// them: a futex requeue onto itself counts the sleepers it moves.
+fn bell_sleepers(wake_dir: &Path) -> i64 {
+    let Some(Ok(f)) = std::fs::read_dir(wake_dir).ok().and_then(|mut d| d.next()) else {
+        return 0;
+    };
+    let Ok(file) = std::fs::File::open(f.path()) else {
+        return 0;
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: maps 4 bytes of the 4-byte bell read-only, futex-requeues waiters
+    // from it onto itself (waking none), and unmaps it.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let n = libc::syscall(
+            libc::SYS_futex,
+            p,
+            libc::FUTEX_CMP_REQUEUE,
+            0,
+            i32::MAX as usize,
+            p,
+            std::ptr::read_volatile(p as *const u32),
+        );
+        libc::munmap(p, 4);
+        n
+    }
+}
+
+/// Removes the database and its -wal and -shm files, as a tmp cleaner does
+/// (the -wake directory stays, as with `rm locks.db*`).
+fn delete_db(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        std::fs::remove_file(&p).unwrap();
+    }
+}
+
+#[test]
+fn a_deleted_file_loses_the_lease_and_waiters_follow_the_new_file() {
+    let s = Sqlite::new();
+    let db = s.path();
+    let ctx = Ctx::new(Arc::new(s));
+    let started = ctx.path("started");
+    let mut holder = spawn(ctx.cmd(&[
+        "exec",
+        "--lease",
+        "3s",
+        "L",
+        "--",
+        "sh",
+        "-c",
+        &format!("touch '{}'; exec sleep 60", started.display()),
+    ]));
+    wait_for_file(&started, Duration::from_secs(10));
+    // A waiter that opened the old file and sleeps until its lease runs out.
+    let mut waiter = spawn(ctx.cmd(&["-v", "exec", "--wait", "8s", "L", "--", "true"]));
+    let mut waiter_err = Lines::of(&mut waiter);
+    let mut wake = db.as_os_str().to_owned();
+    wake.push("-wake");
+    wait_until(
+        "the waiter to sleep on its bell",
+        Duration::from_secs(10),
+        || bell_sleepers(Path::new(&wake)) > 0,
+    );
+
+    delete_db(&db);
+    // A newcomer makes a new file and takes the lock there: unavoidable,
+    // but the holder must stop its command at its next renewal.
+    let tok = ctx.acquire("L", "60s");
+    let st = wait_child(&mut holder, Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&holder.stderr.take().map_or_else(Vec::new, |mut e| {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+        v
+    }))
+    .into_owned();
+    assert_eq!(st.code(), Some(79), "{err}");
+    assert!(err.contains("was deleted or replaced"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // When the old file's lease runs out, the waiter must find the lock in
+    // the file the path names now (held by the newcomer), not take it in
+    // the deleted one.
+    let st = wait_child(&mut waiter, Duration::from_secs(30));
+    let rest = waiter_err.rest();
+    assert_eq!(st.code(), Some(75), "{rest}");
+    assert!(ctx.is_held("L"));
+    assert_eq!(code(&ctx.run(&["release", "L", "--token", &tok])), 0);
+}
+
+/// Clears the immutable flag again, even when the test fails, so that the
+/// temporary directory can be removed.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    /// `chattr +i`, or None where that does not work (not root, or a
+    /// filesystem without the flag).
+    fn set(p: &Path) -> Option<Immutable> {
+        let ok = Command::new("chattr")
+            .arg("+i")
+            .arg(p)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Immutable(p.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_immutable_shm_file_is_one_line_and_exit_69_not_sigbus() {
+    let s = Sqlite::new();
+    let db = s.path();
+    let probe = s.dir.path().join("probe");
+    std::fs::write(&probe, "").unwrap();
+    if Immutable::set(&probe).is_none() {
+        eprintln!("skipped: chattr +i does not work here (needs root and ext4 or the like)");
+        return;
+    }
+    let ctx = Ctx::new(Arc::new(s));
+    let pid_file = ctx.path("pid");
+    let mut holder = spawn(ctx.cmd(&[
+        "exec",
+        "--lease",
+        "1500ms",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "echo $$ > '{}.tmp'; mv '{0}.tmp' '{0}'; exec sleep 60",
+            pid_file.display()
+        ),
+    ]));
+    wait_for_file(&pid_file, Duration::from_secs(10));
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    let _flag = Immutable::set(Path::new(&shm)).expect("chattr +i on the -shm file");
+    // The next renewal (in 500ms) writes the -shm file.
+    let st = wait_child(&mut holder, Duration::from_secs(20));
+    let err = Lines::of(&mut holder).rest();
+    assert_eq!(st.code(), Some(69), "{st:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("{}-shm", db.display())) && err.contains("chattr -i"),
+        "{err}"
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(10)),
+        "the command outlived dlock"
+    );
+}
