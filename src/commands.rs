@@ -51,6 +51,7 @@ fn connect(g: &Global, url: Option<String>) -> Result<(Box<dyn Backend>, Locatio
         timeout: g.connect_timeout,
     };
     let (b, loc) = backend::open(&cfg)?;
+    output::verbose(&format!("{} backend at {}", loc.backend, loc.location));
     Ok((b, loc, cfg))
 }
 

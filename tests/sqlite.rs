@@ -9,15 +9,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::sqlite::Sqlite;
+use common::sqlite::{DefaultPrefix, Sqlite};
 use common::*;
 
-/// dlock with no URL at all, and HOME / XDG_STATE_HOME as given.
-fn no_url(home: Option<&Path>, xdg: Option<&Path>) -> Command {
-    let mut c = dlock("");
-    c.env_remove("DLOCK_URL")
-        .env_remove("XDG_STATE_HOME")
-        .env_remove("HOME");
+/// dlock with no URL at all, under `p`'s prefix, and HOME / XDG_STATE_HOME as given.
+fn no_url(p: &DefaultPrefix, home: Option<&Path>, xdg: Option<&Path>) -> Command {
+    let mut c = p.command(dlock_bin());
+    c.env_remove("XDG_STATE_HOME").env_remove("HOME");
     if let Some(h) = home {
         c.env("HOME", h);
     }
@@ -31,11 +29,29 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
+/// Where the README says the default file is: under the effective user's
+/// home directory in the password database, else in /tmp.
+fn expected_default_file() -> std::path::PathBuf {
+    // SAFETY: getpwuid's result is read at once, on this thread only.
+    let home = unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        assert!(!pw.is_null(), "this user has no password entry");
+        std::ffi::CStr::from_ptr((*pw).pw_dir)
+            .to_string_lossy()
+            .into_owned()
+    };
+    if Path::new(&home).is_dir() {
+        Path::new(&home).join(".local/state/dlock/locks.db")
+    } else {
+        format!("/tmp/dlock-{}/locks.db", unsafe { libc::geteuid() }).into()
+    }
+}
+
 #[test]
 fn default_backend_is_a_host_local_sqlite_file() {
-    let home = tempfile::tempdir().unwrap();
-    let db = home.path().join(".local/state/dlock/locks.db");
-    let mut c = no_url(Some(home.path()), None);
+    let p = DefaultPrefix::new();
+    let db = expected_default_file();
+    let mut c = no_url(&p, None, None);
     c.args([
         "exec",
         "job",
@@ -55,9 +71,8 @@ fn default_backend_is_a_host_local_sqlite_file() {
         "held while the command ran: {v}"
     );
     assert_eq!(mode(db.parent().unwrap()), 0o700);
-    assert_eq!(mode(&home.path().join(".local")), 0o700);
 
-    let mut c = no_url(Some(home.path()), None);
+    let mut c = no_url(&p, None, None);
     c.arg("status");
     let o = run(c);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -66,22 +81,65 @@ fn default_backend_is_a_host_local_sqlite_file() {
         first.contains("sqlite backend at") && first.contains(&db.display().to_string()),
         "{first}"
     );
-
-    // XDG_STATE_HOME wins over HOME.
-    let xdg = tempfile::tempdir().unwrap();
-    let mut c = no_url(Some(home.path()), Some(xdg.path()));
-    c.args(["status", "--json"]);
+    // -v names the file too.
+    let mut c = no_url(&p, None, None);
+    c.args(["-v", "exec", "job", "--", "true"]);
     let o = run(c);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let want = xdg.path().join("dlock/locks.db");
-    assert_eq!(v["location"], want.display().to_string());
-    assert!(want.exists());
+    assert!(
+        stderr(&o).contains(&db.display().to_string()),
+        "{}",
+        stderr(&o)
+    );
 
     // `sqlite://` alone is the default file too.
-    let mut c = no_url(Some(home.path()), None);
+    let mut c = no_url(&p, None, None);
     c.args(["--url", "sqlite://", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&run(c).stdout).unwrap();
     assert_eq!(v["location"], db.display().to_string());
+}
+
+/// Cron, systemd, `env -i` and a login shell of one user must meet in one
+/// file, and a missing home directory is never created.
+#[test]
+fn the_default_file_depends_only_on_the_user() {
+    let p = DefaultPrefix::new();
+    let home = tempfile::tempdir().unwrap();
+    let xdg = tempfile::tempdir().unwrap();
+    let missing = home.path().join("nonexistent");
+    let mut c = no_url(&p, Some(home.path()), None);
+    c.args(["acquire", "L", "--lease", "60s"]);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let tok = stdout(&o).trim().to_string();
+    let envs = [
+        (Some(home.path()), Some(xdg.path())),
+        (Some(xdg.path()), None),
+        (None, None),
+        (Some(missing.as_path()), None),
+    ];
+    for (h, x) in envs {
+        let mut c = no_url(&p, h, x);
+        c.args(["exec", "L", "--", "true"]);
+        let o = run(c);
+        assert_eq!(
+            code(&o),
+            75,
+            "HOME={h:?} XDG_STATE_HOME={x:?} must find L held: {}",
+            stderr(&o)
+        );
+    }
+    let mut c = p.command(dlock_bin());
+    c.env_clear()
+        .env("DLOCK_PREFIX", &p.prefix)
+        .args(["exec", "L", "--", "true"]);
+    let o = run(c);
+    assert_eq!(code(&o), 75, "env -i: {}", stderr(&o));
+    assert!(!missing.exists(), "dlock created a missing HOME");
+    assert!(!home.path().join(".local").exists());
+    assert!(!xdg.path().join("dlock").exists());
+    let mut c = no_url(&p, None, None);
+    c.args(["release", "L", "--token", &tok]);
+    assert_eq!(code(&run(c)), 0);
 }
 
 #[test]
