@@ -21,8 +21,10 @@ pub const DEFAULT_LEASE: &str = "30s";
     long_about = "A distributed mutex for shell scripts, cron jobs and CI pipelines.\n\n\
         dlock holds a named lease on a shared backend chosen by URL, so that two machines \
         never run the same job at once. Without a URL it uses an embedded SQLite file, \
-        $XDG_STATE_HOME/dlock/locks.db (by default ~/.local/state/dlock/locks.db), which \
-        only excludes processes on one host that use the same file: by default, one user's.",
+        ~/.local/state/dlock/locks.db in the effective user's home directory from the \
+        password database (HOME and XDG_STATE_HOME do not move it; else \
+        /tmp/dlock-$EUID/locks.db), which only excludes processes on one host that use the \
+        same file: by default, one user's.",
     after_help = error::TABLE,
     propagate_version = true
 )]

@@ -52,6 +52,7 @@ fn connect(g: &Global, url: Option<String>) -> Result<(Box<dyn Backend>, Locatio
     };
     let (b, loc) = backend::open(&cfg)?;
     output::set_location(&loc.location);
+    output::verbose(&format!("{} backend at {}", loc.backend, loc.location));
     Ok((b, loc, cfg))
 }
 
@@ -392,6 +393,9 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
             e.name,
             describe(&info)
         )),
+        Err(err) if error::code_of(&err) == error::NOT_HELD => {
+            output::error(&format!("could not release '{}': {err:#}", e.name))
+        }
         Err(err) => output::event(
             Level::Error,
             "release_failed",

@@ -15,7 +15,7 @@ use anyhow::Result;
 
 use crate::backend::{Acquire, Backend, Check, Request, Waiter};
 use crate::cli::Wait;
-use crate::error::{fail, INTERNAL, UNAVAILABLE, USAGE};
+use crate::error::{code_of, fail, INTERNAL, NOT_HELD, UNAVAILABLE, USAGE};
 use crate::output::{self, Level};
 use crate::signals;
 use crate::supervise::Event;
@@ -201,7 +201,8 @@ fn last_request(
     }
     backend.release(name, token).or_else(|e| {
         let left = end.saturating_duration_since(Instant::now());
-        if left < Duration::from_millis(1) {
+        // NOT_HELD: the backend knows the lease is gone; a retry cannot help.
+        if left < Duration::from_millis(1) || code_of(&e) == NOT_HELD {
             return Err(e);
         }
         let _ = backend.set_timeout(left);
@@ -392,11 +393,26 @@ impl Renewer {
                     )));
                     next = Instant::now() + Duration::from_secs(3600);
                 }
+                // The backend knows the lease is gone (an SQLite file deleted under it).
+                Err(e) if code_of(&e) == NOT_HELD => {
+                    let _ = events.send(Event::Lost(format!("{e:#}")));
+                    next = Instant::now() + Duration::from_secs(3600);
+                }
                 Err(e) => {
                     // The job may have ended while this attempt was under way:
                     // then only the release matters, and talk of retrying
-                    // would follow "the command exited" in the log.
+                    // would follow "the command exited" in the log. A lost
+                    // lease still gets its cause said once.
                     if let Ok(cmd) = rx.try_recv() {
+                        if state.lock().unwrap_or_else(|e| e.into_inner()).lost {
+                            output::event(
+                                Level::Info,
+                                "renewal_failed",
+                                Some(name.as_str()),
+                                &format!("the last renewal of '{name}' failed: {e:#}"),
+                                json!({ "attempt": failures + 1 }),
+                            );
+                        }
                         return cmd;
                     }
                     failures += 1;

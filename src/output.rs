@@ -170,9 +170,18 @@ pub fn event(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Val
     if !visible {
         return;
     }
-    let msg = cap_quotes(&scrub(msg));
     debug_assert!(EVENTS.contains(&kind), "event '{kind}' is not in EVENTS");
-    if json {
+    stderr_line(&render(level, kind, lock, msg, extra));
+}
+
+/// The line `error(msg)` prints, for a signal handler that cannot build one.
+pub fn error_line(msg: &str) -> String {
+    render(Level::Error, "error", None, msg, Value::Null)
+}
+
+fn render(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Value) -> String {
+    let msg = cap_quotes(&scrub(msg));
+    if JSON.load(Ordering::Relaxed) {
         let mut obj = json!({
             "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             "level": match level { Level::Debug => "debug", Level::Info => "info", Level::Error => "error" },
@@ -184,9 +193,9 @@ pub fn event(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Val
         if let (Some(o), Value::Object(e)) = (obj.as_object_mut(), extra) {
             o.extend(e);
         }
-        stderr_line(&obj.to_string());
+        obj.to_string()
     } else {
-        stderr_line(&format!("dlock: {msg}"));
+        format!("dlock: {msg}")
     }
 }
 

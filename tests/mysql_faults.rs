@@ -447,11 +447,18 @@ fn questions(db: &MariaDb) -> i64 {
 #[test]
 fn a_mysql_url_at_a_redis_port_says_what_answers() {
     let redis = Redis::start();
-    let url = format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}", redis.port);
+    let url = format!(
+        "mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}",
+        redis.port
+    );
     let started = Instant::now();
     let o = at(&url, &["--connect-timeout", "20s", "status"]);
     let took = started.elapsed();
-    one_line_error(&o, 69, "does not speak the MySQL protocol: it answers as Redis does");
+    one_line_error(
+        &o,
+        69,
+        "does not speak the MySQL protocol: it answers as Redis does",
+    );
     assert!(!stderr(&o).contains(PASSWORD), "{}", stderr(&o));
     // Long before the 20 s a server that never greets would be given.
     assert!(took < Duration::from_secs(10), "took {took:?}");

@@ -3,7 +3,8 @@
 //!
 //! - `sh`: run with /bin/sh -e in a fresh temp dir and HOME, with the dlock
 //!   under test first in PATH and stub scripts for the `./name.sh` it
-//!   mentions. `sh redis` also gets a private redis-server in place of
+//!   mentions. The default SQLite file is the user's real one (HOME does not
+//!   move it), so each block gets a `DLOCK_PREFIX` of its own, removed after. `sh redis` also gets a private redis-server in place of
 //!   127.0.0.1:6379; `sh held=NAME` runs while another process holds NAME.
 //!   Every block must exit 0 and leave no lock held.
 //! - `sh setup`: the two set-up commands. The second must be exactly
@@ -25,6 +26,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
+use common::sqlite::DefaultPrefix;
 use common::{code, stderr, stdout, Redis, Server};
 use dlock::cli::Cli;
 use serde_json::Value;
@@ -86,15 +88,18 @@ fn section(title: &str) -> &'static str {
     &rest[..end]
 }
 
-/// A scratch world for one block: HOME, a work dir, and `dlock` in PATH.
+/// A scratch world for one block: HOME, a work dir, `dlock` in PATH, and a
+/// prefix of its own in the default SQLite file.
 struct World {
     dir: tempfile::TempDir,
+    default: DefaultPrefix,
 }
 
 impl World {
     fn new() -> World {
         let w = World {
             dir: tempfile::tempdir().unwrap(),
+            default: DefaultPrefix::new(),
         };
         for d in ["home", "work", "bin"] {
             fs::create_dir(w.dir.path().join(d)).unwrap();
@@ -111,15 +116,10 @@ impl World {
         self.path("work")
     }
 
-    /// A command with the environment a new user would have: no DLOCK_*,
-    /// no XDG_STATE_HOME, a HOME of its own.
+    /// A command with the environment a new user would have: no DLOCK_*
+    /// but the world's prefix, no XDG_STATE_HOME, a HOME of its own.
     fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("DLOCK_") {
-                c.env_remove(k);
-            }
-        }
+        let mut c = self.default.command(program);
         let path = format!(
             "{}:{}",
             self.path("bin").display(),
@@ -283,12 +283,15 @@ fn sh_blocks_run() {
             || held(&w, url.as_deref()).is_empty(),
         );
         if url.is_none() {
-            // The SQLite default lives where the README says.
+            // The SQLite default lives where the README says, whatever HOME is.
+            let file = w.default.file().expect("status names the default file");
             assert!(
-                w.path("home/.local/state/dlock/locks.db").exists(),
-                "line {}: no ~/.local/state/dlock/locks.db",
-                b.line
+                file.ends_with(".local/state/dlock/locks.db") || file.starts_with("/tmp/dlock-"),
+                "line {}: default file {}",
+                b.line,
+                file.display()
             );
+            assert!(!w.path("home/.local").exists(), "line {}", b.line);
         }
     }
     assert!(ran >= 5, "only {ran} runnable sh blocks found");
@@ -341,7 +344,7 @@ fn setup_commands() {
 }
 
 #[test]
-fn default_sqlite_file_follows_xdg_state_home() {
+fn default_sqlite_file_ignores_xdg_state_home() {
     let w = World::new();
     let state = w.path("state");
     let o = w
@@ -351,8 +354,8 @@ fn default_sqlite_file_follows_xdg_state_home() {
         .output()
         .unwrap();
     assert_eq!(code(&o), 0, "{}", show(&o));
-    assert!(state.join("dlock/locks.db").exists());
-    assert!(!w.path("home/.local/state/dlock/locks.db").exists());
+    assert!(!state.exists());
+    assert!(!w.path("home/.local").exists());
 }
 
 #[test]

@@ -9,15 +9,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::sqlite::Sqlite;
+use common::sqlite::{DefaultPrefix, Sqlite};
 use common::*;
 
-/// dlock with no URL at all, and HOME / XDG_STATE_HOME as given.
-fn no_url(home: Option<&Path>, xdg: Option<&Path>) -> Command {
-    let mut c = dlock("");
-    c.env_remove("DLOCK_URL")
-        .env_remove("XDG_STATE_HOME")
-        .env_remove("HOME");
+/// dlock with no URL at all, under `p`'s prefix, and HOME / XDG_STATE_HOME as given.
+fn no_url(p: &DefaultPrefix, home: Option<&Path>, xdg: Option<&Path>) -> Command {
+    let mut c = p.command(dlock_bin());
+    c.env_remove("XDG_STATE_HOME").env_remove("HOME");
     if let Some(h) = home {
         c.env("HOME", h);
     }
@@ -31,11 +29,29 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
 }
 
+/// Where the README says the default file is: under the effective user's
+/// home directory in the password database, else in /tmp.
+fn expected_default_file() -> std::path::PathBuf {
+    // SAFETY: getpwuid's result is read at once, on this thread only.
+    let home = unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        assert!(!pw.is_null(), "this user has no password entry");
+        std::ffi::CStr::from_ptr((*pw).pw_dir)
+            .to_string_lossy()
+            .into_owned()
+    };
+    if Path::new(&home).is_dir() {
+        Path::new(&home).join(".local/state/dlock/locks.db")
+    } else {
+        format!("/tmp/dlock-{}/locks.db", unsafe { libc::geteuid() }).into()
+    }
+}
+
 #[test]
 fn default_backend_is_a_host_local_sqlite_file() {
-    let home = tempfile::tempdir().unwrap();
-    let db = home.path().join(".local/state/dlock/locks.db");
-    let mut c = no_url(Some(home.path()), None);
+    let p = DefaultPrefix::new();
+    let db = expected_default_file();
+    let mut c = no_url(&p, None, None);
     c.args([
         "exec",
         "job",
@@ -55,9 +71,8 @@ fn default_backend_is_a_host_local_sqlite_file() {
         "held while the command ran: {v}"
     );
     assert_eq!(mode(db.parent().unwrap()), 0o700);
-    assert_eq!(mode(&home.path().join(".local")), 0o700);
 
-    let mut c = no_url(Some(home.path()), None);
+    let mut c = no_url(&p, None, None);
     c.arg("status");
     let o = run(c);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -66,22 +81,65 @@ fn default_backend_is_a_host_local_sqlite_file() {
         first.contains("sqlite backend at") && first.contains(&db.display().to_string()),
         "{first}"
     );
-
-    // XDG_STATE_HOME wins over HOME.
-    let xdg = tempfile::tempdir().unwrap();
-    let mut c = no_url(Some(home.path()), Some(xdg.path()));
-    c.args(["status", "--json"]);
+    // -v names the file too.
+    let mut c = no_url(&p, None, None);
+    c.args(["-v", "exec", "job", "--", "true"]);
     let o = run(c);
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let want = xdg.path().join("dlock/locks.db");
-    assert_eq!(v["location"], want.display().to_string());
-    assert!(want.exists());
+    assert!(
+        stderr(&o).contains(&db.display().to_string()),
+        "{}",
+        stderr(&o)
+    );
 
     // `sqlite://` alone is the default file too.
-    let mut c = no_url(Some(home.path()), None);
+    let mut c = no_url(&p, None, None);
     c.args(["--url", "sqlite://", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&run(c).stdout).unwrap();
     assert_eq!(v["location"], db.display().to_string());
+}
+
+/// Cron, systemd, `env -i` and a login shell of one user must meet in one
+/// file, and a missing home directory is never created.
+#[test]
+fn the_default_file_depends_only_on_the_user() {
+    let p = DefaultPrefix::new();
+    let home = tempfile::tempdir().unwrap();
+    let xdg = tempfile::tempdir().unwrap();
+    let missing = home.path().join("nonexistent");
+    let mut c = no_url(&p, Some(home.path()), None);
+    c.args(["acquire", "L", "--lease", "60s"]);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let tok = stdout(&o).trim().to_string();
+    let envs = [
+        (Some(home.path()), Some(xdg.path())),
+        (Some(xdg.path()), None),
+        (None, None),
+        (Some(missing.as_path()), None),
+    ];
+    for (h, x) in envs {
+        let mut c = no_url(&p, h, x);
+        c.args(["exec", "L", "--", "true"]);
+        let o = run(c);
+        assert_eq!(
+            code(&o),
+            75,
+            "HOME={h:?} XDG_STATE_HOME={x:?} must find L held: {}",
+            stderr(&o)
+        );
+    }
+    let mut c = p.command(dlock_bin());
+    c.env_clear()
+        .env("DLOCK_PREFIX", &p.prefix)
+        .args(["exec", "L", "--", "true"]);
+    let o = run(c);
+    assert_eq!(code(&o), 75, "env -i: {}", stderr(&o));
+    assert!(!missing.exists(), "dlock created a missing HOME");
+    assert!(!home.path().join(".local").exists());
+    assert!(!xdg.path().join("dlock").exists());
+    let mut c = no_url(&p, None, None);
+    c.args(["release", "L", "--token", &tok]);
+    assert_eq!(code(&run(c)), 0);
 }
 
 #[test]
@@ -224,4 +282,176 @@ fn a_shared_file_keeps_its_wake_files_shareable() {
     for f in std::fs::read_dir(&wake).unwrap() {
         assert_eq!(mode(&f.unwrap().path()), 0o666);
     }
+}
+
+/// How many processes sleep on the (only) bell in `wake_dir`, without waking
+/// them: a futex requeue onto itself counts the sleepers it moves.
+fn bell_sleepers(wake_dir: &Path) -> i64 {
+    let Some(Ok(f)) = std::fs::read_dir(wake_dir).ok().and_then(|mut d| d.next()) else {
+        return 0;
+    };
+    let Ok(file) = std::fs::File::open(f.path()) else {
+        return 0;
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: maps 4 bytes of the 4-byte bell read-only, futex-requeues waiters
+    // from it onto itself (waking none), and unmaps it.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            4,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        let n = libc::syscall(
+            libc::SYS_futex,
+            p,
+            libc::FUTEX_CMP_REQUEUE,
+            0,
+            i32::MAX as usize,
+            p,
+            std::ptr::read_volatile(p as *const u32),
+        );
+        libc::munmap(p, 4);
+        n
+    }
+}
+
+/// Removes the database and its -wal and -shm files, as a tmp cleaner does
+/// (the -wake directory stays, as with `rm locks.db*`).
+fn delete_db(db: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        std::fs::remove_file(&p).unwrap();
+    }
+}
+
+#[test]
+fn a_deleted_file_loses_the_lease_and_waiters_follow_the_new_file() {
+    let s = Sqlite::new();
+    let db = s.path();
+    let ctx = Ctx::new(Arc::new(s));
+    let started = ctx.path("started");
+    let mut holder = spawn(ctx.cmd(&[
+        "exec",
+        "--lease",
+        "3s",
+        "L",
+        "--",
+        "sh",
+        "-c",
+        &format!("touch '{}'; exec sleep 60", started.display()),
+    ]));
+    wait_for_file(&started, Duration::from_secs(10));
+    // A waiter that opened the old file and sleeps until its lease runs out.
+    let mut waiter = spawn(ctx.cmd(&["-v", "exec", "--wait", "8s", "L", "--", "true"]));
+    let mut waiter_err = Lines::of(&mut waiter);
+    let mut wake = db.as_os_str().to_owned();
+    wake.push("-wake");
+    wait_until(
+        "the waiter to sleep on its bell",
+        Duration::from_secs(10),
+        || bell_sleepers(Path::new(&wake)) > 0,
+    );
+
+    delete_db(&db);
+    // A newcomer makes a new file and takes the lock there: unavoidable,
+    // but the holder must stop its command at its next renewal.
+    let tok = ctx.acquire("L", "60s");
+    let st = wait_child(&mut holder, Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&holder.stderr.take().map_or_else(Vec::new, |mut e| {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+        v
+    }))
+    .into_owned();
+    assert_eq!(st.code(), Some(79), "{err}");
+    assert!(err.contains("was deleted or replaced"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // When the old file's lease runs out, the waiter must find the lock in
+    // the file the path names now (held by the newcomer), not take it in
+    // the deleted one.
+    let st = wait_child(&mut waiter, Duration::from_secs(30));
+    let rest = waiter_err.rest();
+    assert_eq!(st.code(), Some(75), "{rest}");
+    assert!(ctx.is_held("L"));
+    assert_eq!(code(&ctx.run(&["release", "L", "--token", &tok])), 0);
+}
+
+/// Clears the immutable flag again, even when the test fails, so that the
+/// temporary directory can be removed.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    /// `chattr +i`, or None where that does not work (not root, or a
+    /// filesystem without the flag).
+    fn set(p: &Path) -> Option<Immutable> {
+        let ok = Command::new("chattr")
+            .arg("+i")
+            .arg(p)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Immutable(p.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_immutable_shm_file_is_one_line_and_exit_69_not_sigbus() {
+    let s = Sqlite::new();
+    let db = s.path();
+    let probe = s.dir.path().join("probe");
+    std::fs::write(&probe, "").unwrap();
+    if Immutable::set(&probe).is_none() {
+        eprintln!("skipped: chattr +i does not work here (needs root and ext4 or the like)");
+        return;
+    }
+    let ctx = Ctx::new(Arc::new(s));
+    let pid_file = ctx.path("pid");
+    let mut holder = spawn(ctx.cmd(&[
+        "exec",
+        "--lease",
+        "1500ms",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "echo $$ > '{}.tmp'; mv '{0}.tmp' '{0}'; exec sleep 60",
+            pid_file.display()
+        ),
+    ]));
+    wait_for_file(&pid_file, Duration::from_secs(10));
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    let _flag = Immutable::set(Path::new(&shm)).expect("chattr +i on the -shm file");
+    // The next renewal (in 500ms) writes the -shm file.
+    let st = wait_child(&mut holder, Duration::from_secs(20));
+    let err = Lines::of(&mut holder).rest();
+    assert_eq!(st.code(), Some(69), "{st:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("{}-shm", db.display())) && err.contains("chattr -i"),
+        "{err}"
+    );
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wait_pid_exit(pid, Duration::from_secs(10)),
+        "the command outlived dlock"
+    );
 }

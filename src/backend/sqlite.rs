@@ -2,9 +2,9 @@
 //!
 //! URL: `sqlite:///abs/path/locks.db`, `sqlite://relative/path.db` (from the
 //! current directory) or `sqlite://` for the default file, which is
-//! `$XDG_STATE_HOME/dlock/locks.db`, else `$HOME/.local/state/dlock/locks.db`,
-//! else `/tmp/dlock-$UID/locks.db`. The path is percent-decoded; there are no
-//! parameters.
+//! `~/.local/state/dlock/locks.db` in the effective user's home directory from
+//! the password database, else `/tmp/dlock-$EUID/locks.db` (see `place.rs`).
+//! The path is percent-decoded; there are no parameters.
 //!
 //! The lease logic is in `sql.rs`; the clock is this host's wall clock, read
 //! inside each `BEGIN IMMEDIATE` transaction. WAL mode and a busy timeout let
@@ -29,25 +29,36 @@
 //! lease would have run out, as they last saw it; late, never wrong. A
 //! lease that simply runs out is noticed by the waiter's timeout, which
 //! lease.rs sets to the holder's TTL.
+//!
+//! A file deleted or replaced under a running dlock (tmp cleaners remove
+//! /tmp/dlock-$EUID) would let a newcomer take the lock in a new file while
+//! the holder renews in the old one. So every request first checks that the
+//! path still names the open file: a lease taken in a file that is gone is
+//! lost (renew and release fail with NOT_HELD, which stops `exec`), and
+//! other requests re-open the path. A bell whose file was replaced is
+//! re-opened by its waiter.
 
-use std::fs::{DirBuilder, File, OpenOptions, Permissions};
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+mod bell;
+mod conn;
+mod place;
+
+pub use place::resolve;
+
+use std::fs::{DirBuilder, Permissions};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Result;
-use rusqlite::config::DbConfig;
-use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{Value, ValueRef};
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use rusqlite::Connection;
 
 use super::sql::{self, Backoff, Dialect, Exec, Leases, Val};
 use super::{Acquire, Backend, Check, Config, Location, LockInfo, Request, Waiter};
-use crate::error::{fail, INTERNAL, UNAVAILABLE, USAGE};
+use crate::error::{fail, NOT_HELD, UNAVAILABLE};
+use bell::Bell;
+use conn::{create_table, db_error, has_moved, is_no_table, open_file};
+use place::{file_id, FileId};
 
 const DIALECT: Dialect = Dialect {
     now_us: "dlock_now_us()",
@@ -57,6 +68,11 @@ const DIALECT: Dialect = Dialect {
 pub struct SqliteBackend {
     conn: Connection,
     path: PathBuf,
+    /// Device and inode of the file `conn` has open.
+    file: Option<FileId>,
+    /// Set when a re-open found another file at the path: a lease this
+    /// process took is in the old one, and gone.
+    replaced: bool,
     leases: Leases,
     timeout: Duration,
     /// The database file's permission bits when it was opened, for the wake-up files.
@@ -65,172 +81,12 @@ pub struct SqliteBackend {
     waited: Option<String>,
 }
 
-/// The database file a `sqlite://` URL (or no URL) names, made absolute.
-pub fn resolve(url: Option<&str>) -> Result<PathBuf> {
-    let rest = match url {
-        None => "",
-        Some(u) => u.strip_prefix("sqlite://").unwrap_or(u),
-    };
-    if rest.contains('?') || rest.contains('#') {
-        return Err(fail(
-            USAGE,
-            "sqlite URLs take no parameters: use sqlite:///path/to/locks.db (write '?' as %3F)",
-        ));
-    }
-    if rest.is_empty() {
-        return default_path();
-    }
-    let p = PathBuf::from(std::ffi::OsString::from_vec(percent_decode(rest)));
-    if p.is_absolute() {
-        return Ok(p);
-    }
-    let cwd = std::env::current_dir().map_err(|e| {
-        fail(
-            USAGE,
-            format!("cannot resolve the relative path in the sqlite URL: {e}"),
-        )
-    })?;
-    Ok(cwd.join(p))
-}
-
-fn percent_decode(s: &str) -> Vec<u8> {
-    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if let (b'%', Some(Some(hi)), Some(Some(lo))) = (
-            b[i],
-            b.get(i + 1).map(|&c| hex(c)),
-            b.get(i + 2).map(|&c| hex(c)),
-        ) {
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// The first of the default locations whose directory can be created.
-fn default_path() -> Result<PathBuf> {
-    let abs = |k: &str| {
-        std::env::var_os(k)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    let mut tried = Vec::new();
-    for dir in [
-        abs("XDG_STATE_HOME").map(|d| d.join("dlock")),
-        abs("HOME").map(|d| d.join(".local/state/dlock")),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        // One stat in the usual case instead of mkdir, EEXIST and a stat.
-        if dir.is_dir() {
-            return Ok(dir.join("locks.db"));
-        }
-        match DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir.join("locks.db")),
-            Err(e) => tried.push(format!("{}: {e}", dir.display())),
-        }
-    }
-    let uid = nix::unistd::getuid();
-    let dir = PathBuf::from(format!("/tmp/dlock-{uid}"));
-    let _ = DirBuilder::new().mode(0o700).create(&dir);
-    // /tmp is shared: use the directory only if it is really ours and private.
-    match std::fs::symlink_metadata(&dir) {
-        Ok(m) if m.is_dir() && m.uid() == uid.as_raw() && m.mode() & 0o022 == 0 => {
-            Ok(dir.join("locks.db"))
-        }
-        Ok(_) => Err(fail(
-            UNAVAILABLE,
-            format!(
-                "{} is not a private directory of this user; remove it or set HOME or XDG_STATE_HOME",
-                dir.display()
-            ),
-        )),
-        Err(e) => {
-            tried.push(format!("{}: {e}", dir.display()));
-            Err(fail(
-                UNAVAILABLE,
-                format!("no place for the default lock file ({})", tried.join("; ")),
-            ))
-        }
-    }
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
-
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
-}
-
-fn create_table(table: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS `{table}` (
-            name TEXT NOT NULL PRIMARY KEY,
-            token TEXT,
-            fence INTEGER NOT NULL DEFAULT 0,
-            holder_host TEXT NOT NULL DEFAULT '',
-            holder_pid INTEGER NOT NULL DEFAULT 0,
-            holder_user TEXT NOT NULL DEFAULT '',
-            holder_command TEXT NOT NULL DEFAULT '',
-            acquired_us INTEGER NOT NULL DEFAULT 0,
-            expires_us INTEGER NOT NULL DEFAULT 0,
-            version INTEGER NOT NULL DEFAULT 0
-        ) WITHOUT ROWID"
-    )
-}
-
-/// Whether the file at `path` is an SQLite database already in WAL mode
-/// (header bytes 18 and 19, the file format versions, are 2), and its
-/// permission bits. Anything else (no file, an empty or foreign file) goes
-/// through the full set-up, which also reports unusable files.
-fn wal_header(path: &Path) -> (bool, Option<u32>) {
-    let Ok(mut f) = File::open(path) else {
-        return (false, None);
-    };
-    let mode = f.metadata().ok().map(|m| m.mode() & 0o666);
-    let mut h = [0u8; 20];
-    let wal = f.read_exact(&mut h).is_ok()
-        && h.starts_with(b"SQLite format 3\0")
-        && h[18] == 2
-        && h[19] == 2;
-    // Closed here, before SQLite opens the file: closing any descriptor of
-    // a file drops the process's fcntl locks on it.
-    drop(f);
-    (wal, mode)
-}
-
 impl SqliteBackend {
     pub fn open(url: Option<&str>, cfg: &Config) -> Result<(SqliteBackend, Location)> {
         let path = resolve(url)?;
-        let (ready, mode) = wal_header(&path);
-        if let Some(dir) = path.parent().filter(|_| !ready) {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| {
-                    fail(
-                        UNAVAILABLE,
-                        format!("cannot create the directory {}: {e}", dir.display()),
-                    )
-                })?;
-        }
+        bell::report_bus_errors(&path);
         let table = sql::table_name(&cfg.prefix);
-        let conn = connect(&path, &table, cfg.timeout, !ready)?;
+        let (conn, mode, file) = open_file(&path, &table, cfg.timeout)?;
         let loc = Location {
             backend: "sqlite",
             location: path.display().to_string(),
@@ -240,12 +96,63 @@ impl SqliteBackend {
                 conn,
                 leases: Leases::new(&DIALECT, &table),
                 path,
+                file,
+                replaced: false,
                 timeout: cfg.timeout,
                 mode,
                 waited: None,
             },
             loc,
         ))
+    }
+
+    /// Whether the path no longer names the file that is open.
+    fn moved(&self) -> bool {
+        has_moved(&self.conn) || file_id(&self.path) != self.file
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        let (conn, mode, file) = open_file(&self.path, &self.leases.table, self.timeout)?;
+        self.replaced |= file != self.file;
+        (self.conn, self.mode, self.file) = (conn, mode, file);
+        Ok(())
+    }
+
+    /// Runs `op` on the file the path names, again if that was deleted or
+    /// replaced meanwhile, so that no answer comes from a file that is gone.
+    fn on_current<T>(&mut self, mut op: impl FnMut(&mut Self) -> Result<T>) -> Result<T> {
+        for _ in 0..3 {
+            if self.moved() {
+                self.reopen()?;
+            }
+            let r = op(self);
+            if !self.moved() {
+                return r;
+            }
+        }
+        Err(fail(
+            UNAVAILABLE,
+            format!(
+                "SQLite file {} was deleted or replaced three times during one request: \
+                 stop whatever removes it, or give a --url",
+                self.path.display()
+            ),
+        ))
+    }
+
+    /// Fails once the file that held this process's lease is gone from the path.
+    fn same_file(&self) -> Result<()> {
+        if self.replaced || self.moved() {
+            return Err(fail(
+                NOT_HELD,
+                format!(
+                    "SQLite file {} was deleted or replaced while the lock was held, so the \
+                     lease in it is gone: keep tmp cleaners away from it, or give a --url",
+                    self.path.display()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn wake_dir(&self) -> PathBuf {
@@ -296,239 +203,6 @@ impl SqliteBackend {
         if let Ok(b) = self.bell(name) {
             b.ring();
         }
-    }
-}
-
-/// A 32-bit counter in a file mapped shared between processes, with a futex
-/// on it: futexes on shared file mappings work across processes.
-struct Bell {
-    ptr: std::ptr::NonNull<AtomicU32>,
-    /// False for another user's file that we may only read: we can wait on
-    /// it but not ring it.
-    writable: bool,
-}
-
-// SAFETY: the mapping is owned by the Bell and only accessed atomically.
-unsafe impl Send for Bell {}
-
-impl Bell {
-    /// Opens an existing bell; with `mode`, gives it those permission bits
-    /// if it lacks them and is ours (a database file made shared later).
-    fn open(path: &Path, mode: Option<u32>) -> std::io::Result<Bell> {
-        let (file, writable) = match OpenOptions::new().read(true).write(true).open(path) {
-            Ok(f) => (f, true),
-            // Another user's file that we may only read: enough to wait on.
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                (File::open(path)?, false)
-            }
-            Err(e) => return Err(e),
-        };
-        let meta = file.metadata()?;
-        if let Some(mode) = mode.filter(|&m| writable && meta.mode() & 0o666 != m) {
-            let _ = file.set_permissions(Permissions::from_mode(mode));
-        }
-        if meta.len() < 4 {
-            // A bell being created right now by another process.
-            if !writable {
-                return Err(std::io::ErrorKind::InvalidData.into());
-            }
-            // Only ever grown: shrinking a mapped file would fault its users.
-            file.set_len(4)?;
-        }
-        Bell::map(&file, writable)
-    }
-
-    /// Creates the bell with `mode` (whatever the umask), or opens it if
-    /// another process just did.
-    fn create(path: &Path, mode: u32) -> std::io::Result<Bell> {
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Bell::open(path, Some(mode))
-            }
-            Err(e) => return Err(e),
-        };
-        let _ = file.set_permissions(Permissions::from_mode(mode));
-        file.set_len(4)?;
-        Bell::map(&file, true)
-    }
-
-    fn map(file: &File, writable: bool) -> std::io::Result<Bell> {
-        let prot = if writable {
-            libc::PROT_READ | libc::PROT_WRITE
-        } else {
-            libc::PROT_READ
-        };
-        // SAFETY: maps 4 bytes of a file at least 4 bytes long; unmapped in Drop.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4,
-                prot,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Bell {
-            ptr: std::ptr::NonNull::new(p.cast()).expect("mmap never returns null here"),
-            writable,
-        })
-    }
-
-    fn counter(&self) -> &AtomicU32 {
-        // SAFETY: a live, 4-byte-aligned (page-aligned) mapping.
-        unsafe { self.ptr.as_ref() }
-    }
-
-    fn value(&self) -> u32 {
-        self.counter().load(Ordering::SeqCst)
-    }
-
-    /// Bumps the counter and wakes one sleeper, if any; returns how many
-    /// woke. One is enough (see the module comment), and waking all of
-    /// them had each run an attempt that could only find the lock taken.
-    fn ring(&self) -> i64 {
-        if !self.writable {
-            return 0;
-        }
-        self.counter().fetch_add(1, Ordering::SeqCst);
-        // SAFETY: FUTEX_WAKE on our mapping; no other memory is touched.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                self.ptr.as_ptr(),
-                libc::FUTEX_WAKE,
-                1,
-                std::ptr::null::<libc::timespec>(),
-                std::ptr::null::<u32>(),
-                0,
-            )
-        }
-    }
-
-    /// Sleeps while the counter still reads `seen`, at most `timeout`.
-    fn wait(&self, seen: u32, timeout: Duration) {
-        let ts = libc::timespec {
-            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-            tv_nsec: timeout.subsec_nanos() as libc::c_long,
-        };
-        // SAFETY: FUTEX_WAIT only reads our mapping; returns at once if it no longer reads `seen`.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                self.ptr.as_ptr(),
-                libc::FUTEX_WAIT,
-                seen,
-                &ts as *const libc::timespec,
-                std::ptr::null::<u32>(),
-                0,
-            );
-        }
-    }
-}
-
-impl Drop for Bell {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what open mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), 4) };
-    }
-}
-
-/// Opens the file and, with `set_up`, switches it to WAL and creates the
-/// table. A fresh file opened by many processes at once can report "busy"
-/// before any busy handler applies, so the whole setup is retried until the
-/// timeout.
-fn connect(path: &Path, table: &str, timeout: Duration, set_up: bool) -> Result<Connection> {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match try_connect(path, table, timeout, set_up) {
-            Ok(c) => return Ok(c),
-            Err(e) if is_busy(&e) && Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
-            Err(e) => return Err(db_error(path, timeout, e)),
-        }
-    }
-}
-
-fn try_connect(
-    path: &Path,
-    table: &str,
-    timeout: Duration,
-    set_up: bool,
-) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(timeout)?;
-    // Closing the last connection would checkpoint under an exclusive lock,
-    // making the next holder wait in the busy handler; commits checkpoint instead.
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
-    conn.create_scalar_function("dlock_now_us", 0, FunctionFlags::SQLITE_UTF8, |_| {
-        Ok(now_us())
-    })?;
-    // Per connection, so set by every process. In WAL mode NORMAL loses no
-    // committed transaction when a process dies, only when the host does, and
-    // then every holder died with it. (`synchronous` loads the schema: one
-    // read transaction that the first statement would need anyway.)
-    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=100")?;
-    if set_up {
-        // WAL mode is stored in the file: this runs once per file (or until
-        // the header shows it), not once per process.
-        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
-        }
-        conn.execute_batch(&create_table(table))?;
-    }
-    Ok(conn)
-}
-
-/// The error of a statement naming a table that does not exist.
-fn is_no_table(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, Some(m))
-        if f.code == ErrorCode::Unknown && m.starts_with("no such table"))
-}
-
-fn db_error(path: &Path, timeout: Duration, e: rusqlite::Error) -> anyhow::Error {
-    let at = path.display();
-    match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => fail(
-            UNAVAILABLE,
-            format!(
-                "SQLite file {at} stayed busy for {}: another process kept a transaction open (a stopped dlock?)",
-                crate::output::format_duration(timeout)
-            ),
-        ),
-        Some(
-            ErrorCode::CannotOpen
-            | ErrorCode::ReadOnly
-            | ErrorCode::PermissionDenied
-            | ErrorCode::DiskFull
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::FileLockingProtocolFailed
-            | ErrorCode::NoLargeFileSupport,
-        ) => fail(UNAVAILABLE, format!("cannot use SQLite file {at}: {e}")),
-        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => fail(
-            UNAVAILABLE,
-            format!("{at} is not a usable SQLite database: {e}"),
-        ),
-        _ => fail(INTERNAL, format!("unexpected error from SQLite file {at}: {e}")),
     }
 }
 
@@ -617,7 +291,11 @@ impl Exec for Db<'_> {
 
 impl Backend for SqliteBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
-        let r = self.leases.acquire(&mut self.db_ref(), req);
+        let r = self.on_current(|b| b.leases.acquire(&mut b.db_ref(), req));
+        if let Ok(Acquire::Acquired(_)) = r {
+            // The lease is in the file open now.
+            self.replaced = false;
+        }
         // This attempt may be the one a release woke us for: with the lock
         // perhaps free, hand the wake-up to the next sleeper.
         if r.is_err() && self.waited.as_deref() == Some(req.name) {
@@ -627,11 +305,17 @@ impl Backend for SqliteBackend {
     }
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
-        self.leases.renew(&mut self.db_ref(), name, token, lease)
+        self.same_file()?;
+        let r = self.leases.renew(&mut self.db_ref(), name, token, lease);
+        // Replaced during the renewal: it may have gone to the old file.
+        self.same_file()?;
+        r
     }
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
+        self.same_file()?;
         let r = self.leases.release(&mut self.db_ref(), name, token)?;
+        self.same_file()?;
         if matches!(r, Check::Done) {
             self.wake(name);
         }
@@ -639,7 +323,7 @@ impl Backend for SqliteBackend {
     }
 
     fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>> {
-        let r = self.leases.force_release(&mut self.db_ref(), name)?;
+        let r = self.on_current(|b| b.leases.force_release(&mut b.db_ref(), name))?;
         if r.is_some() {
             self.wake(name);
         }
@@ -647,7 +331,7 @@ impl Backend for SqliteBackend {
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
-        self.leases.status(&mut self.db_ref(), names)
+        self.on_current(|b| b.leases.status(&mut b.db_ref(), names))
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
@@ -656,13 +340,13 @@ impl Backend for SqliteBackend {
         Ok(Box::new(SqliteWaiter {
             seen: bell.as_ref().map_or(0, Bell::value),
             bell,
+            at: self.wake_file(name),
             backoff: Backoff::new(),
         }))
     }
 
     fn reconnect(&mut self) -> Result<()> {
-        self.conn = connect(&self.path, &self.leases.table, self.timeout, false)?;
-        Ok(())
+        self.reopen()
     }
 
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
@@ -686,12 +370,23 @@ impl SqliteBackend {
 struct SqliteWaiter {
     /// None when the wake-up file cannot be used; then the waiter backs off.
     bell: Option<Bell>,
+    /// The bell's path: releases ring whatever file is there now.
+    at: PathBuf,
     seen: u32,
     backoff: Backoff,
 }
 
 impl Waiter for SqliteWaiter {
     fn wait(&mut self, timeout: Duration) -> Result<()> {
+        let now = file_id(&self.at);
+        if now.is_some() && now != self.bell.as_ref().map(|b| b.id) {
+            // Deleted and made anew (or made at last): releases ring the new
+            // file. Return at once, so that the caller tries before sleeping
+            // on it and no release in between is missed.
+            self.bell = Bell::open(&self.at, None).ok();
+            self.seen = self.bell.as_ref().map_or(0, Bell::value);
+            return Ok(());
+        }
         match &self.bell {
             Some(b) => {
                 b.wait(self.seen, timeout);
@@ -705,106 +400,10 @@ impl Waiter for SqliteWaiter {
 
 #[cfg(test)]
 mod tests {
+    use super::conn::try_connect;
     use super::*;
 
     use crate::holder::Holder;
-
-    #[test]
-    fn bells_wake_sleepers_and_remember_rings() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bell");
-        let a = Bell::create(&path, 0o600).unwrap();
-        let b = Bell::open(&path, None).unwrap();
-        // A ring between reading the value and waiting is not lost.
-        let seen = b.value();
-        a.ring();
-        let t = Instant::now();
-        b.wait(seen, Duration::from_secs(20));
-        assert!(t.elapsed() < Duration::from_secs(10));
-        assert_ne!(b.value(), seen);
-
-        let seen = b.value();
-        let sleeper = std::thread::spawn(move || {
-            let t = Instant::now();
-            b.wait(seen, Duration::from_secs(20));
-            t.elapsed()
-        });
-        a.ring();
-        assert!(sleeper.join().unwrap() < Duration::from_secs(10));
-
-        let t = Instant::now();
-        a.wait(a.value(), Duration::from_millis(30));
-        assert!(
-            t.elapsed() >= Duration::from_millis(25),
-            "a quiet bell times out"
-        );
-    }
-
-    /// How many threads sleep on `bell`, without waking them: a requeue onto
-    /// the same futex counts the sleepers it moves. Only while nobody rings.
-    fn sleepers(bell: &Bell) -> i64 {
-        // SAFETY: FUTEX_CMP_REQUEUE from our mapping onto itself: wakes none.
-        unsafe {
-            libc::syscall(
-                libc::SYS_futex,
-                bell.ptr.as_ptr(),
-                libc::FUTEX_CMP_REQUEUE,
-                0,
-                i32::MAX as usize,
-                bell.ptr.as_ptr(),
-                bell.value(),
-            )
-        }
-    }
-
-    #[test]
-    fn a_ring_wakes_one_sleeper_and_the_next_ring_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bell");
-        let ringer = Bell::create(&path, 0o600).unwrap();
-        let seen = ringer.value();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let threads: Vec<_> = (0..2)
-            .map(|i| {
-                let (tx, b) = (tx.clone(), Bell::open(&path, None).unwrap());
-                std::thread::spawn(move || {
-                    b.wait(seen, Duration::from_secs(60));
-                    tx.send(i).unwrap();
-                })
-            })
-            .collect();
-        // Both asleep in the kernel (each through its own mapping), so a
-        // wake-all would wake both.
-        while sleepers(&ringer) < 2 {
-            std::thread::yield_now();
-        }
-        assert_eq!(ringer.ring(), 1, "one release, one sleeper woken");
-        let first = rx.recv().unwrap();
-        assert_eq!(sleepers(&ringer), 1, "the other sleeps on");
-        assert!(rx.try_recv().is_err());
-        assert_eq!(ringer.ring(), 1);
-        assert_ne!(rx.recv().unwrap(), first);
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(ringer.ring(), 0, "nobody left to wake");
-    }
-
-    #[test]
-    fn another_users_bell_is_waited_on_but_never_rung() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bell");
-        let owner = Bell::create(&path, 0o600).unwrap();
-        let file = File::open(&path).unwrap();
-        let reader = Bell::map(&file, false).unwrap();
-        let seen = reader.value();
-        // A read-only mapping would fault on the increment.
-        assert_eq!(reader.ring(), 0);
-        assert_eq!(owner.value(), seen);
-        owner.ring();
-        reader.wait(seen, Duration::from_secs(20));
-        assert_ne!(reader.value(), seen);
-    }
 
     /// Runs a statement on another connection just before the first write,
     /// as a concurrent process would (no BEGIN IMMEDIATE, so the race is possible).
@@ -878,25 +477,5 @@ mod tests {
             .query("SELECT fence, version FROM t_leases", &[])
             .unwrap();
         assert_eq!(rows[0][1], Val::Int(3));
-    }
-
-    #[test]
-    fn urls_name_files() {
-        assert_eq!(
-            resolve(Some("sqlite:///var/lib/dlock/locks.db")).unwrap(),
-            PathBuf::from("/var/lib/dlock/locks.db")
-        );
-        assert_eq!(
-            resolve(Some("sqlite:///a%20b/x%3Fy.db")).unwrap(),
-            PathBuf::from("/a b/x?y.db")
-        );
-        let rel = resolve(Some("sqlite://locks/here.db")).unwrap();
-        assert!(
-            rel.is_absolute() && rel.ends_with("locks/here.db"),
-            "{rel:?}"
-        );
-        assert!(resolve(Some("sqlite:///x.db?mode=ro")).is_err());
-        assert_eq!(percent_decode("100%"), b"100%");
-        assert_eq!(percent_decode("%zz%41"), b"%zzA");
     }
 }

@@ -1,0 +1,193 @@
+//! Opening the SQLite file, and what its errors mean.
+
+use std::fs::{DirBuilder, File};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use rusqlite::config::DbConfig;
+use rusqlite::functions::FunctionFlags;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::place::{file_id, FileId};
+use crate::error::{fail, INTERNAL, UNAVAILABLE};
+
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+pub fn create_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS `{table}` (
+            name TEXT NOT NULL PRIMARY KEY,
+            token TEXT,
+            fence INTEGER NOT NULL DEFAULT 0,
+            holder_host TEXT NOT NULL DEFAULT '',
+            holder_pid INTEGER NOT NULL DEFAULT 0,
+            holder_user TEXT NOT NULL DEFAULT '',
+            holder_command TEXT NOT NULL DEFAULT '',
+            acquired_us INTEGER NOT NULL DEFAULT 0,
+            expires_us INTEGER NOT NULL DEFAULT 0,
+            version INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID"
+    )
+}
+
+/// Whether the file at `path` is an SQLite database already in WAL mode
+/// (header bytes 18 and 19, the file format versions, are 2), and its
+/// permission bits. Anything else (no file, an empty or foreign file) goes
+/// through the full set-up, which also reports unusable files.
+fn wal_header(path: &Path) -> (bool, Option<u32>) {
+    let Ok(mut f) = File::open(path) else {
+        return (false, None);
+    };
+    let mode = f.metadata().ok().map(|m| m.mode() & 0o666);
+    let mut h = [0u8; 20];
+    let wal = f.read_exact(&mut h).is_ok()
+        && h.starts_with(b"SQLite format 3\0")
+        && h[18] == 2
+        && h[19] == 2;
+    // Closed here, before SQLite opens the file: closing any descriptor of
+    // a file drops the process's fcntl locks on it.
+    drop(f);
+    (wal, mode)
+}
+
+/// Opens the file at `path`, setting it up unless its header says WAL;
+/// returns the connection, the file's permission bits and which file it is.
+pub fn open_file(
+    path: &Path,
+    table: &str,
+    timeout: Duration,
+) -> Result<(Connection, Option<u32>, Option<FileId>)> {
+    let (ready, mode) = wal_header(path);
+    if let Some(dir) = path.parent().filter(|_| !ready) {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                fail(
+                    UNAVAILABLE,
+                    format!("cannot create the directory {}: {e}", dir.display()),
+                )
+            })?;
+    }
+    let conn = connect(path, table, timeout, !ready)?;
+    Ok((conn, mode, file_id(path)))
+}
+
+/// SQLite's own check that the path still names the file it has open
+/// (SQLITE_FCNTL_HAS_MOVED: the file was unlinked, or another renamed over it).
+pub fn has_moved(conn: &Connection) -> bool {
+    let mut moved: std::ffi::c_int = 0;
+    // SAFETY: a live handle, the schema "main", and the int pointer that opcode writes.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_HAS_MOVED,
+            (&mut moved as *mut std::ffi::c_int).cast(),
+        )
+    };
+    rc == rusqlite::ffi::SQLITE_OK && moved != 0
+}
+
+/// Opens the file and, with `set_up`, switches it to WAL and creates the
+/// table. A fresh file opened by many processes at once can report "busy"
+/// before any busy handler applies, so the whole setup is retried until the
+/// timeout.
+pub fn connect(path: &Path, table: &str, timeout: Duration, set_up: bool) -> Result<Connection> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match try_connect(path, table, timeout, set_up) {
+            Ok(c) => return Ok(c),
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(db_error(path, timeout, e)),
+        }
+    }
+}
+
+pub fn try_connect(
+    path: &Path,
+    table: &str,
+    timeout: Duration,
+    set_up: bool,
+) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(timeout)?;
+    // Closing the last connection would checkpoint under an exclusive lock,
+    // making the next holder wait in the busy handler; commits checkpoint instead.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    conn.create_scalar_function("dlock_now_us", 0, FunctionFlags::SQLITE_UTF8, |_| {
+        Ok(now_us())
+    })?;
+    // Per connection, so set by every process. In WAL mode NORMAL loses no
+    // committed transaction when a process dies, only when the host does, and
+    // then every holder died with it. (`synchronous` loads the schema: one
+    // read transaction that the first statement would need anyway.)
+    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=100")?;
+    if set_up {
+        // WAL mode is stored in the file: this runs once per file (or until
+        // the header shows it), not once per process.
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))?;
+        }
+        conn.execute_batch(&create_table(table))?;
+    }
+    Ok(conn)
+}
+
+/// The error of a statement naming a table that does not exist.
+pub fn is_no_table(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, Some(m))
+        if f.code == ErrorCode::Unknown && m.starts_with("no such table"))
+}
+
+pub fn db_error(path: &Path, timeout: Duration, e: rusqlite::Error) -> anyhow::Error {
+    let at = path.display();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => fail(
+            UNAVAILABLE,
+            format!(
+                "SQLite file {at} stayed busy for {}: another process kept a transaction open (a stopped dlock?)",
+                crate::output::format_duration(timeout)
+            ),
+        ),
+        Some(
+            ErrorCode::CannotOpen
+            | ErrorCode::ReadOnly
+            | ErrorCode::PermissionDenied
+            | ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::FileLockingProtocolFailed
+            | ErrorCode::NoLargeFileSupport,
+        ) => fail(UNAVAILABLE, format!("cannot use SQLite file {at}: {e}")),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => fail(
+            UNAVAILABLE,
+            format!("{at} is not a usable SQLite database: {e}"),
+        ),
+        _ => fail(INTERNAL, format!("unexpected error from SQLite file {at}: {e}")),
+    }
+}
