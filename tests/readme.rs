@@ -702,6 +702,7 @@ fn json_examples_are_real_output() {
     let volatile = [
         "backend",
         "location",
+        "prefix",
         "host",
         "pid",
         "user",
