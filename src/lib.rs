@@ -7,6 +7,7 @@ mod backend;
 pub mod cli;
 mod commands;
 pub mod error;
+mod guard;
 mod holder;
 mod lease;
 mod names;
