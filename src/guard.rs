@@ -207,7 +207,9 @@ extern "C" fn guard_main(arg: *mut libc::c_void) -> libc::c_int {
     let a = unsafe { &*(arg as *const Args) };
     let r = a.read_fd;
     // Keep only the pipe: no copy of dlock's backend connection or terminal.
-    sys::close_range(0, (r - 1) as u32);
+    if r > 0 {
+        sys::close_range(0, (r - 1) as u32);
+    }
     sys::close_range(r + 1, u32::MAX);
     let mut pgid = [0u8; 4];
     let mut got = 0usize;
