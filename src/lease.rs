@@ -5,6 +5,8 @@
 //! the server starts the TTL only after it receives the request. The command
 //! must be dead before then, so the lost signal goes out at
 //! `t + lease - margin - kill_after` and SIGKILL at `t + lease - margin`.
+//! The keeper publishes that deadline to the guard process (src/guard.rs),
+//! which enforces it when dlock's own threads do not run (stopped or stuck).
 
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use anyhow::Result;
 use crate::backend::{Acquire, Backend, Check, Request, Waiter};
 use crate::cli::Wait;
 use crate::error::{code_of, fail, INTERNAL, NOT_HELD, UNAVAILABLE, USAGE};
+use crate::guard::Deadline;
 use crate::output::{self, Level};
 use crate::signals;
 use crate::supervise::Event;
@@ -219,6 +222,33 @@ struct State {
     lost: bool,
     /// The last renewal failed.
     failing: bool,
+    /// `stop_by` as published to the guard process, which enforces it when
+    /// dlock's threads do not run.
+    shared: Option<&'static Deadline>,
+    /// The guard sent the lost signal: dlock was not running at the deadline.
+    by_guard: bool,
+}
+
+impl State {
+    /// Moves the deadline to `to` after a renewal succeeded, unless the lease
+    /// counts as lost already (here or in the guard).
+    fn extend(&mut self, to: Instant) {
+        let to = self.stop_by.max(to);
+        if self.lost || self.shared.is_some_and(|d| !d.extend(to)) {
+            return;
+        }
+        self.stop_by = to;
+        self.last_ok = SystemTime::now();
+    }
+
+    fn mark_lost(&mut self) {
+        self.lost = true;
+        self.by_guard = self.shared.is_some_and(|d| !d.claim());
+    }
+
+    fn guard_sent(&self) -> bool {
+        !self.lost && self.shared.is_some_and(|d| d.sent())
+    }
 }
 
 enum Cmd {
@@ -358,10 +388,7 @@ impl Renewer {
             match backend.renew(name, token, timing.lease) {
                 Ok(Check::Done) => {
                     let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-                    if !s.lost {
-                        s.stop_by = s.stop_by.max(timing.stop_by(sent));
-                        s.last_ok = SystemTime::now();
-                    }
+                    s.extend(timing.stop_by(sent));
                     s.failing = false;
                     drop(s);
                     let level = if failures > 0 {
@@ -467,6 +494,8 @@ impl Keeper {
             last_ok: SystemTime::now(),
             lost: false,
             failing: false,
+            shared: None,
+            by_guard: false,
         }));
         let renewer = Renewer {
             backend,
@@ -523,21 +552,50 @@ impl Keeper {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).stop_by
     }
 
-    /// Marks the lease lost if its deadline has passed; later renewals are ignored.
-    /// Returns true the first time.
+    /// Publishes the deadline, now and on every move, to the guard process.
+    pub fn share_deadline(&self, word: &'static Deadline) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        word.extend(s.stop_by);
+        s.shared = Some(word);
+    }
+
+    /// Marks the lease lost if its deadline has passed (or the guard acted on
+    /// it); later renewals are ignored. Returns true the first time.
     pub fn lose_if_due(&self, now: Instant) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if s.lost || now < s.stop_by {
+        if s.lost || (now < s.stop_by && !s.guard_sent()) {
             return false;
         }
-        s.lost = true;
+        s.mark_lost();
+        true
+    }
+
+    /// Marks the lease lost if the guard has sent the lost signal; returns true the first time.
+    pub fn lose_if_guard_acted(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.guard_sent() {
+            return false;
+        }
+        s.mark_lost();
         true
     }
 
     /// Marks the lease lost (the server said so); returns true the first time.
     pub fn lose(&self) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        !std::mem::replace(&mut s.lost, true)
+        if s.lost {
+            return false;
+        }
+        s.mark_lost();
+        true
+    }
+
+    /// Once lost: true if the guard process sent the lost signal, so dlock must not again.
+    pub fn stopped_by_guard(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_guard
     }
 
     pub fn last_renewed(&self) -> SystemTime {

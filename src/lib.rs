@@ -8,6 +8,7 @@ pub mod cli;
 mod commands;
 mod duration;
 pub mod error;
+mod guard;
 mod holder;
 mod lease;
 mod names;

@@ -1,7 +1,8 @@
 //! Running the command under the lock: its own process group, signals
 //! forwarded to that group, orphans reaped (dlock is a child subreaper), and
 //! the whole group stopped when the lease is lost, when dlock is stopped, or
-//! when dlock itself dies (a guard process watches for that).
+//! when dlock itself dies (a guard process, src/guard.rs, covers the cases
+//! in which dlock cannot act: dead, stopped or stuck).
 
 use std::ffi::OsString;
 use std::io;
@@ -15,7 +16,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::error::{fail, NOT_EXECUTABLE, NOT_FOUND};
-use crate::lease::Keeper;
+use crate::guard::Guard;
+use crate::lease::{Keeper, Timing};
 use crate::output::{self, Level};
 use crate::signals::{self, FORWARDED};
 use serde_json::json;
@@ -70,115 +72,6 @@ fn spawn(job: &Job, tty: Option<i32>, guard: Option<&Guard>) -> Result<Pid> {
     }
 }
 
-/// A process that stops the command's group if dlock dies, even by SIGKILL:
-/// it blocks reading a pipe whose only writer is dlock, and the kernel closes
-/// that pipe when dlock goes away.
-///
-/// It is started with `clone(CLONE_VM)` on a small stack of its own rather
-/// than forked: sharing dlock's memory means no page tables to copy and no
-/// copy-on-write faults afterwards, which made a fork cost about 0.75 ms of
-/// CPU per job. It only makes raw system calls and never returns, so sharing
-/// is safe; while dlock lives, none of its calls fail (nothing interrupts a
-/// blocking read when every handled signal is blocked), so it never writes
-/// the shared `errno` under dlock's feet.
-struct Guard {
-    pid: Pid,
-    write_fd: i32,
-}
-
-/// What the guard needs, in memory it shares with dlock (leaked on purpose:
-/// the guard may outlive dlock).
-struct GuardArgs {
-    read_fd: i32,
-    kill_after: libc::timespec,
-}
-
-const GUARD_STACK: usize = 64 * 1024;
-
-extern "C" fn guard_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the leaked GuardArgs; everything below is a plain system call.
-    unsafe {
-        let a = &*(arg as *const GuardArgs);
-        let r = a.read_fd;
-        // Keep only the pipe: no copy of dlock's backend connection or terminal.
-        libc::syscall(libc::SYS_close_range, 0, r - 1, 0);
-        libc::syscall(libc::SYS_close_range, r + 1, u32::MAX, 0);
-        let mut pgid: i32 = 0;
-        let mut got = 0usize;
-        while got < 4 {
-            let n = libc::read(
-                r,
-                (&mut pgid as *mut i32).cast::<u8>().add(got).cast(),
-                4 - got,
-            );
-            if n <= 0 {
-                libc::_exit(0); // dlock went away before starting the command
-            }
-            got += n as usize;
-        }
-        let mut b = 0u8;
-        libc::read(r, (&mut b as *mut u8).cast(), 1);
-        // dlock is gone: stop the job it supervised.
-        libc::kill(-pgid, libc::SIGTERM);
-        libc::kill(-pgid, libc::SIGCONT);
-        libc::nanosleep(&a.kill_after, std::ptr::null_mut());
-        libc::kill(-pgid, libc::SIGKILL);
-        libc::_exit(0)
-    }
-}
-
-impl Guard {
-    fn start(kill_after: Duration) -> Option<Guard> {
-        let mut fds = [0i32; 2];
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return None;
-        }
-        let (r, w) = (fds[0], fds[1]);
-        let close_both = || unsafe {
-            libc::close(r);
-            libc::close(w);
-        };
-        // Used only as the guard's stack, and kept: the guard may outlive dlock.
-        let Ok(stack) = crate::spawn::map_stack(GUARD_STACK) else {
-            close_both();
-            return None;
-        };
-        let args = Box::into_raw(Box::new(GuardArgs {
-            read_fd: r,
-            kill_after: libc::timespec {
-                tv_sec: kill_after.as_secs() as libc::time_t,
-                tv_nsec: kill_after.subsec_nanos() as libc::c_long,
-            },
-        }));
-        // SAFETY: the stack grows down from the end of its mapping; guard_main
-        // never returns and touches only `args` and its own stack.
-        let pid = unsafe {
-            libc::clone(
-                guard_main,
-                stack.cast::<u8>().add(GUARD_STACK).cast(),
-                libc::CLONE_VM | libc::SIGCHLD,
-                args.cast(),
-            )
-        };
-        if pid == -1 {
-            close_both();
-            return None;
-        }
-        unsafe { libc::close(r) };
-        Some(Guard {
-            pid: Pid::from_raw(pid),
-            write_fd: w,
-        })
-    }
-
-    /// The job is over: dismiss the guard without letting it act. It is not
-    /// waited for: SIGKILL cannot be refused, and dlock exits soon after.
-    fn dismiss(self) {
-        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
-        unsafe { libc::close(self.write_fd) };
-    }
-}
-
 /// The terminal to hand to the command, when dlock runs in its foreground:
 /// then Ctrl-C and job control reach the command's group directly (once),
 /// and an interactive command can read the terminal.
@@ -214,7 +107,10 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
     let tty = foreground_tty();
     // The guard starts before the command, and the command's process tells it
     // its group before exec'ing, so that no moment is left unwatched.
-    let guard = Guard::start(timing.kill_after);
+    let guard = Guard::start(timing.kill_after, guard_slack(timing), job.on_lost);
+    if let Some(g) = &guard {
+        keeper.share_deadline(g.deadline);
+    }
     let child = match spawn(job, tty, guard.as_ref()) {
         Ok(pid) => pid,
         Err(e) => {
@@ -234,28 +130,17 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
     let mut kill_at: Option<Instant> = None;
     loop {
         if status.is_some() && !group_alive(pgid) {
+            if !lost && keeper.lose_if_guard_acted() {
+                lost = true;
+                stop_lost(job, keeper, pgid, &lease_ran_out(job, keeper));
+            }
             break;
         }
         let now = Instant::now();
         keeper.start_if_due(now);
         if !lost && keeper.lose_if_due(now) {
             lost = true;
-            let since = keeper.last_renewed();
-            output::event(
-                Level::Error,
-                "lost",
-                Some(&job.name),
-                &format!(
-                    "lease on '{}' lost: no renewal succeeded since {} (lease {}); stopping the command with {}, SIGKILL in {}",
-                    job.name,
-                    humantime::format_rfc3339_millis(since),
-                    crate::duration::format(timing.lease),
-                    job.on_lost.as_str(),
-                    crate::duration::format(timing.kill_after),
-                ),
-                json!({ "last_renewed": humantime::format_rfc3339_millis(since).to_string() }),
-            );
-            signal_group(pgid, job.on_lost);
+            stop_lost(job, keeper, pgid, &lease_ran_out(job, keeper));
             let hard = keeper.stop_by() + timing.kill_after;
             kill_at = Some(kill_at.map_or(hard, |k| k.min(hard)));
         }
@@ -342,18 +227,8 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
                 if keeper.lose() {
                     lost = true;
                     let since = humantime::format_rfc3339_millis(keeper.last_renewed());
-                    output::event(
-                        Level::Error,
-                        "lost",
-                        Some(&job.name),
-                        &format!(
-                            "lease lost: {msg}; last renewal succeeded at {since}; stopping the command with {}, SIGKILL in {}",
-                            job.on_lost.as_str(),
-                            crate::duration::format(timing.kill_after)
-                        ),
-                        json!({ "last_renewed": since.to_string() }),
-                    );
-                    signal_group(pgid, job.on_lost);
+                    let cause = format!("lease lost: {msg}; last renewal succeeded at {since}");
+                    stop_lost(job, keeper, pgid, &cause);
                     let hard = Instant::now() + timing.kill_after;
                     kill_at = Some(kill_at.map_or(hard, |k| k.min(hard)));
                 }
@@ -371,6 +246,50 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
         lost,
         timed_out,
     })
+}
+
+/// How long after the deadline the guard acts in dlock's place: dlock, when it
+/// runs, has sent the lost signal by then.
+fn guard_slack(timing: Timing) -> Duration {
+    timing.margin / 2
+}
+
+fn lease_ran_out(job: &Job, keeper: &Keeper) -> String {
+    format!(
+        "lease on '{}' lost: no renewal succeeded since {} (lease {})",
+        job.name,
+        humantime::format_rfc3339_millis(keeper.last_renewed()),
+        crate::duration::format(keeper.timing().lease),
+    )
+}
+
+/// The lease is lost (`cause` says how): sends the lost signal, unless the
+/// guard process already has because dlock was not running at the deadline.
+fn stop_lost(job: &Job, keeper: &Keeper, pgid: Pid, cause: &str) {
+    let timing = keeper.timing();
+    let kill_after = crate::duration::format(timing.kill_after);
+    let by_guard = keeper.stopped_by_guard();
+    let action = if by_guard {
+        format!(
+            "dlock was not running at the deadline (stopped or stuck), so its guard process stopped the command with {}, and SIGKILL {} later",
+            job.on_lost.as_str(),
+            crate::duration::format(timing.kill_after.saturating_sub(guard_slack(timing))),
+        )
+    } else {
+        signal_group(pgid, job.on_lost);
+        format!(
+            "stopping the command with {}, SIGKILL in {kill_after}",
+            job.on_lost.as_str()
+        )
+    };
+    let since = humantime::format_rfc3339_millis(keeper.last_renewed()).to_string();
+    output::event(
+        Level::Error,
+        "lost",
+        Some(&job.name),
+        &format!("{cause}; {action}"),
+        json!({ "last_renewed": since, "by_guard": by_guard }),
+    );
 }
 
 /// Reaps every exited child; returns true once the command itself has exited.
@@ -393,9 +312,8 @@ fn reap(
                 *status = Some(signals::exit_code(sig))
             }
             Ok(WaitStatus::StillAlive) | Err(_) => break,
-            Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _))
-                if Some(pid) == guard =>
-            {
+            // It exits by itself only after killing the job at the deadline.
+            Ok(WaitStatus::Signaled(pid, _, _)) if Some(pid) == guard => {
                 output::error(
                     "the guard process died; dlock's own death would no longer stop the command",
                 );
@@ -409,8 +327,8 @@ fn reap(
 /// Ctrl-Z at the terminal stopped the command: take the terminal back and stop
 /// dlock too, so the shell regains control as it would for any job. On `fg`
 /// the command gets the terminal and SIGCONT. While dlock is stopped it cannot
-/// renew: if the lease runs out meanwhile, the deadline check on resumption
-/// stops the job as lost, as it must.
+/// renew: if the lease runs out meanwhile, the guard process stops the job as
+/// lost at the deadline, and dlock reports it on resumption.
 fn suspend_with(fd: i32, child: Pid, lease_valid: &dyn Fn() -> bool) {
     unsafe {
         libc::tcsetpgrp(fd, libc::getpgrp());
@@ -420,8 +338,8 @@ fn suspend_with(fd: i32, child: Pid, lease_valid: &dyn Fn() -> bool) {
             libc::tcsetpgrp(fd, child.as_raw());
         }
     }
-    // A job whose lease ran out while suspended stays stopped: the deadline
-    // check that follows stops it for good instead.
+    // A job whose lease ran out while suspended is not continued for work:
+    // the guard has stopped it (or the deadline check that follows does).
     if lease_valid() {
         let _ = killpg(child, Signal::SIGCONT);
     }

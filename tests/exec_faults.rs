@@ -121,6 +121,124 @@ fn paused_server_stops_the_command_before_the_lease_expires() {
     );
 }
 
+/// dlock itself stopped (SIGSTOP stops its supervisor and renewal threads
+/// alike) can neither renew nor stop its command: its guard process must kill
+/// the command's whole group, which here ignores SIGTERM, before the lease
+/// expires on the server, so that the next holder never overlaps it.
+fn stopped_dlock_is_replaced_by_its_guard(ctx: &Ctx) {
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let log = ctx.path("log");
+    let script = format!(
+        "trap '' TERM; sleep 60 & echo \"$$ $!\" > '{}'; \
+         while :; do echo A $(date +%s%3N) >> '{}'; sleep 0.02; done",
+        ready.path.display(),
+        log.display()
+    );
+    let (mut dlock, mut lines) = exec_sh(ctx, &["--lease", "3s", "stop"], &script);
+    let pids: Vec<i32> = ready
+        .read_line(Duration::from_secs(10))
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    lines.expect("renewed", Duration::from_secs(5));
+    signal(dlock.id(), libc::SIGSTOP);
+    let stopped_ms = now_ms();
+    wait_until("dlock to stop", Duration::from_secs(5), || {
+        proc_state(dlock.id() as i32).as_deref() == Some("T")
+    });
+    // Nothing renews from now on: the server's TTL fixes the expiry. Taking
+    // the time before asking errs on the early side.
+    let asked_ms = now_ms();
+    let ttl = ctx.status_json(&["stop"])["locks"][0]["ttl_ms"]
+        .as_i64()
+        .expect("the lock is held");
+    let expires_at = asked_ms + ttl;
+    let b_line = format!("echo B $(date +%s%3N) >> '{}'", log.display());
+    let mut second = spawn(ctx.cmd(&["exec", "--wait", "10s", "stop", "-c", &b_line]));
+    for &pid in &pids {
+        let gone = wait_pid_exit(pid, Duration::from_secs(10));
+        assert!(
+            gone,
+            "process {pid} of the command ran on while dlock was stopped"
+        );
+    }
+    let dead_ms = now_ms();
+    assert!(
+        dead_ms < expires_at,
+        "the command's group died at {dead_ms}, after the server-side expiry at {expires_at}"
+    );
+    assert_eq!(
+        wait_child(&mut second, Duration::from_secs(15)).code(),
+        Some(0)
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    let stamps = |who: &str| -> Vec<i64> {
+        let of = |l: &str| {
+            l.strip_prefix(who)
+                .map(|t| t.trim().parse::<i64>().unwrap())
+        };
+        log.lines().filter_map(of).collect()
+    };
+    let (last_a, b) = (stamps("A ").into_iter().max().unwrap(), stamps("B ")[0]);
+    assert!(
+        last_a > stopped_ms,
+        "the command ran on after dlock stopped"
+    );
+    assert!(
+        last_a < b,
+        "the first command ran {} ms into the next holder's turn",
+        last_a - b
+    );
+    eprintln!(
+        "dlock stopped: its command's group dead {} ms before the server-side expiry, {} ms before the next holder ran",
+        expires_at - dead_ms,
+        b - last_a
+    );
+    signal(dlock.id(), libc::SIGCONT);
+    let st = wait_child(&mut dlock, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(79), "lost-lease exit code");
+    let err = lines.rest();
+    assert!(err.contains("its guard process stopped"), "{err}");
+    assert_eq!(err.matches("lost").count(), 1, "{err}");
+}
+
+#[test]
+fn stopped_dlock_has_its_command_killed_before_the_lease_expires() {
+    let (_r, ctx) = setup();
+    stopped_dlock_is_replaced_by_its_guard(&ctx);
+}
+
+#[test]
+fn stopped_dlock_has_its_command_killed_before_the_lease_expires_on_sqlite() {
+    let ctx = Ctx::new(Arc::new(common::sqlite::Sqlite::new()));
+    stopped_dlock_is_replaced_by_its_guard(&ctx);
+}
+
+#[test]
+fn a_lease_lost_while_dlock_runs_signals_the_command_once() {
+    // dlock and its guard both watch the deadline; only one may send the signal.
+    let (r, ctx) = setup();
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let got = ctx.path("got");
+    let script = format!(
+        "trap 'echo term >> \"{g}\"' TERM; echo $$ > '{r}'; while :; do sleep 0.02; done",
+        g = got.display(),
+        r = ready.path.display()
+    );
+    let (mut dlock, mut lines) = exec_sh(&ctx, &["--lease", "2s", "once"], &script);
+    let child: i32 = ready.read_line(Duration::from_secs(10)).parse().unwrap();
+    lines.expect("renewed", Duration::from_secs(5));
+    r.pause();
+    // The trap keeps it alive through SIGTERM; SIGKILL follows after --kill-after.
+    assert!(wait_pid_exit(child, Duration::from_secs(5)));
+    let st = wait_child(&mut dlock, Duration::from_secs(10));
+    r.resume();
+    assert_eq!(st.code(), Some(79));
+    assert_eq!(std::fs::read_to_string(&got).unwrap(), "term\n");
+    let err = lines.rest();
+    assert!(err.contains("stopping the command with SIGTERM"), "{err}");
+}
+
 #[test]
 fn server_restart_with_data_loss_stops_the_old_holder_and_fences_grow() {
     let (r, ctx) = setup();
