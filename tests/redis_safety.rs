@@ -205,6 +205,14 @@ fn a_renewal_after_a_script_flush_is_one_request() {
     let o = ctx.run(&["renew", "r", "--token", &tok]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(requests(&r), 1, "{}", r.cli(&["INFO", "commandstats"]));
+    // Acquisitions go by hash, and by body once when the server lost it.
+    r.cli(&["SCRIPT", "FLUSH"]);
+    r.cli(&["CONFIG", "RESETSTAT"]);
+    ctx.acquire("r2", "30s");
+    assert_eq!(requests(&r), 2, "{}", r.cli(&["INFO", "commandstats"]));
+    r.cli(&["CONFIG", "RESETSTAT"]);
+    ctx.acquire("r3", "30s");
+    assert_eq!(requests(&r), 1, "{}", r.cli(&["INFO", "commandstats"]));
 }
 
 #[test]
