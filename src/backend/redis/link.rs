@@ -21,8 +21,8 @@ pub struct Link {
     pub shown: String,
     /// Host and port of a `rediss://` server, to tell a plain port apart.
     tls_addr: Option<(String, u16)>,
-    /// Whether the server has answered on this connection (over TLS, the
-    /// handshake happens with the first request).
+    /// Whether the server has answered a request yet: over TLS the handshake
+    /// happens with the first one, so a first timeout may be a plain port.
     answered: AtomicBool,
 }
 
