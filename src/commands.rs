@@ -238,9 +238,27 @@ fn token_refused(name: &str, check: Check, hint_other: &str) -> i32 {
             ));
             error::HELD_BY_OTHER
         }
+        Check::Broken(b) => {
+            match &b.now {
+                Some(info) => output::error(&format!(
+                    "lock '{name}' is not held by this token: it was broken with --force by {} and is now held by {}",
+                    b.by,
+                    describe(info)
+                )),
+                None => output::error(&format!(
+                    "lock '{name}' is not held by this token: it was broken with --force by {}",
+                    b.by
+                )),
+            }
+            if b.now.is_some() {
+                error::HELD_BY_OTHER
+            } else {
+                error::NOT_HELD
+            }
+        }
         _ => {
             output::error(&format!(
-                "lock '{name}' is not held by this token: it is free or its lease expired"
+                "lock '{name}' is not held by this token: it is free (the lease expired or was broken with --force)"
             ));
             error::NOT_HELD
         }
@@ -328,6 +346,15 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     announce_acquired(&e.name, &grant, timing.lease);
     let (tx, rx) = mpsc::channel();
     signals::forward_to(tx.clone());
+    // Beside the command, not before it: the listener connects on its own thread.
+    let lost = tx.clone();
+    b.watch_breaks(
+        &e.name,
+        &token,
+        Box::new(move |why| {
+            let _ = lost.send(Event::Lost(why));
+        }),
+    );
     let keeper = Keeper::new(
         b,
         e.name.clone(),
@@ -385,8 +412,12 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         },
         Ok(_) if end.lost => {}
         Ok(Check::NotHeld) => output::error(&format!(
-            "lock '{}' had already expired when the command ended",
+            "lock '{}' had already expired or been broken with --force when the command ended",
             e.name
+        )),
+        Ok(Check::Broken(b)) => output::error(&format!(
+            "lock '{}' was broken with --force by {} before the command ended",
+            e.name, b.by
         )),
         Ok(Check::HeldByOther(info)) => output::error(&format!(
             "lock '{}' was taken over by {} before the command ended",

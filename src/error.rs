@@ -15,7 +15,8 @@ pub const USAGE: i32 = 2;
 pub const NOT_HELD: i32 = 3;
 /// `release`/`renew`: the lock is held by another token.
 pub const HELD_BY_OTHER: i32 = 4;
-/// The backend is unreachable, refused the connection, or rejected the credentials.
+/// The backend is unreachable, refused the connection, rejected the credentials,
+/// or refused a write (out of memory, a read-only replica).
 pub const UNAVAILABLE: i32 = 69;
 /// Internal error or an unexpected answer from the backend.
 pub const INTERNAL: i32 = 70;

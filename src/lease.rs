@@ -407,17 +407,8 @@ impl Renewer {
                     backoff = Duration::from_millis(25);
                     next = sent + timing.period;
                 }
-                Ok(Check::NotHeld) => {
-                    let _ = events.send(Event::Lost(format!(
-                        "the server no longer has the lease on '{name}' (expired or the server lost its data)"
-                    )));
-                    next = Instant::now() + Duration::from_secs(3600);
-                }
-                Ok(Check::HeldByOther(o)) => {
-                    let _ = events.send(Event::Lost(format!(
-                        "lock '{name}' is now held by {}:{} ({}) with fence {}",
-                        o.holder.host, o.holder.pid, o.holder.user, o.fence
-                    )));
+                Ok(refused @ (Check::NotHeld | Check::HeldByOther(_) | Check::Broken(_))) => {
+                    let _ = events.send(Event::Lost(lost_reason(name, &refused)));
                     next = Instant::now() + Duration::from_secs(3600);
                 }
                 // The backend knows the lease is gone (an SQLite file deleted under it).
@@ -473,6 +464,33 @@ impl Renewer {
                 }
             }
         }
+    }
+}
+
+/// Why a renewal found the lease gone, in words for the operator.
+fn lost_reason(name: &str, check: &Check) -> String {
+    let held = |o: &crate::backend::LockInfo| {
+        format!(
+            "{}:{} ({}) with fence {}",
+            o.holder.host, o.holder.pid, o.holder.user, o.fence
+        )
+    };
+    match check {
+        Check::Broken(b) => match &b.now {
+            Some(o) => format!(
+                "lock '{name}' was broken with --force by {} and is now held by {}",
+                b.by,
+                held(o)
+            ),
+            None => format!("lock '{name}' was broken with --force by {}", b.by),
+        },
+        Check::HeldByOther(o) => format!(
+            "lock '{name}' is now held by {} (the lease expired or was broken with --force)",
+            held(o)
+        ),
+        _ => format!(
+            "the server no longer has the lease on '{name}' (it expired, was broken with --force, or the server lost its data)"
+        ),
     }
 }
 

@@ -38,6 +38,39 @@ pub fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Longest prefix in bytes, as for names.
+pub const MAX_PREFIX_BYTES: usize = MAX_NAME_BYTES;
+
+/// Prefixes follow the rules of names, so that they never break a status
+/// header or a log line; backends encode them as their keys and tables need.
+pub fn check_prefix(prefix: &str) -> anyhow::Result<()> {
+    if prefix.is_empty() {
+        return Err(fail(
+            USAGE,
+            "--prefix is empty: give a namespace such as 'dlock' (the default)",
+        ));
+    }
+    if prefix.len() > MAX_PREFIX_BYTES {
+        return Err(fail(
+            USAGE,
+            format!(
+                "--prefix is {} bytes long; the limit is {MAX_PREFIX_BYTES} bytes",
+                prefix.len()
+            ),
+        ));
+    }
+    if let Some(c) = prefix.chars().find(|c| c.is_control()) {
+        return Err(fail(
+            USAGE,
+            format!(
+                "--prefix {:?} contains the control character U+{:04X}; use printable characters",
+                prefix, c as u32
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Tokens travel through shell variables and environment, so keep them to
 /// printable ASCII without spaces.
 pub fn check_token(token: &str) -> anyhow::Result<()> {
@@ -90,6 +123,16 @@ mod tests {
         assert!(check_name("tab\there").is_err());
         assert!(check_name(&"x".repeat(256)).is_err());
         check_name(&"x".repeat(255)).unwrap();
+    }
+
+    #[test]
+    fn prefixes() {
+        for ok in ["dlock", "team:{b}:x", "My Prefix", "a%b"] {
+            check_prefix(ok).unwrap();
+        }
+        assert!(check_prefix("").is_err());
+        assert!(check_prefix("a\nb").is_err());
+        assert!(check_prefix(&"p".repeat(256)).is_err());
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub const EVENTS: &[&str] = &[
     "release_failed",
     "held",
     "broken",
+    "eviction_risk",
 ];
 
 /// The lock this run is about (the one lock a subcommand names).

@@ -173,6 +173,18 @@ fn every_documented_event_is_produced_and_parses() {
     );
     seen.extend(k);
 
+    // eviction_risk: a Redis server that may evict lock keys.
+    let evicting = Arc::new(Redis::with_args(&[
+        "--maxmemory",
+        "100mb",
+        "--maxmemory-policy",
+        "allkeys-lru",
+    ]));
+    let ectx = Ctx::new(evicting);
+    let (rc, ev) = logged(&ectx, &["-q", "exec", "er", "--", "true"], Some("er"));
+    assert_eq!((rc, kinds(&ev)), (0, vec!["eviction_risk".to_string()]));
+    seen.extend(kinds(&ev));
+
     seen.extend(retrying_and_reconnected());
     seen.extend(release_failed());
 

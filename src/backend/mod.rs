@@ -53,6 +53,17 @@ pub enum Check {
     NotHeld,
     /// Another token holds it.
     HeldByOther(LockInfo),
+    /// The token's lease was broken with `release --force` (where the backend
+    /// records who broke it).
+    Broken(Broken),
+}
+
+/// Who broke a lease, and who holds the lock now, if anyone.
+#[derive(Debug)]
+pub struct Broken {
+    /// "user@host (pid N)" of the `release --force` that broke it.
+    pub by: String,
+    pub now: Option<LockInfo>,
 }
 
 /// A held lock as `status` reports it.
@@ -101,6 +112,13 @@ pub trait Backend: Send {
     fn reconnect(&mut self) -> Result<()>;
     /// Bounds every request from now on (renewals shorten it near their deadline).
     fn set_timeout(&mut self, timeout: Duration) -> Result<()>;
+    /// Calls `on_break` once, from a thread of the backend's own, with a
+    /// one-line reason as soon as `token`'s lease on `name` is broken with
+    /// `release --force`. Returns at once. By default there are no such
+    /// notices, and the next renewal finds the lease gone.
+    fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
+        let _ = (name, token, on_break);
+    }
 }
 
 /// Where locks live, for `status` and messages; never carries a password.
@@ -121,6 +139,7 @@ pub struct Config {
 /// Opens the backend named by the URL's scheme; without a URL, the embedded
 /// SQLite file, which guards this host only.
 pub fn open(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    crate::names::check_prefix(&cfg.prefix)?;
     let Some(url) = cfg.url.as_deref() else {
         let (b, loc) = sqlite::SqliteBackend::open(None, cfg)?;
         return Ok((Box::new(b), loc));

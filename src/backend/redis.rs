@@ -1,12 +1,6 @@
 //! Redis backend: one string per lease with a millisecond TTL, changed only
-//! by Lua scripts so that every check-and-set is atomic on the server.
-//!
-//! Keys for lock NAME under prefix P (the hash tag keeps them in one cluster slot):
-//!   P:{NAME}:lease  string "token\nfence\nacquired_us\nhost\npid\nuser\nname\ncommand"
-//!                   (the command last: it is the only field that may hold a newline)
-//!   P:{NAME}:fence  last fence handed out (outlives the lease, with a day's TTL)
-//!   P:{NAME}:wake   sorted set with at most one member, the baton: release adds
-//!                   it, a waiter takes it with BZPOPMIN
+//! by Lua scripts so that every check-and-set is atomic on the server (keys
+//! and scripts: see `scripts.rs`).
 //!
 //! Waking one waiter per release, not all: Redis hands a pushed baton to the
 //! client that has been blocked longest, and a baton added while nobody waits
@@ -15,85 +9,27 @@
 //! between taking the baton and trying leaves the others asleep until the
 //! holder's TTL, when they wake anyway.
 //!
-//! Scripts keep their calls few, since each one is a server operation:
-//! a busy attempt is GET + PTTL, an acquisition GET + TIME + INCR + SET, a
-//! release GET + DEL + ZADD + PEXPIRE.
+//! Renewals send the script's body (EVAL), so that they cost one round trip
+//! even after the server lost its script cache (restart, SCRIPT FLUSH,
+//! failover); the other scripts go by hash and fall back to the body once.
 
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+mod link;
+mod scripts;
+mod watch;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use redis::{Client, Connection, IntoConnectionInfo, Script, Value};
+use redis::{Client, IntoConnectionInfo, Value};
 
-use super::{Acquire, Backend, Check, Config, Grant, LockInfo, Request, Waiter};
+use super::{Acquire, Backend, Broken, Check, Config, Grant, LockInfo, Request, Waiter};
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
 use crate::holder::Holder;
 use crate::names::token_id;
-
-/// Shared by the scripts: does lease value `v` belong to token `t`?
-const OWNS: &str = r"
-local function owns(v, t) return v and string.sub(v, 1, #t + 1) == t .. '\n' end
-";
-
-/// Fences count up from the last one handed out. When that counter is gone
-/// (a day unused, or the server lost its data) it restarts at the server time
-/// in µs, which is past every earlier fence because the clock has moved on.
-const ACQUIRE: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  if owns(cur, ARGV[1]) then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    local t = redis.call('TIME')
-    return {1, string.match(cur, '^[^\n]*\n([^\n]*)'), t[1] .. string.format('%06d', tonumber(t[2])), 1}
-  end
-  return {0, redis.call('PTTL', KEYS[1]), cur}
-end
-local t = redis.call('TIME')
-local nows = t[1] .. string.format('%06d', tonumber(t[2]))
-local fence = redis.call('INCR', KEYS[2])
-if fence == 1 then
-  fence = nows
-  redis.call('SET', KEYS[2], fence, 'PX', 86400000)
-end
-local fs = fence
-if type(fence) == 'number' then fs = string.format('%.0f', fence) end
-redis.call('SET', KEYS[1], ARGV[1] .. '\n' .. fs .. '\n' .. nows .. '\n' .. ARGV[3], 'PX', ARGV[2])
-return {1, fs, nows, 0}
-";
-
-/// Extends only a lease the token still holds: an expired lease stays lost.
-const RENEW: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if owns(cur, ARGV[1]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1}
-end
-if cur then return {2, redis.call('PTTL', KEYS[1]), cur} end
-return {0}
-";
-
-/// Frees the lease and leaves the baton for the longest-waiting waiter.
-const RELEASE: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if owns(cur, ARGV[1]) then
-  redis.call('DEL', KEYS[1])
-  redis.call('ZADD', KEYS[2], 0, 'released')
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-  return {1}
-end
-if cur then return {2, redis.call('PTTL', KEYS[1]), cur} end
-return {0}
-";
-
-const FORCE_RELEASE: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return {0} end
-local ttl = redis.call('PTTL', KEYS[1])
-redis.call('DEL', KEYS[1])
-redis.call('ZADD', KEYS[2], 0, 'released')
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return {1, ttl, cur}
-";
+use link::Link;
+use scripts::{key, Lua, ACQUIRE_LUA, FORCE_LUA, RELEASE_LUA, RENEW_LUA};
 
 /// How long a baton left by a release waits for a waiter to take it.
 const BATON_TTL_MS: &str = "60000";
@@ -101,32 +37,17 @@ const BATON_TTL_MS: &str = "60000";
 pub struct RedisBackend {
     link: Arc<Link>,
     prefix: String,
+    /// Whether the server's eviction policy was asked about (with the first acquisition).
+    policy_checked: AtomicBool,
 }
 
-/// The one connection of a process, shared by the backend and its waiter:
-/// a waiter blocks in BZPOPMIN only between attempts, never during one.
-struct Link {
-    client: Client,
-    con: Mutex<Option<Connection>>,
-    timeout: Mutex<Duration>,
-    /// The URL without its password, for messages.
-    shown: String,
-}
-
-fn script(body: &str) -> Script {
-    Script::new(&format!("{OWNS}{body}"))
-}
-
-// Hashed (SHA-1) on first use: a process runs two or three of the four.
-static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(ACQUIRE));
-static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RENEW));
-static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(RELEASE));
-static FORCE_SCRIPT: LazyLock<Script> = LazyLock::new(|| script(FORCE_RELEASE));
-
-/// The key of `what` ("lease", "fence", "wake") for lock `name`: the name is
-/// the hash tag, so a lock's keys share a cluster slot.
-fn key(prefix: &str, name: &str, what: &str) -> String {
-    format!("{prefix}:{{{name}}}:{what}")
+/// How a script goes to the server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum By {
+    /// Its hash, and its body when the server does not know the hash.
+    Hash,
+    /// Its body: one round trip whatever the server's script cache holds.
+    Body,
 }
 
 impl RedisBackend {
@@ -147,16 +68,12 @@ impl RedisBackend {
         // two server operations per dlock process for no use to a lock.
         let settings = info.redis_settings().clone().set_skip_set_lib_name();
         let client = Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
-        let link = Link {
-            client,
-            con: Mutex::new(None),
-            timeout: Mutex::new(cfg.timeout),
-            shown,
-        };
-        link.with_con(|_| Ok(()))?;
+        let link = Link::new(client, cfg.timeout, shown);
+        link.connect()?;
         Ok(RedisBackend {
             link: Arc::new(link),
             prefix: cfg.prefix.clone(),
+            policy_checked: AtomicBool::new(false),
         })
     }
 
@@ -164,16 +81,46 @@ impl RedisBackend {
         key(&self.prefix, name, what)
     }
 
-    fn run(&self, script: &Script, keys: &[String], args: &[&str]) -> Result<Vec<Value>> {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(k);
+    fn run(&self, lua: &Lua, by: By, keys: &[String], args: &[&str]) -> Result<Vec<Value>> {
+        Ok(self.run_with_info(lua, by, keys, args, false)?.0)
+    }
+
+    /// Runs a script; with `info`, pipelines `INFO memory` behind it (no
+    /// extra round trip) and returns that reply too.
+    fn run_with_info(
+        &self,
+        lua: &Lua,
+        by: By,
+        keys: &[String],
+        args: &[&str],
+        info: bool,
+    ) -> Result<(Vec<Value>, Option<Value>)> {
+        let call = |body: bool| {
+            let mut pipe = redis::pipe();
+            // Errors come back as values: a refused INFO must not fail the script.
+            pipe.ignore_errors();
+            if body {
+                pipe.cmd("EVAL").arg(&lua.body);
+            } else {
+                pipe.cmd("EVALSHA").arg(&lua.sha);
+            }
+            pipe.arg(keys.len()).arg(keys).arg(args);
+            if info {
+                pipe.cmd("INFO").arg("memory");
+            }
+            self.link.with_con(|con| pipe.query::<Vec<Value>>(con))
+        };
+        let mut replies = call(by == By::Body)?;
+        let unknown =
+            matches!(replies.first(), Some(Value::ServerError(e)) if e.code() == "NOSCRIPT");
+        if by == By::Hash && unknown {
+            replies = call(true)?;
         }
-        for a in args {
-            inv.arg(*a);
-        }
-        match self.link.with_con(|con| inv.invoke::<Value>(con))? {
-            Value::Array(items) => Ok(items),
+        let mut replies = replies.into_iter();
+        let (first, extra) = (replies.next(), replies.next());
+        match first {
+            Some(Value::Array(items)) => Ok((items, extra)),
+            Some(Value::ServerError(e)) => Err(self.link.request_error(&e.into())),
             other => Err(fail(
                 INTERNAL,
                 format!("unexpected reply from {}: {other:?}", self.link.shown),
@@ -182,97 +129,27 @@ impl RedisBackend {
     }
 
     fn check_reply(&self, name: &str, items: &[Value]) -> Result<Check> {
+        let broken = |by: Option<&Value>| by.map(text).filter(|b| !b.is_empty());
         match int(items.first()) {
             Some(1) => Ok(Check::Done),
-            Some(0) => Ok(Check::NotHeld),
-            Some(2) => Ok(Check::HeldByOther(lock_info(
-                name,
-                items.get(1),
-                items.get(2),
-            ))),
+            Some(0) => Ok(match broken(items.get(1)) {
+                Some(by) => Check::Broken(Broken { by, now: None }),
+                None => Check::NotHeld,
+            }),
+            Some(2) => {
+                let other = lock_info(name, items.get(1), items.get(2));
+                Ok(match broken(items.get(3)) {
+                    Some(by) => Check::Broken(Broken {
+                        by,
+                        now: Some(other),
+                    }),
+                    None => Check::HeldByOther(other),
+                })
+            }
             _ => Err(fail(
                 INTERNAL,
                 format!("unexpected script reply from {}", self.link.shown),
             )),
-        }
-    }
-}
-
-impl Link {
-    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
-        self.con.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn timeout(&self) -> Duration {
-        *self.timeout.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs `f` on the connection, opening it first if needed. Any error drops
-    /// the connection, because a late reply to a timed-out request would
-    /// otherwise be read as the next one's answer.
-    fn with_con<T>(&self, f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>) -> Result<T> {
-        let mut guard = self.lock();
-        if guard.is_none() {
-            *guard = Some(self.new_connection()?);
-        }
-        let con = guard.as_mut().expect("just connected");
-        match f(con) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                *guard = None;
-                Err(self.request_error(&e))
-            }
-        }
-    }
-
-    fn new_connection(&self) -> Result<Connection> {
-        let timeout = self.timeout();
-        let con = self
-            .client
-            .get_connection_with_timeout(timeout)
-            .map_err(|e| self.connect_error(&e, timeout))?;
-        con.set_read_timeout(Some(timeout))
-            .and_then(|_| con.set_write_timeout(Some(timeout)))
-            .map_err(|e| self.connect_error(&e, timeout))?;
-        Ok(con)
-    }
-
-    fn connect_error(&self, e: &redis::RedisError, timeout: Duration) -> anyhow::Error {
-        let at = &self.shown;
-        let msg = if is_auth_error(e) {
-            format!("authentication to {at} failed: check the user and password in the URL")
-        } else if e.is_connection_refusal() {
-            format!("cannot connect to {at}: connection refused; is redis-server running and listening there?")
-        } else if e.is_timeout() {
-            format!(
-                "cannot connect to {at}: no answer within {}; check host, port and firewall, or raise --connect-timeout",
-                crate::output::format_duration(timeout)
-            )
-        } else {
-            format!("cannot connect to {at}: {e}")
-        };
-        fail(UNAVAILABLE, msg)
-    }
-
-    fn request_error(&self, e: &redis::RedisError) -> anyhow::Error {
-        let at = &self.shown;
-        if is_auth_error(e) {
-            fail(
-                UNAVAILABLE,
-                format!("authentication to {at} failed: check the user and password in the URL"),
-            )
-        } else if e.is_timeout() {
-            fail(
-                UNAVAILABLE,
-                format!(
-                    "{at} did not answer within {}",
-                    crate::output::format_duration(self.timeout())
-                ),
-            )
-        } else if e.is_io_error() || e.is_connection_dropped() {
-            fail(UNAVAILABLE, format!("lost connection to {at}: {e}"))
-        } else {
-            fail(INTERNAL, format!("unexpected reply from {at}: {e}"))
         }
     }
 }
@@ -287,7 +164,14 @@ impl Backend for RedisBackend {
             "{}\n{}\n{}\n{}\n{}",
             h.host, h.pid, h.user, req.name, h.command
         );
-        let items = self.run(&ACQUIRE_SCRIPT, &keys, &[req.token, &ms, &about])?;
+        // The first acquisition of a process also asks whether the server may
+        // evict keys, in the same round trip.
+        let ask = !self.policy_checked.swap(true, Ordering::Relaxed);
+        let args = [req.token, &ms, &about];
+        let (items, info) = self.run_with_info(&ACQUIRE_LUA, By::Hash, &keys, &args, ask)?;
+        if let Some(info) = info {
+            watch::warn_if_evicting(&info, &self.link.shown);
+        }
         match int(items.first()) {
             Some(1) => Ok(Acquire::Acquired(Grant {
                 fence: int(items.get(1)).context("fence missing from reply")? as u64,
@@ -308,19 +192,31 @@ impl Backend for RedisBackend {
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
         let ms = lease.as_millis().max(1).to_string();
-        let items = self.run(&RENEW_SCRIPT, &[self.key(name, "lease")], &[token, &ms])?;
+        let keys = [self.key(name, "lease"), self.key(name, "broken")];
+        let items = self.run(&RENEW_LUA, By::Body, &keys, &[token, &ms])?;
         self.check_reply(name, &items)
     }
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
-        let keys = [self.key(name, "lease"), self.key(name, "wake")];
-        let items = self.run(&RELEASE_SCRIPT, &keys, &[token, BATON_TTL_MS])?;
+        let keys = [
+            self.key(name, "lease"),
+            self.key(name, "wake"),
+            self.key(name, "broken"),
+        ];
+        let items = self.run(&RELEASE_LUA, By::Hash, &keys, &[token, BATON_TTL_MS])?;
         self.check_reply(name, &items)
     }
 
     fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>> {
-        let keys = [self.key(name, "lease"), self.key(name, "wake")];
-        let items = self.run(&FORCE_SCRIPT, &keys, &[BATON_TTL_MS])?;
+        let keys = [
+            self.key(name, "lease"),
+            self.key(name, "wake"),
+            self.key(name, "broken"),
+        ];
+        let me = Holder::new(std::process::id(), String::new());
+        let by = format!("{}@{} (pid {})", me.user, me.host, me.pid);
+        let args = [BATON_TTL_MS, &by, &keys[2]];
+        let items = self.run(&FORCE_LUA, By::Hash, &keys, &args)?;
         Ok(match int(items.first()) {
             Some(1) => Some(lock_info(name, items.get(1), items.get(2))),
             _ => None,
@@ -368,28 +264,29 @@ impl Backend for RedisBackend {
 
     fn reconnect(&mut self) -> Result<()> {
         *self.link.lock() = None;
-        self.link.with_con(|_| Ok(()))
+        self.link.connect()
     }
 
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
-        let t = timeout.max(Duration::from_millis(1));
-        *self.link.timeout.lock().unwrap_or_else(|e| e.into_inner()) = t;
-        let mut con = self.link.lock();
-        if let Some(c) = con.as_ref() {
-            if c.set_read_timeout(Some(t))
-                .and_then(|_| c.set_write_timeout(Some(t)))
-                .is_err()
-            {
-                *con = None;
-            }
-        }
+        self.link.set_timeout(timeout.max(Duration::from_millis(1)));
         Ok(())
+    }
+
+    fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
+        watch::listen(
+            self.link.client.clone(),
+            self.link.timeout(),
+            self.key(name, "broken"),
+            token_id(token),
+            name.to_string(),
+            on_break,
+        );
     }
 }
 
 impl RedisBackend {
     fn scan_lease_keys(&mut self) -> Result<Vec<String>> {
-        let pattern = format!("{}:{{*}}:lease", glob_escape(&self.prefix));
+        let pattern = scripts::lease_pattern(&self.prefix);
         let mut keys = Vec::new();
         let mut cursor: u64 = 0;
         loop {
@@ -442,25 +339,6 @@ impl Waiter for RedisWaiter {
     fn keeps_wakeups(&self) -> bool {
         true
     }
-}
-
-fn is_auth_error(e: &redis::RedisError) -> bool {
-    matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
-        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
-        || e.to_string().contains("WRONGPASS")
-        || e.to_string().contains("NOAUTH")
-}
-
-/// SCAN's MATCH is a glob: escape the prefix so that it is taken literally.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn int(v: Option<&Value>) -> Option<i64> {
@@ -520,11 +398,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn globs_are_escaped() {
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-    }
-
-    #[test]
     fn lease_values_keep_newlines_in_the_command() {
         let v = Value::BulkString(
             b"0123abcd\n42\n1700000000000001\nvm\n7\nroot\njob\nsh -c 'a\nb'".to_vec(),
@@ -537,15 +410,5 @@ mod tests {
         assert_eq!(i.holder.command, "sh -c 'a\nb'");
         assert_eq!(i.ttl, Duration::from_millis(1500));
         assert_eq!(lock_info("x", None, None).name, "x");
-    }
-
-    #[test]
-    fn keys_share_a_hash_tag() {
-        assert_eq!(key("dlock", "job", "lease"), "dlock:{job}:lease");
-        assert_eq!(key("dlock", "job", "wake"), "dlock:{job}:wake");
-        assert_ne!(
-            key("dlock", "a}:fence", "lease"),
-            key("dlock", "a", "fence")
-        );
     }
 }

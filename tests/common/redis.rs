@@ -14,6 +14,8 @@ pub struct Redis {
     password: Option<String>,
     /// Serve TLS (only) with the certificates in this directory.
     tls: Option<PathBuf>,
+    /// More redis-server options, such as `--maxmemory-policy allkeys-lru`.
+    args: Vec<String>,
 }
 
 impl Redis {
@@ -31,7 +33,16 @@ impl Redis {
         Self::start_with(Some(password.to_string()), None)
     }
 
+    /// A server started with these extra redis-server options.
+    pub fn with_args(args: &[&str]) -> Redis {
+        Self::start_full(None, None, args)
+    }
+
     fn start_with(password: Option<String>, tls: Option<PathBuf>) -> Redis {
+        Self::start_full(password, tls, &[])
+    }
+
+    fn start_full(password: Option<String>, tls: Option<PathBuf>, args: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Redis {
             port: 0,
@@ -39,6 +50,7 @@ impl Redis {
             child: Mutex::new(None),
             password,
             tls,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         r.launch();
         r
@@ -88,6 +100,7 @@ impl Redis {
             if let Some(p) = &self.password {
                 cmd.args(["--requirepass", p]);
             }
+            cmd.args(&self.args);
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
             // Tied to the test process: a server shared through a static is never dropped.
             let mut child = super::spawn_tied(cmd).expect("start redis-server");

@@ -1,0 +1,200 @@
+//! The Lua scripts that change leases, and the keys they work on.
+//!
+//! Keys for lock NAME under prefix P (the hash tag keeps them in one cluster
+//! slot); `{`, `}` and `%` in P and NAME are written `%7B`, `%7D` and `%25`,
+//! so that P holds no brace and NAME no closing brace: the key is
+//! `P:{NAME}:…` for exactly one (P, NAME), the hash tag is NAME, and the
+//! SCAN pattern `P:{*}:lease` matches no other prefix's keys.
+//!   P:{NAME}:lease  string "token\nfence\nacquired_us\nhost\npid\nuser\nname\ncommand"
+//!                   (the command last: it is the only field that may hold a newline)
+//!   P:{NAME}:fence  last fence handed out (outlives the lease, with a day's TTL)
+//!   P:{NAME}:wake   sorted set with at most one member, the baton: release adds
+//!                   it, a waiter takes it with BZPOPMIN
+//!   P:{NAME}:broken "token\nuser@host (pid N)": who broke the lease of that
+//!                   token with --force, kept until that lease would have expired
+//!                   and a minute more, so that its holder's next renewal can say so.
+//!                   The same line, with the token cut to its id, is published
+//!                   on the channel of that name for a live `exec` holder.
+//!
+//! Scripts keep their calls few, since each one is a server operation:
+//! a busy attempt is GET + PTTL, an acquisition GET + TIME + INCR (+ SET), a
+//! release GET + ZADD + PEXPIRE + DEL. Writes that may be refused for lack of
+//! memory come before DEL, so that a refused script changes nothing.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+/// Shared by the scripts: does lease value `v` belong to token `t`?
+const OWNS: &str = r"
+local function owns(v, t) return v and string.sub(v, 1, #t + 1) == t .. '\n' end
+";
+
+/// Fences are the larger of the last one + 1 and the server time in µs: a
+/// counter that is gone, or restored from an older copy (a failover to a
+/// replica that lagged, a restored dump), can never hand out a fence again,
+/// as long as the server's clock has moved on.
+const ACQUIRE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  if owns(cur, ARGV[1]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    local t = redis.call('TIME')
+    return {1, string.match(cur, '^[^\n]*\n([^\n]*)'), t[1] .. string.format('%06d', tonumber(t[2])), 1}
+  end
+  return {0, redis.call('PTTL', KEYS[1]), cur}
+end
+local t = redis.call('TIME')
+local nows = t[1] .. string.format('%06d', tonumber(t[2]))
+local fence = redis.call('INCR', KEYS[2])
+local fs
+if fence < tonumber(nows) then
+  fs = nows
+  redis.call('SET', KEYS[2], nows, 'PX', 86400000)
+else
+  fs = string.format('%.0f', fence)
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '\n' .. fs .. '\n' .. nows .. '\n' .. ARGV[3], 'PX', ARGV[2])
+return {1, fs, nows, 0}
+";
+
+/// Who broke the lease of token ARGV[1] (KEYS[2] is the tombstone), if anyone.
+const BROKEN_BY: &str = r"
+local function broken_by(k, t)
+  local b = redis.call('GET', k)
+  if owns(b, t) then return string.sub(b, #t + 2) end
+  return false
+end
+";
+
+/// Extends only a lease the token still holds: an expired lease stays lost.
+const RENEW: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if owns(cur, ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1}
+end
+local by = broken_by(KEYS[2], ARGV[1])
+if cur then return {2, redis.call('PTTL', KEYS[1]), cur, by} end
+return {0, by}
+";
+
+/// Frees the lease and leaves the baton for the longest-waiting waiter.
+const RELEASE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if owns(cur, ARGV[1]) then
+  redis.call('ZADD', KEYS[2], 0, 'released')
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  redis.call('DEL', KEYS[1])
+  return {1}
+end
+local by = broken_by(KEYS[3], ARGV[1])
+if cur then return {2, redis.call('PTTL', KEYS[1]), cur, by} end
+return {0, by}
+";
+
+/// Frees the lease whoever holds it, records who broke it (KEYS[3], ARGV[2])
+/// and tells a listening holder on channel ARGV[3]. PUBLISH may be refused
+/// (an ACL without channels): then the holder learns it at its next renewal.
+const FORCE_RELEASE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return {0} end
+local ttl = redis.call('PTTL', KEYS[1])
+local tok = string.match(cur, '^[^\n]*')
+redis.call('SET', KEYS[3], tok .. '\n' .. ARGV[2], 'PX', math.max(ttl, 0) + 60000)
+redis.call('ZADD', KEYS[2], 0, 'released')
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[1])
+redis.pcall('PUBLISH', ARGV[3], string.sub(tok, 1, 8) .. '\n' .. ARGV[2])
+return {1, ttl, cur}
+";
+
+/// A script with its SHA-1, hashed on first use: a process runs two or three of the four.
+pub struct Lua {
+    pub body: String,
+    pub sha: String,
+}
+
+impl Lua {
+    fn new(parts: &[&str]) -> Lua {
+        let body: String = parts.concat();
+        let sha = redis::Script::new(&body).get_hash().to_string();
+        Lua { body, sha }
+    }
+}
+
+pub static ACQUIRE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[OWNS, ACQUIRE]));
+pub static RENEW_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[OWNS, BROKEN_BY, RENEW]));
+pub static RELEASE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[OWNS, BROKEN_BY, RELEASE]));
+pub static FORCE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[FORCE_RELEASE]));
+
+/// `{`, `}` and `%` escaped, so that a prefix or name cannot end or open a hash tag.
+fn escape(s: &str) -> Cow<'_, str> {
+    if !s.contains(['{', '}', '%']) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The key (or channel) `what` ("lease", "fence", "wake", "broken") of lock
+/// `name` under `prefix`: the escaped name is the hash tag.
+pub fn key(prefix: &str, name: &str, what: &str) -> String {
+    format!("{}:{{{}}}:{what}", escape(prefix), escape(name))
+}
+
+/// SCAN's MATCH pattern for every lease key under `prefix`.
+pub fn lease_pattern(prefix: &str) -> String {
+    format!("{}:{{*}}:lease", glob_escape(&escape(prefix)))
+}
+
+/// SCAN's MATCH is a glob: escape the prefix so that it is taken literally.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn keys_share_a_hash_tag() {
+        assert_eq!(key("dlock", "job", "lease"), "dlock:{job}:lease");
+        assert_eq!(key("dlock", "job", "wake"), "dlock:{job}:wake");
+        assert_eq!(key("dlock", "a:b", "lease"), "dlock:{a:b}:lease");
+        assert_ne!(
+            key("dlock", "a}:fence", "lease"),
+            key("dlock", "a", "fence")
+        );
+    }
+
+    #[test]
+    fn prefixes_and_names_never_share_a_key() {
+        assert_ne!(
+            key("team", "b}:x:{c", "lease"),
+            key("team:{b}:x", "c", "lease")
+        );
+        assert_ne!(key("a%7B", "x", "lease"), key("a{", "x", "lease"));
+        assert_eq!(key("p{", "n}", "lease"), "p%7B:{n%7D}:lease");
+        assert_eq!(lease_pattern("ops*"), "ops\\*:{*}:lease");
+    }
+}

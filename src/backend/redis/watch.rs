@@ -1,0 +1,98 @@
+//! What a Redis holder learns besides its own replies: a break of its lease
+//! announced on pub/sub, and whether the server may evict lease keys.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::{Client, Value};
+
+use crate::output::{self, Level};
+
+/// Listens on `channel` on a connection and thread of its own, and calls
+/// `on_break` once when a notice names `token_id`. Started after the
+/// acquisition, beside the command: a break before the subscription is in
+/// place is found by the next renewal instead (the tombstone key).
+pub fn listen(
+    client: Client,
+    timeout: Duration,
+    channel: String,
+    token_id: String,
+    name: String,
+    on_break: Box<dyn FnOnce(String) + Send>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("break-notices".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match wait_for_break(&client, timeout, &channel, &token_id) {
+                    Ok(by) => {
+                        on_break(format!("lock '{name}' was broken with --force by {by}"));
+                        return;
+                    }
+                    // Not allowed to subscribe (an ACL without channels): renewals still tell.
+                    Err(e) if e.code().is_some() => return,
+                    Err(_) => {
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        });
+    if spawned.is_err() {
+        output::verbose("cannot start the break listener; renewals will notice a break");
+    }
+}
+
+/// Subscribes and blocks until a notice for `token_id`; returns who broke it.
+fn wait_for_break(
+    client: &Client,
+    timeout: Duration,
+    channel: &str,
+    token_id: &str,
+) -> redis::RedisResult<String> {
+    let mut con = client.get_connection_with_timeout(timeout)?;
+    con.set_read_timeout(Some(timeout))?;
+    let mut ps = con.as_pubsub();
+    ps.subscribe(channel)?;
+    // Notices come when they come; a dead connection ends in an error.
+    ps.set_read_timeout(None)?;
+    loop {
+        let msg = ps.get_message()?;
+        let payload: String = msg.get_payload()?;
+        if let Some((id, by)) = payload.split_once('\n') {
+            if id == token_id {
+                return Ok(by.to_string());
+            }
+        }
+    }
+}
+
+/// Warns once per process when the server's `INFO memory` reply says it may
+/// evict keys: an evicted lease lets a second holder in while the first runs.
+pub fn warn_if_evicting(info: &Value, shown: &str) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let text = match info {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::VerbatimString { text, .. } => text.clone(),
+        _ => return, // refused (INFO not allowed) or absent: nothing to say
+    };
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let policy = field("maxmemory_policy").unwrap_or("noeviction");
+    let limited = field("maxmemory").is_some_and(|m| m != "0");
+    if policy == "noeviction" || !limited || WARNED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    output::event(
+        Level::Error,
+        "eviction_risk",
+        None,
+        &format!("warning: {shown} has maxmemory-policy {policy}: under memory pressure it may evict a lease and let a second holder in; set maxmemory-policy noeviction"),
+        serde_json::json!({ "maxmemory_policy": policy }),
+    );
+}
