@@ -58,6 +58,10 @@ Any other code from exec is the command's own exit status.";
 pub struct Failure {
     pub code: i32,
     pub message: String,
+    /// The request certainly did not change anything on the server (no
+    /// connection, or a server that is not the backend at all), so nothing
+    /// it might have taken needs cleaning up.
+    pub unsent: bool,
 }
 
 impl fmt::Display for Failure {
@@ -73,7 +77,33 @@ pub fn fail(code: i32, message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Failure {
         code,
         message: message.into(),
+        unsent: false,
     })
+}
+
+/// Like [`fail`], for a request that certainly changed nothing on the server.
+pub fn fail_unsent(code: i32, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Failure {
+        code,
+        message: message.into(),
+        unsent: true,
+    })
+}
+
+/// The same error, marked as one whose request changed nothing (a failure
+/// to connect sends no request).
+pub fn mark_unsent(err: anyhow::Error) -> anyhow::Error {
+    match err.downcast::<Failure>() {
+        Ok(f) => fail_unsent(f.code, f.message),
+        Err(e) => e,
+    }
+}
+
+/// Whether the error proves the request changed nothing on the server.
+pub fn unsent(err: &anyhow::Error) -> bool {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Failure>())
+        .is_some_and(|f| f.unsent)
 }
 
 /// The exit code an error maps to: its own, or INTERNAL when it carries none.

@@ -125,7 +125,7 @@ pub fn acquire(
             let taken = match &result {
                 Ok(Acquire::Acquired(g)) => !g.extended,
                 Ok(Acquire::Busy(_)) => false,
-                Err(_) => true,
+                Err(e) => !crate::error::unsent(e),
             };
             trouble.unsure |= taken;
             trouble.give_up(backend, req);
@@ -138,7 +138,7 @@ pub fn acquire(
                 info
             }
             Err(e) => {
-                trouble.unsure = true;
+                trouble.unsure |= !crate::error::unsent(&e);
                 trouble.failed(backend, req, e, deadline)?;
                 continue;
             }

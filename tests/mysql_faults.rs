@@ -463,3 +463,19 @@ fn a_mysql_url_at_a_redis_port_says_what_answers() {
     // Long before the 20 s a server that never greets would be given.
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+/// redis:// at a MySQL port: the server's greeting is not Redis protocol;
+/// dlock says what answers there instead of dumping a parser error.
+#[test]
+fn a_redis_url_at_a_mysql_port_says_what_answers() {
+    let db = MariaDb::shared();
+    let url = format!("redis://127.0.0.1:{}/0", db.port);
+    for args in [&["status"][..], &["exec", "x", "--", "true"]] {
+        let o = at(&url, args);
+        one_line_error(
+            &o,
+            69,
+            "does not speak the Redis protocol: it answers as MySQL/MariaDB does",
+        );
+    }
+}

@@ -14,7 +14,7 @@ use crate::error::{fail, USAGE};
 use crate::holder::Holder;
 
 pub mod mysql;
-mod probe;
+pub mod probe;
 pub mod redis;
 pub mod sql;
 pub mod sqlite;

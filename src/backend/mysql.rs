@@ -471,8 +471,10 @@ impl Db {
         }
     }
 
+    /// Connects; a failure sent no request, so it changed nothing.
     fn connect(&self) -> Result<Conn> {
-        self.establish().map_err(|e| self.explain(e))
+        self.establish()
+            .map_err(|e| crate::error::mark_unsent(self.explain(e)))
     }
 
     fn connection(&mut self) -> Result<&mut Conn> {

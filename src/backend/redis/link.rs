@@ -1,7 +1,5 @@
 //! The one connection of a process, and what its errors mean to an operator.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -9,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use redis::{Client, Connection};
 
-use crate::error::{fail, INTERNAL, UNAVAILABLE};
+use crate::error::{fail, fail_unsent, mark_unsent, INTERNAL, UNAVAILABLE};
 
 /// Shared by the backend and its waiter: a waiter blocks in BZPOPMIN only
 /// between attempts, never during one.
@@ -19,8 +17,10 @@ pub struct Link {
     timeout: Mutex<Duration>,
     /// The URL without its password, for messages.
     pub shown: String,
-    /// Host and port of a `rediss://` server, to tell a plain port apart.
-    tls_addr: Option<(String, u16)>,
+    /// Host and port of a TCP server, to ask what answers there when its
+    /// replies make no sense, and whether it is reached over TLS.
+    addr: Option<(String, u16)>,
+    tls: bool,
     /// Whether the server has answered a request yet: over TLS the handshake
     /// happens with the first one, so a first timeout may be a plain port.
     answered: AtomicBool,
@@ -28,16 +28,18 @@ pub struct Link {
 
 impl Link {
     pub fn new(client: Client, timeout: Duration, shown: String) -> Link {
-        let tls_addr = match client.get_connection_info().addr() {
-            redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
-            _ => None,
+        let (addr, tls) = match client.get_connection_info().addr() {
+            redis::ConnectionAddr::TcpTls { host, port, .. } => (Some((host.clone(), *port)), true),
+            redis::ConnectionAddr::Tcp(host, port) => (Some((host.clone(), *port)), false),
+            _ => (None, false),
         };
         Link {
             client,
             con: Mutex::new(None),
             timeout: Mutex::new(timeout),
             shown,
-            tls_addr,
+            addr,
+            tls,
             answered: AtomicBool::new(false),
         }
     }
@@ -92,11 +94,13 @@ impl Link {
             Err(e) => {
                 *guard = None;
                 drop(guard);
-                if e.is_timeout()
-                    && self.tls_addr.is_some()
-                    && !self.answered.load(Ordering::Relaxed)
-                {
-                    return Err(self.no_handshake());
+                if !self.answered.load(Ordering::Relaxed) {
+                    if e.is_timeout() && self.tls {
+                        return Err(self.no_handshake());
+                    }
+                    if let Some(other) = self.not_redis(&e) {
+                        return Err(other);
+                    }
                 }
                 Err(self.request_error(&e))
             }
@@ -108,7 +112,7 @@ impl Link {
         let con = self
             .client
             .get_connection_with_timeout(timeout)
-            .map_err(|e| self.connect_error(&e, timeout))?;
+            .map_err(|e| mark_unsent(self.connect_error(&e, timeout)))?;
         con.set_read_timeout(Some(timeout))
             .and_then(|_| con.set_write_timeout(Some(timeout)))
             .map_err(|e| self.connect_error(&e, timeout))?;
@@ -121,8 +125,10 @@ impl Link {
             format!("authentication to {at} failed: check the user and password in the URL")
         } else if e.is_connection_refusal() {
             format!("cannot connect to {at}: connection refused; is redis-server running and listening there?")
-        } else if e.is_timeout() && self.tls_addr.is_some() {
+        } else if e.is_timeout() && self.tls {
             return self.no_handshake();
+        } else if let Some(other) = self.not_redis(e) {
+            return other;
         } else if e.is_timeout() {
             format!(
                 "cannot connect to {at}: no answer within {}; check host, port and firewall, or raise --connect-timeout",
@@ -139,16 +145,40 @@ impl Link {
     fn no_handshake(&self) -> anyhow::Error {
         let at = &self.shown;
         let within = crate::output::format_duration(self.timeout());
-        let plain = self
-            .tls_addr
-            .as_ref()
-            .is_some_and(|(h, p)| answers_plain_redis(h, *p, self.timeout()));
+        let plain = self.speaks() == Some("Redis");
         let msg = if plain {
             format!("{at} did not complete a TLS handshake within {within}: that port speaks plain Redis; use redis:// instead of rediss://")
         } else {
             format!("{at} did not complete a TLS handshake within {within}: is it a plain Redis port (then use redis://)? Otherwise check host, port and firewall, or raise --connect-timeout")
         };
         fail(UNAVAILABLE, msg)
+    }
+
+    /// What the server at this URL's host and port speaks, by a short look
+    /// on a connection of its own (at most a second).
+    fn speaks(&self) -> Option<&'static str> {
+        let (host, port) = self.addr.as_ref()?;
+        super::super::probe::speaks(host, *port, self.timeout().min(Duration::from_secs(1)))
+    }
+
+    /// A first reply that is not Redis protocol: say what answers there
+    /// instead (MySQL greets first, and its greeting reads as garbage).
+    fn not_redis(&self, e: &redis::RedisError) -> Option<anyhow::Error> {
+        if e.kind() != redis::ErrorKind::Parse || self.tls {
+            return None;
+        }
+        let (host, port) = self.addr.as_ref()?;
+        let other = self.speaks().filter(|p| *p != "Redis");
+        let found = other.map_or("it answers in something else".to_string(), |p| {
+            format!("it answers as {p} does")
+        });
+        Some(fail_unsent(
+            UNAVAILABLE,
+            format!(
+                "the server at {host}:{port} does not speak the Redis protocol: {found}; is the port in {} right?",
+                self.shown
+            ),
+        ))
     }
 
     pub fn request_error(&self, e: &redis::RedisError) -> anyhow::Error {
@@ -184,26 +214,6 @@ impl Link {
             fail(INTERNAL, format!("unexpected reply from {at}: {e}"))
         }
     }
-}
-
-/// True when host:port answers a plain-text PING the way Redis does.
-fn answers_plain_redis(host: &str, port: u16, timeout: Duration) -> bool {
-    let t = timeout.min(Duration::from_secs(1));
-    let probe = || -> std::io::Result<bool> {
-        let addr = (host, port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or(std::io::ErrorKind::NotFound)?;
-        let mut s = TcpStream::connect_timeout(&addr, t)?;
-        s.set_read_timeout(Some(t))?;
-        s.set_write_timeout(Some(t))?;
-        s.write_all(b"PING\r\n")?;
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b)?;
-        // "+PONG", or "-NOAUTH …" from a server that wants a password.
-        Ok(b[0] == b'+' || b[0] == b'-')
-    };
-    probe().unwrap_or(false)
 }
 
 pub fn is_auth_error(e: &redis::RedisError) -> bool {
