@@ -1,0 +1,499 @@
+//! Keeping a lease: the renewal thread, the one owner of the deadline that
+//! the supervisor and the guard process enforce, and the release at the end.
+
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::Timing;
+use crate::backend::{Backend, Check};
+use crate::error::{code_of, fail, INTERNAL, NOT_HELD, UNAVAILABLE};
+use crate::guard::Deadline;
+use crate::output::{self, Level};
+use crate::supervise::Event;
+
+/// The release (or the lapse's last renewal) at exit, with one more try
+/// on a connection that broke since the last request, all within `budget`.
+fn last_request(
+    backend: &mut dyn Backend,
+    name: &str,
+    token: &str,
+    cmd: Cmd,
+    budget: Duration,
+) -> Result<Check> {
+    let end = Instant::now() + budget;
+    let _ = backend.set_timeout(budget);
+    if let Cmd::Lapse(left) = cmd {
+        if left >= Duration::from_millis(1) {
+            return backend.renew(name, token, left);
+        }
+    }
+    backend.release(name, token).or_else(|e| {
+        let left = end.saturating_duration_since(Instant::now());
+        // NOT_HELD: the backend knows the lease is gone; a retry cannot help.
+        if left < Duration::from_millis(1) || code_of(&e) == NOT_HELD {
+            return Err(e);
+        }
+        let _ = backend.set_timeout(left);
+        backend.reconnect()?;
+        let left = end.saturating_duration_since(Instant::now());
+        let _ = backend.set_timeout(left.max(Duration::from_millis(1)));
+        backend.release(name, token)
+    })
+}
+
+struct State {
+    stop_by: Instant,
+    last_ok: SystemTime,
+    lost: bool,
+    /// The last renewal failed.
+    failing: bool,
+    /// `stop_by` as published to the guard process, which enforces it when
+    /// dlock's threads do not run.
+    shared: Option<&'static Deadline>,
+    /// The guard sent the lost signal: dlock was not running at the deadline.
+    by_guard: bool,
+}
+
+impl State {
+    /// Moves the deadline to `to` after a renewal succeeded, unless the lease
+    /// counts as lost already (here or in the guard).
+    fn extend(&mut self, to: Instant) {
+        let to = self.stop_by.max(to);
+        if self.lost || self.shared.is_some_and(|d| !d.extend(to)) {
+            return;
+        }
+        self.stop_by = to;
+        self.last_ok = SystemTime::now();
+    }
+
+    fn mark_lost(&mut self) {
+        self.lost = true;
+        self.by_guard = self.shared.is_some_and(|d| !d.claim());
+    }
+
+    fn guard_sent(&self) -> bool {
+        !self.lost && self.shared.is_some_and(|d| d.sent())
+    }
+}
+
+enum Cmd {
+    Release,
+    /// Stop renewing and let the lease run out after this long instead of releasing.
+    Lapse(Duration),
+}
+
+/// Renews a held lease until told to release it: on a thread of its own,
+/// started when the first renewal is due (a third of the lease), so that a
+/// short job never starts one and is released straight from the caller.
+pub struct Keeper {
+    state: Arc<Mutex<State>>,
+    run: Mutex<Run>,
+    timing: Timing,
+}
+
+enum Run {
+    Deferred(Box<Renewer>),
+    Running(Sender<Cmd>, JoinHandle<Result<Check>>),
+    Finished,
+}
+
+/// What the renewal loop owns.
+struct Renewer {
+    backend: Box<dyn Backend>,
+    name: String,
+    token: String,
+    timing: Timing,
+    acquired_sent: Instant,
+    base_timeout: Duration,
+    events: Sender<Event>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Renewer {
+    /// Releases, or lets the lease run out (`Lapse`), after the last renewal:
+    /// within one --connect-timeout in all (less when renewals were failing:
+    /// no later than the deadline), because an unreachable server would
+    /// otherwise hold up the exit while the lease frees itself anyway.
+    fn finish(self, cmd: Cmd) -> Result<Check> {
+        let (lost, failing, stop_by) = {
+            let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            (s.lost, s.failing, s.stop_by)
+        };
+        let lapse = matches!(cmd, Cmd::Lapse(left) if left >= Duration::from_millis(1));
+        if lost && !lapse {
+            // The lease is gone or about to expire; a release
+            // could only block on the server that failed us.
+            return Ok(Check::NotHeld);
+        }
+        let mut budget = self.base_timeout;
+        if failing {
+            budget = budget.min(stop_by.saturating_duration_since(Instant::now()));
+        }
+        if budget < Duration::from_millis(1) {
+            return Err(fail(
+                UNAVAILABLE,
+                "the backend stopped answering renewals before the deadline",
+            ));
+        }
+        let Renewer {
+            backend,
+            name,
+            token,
+            ..
+        } = self;
+        let (tx, rx) = mpsc::channel();
+        // On a thread of its own, so that the wait ends at the budget even
+        // inside a driver call; the process exits soon after, abandoning it.
+        let spawned = std::thread::Builder::new()
+            .name("release".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let mut backend = backend;
+                let _ = tx.send(last_request(backend.as_mut(), &name, &token, cmd, budget));
+            });
+        if spawned.is_err() {
+            return Err(fail(INTERNAL, "cannot start a thread to release the lock"));
+        }
+        // A little slack, so that the driver's own timeout error, which says more, wins.
+        match rx.recv_timeout(budget + Duration::from_millis(50)) {
+            Ok(r) => r,
+            Err(_) => Err(fail(
+                UNAVAILABLE,
+                format!(
+                    "the backend did not answer within {}",
+                    output::format_duration(budget)
+                ),
+            )),
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) -> Result<Check> {
+        let cmd = self.renew_until_told(&rx);
+        self.finish(cmd)
+    }
+
+    /// Renews every period until the keeper says how to finish.
+    fn renew_until_told(&mut self, rx: &mpsc::Receiver<Cmd>) -> Cmd {
+        let mut p = Progress {
+            next: self.acquired_sent + self.timing.period,
+            backoff: Progress::FIRST_BACKOFF,
+            failures: 0,
+        };
+        loop {
+            match rx.recv_timeout(p.next.saturating_duration_since(Instant::now())) {
+                Ok(cmd) => return cmd,
+                Err(RecvTimeoutError::Disconnected) => return Cmd::Release,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(cmd) = self.renew_once(rx, &mut p) {
+                return cmd;
+            }
+        }
+    }
+
+    /// One renewal when it is due; a command from the keeper that arrived
+    /// meanwhile ends the loop.
+    fn renew_once(&mut self, rx: &mpsc::Receiver<Cmd>, p: &mut Progress) -> Option<Cmd> {
+        let (name, timing) = (self.name.as_str(), self.timing);
+        let later = || Instant::now() + Duration::from_secs(3600);
+        let stop_by = {
+            let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            s.stop_by
+        };
+        let now = Instant::now();
+        if self.lost() || stop_by <= now {
+            // The supervisor acts on the deadline; nothing sent now could save the lease.
+            p.next = later();
+            return None;
+        }
+        let _ = self
+            .backend
+            .set_timeout(self.base_timeout.min(stop_by - now));
+        let sent = Instant::now();
+        match self.backend.renew(name, &self.token, timing.lease) {
+            Ok(Check::Done) => {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                s.extend(timing.stop_by(sent));
+                s.failing = false;
+                drop(s);
+                log_renewed(name, timing.lease, p.failures);
+                p.failures = 0;
+                p.backoff = Progress::FIRST_BACKOFF;
+                p.next = sent + timing.period;
+            }
+            Ok(refused @ (Check::NotHeld | Check::HeldByOther(_) | Check::Broken(_))) => {
+                let _ = self.events.send(Event::Lost(lost_reason(name, &refused)));
+                p.next = later();
+            }
+            // The backend knows the lease is gone (an SQLite file deleted under it).
+            Err(e) if code_of(&e) == NOT_HELD => {
+                let _ = self.events.send(Event::Lost(format!("{e:#}")));
+                p.next = later();
+            }
+            Err(e) => {
+                // The job may have ended while this attempt was under way:
+                // then only the release matters, and talk of retrying would
+                // follow "the command exited" in the log. A lost lease still
+                // gets its cause said once.
+                if let Ok(cmd) = rx.try_recv() {
+                    if self.lost() {
+                        let msg = format!("the last renewal of '{name}' failed: {e:#}");
+                        log_failure(name, &msg, p.failures + 1, Level::Info);
+                    }
+                    return Some(cmd);
+                }
+                p.failures += 1;
+                self.state.lock().unwrap_or_else(|e| e.into_inner()).failing = true;
+                let left = stop_by.saturating_duration_since(Instant::now());
+                let msg = if left.is_zero() {
+                    format!("renewal of '{name}' failed: {e:#}; no time is left to retry")
+                } else {
+                    format!(
+                        "renewal of '{name}' failed: {e:#}; retrying until the deadline in {}",
+                        output::format_duration(left)
+                    )
+                };
+                // The first failure is news; the retries after it are detail.
+                let level = if p.failures == 1 {
+                    Level::Info
+                } else {
+                    Level::Debug
+                };
+                log_failure(name, &msg, p.failures, level);
+                let _ = self.backend.set_timeout(self.base_timeout.min(left));
+                let _ = self.backend.reconnect();
+                p.next = Instant::now() + p.backoff;
+                p.backoff = (p.backoff * 2).min(timing.period);
+            }
+        }
+        None
+    }
+
+    fn lost(&self) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).lost
+    }
+}
+
+/// Where the renewal loop stands between attempts.
+struct Progress {
+    next: Instant,
+    backoff: Duration,
+    failures: u32,
+}
+
+impl Progress {
+    const FIRST_BACKOFF: Duration = Duration::from_millis(25);
+}
+
+/// A renewal went through; after failures that is news, else a detail.
+fn log_renewed(name: &str, lease: Duration, failures: u32) {
+    let level = if failures > 0 {
+        Level::Info
+    } else {
+        Level::Debug
+    };
+    output::event(
+        level,
+        "renewed",
+        Some(name),
+        &format!("renewed '{name}'"),
+        json!({ "lease_ms": lease.as_millis() as u64, "failures": failures }),
+    );
+}
+
+fn log_failure(name: &str, msg: &str, attempt: u32, level: Level) {
+    output::event(
+        level,
+        "renewal_failed",
+        Some(name),
+        msg,
+        json!({ "attempt": attempt }),
+    );
+}
+
+/// Why a renewal found the lease gone, in words for the operator.
+fn lost_reason(name: &str, check: &Check) -> String {
+    let held = |o: &crate::backend::LockInfo| {
+        format!(
+            "{}:{} ({}) with fence {}",
+            o.holder.host, o.holder.pid, o.holder.user, o.fence
+        )
+    };
+    match check {
+        Check::Broken(b) => match &b.now {
+            Some(o) => format!(
+                "lock '{name}' was broken with --force by {} and is now held by {}",
+                b.by,
+                held(o)
+            ),
+            None => format!("lock '{name}' was broken with --force by {}", b.by),
+        },
+        Check::HeldByOther(o) => format!(
+            "lock '{name}' is now held by {} (the lease expired or was broken with --force)",
+            held(o)
+        ),
+        _ => format!(
+            "the server no longer has the lease on '{name}' (it expired, was broken with --force, or the server lost its data)"
+        ),
+    }
+}
+
+impl Keeper {
+    /// Renews from a thread that [`Keeper::start_if_due`] starts when the
+    /// first renewal is due (the caller must call it by
+    /// [`Keeper::first_renewal`]), or [`Keeper::start_now`].
+    pub fn new(
+        backend: Box<dyn Backend>,
+        name: String,
+        token: String,
+        timing: Timing,
+        acquired_sent: Instant,
+        base_timeout: Duration,
+        events: Sender<Event>,
+    ) -> Keeper {
+        let state = Arc::new(Mutex::new(State {
+            stop_by: timing.stop_by(acquired_sent),
+            last_ok: SystemTime::now(),
+            lost: false,
+            failing: false,
+            shared: None,
+            by_guard: false,
+        }));
+        let renewer = Renewer {
+            backend,
+            name,
+            token,
+            timing,
+            acquired_sent,
+            base_timeout,
+            events,
+            state: Arc::clone(&state),
+        };
+        Keeper {
+            state,
+            run: Mutex::new(Run::Deferred(Box::new(renewer))),
+            timing,
+        }
+    }
+
+    /// Starts the renewal thread now.
+    pub fn start_now(&self) {
+        let mut run = self.run.lock().unwrap_or_else(|e| e.into_inner());
+        *run = match std::mem::replace(&mut *run, Run::Finished) {
+            Run::Deferred(renewer) => {
+                let (tx, rx) = mpsc::channel();
+                let handle = std::thread::Builder::new()
+                    .name("renew".into())
+                    // Small: the loop's frames and the driver's buffers are on the heap.
+                    .stack_size(256 * 1024)
+                    .spawn(move || renewer.run(rx))
+                    .expect("cannot start the renewal thread");
+                Run::Running(tx, handle)
+            }
+            other => other,
+        };
+    }
+
+    /// When the renewal thread must be running, while it is not yet.
+    pub fn first_renewal(&self) -> Option<Instant> {
+        match &*self.run.lock().unwrap_or_else(|e| e.into_inner()) {
+            Run::Deferred(r) => Some(r.acquired_sent + r.timing.period),
+            _ => None,
+        }
+    }
+
+    /// Starts the renewal thread if the first renewal is due by `now`.
+    pub fn start_if_due(&self, now: Instant) {
+        if self.first_renewal().is_some_and(|t| t <= now) {
+            self.start_now();
+        }
+    }
+
+    /// When the lost signal must go out unless a renewal succeeds first.
+    pub fn stop_by(&self) -> Instant {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).stop_by
+    }
+
+    /// Publishes the deadline, now and on every move, to the guard process.
+    pub fn share_deadline(&self, word: &'static Deadline) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        word.extend(s.stop_by);
+        s.shared = Some(word);
+    }
+
+    /// Marks the lease lost if its deadline has passed (or the guard acted on
+    /// it); later renewals are ignored. Returns true the first time.
+    pub fn lose_if_due(&self, now: Instant) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.lost || (now < s.stop_by && !s.guard_sent()) {
+            return false;
+        }
+        s.mark_lost();
+        true
+    }
+
+    /// Marks the lease lost if the guard has sent the lost signal; returns true the first time.
+    pub fn lose_if_guard_acted(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.guard_sent() {
+            return false;
+        }
+        s.mark_lost();
+        true
+    }
+
+    /// Marks the lease lost (the server said so); returns true the first time.
+    pub fn lose(&self) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.lost {
+            return false;
+        }
+        s.mark_lost();
+        true
+    }
+
+    /// Once lost: true if the guard process sent the lost signal, so dlock must not again.
+    pub fn stopped_by_guard(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_guard
+    }
+
+    pub fn last_renewed(&self) -> SystemTime {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).last_ok
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// Stops renewing and releases the lock; returns what the backend said.
+    pub fn release(self) -> Result<Check> {
+        self.finish(Cmd::Release)
+    }
+
+    /// Stops renewing and sets the lease to run out `left` from now (--min-hold).
+    pub fn lapse_after(self, left: Duration) -> Result<Check> {
+        self.finish(Cmd::Lapse(left))
+    }
+
+    fn finish(self, cmd: Cmd) -> Result<Check> {
+        let run = self.run.into_inner().unwrap_or_else(|e| e.into_inner());
+        match run {
+            Run::Deferred(r) => r.finish(cmd),
+            Run::Running(tx, handle) => {
+                let _ = tx.send(cmd);
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the renewal thread panicked")))
+            }
+            Run::Finished => Ok(Check::NotHeld),
+        }
+    }
+}
