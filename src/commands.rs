@@ -1,17 +1,14 @@
 //! The subcommands, each a function from parsed arguments to an exit code.
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::backend::{self, Backend, Check, Config, Grant, Location, LockInfo, Request};
-use crate::cli::{
-    AcquireArgs, ExecArgs, Global, KeepaliveArgs, ReleaseArgs, RenewArgs, StatusArgs,
-};
+use crate::cli::{AcquireArgs, ExecArgs, Global, ReleaseArgs, RenewArgs, StatusArgs};
 use crate::error::{self, fail};
 use crate::holder::Holder;
 use crate::lease::{self, Keeper, Taken, Timing};
@@ -19,6 +16,10 @@ use crate::names;
 use crate::output::{self, Level, Row};
 use crate::signals;
 use crate::supervise::{self, Event, Job};
+
+mod keepalive;
+pub use keepalive::keepalive;
+use keepalive::spawn_keepalive;
 
 /// The backend URL from --url, DLOCK_URL or --url-file.
 pub fn resolve_url(g: &Global) -> Result<Option<String>> {
@@ -71,6 +72,16 @@ fn describe(info: &LockInfo) -> String {
         output::format_left(info.ttl)
     ));
     s
+}
+
+fn report_busy(name: &str, info: &Option<LockInfo>, waited: crate::cli::Wait) {
+    output::event(
+        Level::Info,
+        "busy",
+        Some(name),
+        &busy_message(name, info, waited),
+        json!({ "holder": info.as_ref().map(|i| &i.holder) }),
+    );
 }
 
 fn busy_message(name: &str, info: &Option<LockInfo>, waited: crate::cli::Wait) -> String {
@@ -141,13 +152,7 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
             }
         }
         Taken::Busy(info) => {
-            output::event(
-                Level::Info,
-                "busy",
-                Some(&a.name),
-                &busy_message(&a.name, &info, a.lease.wait),
-                json!({ "holder": info.as_ref().map(|i| &i.holder) }),
-            );
+            report_busy(&a.name, &info, a.lease.wait);
             Ok(error::BUSY)
         }
     }
@@ -312,9 +317,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         None => e.command.clone(),
     };
     if let Some(j) = e.jitter.filter(|j| !j.is_zero()) {
-        let delay = random_below(j);
-        output::verbose(&format!("jitter: sleeping {}", output::format_left(delay)));
-        std::thread::sleep(delay);
+        sleep_jitter(j);
     }
     let (mut b, _loc, cfg) = connect(g, url)?;
     let token = names::new_token();
@@ -333,13 +336,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     let (grant, sent) = match lease::acquire(b.as_mut(), &req, e.lease.wait, cfg.timeout)? {
         Taken::Held(grant, sent) => (grant, sent),
         Taken::Busy(info) => {
-            output::event(
-                Level::Info,
-                "busy",
-                Some(&e.name),
-                &busy_message(&e.name, &info, e.lease.wait),
-                json!({ "holder": info.as_ref().map(|i| &i.holder) }),
-            );
+            report_busy(&e.name, &info, e.lease.wait);
             return Ok(e.conflict_exit_code);
         }
     };
@@ -389,55 +386,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         None => keeper.release(),
     };
     let end = end?;
-    match released {
-        Ok(Check::Done) => match hold_left {
-            Some(left) => output::event(
-                Level::Debug,
-                "held",
-                Some(&e.name),
-                &format!(
-                    "keeping '{}' for another {} (--min-hold)",
-                    e.name,
-                    output::format_left(left)
-                ),
-                json!({ "left_ms": left.as_millis() as u64 }),
-            ),
-            None => output::event(
-                Level::Debug,
-                "released",
-                Some(&e.name),
-                &format!("released '{}'", e.name),
-                Value::Null,
-            ),
-        },
-        Ok(_) if end.lost => {}
-        Ok(Check::NotHeld) => output::error(&format!(
-            "lock '{}' had already expired or been broken with --force when the command ended",
-            e.name
-        )),
-        Ok(Check::Broken(b)) => output::error(&format!(
-            "lock '{}' was broken with --force by {} before the command ended",
-            e.name, b.by
-        )),
-        Ok(Check::HeldByOther(info)) => output::error(&format!(
-            "lock '{}' was taken over by {} before the command ended",
-            e.name,
-            describe(&info)
-        )),
-        Err(err) if error::code_of(&err) == error::NOT_HELD => {
-            output::error(&format!("could not release '{}': {err:#}", e.name))
-        }
-        Err(err) => output::event(
-            Level::Error,
-            "release_failed",
-            Some(&e.name),
-            &format!(
-                "could not release '{}': {err:#}; it frees itself when the lease runs out",
-                e.name
-            ),
-            Value::Null,
-        ),
-    }
+    report_release(&e.name, released, hold_left, end.lost);
     Ok(if end.lost {
         error::LOST
     } else if end.timed_out {
@@ -445,6 +394,60 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     } else {
         end.status
     })
+}
+
+/// Says how the lock ended once the command did: released, kept for the rest
+/// of --min-hold, or already gone (a lost lease was reported when it happened).
+fn report_release(name: &str, released: Result<Check>, hold_left: Option<Duration>, lost: bool) {
+    match released {
+        Ok(Check::Done) => match hold_left {
+            Some(left) => output::event(
+                Level::Debug,
+                "held",
+                Some(name),
+                &format!(
+                    "keeping '{}' for another {} (--min-hold)",
+                    name,
+                    output::format_left(left)
+                ),
+                json!({ "left_ms": left.as_millis() as u64 }),
+            ),
+            None => output::event(
+                Level::Debug,
+                "released",
+                Some(name),
+                &format!("released '{}'", name),
+                Value::Null,
+            ),
+        },
+        Ok(_) if lost => {}
+        Ok(Check::NotHeld) => output::error(&format!(
+            "lock '{}' had already expired or been broken with --force when the command ended",
+            name
+        )),
+        Ok(Check::Broken(b)) => output::error(&format!(
+            "lock '{}' was broken with --force by {} before the command ended",
+            name, b.by
+        )),
+        Ok(Check::HeldByOther(info)) => output::error(&format!(
+            "lock '{}' was taken over by {} before the command ended",
+            name,
+            describe(&info)
+        )),
+        Err(err) if error::code_of(&err) == error::NOT_HELD => {
+            output::error(&format!("could not release '{}': {err:#}", name))
+        }
+        Err(err) => output::event(
+            Level::Error,
+            "release_failed",
+            Some(name),
+            &format!(
+                "could not release '{}': {err:#}; it frees itself when the lease runs out",
+                name
+            ),
+            Value::Null,
+        ),
+    }
 }
 
 fn announce_acquired(name: &str, grant: &Grant, lease: Duration) {
@@ -463,6 +466,13 @@ fn announce_acquired(name: &str, grant: &Grant, lease: Duration) {
         ),
         json!({ "fence": grant.fence, "lease_ms": lease.as_millis() as u64 }),
     );
+}
+
+/// --jitter: spreads hosts that a cron tick starts at the same second.
+fn sleep_jitter(limit: Duration) {
+    let delay = random_below(limit);
+    output::verbose(&format!("jitter: sleeping {}", output::format_left(delay)));
+    std::thread::sleep(delay);
 }
 
 /// A uniformly random duration in [0, limit).
@@ -493,142 +503,5 @@ pub fn renew(g: &Global, url: Option<String>, r: &RenewArgs) -> Result<i32> {
             Ok(error::OK)
         }
         refused => Ok(token_refused(&r.name, refused, "")),
-    }
-}
-
-/// Starts the detached renewer for `acquire --keepalive-pid`: a new session,
-/// so the caller's Ctrl-C or job control does not reach it.
-fn spawn_keepalive(
-    g: &Global,
-    url: Option<&str>,
-    name: &str,
-    token: &str,
-    lease: Duration,
-    pid: u32,
-) -> Result<()> {
-    let exe = std::env::current_exe().context("cannot find the dlock executable")?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("keepalive")
-        .arg(name)
-        .arg("--lease")
-        .arg(format!("{}ms", lease.as_millis()))
-        .arg("--pid")
-        .arg(pid.to_string())
-        // Secrets travel in the environment, never in argv where `ps` shows them.
-        .env("DLOCK_TOKEN", token)
-        .env("DLOCK_PREFIX", &g.prefix)
-        .env(
-            "DLOCK_CONNECT_TIMEOUT",
-            format!("{}ms", g.connect_timeout.as_millis()),
-        )
-        .env_remove("DLOCK_URL_FILE")
-        // No inherited stdout or stderr either: a caller that captures them
-        // (`$(dlock acquire … 2>&1)`, a CI log pipe) would wait for EOF until
-        // the watched process exits. Trouble shows as `release`/`renew` exit 3.
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    match url {
-        Some(u) => cmd.env("DLOCK_URL", u),
-        None => cmd.env_remove("DLOCK_URL"),
-    };
-    if g.quiet {
-        cmd.arg("--quiet");
-    }
-    // SAFETY: setsid is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    cmd.spawn().context("cannot start the keep-alive process")?;
-    Ok(())
-}
-
-/// The hidden `keepalive` subcommand: renew while `pid` lives, then release.
-pub fn keepalive(g: &Global, url: Option<String>, k: &KeepaliveArgs) -> Result<i32> {
-    let timing = Timing::new(k.lease, None)?;
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, k.pid as libc::pid_t, 0) } as i32;
-    let (b, _loc, cfg) = connect(g, url)?;
-    let (tx, rx) = mpsc::channel();
-    if pidfd >= 0 {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let mut p = libc::pollfd {
-                fd: pidfd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            while unsafe { libc::poll(&mut p, 1, -1) } < 0 {}
-            let _ = tx.send(Event::Watched);
-        });
-    } else {
-        let _ = tx.send(Event::Watched); // already gone
-    }
-    signals::forward_to(tx.clone());
-    // Renew at once: the lease was granted a moment ago by the parent.
-    let keeper = Keeper::new(
-        b,
-        k.name.clone(),
-        k.token.clone(),
-        timing,
-        Instant::now() - timing.period,
-        cfg.timeout,
-        tx,
-    );
-    keeper.start_now();
-    loop {
-        let wait = keeper.stop_by().saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(Event::Watched) => {
-                let r = keeper.release()?;
-                if matches!(r, Check::Done) {
-                    output::event(
-                        Level::Debug,
-                        "released",
-                        Some(&k.name),
-                        &format!("process {} exited; released '{}'", k.pid, k.name),
-                        Value::Null,
-                    );
-                }
-                return Ok(error::OK);
-            }
-            Ok(Event::Lost(msg)) => {
-                output::event(
-                    Level::Error,
-                    "lost",
-                    Some(&k.name),
-                    &format!("keep-alive for '{}' stopped: {msg}", k.name),
-                    Value::Null,
-                );
-                return Ok(error::LOST);
-            }
-            Ok(Event::Signal(sig))
-                if signals::FORWARDED.contains(&sig)
-                    && sig != nix::sys::signal::Signal::SIGUSR1
-                    && sig != nix::sys::signal::Signal::SIGUSR2 =>
-            {
-                // Stopped deliberately: release, as the owner would.
-                let _ = keeper.release();
-                return Ok(signals::exit_code(sig));
-            }
-            Ok(Event::Signal(_)) => {}
-            Err(_) => {
-                if keeper.lose_if_due(Instant::now()) {
-                    output::event(
-                        Level::Error,
-                        "lost",
-                        Some(&k.name),
-                        &format!(
-                            "keep-alive for '{}' could not renew in time; the lease lapses",
-                            k.name
-                        ),
-                        Value::Null,
-                    );
-                    return Ok(error::LOST);
-                }
-            }
-        }
     }
 }
