@@ -120,119 +120,44 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
             return Err(e);
         }
     };
-    let pgid = child;
-    let started = Instant::now();
-    let mut runtime_over = job.max_runtime.map(|d| started + d);
-    let mut timed_out = false;
-
-    let mut status: Option<i32> = None;
-    let mut lost = false;
-    let mut kill_at: Option<Instant> = None;
+    let mut w = Watch {
+        job,
+        keeper,
+        pgid: child,
+        started: Instant::now(),
+        runtime_over: job.max_runtime.map(|d| Instant::now() + d),
+        timed_out: false,
+        status: None,
+        lost: false,
+        kill_at: None,
+    };
     loop {
-        if status.is_some() && !group_alive(pgid) {
-            if !lost && keeper.lose_if_guard_acted() {
-                lost = true;
-                stop_lost(job, keeper, pgid, &lease_ran_out(job, keeper));
+        if w.status.is_some() && !group_alive(w.pgid) {
+            if !w.lost && keeper.lose_if_guard_acted() {
+                w.lost = true;
+                stop_lost(job, keeper, w.pgid, &lease_ran_out(job, keeper));
             }
             break;
         }
         let now = Instant::now();
         keeper.start_if_due(now);
-        if !lost && keeper.lose_if_due(now) {
-            lost = true;
-            stop_lost(job, keeper, pgid, &lease_ran_out(job, keeper));
-            let hard = keeper.stop_by() + timing.kill_after;
-            kill_at = Some(kill_at.map_or(hard, |k| k.min(hard)));
-        }
-        if let Some(over) = runtime_over {
-            if over <= now && status.is_none() {
-                runtime_over = None;
-                timed_out = true;
-                output::event(
-                    Level::Error,
-                    "max_runtime",
-                    Some(&job.name),
-                    &format!(
-                        "the command ran longer than --max-runtime {}; stopping it with {}, SIGKILL in {}",
-                        crate::duration::format(job.max_runtime.unwrap_or_default()),
-                        job.on_lost.as_str(),
-                        crate::duration::format(timing.kill_after),
-                    ),
-                    serde_json::Value::Null,
-                );
-                signal_group(pgid, job.on_lost);
-                let hard = now + timing.kill_after;
-                kill_at = Some(kill_at.map_or(hard, |k| k.min(hard)));
-            }
-        }
-        if let Some(k) = kill_at {
-            if k <= now {
-                let _ = killpg(pgid, Signal::SIGKILL);
-                kill_at = None;
-            }
-        }
-        let mut wake = now + Duration::from_secs(3600);
-        if !lost {
-            wake = wake.min(keeper.stop_by());
-        }
-        if let Some(k) = kill_at {
-            wake = wake.min(k);
-        }
-        if let Some(r) = keeper.first_renewal() {
-            wake = wake.min(r);
-        }
-        if let Some(over) = runtime_over {
-            wake = wake.min(over);
-        }
-        match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+        w.check_clocks(now);
+        match events.recv_timeout(w.next_wake(now).saturating_duration_since(Instant::now())) {
             Ok(Event::Signal(Signal::SIGCHLD)) => {
-                let was_running = status.is_none();
+                let was_running = w.status.is_none();
                 let valid = || Instant::now() < keeper.stop_by();
-                if reap(
-                    child,
-                    &mut status,
-                    guard.as_ref().map(|g| g.pid),
-                    tty,
-                    &valid,
-                ) {
-                    if was_running {
-                        let code = status.unwrap_or_default();
-                        output::event(
-                            Level::Debug,
-                            "child_exited",
-                            Some(&job.name),
-                            &format!("the command exited with status {code}"),
-                            json!({ "status": code, "runtime_ms": started.elapsed().as_millis() as u64 }),
-                        );
-                    }
-                    if let Some(fd) = tty {
-                        unsafe { libc::tcsetpgrp(fd, libc::getpgrp()) };
-                    }
-                    if group_alive(pgid) && kill_at.is_none() {
-                        // The command is gone but left processes behind in its group:
-                        // they are part of the job and must not outlive the lock.
-                        output::verbose("the command exited; stopping what it left running");
-                        signal_group(pgid, Signal::SIGTERM);
-                        kill_at = Some(Instant::now() + timing.kill_after);
-                    }
+                let guard_pid = guard.as_ref().map(|g| g.pid);
+                if reap(child, &mut w.status, guard_pid, tty, &valid) {
+                    w.command_exited(was_running, tty);
                 }
             }
             Ok(Event::Signal(sig)) => {
                 if FORWARDED.contains(&sig) {
                     output::verbose(&format!("forwarding {} to the command", sig.as_str()));
-                    signal_group(pgid, sig);
+                    signal_group(w.pgid, sig);
                 }
             }
-            Ok(Event::Lost(msg)) => {
-                if keeper.lose() {
-                    lost = true;
-                    let since = humantime::format_rfc3339_millis(keeper.last_renewed());
-                    let cause = format!("lease lost: {msg}; last renewal succeeded at {since}");
-                    stop_lost(job, keeper, pgid, &cause);
-                    let hard = Instant::now() + timing.kill_after;
-                    kill_at = Some(kill_at.map_or(hard, |k| k.min(hard)));
-                }
-            }
+            Ok(Event::Lost(msg)) => w.server_says_lost(&msg),
             Ok(Event::Watched) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -242,10 +167,117 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
         g.dismiss();
     }
     Ok(End {
-        status: status.unwrap_or(crate::error::INTERNAL),
-        lost,
-        timed_out,
+        status: w.status.unwrap_or(crate::error::INTERNAL),
+        lost: w.lost,
+        timed_out: w.timed_out,
     })
+}
+
+/// The supervisor's view of a running job, between events.
+struct Watch<'a> {
+    job: &'a Job,
+    keeper: &'a Keeper,
+    pgid: Pid,
+    started: Instant,
+    /// When --max-runtime runs out, until it has.
+    runtime_over: Option<Instant>,
+    timed_out: bool,
+    /// The command's exit status, once it has exited.
+    status: Option<i32>,
+    lost: bool,
+    /// When the group gets SIGKILL.
+    kill_at: Option<Instant>,
+}
+
+impl Watch<'_> {
+    /// Acts on the lease deadline, --max-runtime and a due SIGKILL.
+    fn check_clocks(&mut self, now: Instant) {
+        let (job, keeper) = (self.job, self.keeper);
+        let kill_after = keeper.timing().kill_after;
+        if !self.lost && keeper.lose_if_due(now) {
+            self.lost = true;
+            stop_lost(job, keeper, self.pgid, &lease_ran_out(job, keeper));
+            self.kill_by(keeper.stop_by() + kill_after);
+        }
+        if self.runtime_over.is_some_and(|o| o <= now) && self.status.is_none() {
+            self.runtime_over = None;
+            self.timed_out = true;
+            output::event(
+                Level::Error,
+                "max_runtime",
+                Some(&job.name),
+                &format!(
+                    "the command ran longer than --max-runtime {}; stopping it with {}, SIGKILL in {}",
+                    crate::duration::format(job.max_runtime.unwrap_or_default()),
+                    job.on_lost.as_str(),
+                    crate::duration::format(kill_after),
+                ),
+                serde_json::Value::Null,
+            );
+            signal_group(self.pgid, job.on_lost);
+            self.kill_by(now + kill_after);
+        }
+        if self.kill_at.is_some_and(|k| k <= now) {
+            let _ = killpg(self.pgid, Signal::SIGKILL);
+            self.kill_at = None;
+        }
+    }
+
+    /// SIGKILL no later than `at`.
+    fn kill_by(&mut self, at: Instant) {
+        self.kill_at = Some(self.kill_at.map_or(at, |k| k.min(at)));
+    }
+
+    /// The next moment one of the clocks needs looking at.
+    fn next_wake(&self, now: Instant) -> Instant {
+        let keeper = self.keeper;
+        [
+            (!self.lost).then(|| keeper.stop_by()),
+            self.kill_at,
+            keeper.first_renewal(),
+            self.runtime_over,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(now + Duration::from_secs(3600), Instant::min)
+    }
+
+    /// The command exited (it may have left processes in its group).
+    fn command_exited(&mut self, was_running: bool, tty: Option<i32>) {
+        if was_running {
+            let code = self.status.unwrap_or_default();
+            output::event(
+                Level::Debug,
+                "child_exited",
+                Some(&self.job.name),
+                &format!("the command exited with status {code}"),
+                json!({ "status": code, "runtime_ms": self.started.elapsed().as_millis() as u64 }),
+            );
+        }
+        if let Some(fd) = tty {
+            // SAFETY: takes back the terminal for dlock's own process group.
+            unsafe { libc::tcsetpgrp(fd, libc::getpgrp()) };
+        }
+        if group_alive(self.pgid) && self.kill_at.is_none() {
+            // The command is gone but left processes behind in its group:
+            // they are part of the job and must not outlive the lock.
+            output::verbose("the command exited; stopping what it left running");
+            signal_group(self.pgid, Signal::SIGTERM);
+            self.kill_at = Some(Instant::now() + self.keeper.timing().kill_after);
+        }
+    }
+
+    /// The server (or a break notice) says the lease is gone.
+    fn server_says_lost(&mut self, msg: &str) {
+        let keeper = self.keeper;
+        if keeper.lose() {
+            self.lost = true;
+            let since = humantime::format_rfc3339_millis(keeper.last_renewed());
+            let cause = format!("lease lost: {msg}; last renewal succeeded at {since}");
+            stop_lost(self.job, keeper, self.pgid, &cause);
+            self.kill_by(Instant::now() + keeper.timing().kill_after);
+        }
+    }
 }
 
 /// How long after the deadline the guard acts in dlock's place: dlock, when it
