@@ -23,50 +23,7 @@ use clap::{CommandFactory, FromArgMatches};
 pub fn main() -> ! {
     // Before any thread starts, so that every thread inherits the signal mask.
     signals::install();
-    let parsed = cli::Cli::command()
-        .try_get_matches()
-        .and_then(|m| cli::Cli::from_arg_matches(&m).map(|c| (c, m)));
-    let (mut cli, empty_url) = match parsed {
-        Ok((mut c, m)) => {
-            pick_url_source(&mut c.global, &m);
-            let empty_url = empty_url_error(&c.global, &m);
-            if let (cli::Command::Release(r), Some(rm)) =
-                (&mut c.command, m.subcommand_matches("release"))
-            {
-                r.token_from_env =
-                    rm.value_source("token") == Some(clap::parser::ValueSource::EnvVariable);
-            }
-            (c, empty_url)
-        }
-        Err(e) if !e.use_stderr() => {
-            // --help and --version
-            let written = match output::stdout_closed() {
-                true => Err("stdout is closed".to_string()),
-                false => e.print().map_err(|e| e.to_string()),
-            };
-            if let Err(why) = written {
-                output::stderr_line(&format!("dlock: error: could not write to stdout: {why}"));
-                std::process::exit(error::OUTPUT);
-            }
-            std::process::exit(error::OK);
-        }
-        Err(e) => {
-            let msg = output::cap_quotes(&one_line(&e.render().to_string()));
-            if json_log_requested() {
-                output::init(false, 0, true, Vec::new());
-                output::event(
-                    output::Level::Error,
-                    "usage",
-                    None,
-                    &msg,
-                    Default::default(),
-                );
-            } else {
-                output::stderr_line(&format!("dlock: {msg}"));
-            }
-            std::process::exit(error::USAGE);
-        }
-    };
+    let (mut cli, empty_url) = parse();
     let g = &mut cli.global;
     let url = if let Some(e) = empty_url {
         Err(e)
@@ -120,6 +77,55 @@ pub fn main() -> ! {
             let msg = format!("error: {e:#}");
             output::event(output::Level::Error, kind, None, &msg, Default::default());
             std::process::exit(code);
+        }
+    }
+}
+
+/// The command line, parsed, with an error for an empty URL setting; exits
+/// for --help, --version and usage errors, which need no backend.
+fn parse() -> (cli::Cli, Option<anyhow::Error>) {
+    let parsed = cli::Cli::command()
+        .try_get_matches()
+        .and_then(|m| cli::Cli::from_arg_matches(&m).map(|c| (c, m)));
+    match parsed {
+        Ok((mut c, m)) => {
+            pick_url_source(&mut c.global, &m);
+            let empty_url = empty_url_error(&c.global, &m);
+            if let (cli::Command::Release(r), Some(rm)) =
+                (&mut c.command, m.subcommand_matches("release"))
+            {
+                r.token_from_env =
+                    rm.value_source("token") == Some(clap::parser::ValueSource::EnvVariable);
+            }
+            (c, empty_url)
+        }
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            let written = match output::stdout_closed() {
+                true => Err("stdout is closed".to_string()),
+                false => e.print().map_err(|e| e.to_string()),
+            };
+            if let Err(why) = written {
+                output::stderr_line(&format!("dlock: error: could not write to stdout: {why}"));
+                std::process::exit(error::OUTPUT);
+            }
+            std::process::exit(error::OK);
+        }
+        Err(e) => {
+            let msg = output::cap_quotes(&one_line(&e.render().to_string()));
+            if json_log_requested() {
+                output::init(false, 0, true, Vec::new());
+                output::event(
+                    output::Level::Error,
+                    "usage",
+                    None,
+                    &msg,
+                    Default::default(),
+                );
+            } else {
+                output::stderr_line(&format!("dlock: {msg}"));
+            }
+            std::process::exit(error::USAGE);
         }
     }
 }
