@@ -10,12 +10,14 @@ use serde_json::{json, Value};
 use crate::backend::{self, Backend, Check, Config, Grant, Location, LockInfo, Request};
 use crate::cli::{AcquireArgs, ExecArgs, Global, ReleaseArgs, RenewArgs, StatusArgs};
 use crate::error::{self, fail};
+use crate::event::Event;
 use crate::holder::Holder;
 use crate::lease::{self, Keeper, Taken, Timing};
 use crate::names;
-use crate::output::{self, Level, Row};
+use crate::output::{self, Level};
+use crate::report::{self, Row};
 use crate::signals;
-use crate::supervise::{self, Event, Job};
+use crate::supervise::{self, Job};
 
 mod keepalive;
 pub use keepalive::keepalive;
@@ -69,7 +71,7 @@ fn describe(info: &LockInfo) -> String {
     s.push_str(&format!(
         ", fence {}, {} left",
         info.fence,
-        output::format_left(info.ttl)
+        crate::duration::format_left(info.ttl)
     ));
     s
 }
@@ -142,7 +144,7 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
                 }
             }
             let text = if a.json {
-                output::acquired_json(&a.name, &token, &grant, a.lease.lease, expires_us)
+                report::acquired_json(&a.name, &token, &grant, a.lease.lease, expires_us)
             } else {
                 token.clone()
             };
@@ -296,9 +298,9 @@ pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
     let text = if s.names_only {
         held.iter().map(|l| format!("{}\n", l.name)).collect()
     } else if s.json {
-        format!("{}\n", output::status_json(&loc, &g.prefix, &rows))
+        format!("{}\n", report::status_json(&loc, &g.prefix, &rows))
     } else {
-        output::status_table(&loc, &g.prefix, &rows)
+        report::status_table(&loc, &g.prefix, &rows)
     };
     output::result(&text).map_err(|why| {
         fail(
@@ -408,7 +410,7 @@ fn report_release(name: &str, released: Result<Check>, hold_left: Option<Duratio
                 &format!(
                     "keeping '{}' for another {} (--min-hold)",
                     name,
-                    output::format_left(left)
+                    crate::duration::format_left(left)
                 ),
                 json!({ "left_ms": left.as_millis() as u64 }),
             ),
@@ -471,7 +473,10 @@ fn announce_acquired(name: &str, grant: &Grant, lease: Duration) {
 /// --jitter: spreads hosts that a cron tick starts at the same second.
 fn sleep_jitter(limit: Duration) {
     let delay = random_below(limit);
-    output::verbose(&format!("jitter: sleeping {}", output::format_left(delay)));
+    output::verbose(&format!(
+        "jitter: sleeping {}",
+        crate::duration::format_left(delay)
+    ));
     std::thread::sleep(delay);
 }
 

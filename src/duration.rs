@@ -123,6 +123,20 @@ pub fn format(d: Duration) -> String {
     out
 }
 
+/// Short human duration: 850ms, 12.3s, 4m05s, 2h10m.
+pub fn format_left(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,5 +194,13 @@ mod tests {
             let d = ms(n);
             assert_eq!(parse(&format(d)), Ok(d), "{}", format(d));
         }
+    }
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(format_left(Duration::from_millis(850)), "850ms");
+        assert_eq!(format_left(Duration::from_millis(12_340)), "12.3s");
+        assert_eq!(format_left(Duration::from_secs(245)), "4m05s");
+        assert_eq!(format_left(Duration::from_secs(7800)), "2h10m");
     }
 }

@@ -4,12 +4,8 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, UNIX_EPOCH};
 
-use serde::Serialize;
 use serde_json::{json, Value};
-
-use crate::backend::{Location, LockInfo};
 
 const QUIET: u8 = 0;
 const NORMAL: u8 = 1;
@@ -215,181 +211,9 @@ pub fn error(msg: &str) {
     event(Level::Error, "error", None, msg, Value::Null);
 }
 
-/// RFC 3339 UTC with milliseconds, from µs since the epoch.
-pub fn format_time_us(us: i64) -> String {
-    if us <= 0 {
-        return "-".into();
-    }
-    let t = UNIX_EPOCH + Duration::from_micros(us as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-pub use crate::duration::format as format_duration;
-
-/// Short human duration: 850ms, 12.3s, 4m05s, 2h10m.
-pub fn format_left(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else if ms < 3_600_000 {
-        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
-    } else {
-        format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60)
-    }
-}
-
-/// One status entry: a held lock, or a named lock that is free.
-pub enum Row<'a> {
-    Held(&'a LockInfo),
-    Free(&'a str),
-}
-
-pub fn status_table(loc: &Location, prefix: &str, rows: &[Row]) -> String {
-    let header = [
-        "NAME", "HOLDER", "USER", "TOKEN", "FENCE", "ACQUIRED", "LEFT", "COMMAND",
-    ];
-    let mut table: Vec<[String; 8]> = vec![header.map(String::from)];
-    for row in rows {
-        table.push(match row {
-            Row::Held(l) => [
-                l.name.clone(),
-                format!("{}:{}", l.holder.host, l.holder.pid),
-                l.holder.user.clone(),
-                l.token_id.clone(),
-                l.fence.to_string(),
-                format_time_us(l.acquired_at_us),
-                format_left(l.ttl),
-                l.holder.command.clone(),
-            ],
-            Row::Free(name) => [
-                name.to_string(),
-                "(free)".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-                "-".into(),
-            ],
-        });
-    }
-    let mut widths = [0usize; 8];
-    for r in &table {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = format!(
-        "# {} backend at {} (prefix '{}')\n",
-        loc.backend, loc.location, prefix
-    );
-    if rows.is_empty() {
-        out.push_str("no locks held\n");
-        return out;
-    }
-    for r in &table {
-        let mut line = String::new();
-        for (i, cell) in r.iter().enumerate() {
-            if i + 1 == r.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(cell);
-                line.push_str(&" ".repeat(widths[i] - cell.chars().count() + 2));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// The documented `status --json` schema (see README).
-/// `acquire --json`: one line, keys in the order README.md documents them.
-pub fn acquired_json(
-    name: &str,
-    token: &str,
-    grant: &crate::backend::Grant,
-    lease: Duration,
-    expires_us: i64,
-) -> String {
-    #[derive(Serialize)]
-    struct Acquired<'a> {
-        name: &'a str,
-        token: &'a str,
-        fence: u64,
-        lease_ms: u64,
-        expires_at: String,
-        extended: bool,
-    }
-    serde_json::to_string(&Acquired {
-        name,
-        token,
-        fence: grant.fence,
-        lease_ms: lease.as_millis() as u64,
-        expires_at: format_time_us(expires_us),
-        extended: grant.extended,
-    })
-    .expect("plain data serializes")
-}
-
-/// `status --json`: one line, keys in the order README.md documents them
-/// (structs, since serde_json's own maps sort their keys).
-pub fn status_json(loc: &Location, prefix: &str, rows: &[Row]) -> String {
-    #[derive(Serialize)]
-    struct Status<'a> {
-        backend: &'a str,
-        location: &'a str,
-        prefix: &'a str,
-        locks: Vec<Entry<'a>>,
-    }
-    #[derive(Serialize)]
-    struct Entry<'a> {
-        name: &'a str,
-        held: bool,
-        holder: Option<&'a crate::holder::Holder>,
-        token_id: Option<&'a str>,
-        fence: Option<u64>,
-        acquired_at: Option<String>,
-        ttl_ms: Option<u64>,
-    }
-    let locks = rows
-        .iter()
-        .map(|row| match row {
-            Row::Held(l) => Entry {
-                name: &l.name,
-                held: true,
-                holder: Some(&l.holder),
-                token_id: Some(&l.token_id),
-                fence: Some(l.fence),
-                acquired_at: Some(format_time_us(l.acquired_at_us)),
-                ttl_ms: Some(l.ttl.as_millis() as u64),
-            },
-            Row::Free(name) => Entry {
-                name,
-                held: false,
-                holder: None,
-                token_id: None,
-                fence: None,
-                acquired_at: None,
-                ttl_ms: None,
-            },
-        })
-        .collect();
-    let status = Status {
-        backend: loc.backend,
-        location: &loc.location,
-        prefix,
-        locks,
-    };
-    serde_json::to_string(&status).expect("plain data serializes")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::holder::Holder;
 
     #[test]
     fn long_quotes_are_capped() {
@@ -400,52 +224,5 @@ mod tests {
             format!("bad '{}… fix {}…", "a".repeat(199), "a".repeat(200))
         );
         assert_eq!(cap_quotes("short words stay"), "short words stay");
-    }
-
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(format_left(Duration::from_millis(850)), "850ms");
-        assert_eq!(format_left(Duration::from_millis(12_340)), "12.3s");
-        assert_eq!(format_left(Duration::from_secs(245)), "4m05s");
-        assert_eq!(format_left(Duration::from_secs(7800)), "2h10m");
-    }
-
-    #[test]
-    fn table_is_aligned() {
-        let l = LockInfo {
-            name: "deploy job".into(),
-            holder: Holder {
-                host: "h".into(),
-                pid: 42,
-                user: "ops".into(),
-                command: "make".into(),
-            },
-            token_id: "abcd1234".into(),
-            fence: 7,
-            acquired_at_us: 1_700_000_000_000_000,
-            ttl: Duration::from_secs(3),
-        };
-        let loc = Location {
-            backend: "redis",
-            location: "redis://x".into(),
-        };
-        let t = status_table(&loc, "dlock", &[Row::Held(&l), Row::Free("x")]);
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 4);
-        let col = |s: &str| {
-            s.find("USER")
-                .or_else(|| s.find("ops"))
-                .or_else(|| s.find(" -"))
-        };
-        assert_eq!(col(lines[1]), col(lines[2]));
-        assert!(t.contains("2023-11-14T22:13:20.000Z"), "{t}");
-        let j: Value = serde_json::from_str(&status_json(
-            &loc,
-            "dlock",
-            &[Row::Held(&l), Row::Free("x")],
-        ))
-        .unwrap();
-        assert_eq!(j["locks"][0]["holder"]["pid"], 42);
-        assert_eq!(j["locks"][1]["held"], false);
     }
 }

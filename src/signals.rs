@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
-use crate::supervise::Event;
+use crate::event::Event;
 
 /// Forwarded to the command's process group while it runs.
 pub const FORWARDED: [Signal; 6] = [

@@ -16,20 +16,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::error::{fail, NOT_EXECUTABLE, NOT_FOUND};
+use crate::event::Event;
 use crate::guard::Guard;
 use crate::lease::{Keeper, Timing};
 use crate::output::{self, Level};
 use crate::signals::{self, FORWARDED};
 use serde_json::json;
-
-/// What the supervisor reacts to, from the signal thread and the renewal thread.
-pub enum Event {
-    Signal(Signal),
-    /// The server says the lease is gone; the message says why.
-    Lost(String),
-    /// A watched process (`acquire --keepalive-pid`) exited.
-    Watched,
-}
 
 pub struct Job {
     /// The lock's name, for messages.

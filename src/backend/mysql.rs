@@ -233,7 +233,7 @@ fn set_socket_timeout(conn: &Conn, t: Duration) {
 /// One clear line for a driver error; the password never appears in them.
 fn describe(e: &mysql::Error, at: &str, database: &str, timeout: Duration) -> anyhow::Error {
     use std::io::ErrorKind;
-    let waited = crate::output::format_duration(timeout);
+    let waited = crate::duration::format(timeout);
     let refused = || {
         fail(
             UNAVAILABLE,

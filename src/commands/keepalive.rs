@@ -12,10 +12,10 @@ use super::connect;
 use crate::backend::Check;
 use crate::cli::{Global, KeepaliveArgs};
 use crate::error;
+use crate::event::Event;
 use crate::lease::{Keeper, Timing};
 use crate::output::{self, Level};
 use crate::signals;
-use crate::supervise::Event;
 
 /// Starts the detached renewer for `acquire --keepalive-pid`: a new session,
 /// so the caller's Ctrl-C or job control does not reach it.

@@ -12,9 +12,9 @@ use serde_json::json;
 use super::Timing;
 use crate::backend::{Backend, Check};
 use crate::error::{code_of, fail, INTERNAL, NOT_HELD, UNAVAILABLE};
+use crate::event::Event;
 use crate::guard::Deadline;
 use crate::output::{self, Level};
-use crate::supervise::Event;
 
 /// The release (or the lapse's last renewal) at exit, with one more try
 /// on a connection that broke since the last request, all within `budget`.
@@ -166,7 +166,7 @@ impl Renewer {
                 UNAVAILABLE,
                 format!(
                     "the backend did not answer within {}",
-                    output::format_duration(budget)
+                    crate::duration::format(budget)
                 ),
             )),
         }
@@ -255,7 +255,7 @@ impl Renewer {
                 } else {
                     format!(
                         "renewal of '{name}' failed: {e:#}; retrying until the deadline in {}",
-                        output::format_duration(left)
+                        crate::duration::format(left)
                     )
                 };
                 // The first failure is news; the retries after it are detail.

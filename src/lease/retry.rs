@@ -79,7 +79,7 @@ impl Trouble {
         }
         self.failures += 1;
         let until = match left {
-            Some(l) => format!("for up to {} more", output::format_left(l)),
+            Some(l) => format!("for up to {} more", crate::duration::format_left(l)),
             None => "for as long as it takes (--wait forever)".into(),
         };
         output::event(
@@ -136,7 +136,7 @@ impl Trouble {
                     "could not make sure that '{}' was not taken by the request that went unanswered: {e:#}; \
                      if it was, it frees itself within {}",
                     req.name,
-                    output::format_left(req.lease)
+                    crate::duration::format_left(req.lease)
                 ),
                 json!({}),
             ),
@@ -159,7 +159,7 @@ fn release_within(
         if left < Duration::from_millis(1) {
             return Err(anyhow::anyhow!(
                 "no time left within {}",
-                output::format_duration(budget)
+                crate::duration::format(budget)
             ));
         }
         let _ = backend.set_timeout(left);

@@ -132,7 +132,7 @@ impl Link {
         } else if e.is_timeout() {
             format!(
                 "cannot connect to {at}: no answer within {}; check host, port and firewall, or raise --connect-timeout",
-                crate::output::format_duration(timeout)
+                crate::duration::format(timeout)
             )
         } else {
             format!("cannot connect to {at}: {e}")
@@ -144,7 +144,7 @@ impl Link {
     /// Redis port waits for a line that TLS never sends, so ask it in plain text.
     fn no_handshake(&self) -> anyhow::Error {
         let at = &self.shown;
-        let within = crate::output::format_duration(self.timeout());
+        let within = crate::duration::format(self.timeout());
         let plain = self.speaks() == Some("Redis");
         let msg = if plain {
             format!("{at} did not complete a TLS handshake within {within}: that port speaks plain Redis; use redis:// instead of rediss://")
@@ -205,7 +205,7 @@ impl Link {
                 UNAVAILABLE,
                 format!(
                     "{at} did not answer within {}",
-                    crate::output::format_duration(self.timeout())
+                    crate::duration::format(self.timeout())
                 ),
             )
         } else if e.is_io_error() || e.is_connection_dropped() {

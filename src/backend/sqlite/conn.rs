@@ -172,7 +172,7 @@ pub fn db_error(path: &Path, timeout: Duration, e: rusqlite::Error) -> anyhow::E
             UNAVAILABLE,
             format!(
                 "SQLite file {at} stayed busy for {}: another process kept a transaction open (a stopped dlock?)",
-                crate::output::format_duration(timeout)
+                crate::duration::format(timeout)
             ),
         ),
         Some(
