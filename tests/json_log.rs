@@ -244,40 +244,36 @@ fn retrying_and_reconnected() -> Vec<String> {
     seen.flat_map(|e| kinds(&e)).collect()
 }
 
-/// A job that ends while its server does not answer.
-fn release_failed() -> Vec<String> {
+/// Runs `exec --lease LEASE NAME` on a private Redis that is paused once the
+/// job has started: the job then runs `tail`, which may wait for a line on
+/// the "go" pipe, written after the pause. Returns the exit code and events.
+fn exec_with_the_server_paused(lease: &str, name: &str, tail: &str) -> (Option<i32>, Vec<String>) {
     let redis = Arc::new(Redis::start());
     let ctx = Ctx::new(redis.clone());
     let (ready, go) = (
         Fifo::new(ctx.dir.path(), "ready"),
         Fifo::new(ctx.dir.path(), "go"),
     );
-    let job = format!(
-        "echo up > '{}'; read x < '{}'",
-        ready.path.display(),
-        go.path.display()
-    );
-    let mut c = ctx.cmd(&[
-        "--log-format",
-        "json",
-        "--connect-timeout",
-        "1s",
-        "exec",
-        "--lease",
-        "30s",
-        "rf",
-        "-c",
-    ]);
-    c.arg(&job);
+    let job = format!("echo up > '{}'; {tail}", ready.path.display());
+    let mut c = ctx.cmd(&["--log-format", "json", "--connect-timeout", "1s", "exec"]);
+    c.args(["--lease", lease, name, "-c", &job]);
+    c.env("GO", &go.path);
     let mut child = spawn(c);
     let mut lines = Lines::of(&mut child);
     ready.read_line(Duration::from_secs(10));
     redis.pause();
-    go.write_line("go");
+    if tail.contains("$GO") {
+        go.write_line("go");
+    }
     let status = wait_child(&mut child, Duration::from_secs(20));
     redis.resume();
-    assert_eq!(status.code(), Some(0));
-    let k = kinds(&events(&lines.rest(), Some("rf")));
+    (status.code(), kinds(&events(&lines.rest(), Some(name))))
+}
+
+/// A job that ends while its server does not answer.
+fn release_failed() -> Vec<String> {
+    let (code, k) = exec_with_the_server_paused("30s", "rf", "read x < \"$GO\"");
+    assert_eq!(code, Some(0));
     assert!(k.contains(&"release_failed".to_string()), "{k:?}");
     k
 }
@@ -286,32 +282,10 @@ fn release_failed() -> Vec<String> {
 /// after it: the job is over, and only the release matters.
 #[test]
 fn no_renewal_talk_after_the_command_exited() {
-    let redis = Arc::new(Redis::start());
-    let ctx = Ctx::new(redis.clone());
-    let ready = Fifo::new(ctx.dir.path(), "ready");
     // Lease 3s: the first renewal goes out at 1s and, with the server paused,
     // fails at the deadline (2.1s); the command ends at 1.5s, in between.
-    let job = format!("echo up > '{}'; sleep 1.5", ready.path.display());
-    let mut c = ctx.cmd(&[
-        "--log-format",
-        "json",
-        "--connect-timeout",
-        "1s",
-        "exec",
-        "--lease",
-        "3s",
-        "rt",
-        "-c",
-    ]);
-    c.arg(&job);
-    let mut child = spawn(c);
-    let mut lines = Lines::of(&mut child);
-    ready.read_line(Duration::from_secs(10));
-    redis.pause();
-    let status = wait_child(&mut child, Duration::from_secs(20));
-    redis.resume();
-    assert_eq!(status.code(), Some(0));
-    let k = kinds(&events(&lines.rest(), Some("rt")));
+    let (code, k) = exec_with_the_server_paused("3s", "rt", "sleep 1.5");
+    assert_eq!(code, Some(0));
     let exited = k
         .iter()
         .position(|e| e == "child_exited")
