@@ -186,6 +186,164 @@ pub fn acquire(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::memory::{Memory, MemoryBackend};
+    use crate::backend::Check;
+    use crate::error::{code_of, UNAVAILABLE};
+    use crate::holder::Holder;
+
+    const LONG: Duration = Duration::from_secs(60);
+    /// Far below any lease the tests wait out: a wake-up that took this long was not one.
+    const PROMPT: Duration = Duration::from_secs(2);
+
+    fn req<'a>(token: &'a str, lease: Duration, h: &'a Holder) -> Request<'a> {
+        Request {
+            name: "job",
+            token,
+            lease,
+            holder: h,
+        }
+    }
+
+    fn held(t: Result<Taken>) -> crate::backend::Grant {
+        match t.unwrap() {
+            Taken::Held(g, _) => g,
+            Taken::Busy(i) => panic!("busy: {i:?}"),
+        }
+    }
+
+    /// Acquires "job" with `b` on a thread, which is blocked waiting when this returns.
+    fn wait_in_thread(
+        m: &Memory,
+        mut b: MemoryBackend,
+        wait: Wait,
+    ) -> std::thread::JoinHandle<(Result<Taken>, Instant)> {
+        let t = std::thread::spawn(move || {
+            let h = Holder::default();
+            let r = acquire(&mut b, &req("waiter", LONG, &h), wait, PROMPT);
+            (r, Instant::now())
+        });
+        assert!(m.await_waiters("job", 1, PROMPT), "the waiter never waited");
+        t
+    }
+
+    #[test]
+    fn acquire_takes_a_free_lock_and_wait_0_is_busy_at_once() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let g = held(acquire(
+            &mut m.handle(),
+            &req("a", LONG, &h),
+            Wait::For(Duration::ZERO),
+            PROMPT,
+        ));
+        assert!(!g.extended);
+        let mut b = m.handle();
+        let t = Instant::now();
+        match acquire(
+            &mut b,
+            &req("b", LONG, &h),
+            Wait::For(Duration::ZERO),
+            PROMPT,
+        )
+        .unwrap()
+        {
+            Taken::Busy(Some(i)) => assert_eq!((i.token_id.as_str(), i.fence), ("a", g.fence)),
+            _ => panic!("not busy"),
+        }
+        assert!(t.elapsed() < PROMPT);
+        assert_eq!(b.knobs().calls().waiter, 0, "wait 0 subscribed to releases");
+    }
+
+    #[test]
+    fn a_waiter_wakes_on_release_not_at_the_holders_ttl() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let mut a = m.handle();
+        held(acquire(
+            &mut a,
+            &req("a", LONG, &h),
+            Wait::For(Duration::ZERO),
+            PROMPT,
+        ));
+        let waiter = wait_in_thread(&m, m.handle(), Wait::Forever);
+        let released = Instant::now();
+        assert!(matches!(a.release("job", "a").unwrap(), Check::Done));
+        let (r, at) = waiter.join().unwrap();
+        held(r);
+        assert!(
+            at - released < PROMPT,
+            "woke {:?} after the release",
+            at - released
+        );
+        assert_eq!(m.peek("job").unwrap().token_id, "waiter");
+    }
+
+    #[test]
+    fn a_waiter_takes_the_lock_when_the_holders_lease_runs_out() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let lease = Duration::from_millis(100);
+        let taken = Instant::now();
+        held(acquire(
+            &mut m.handle(),
+            &req("a", lease, &h),
+            Wait::For(Duration::ZERO),
+            PROMPT,
+        ));
+        let waiter = wait_in_thread(&m, m.handle(), Wait::For(LONG));
+        let (r, at) = waiter.join().unwrap();
+        held(r);
+        // Never released: taken once the lease ran out, soon after.
+        assert!(
+            at - taken >= lease && at - taken < lease + PROMPT,
+            "{:?}",
+            at - taken
+        );
+    }
+
+    #[test]
+    fn a_failure_while_waiting_is_retried() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let mut a = m.handle();
+        held(acquire(
+            &mut a,
+            &req("a", LONG, &h),
+            Wait::For(Duration::ZERO),
+            PROMPT,
+        ));
+        let b = m.handle();
+        let k = b.knobs();
+        // Through: a try, the subscription, the try after it; then two failures.
+        k.fail_after(3, 2);
+        let waiter = wait_in_thread(&m, b, Wait::For(LONG));
+        a.release("job", "a").unwrap();
+        let (r, _) = waiter.join().unwrap();
+        held(r);
+        let c = k.calls();
+        assert_eq!((c.acquire, c.waiter, c.failed), (5, 1, 2), "{c:?}");
+    }
+
+    #[test]
+    fn a_failure_with_wait_0_is_returned_and_cleaned_up() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let mut b = m.handle();
+        let k = b.knobs();
+        // The acquire takes the lock but its reply is lost.
+        k.lose_replies(true);
+        k.fail_next(1);
+        let e = acquire(
+            &mut b,
+            &req("b", LONG, &h),
+            Wait::For(Duration::ZERO),
+            PROMPT,
+        )
+        .err()
+        .expect("the failure was not returned");
+        assert_eq!(code_of(&e), UNAVAILABLE, "{e:#}");
+        let c = k.calls();
+        assert_eq!((c.failed, c.reconnect, c.release), (1, 1, 1), "{c:?}");
+        assert!(
+            m.peek("job").is_none(),
+            "the unanswered acquire's lock was left behind"
+        );
+    }
 
     #[test]
     fn timing_leaves_room_to_renew_and_kill() {

@@ -13,6 +13,8 @@ use serde::Serialize;
 use crate::error::{fail, USAGE};
 use crate::holder::Holder;
 
+#[cfg(test)]
+pub mod memory;
 pub mod mysql;
 pub mod probe;
 pub mod redis;

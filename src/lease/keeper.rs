@@ -497,3 +497,6 @@ impl Keeper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,585 @@
+//! An in-memory backend, for fast unit tests of the lease core (waiting,
+//! renewal deadlines, lost leases) without servers. Compiled for tests only.
+//!
+//! Every handle made from one [`Memory`] shares its locks, so several
+//! handles in one test behave like several dlock processes. The lease logic
+//! is the SQL backends' own (`sql::plan_*`), applied under one mutex, so the
+//! trait contract is the one the real backends keep.
+//!
+//! The clock is real monotonic time plus an offset that a test can advance:
+//! the core measures its own deadlines and waits with `Instant`, so the
+//! server clock must run at the same rate for a waiter's TTL timeout to line
+//! up with the lease's expiry; `advance` expires leases without sleeping.
+//!
+//! Each handle has its own [`Knobs`]: injected failures (transport-style,
+//! exit code UNAVAILABLE), a hang per request bounded by `set_timeout` as a
+//! driver's timeout would be, and counts of the calls made.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+
+use super::sql::{self, Row};
+use super::{Acquire, Backend, Check, LockInfo, Request, Waiter};
+use crate::error::{fail, UNAVAILABLE};
+
+/// The shared "server".
+#[derive(Clone)]
+pub struct Memory {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled on every release and whenever a waiter starts waiting.
+    changed: Condvar,
+    start: Instant,
+    start_us: i64,
+}
+
+#[derive(Default)]
+struct State {
+    rows: HashMap<String, Row>,
+    /// Added to the real clock by [`Memory::advance`].
+    offset: Duration,
+    /// Releases per name, so that a waiter can tell whether one happened.
+    releases: HashMap<String, u64>,
+    /// Waiters blocked in `wait` per name.
+    waiting: HashMap<String, usize>,
+}
+
+impl State {
+    fn released(&mut self, name: &str) {
+        *self.releases.entry(name.to_string()).or_default() += 1;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory::new()
+    }
+}
+
+impl Memory {
+    pub fn new() -> Memory {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Memory {
+            shared: Arc::new(Shared {
+                state: Mutex::default(),
+                changed: Condvar::new(),
+                start: Instant::now(),
+                start_us: since_epoch.as_micros() as i64,
+            }),
+        }
+    }
+
+    /// A new "process": a handle of its own with fresh knobs.
+    pub fn handle(&self) -> MemoryBackend {
+        MemoryBackend {
+            shared: Arc::clone(&self.shared),
+            knobs: Arc::new(Knobs::default()),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Moves the server's clock forward: leases run out without sleeping.
+    /// Like a real server, it announces no expiry to waiters.
+    pub fn advance(&self, by: Duration) {
+        lock(&self.shared.state).offset += by;
+    }
+
+    /// Forgets the lock entirely, fence included, as a server that lost its data.
+    pub fn drop_lease(&self, name: &str) {
+        lock(&self.shared.state).rows.remove(name);
+    }
+
+    /// Blocks until `n` waiters wait for `name`, or `timeout` passes; true if they do.
+    pub fn await_waiters(&self, name: &str, n: usize, timeout: Duration) -> bool {
+        let s = lock(&self.shared.state);
+        let (s, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(s, timeout, |s| {
+                s.waiting.get(name).copied().unwrap_or(0) < n
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        s.waiting.get(name).copied().unwrap_or(0) >= n
+    }
+
+    /// The held lock's state, read without a request (no knobs apply).
+    pub fn peek(&self, name: &str) -> Option<LockInfo> {
+        let s = lock(&self.shared.state);
+        let now = self.shared.now_us(&s);
+        // A pure plan: it reports the holder it would break, and writes nothing here.
+        sql::plan_force(now, s.rows.get(name)).1
+    }
+}
+
+impl Shared {
+    fn now_us(&self, s: &State) -> i64 {
+        self.start_us + (self.start.elapsed() + s.offset).as_micros() as i64
+    }
+}
+
+/// Counts of the requests a handle made.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Calls {
+    pub acquire: u32,
+    pub renew: u32,
+    pub release: u32,
+    pub force: u32,
+    pub status: u32,
+    pub waiter: u32,
+    pub reconnect: u32,
+    /// Requests answered with an injected failure (hang timeouts included).
+    pub failed: u32,
+}
+
+/// Fault injection and observation for one handle; keep a clone (from
+/// [`MemoryBackend::knobs`]) before handing the backend to the core.
+#[derive(Default)]
+pub struct Knobs {
+    state: Mutex<KnobState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct KnobState {
+    /// Requests to let through before the failures start.
+    skip: u32,
+    fail: u32,
+    /// Injected failures happen after the request took effect (a lost reply).
+    after_applying: bool,
+    hang: Duration,
+    calls: Calls,
+    last_set_timeout: Option<Instant>,
+    /// For the last renewal answered Done: when `set_timeout` was last called
+    /// before it, and when the renewal arrived.
+    last_renewed: Option<(Instant, Instant)>,
+}
+
+impl Knobs {
+    /// The next `n` requests fail as a broken connection would.
+    pub fn fail_next(&self, n: u32) {
+        self.fail_after(0, n);
+    }
+
+    /// `skip` requests succeed, then `n` fail.
+    pub fn fail_after(&self, skip: u32, n: u32) {
+        let mut k = lock(&self.state);
+        k.skip = skip;
+        k.fail = n;
+    }
+
+    /// Injected failures come after the request took effect: the reply was lost.
+    pub fn lose_replies(&self, yes: bool) {
+        lock(&self.state).after_applying = yes;
+    }
+
+    /// Every request takes `d` (bounded by the timeout, which fails it).
+    pub fn hang(&self, d: Duration) {
+        lock(&self.state).hang = d;
+    }
+
+    pub fn calls(&self) -> Calls {
+        lock(&self.state).calls
+    }
+
+    /// Blocks until `ready(calls)` or `timeout`; returns the last counts seen.
+    pub fn await_calls(&self, timeout: Duration, ready: impl Fn(&Calls) -> bool) -> Calls {
+        let k = lock(&self.state);
+        let (k, _) = self
+            .changed
+            .wait_timeout_while(k, timeout, |k| !ready(&k.calls))
+            .unwrap_or_else(|e| e.into_inner());
+        k.calls
+    }
+
+    /// Bounds of the instant the last successful renewal was sent: after
+    /// the `set_timeout` before it, and before it arrived.
+    pub fn last_renewal_sent(&self) -> Option<(Instant, Instant)> {
+        lock(&self.state).last_renewed
+    }
+}
+
+/// One "process"'s connection to a [`Memory`].
+pub struct MemoryBackend {
+    shared: Arc<Shared>,
+    knobs: Arc<Knobs>,
+    timeout: Duration,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Acquire,
+    Renew,
+    Release,
+    Force,
+    Status,
+    Waiter,
+}
+
+impl MemoryBackend {
+    pub fn knobs(&self) -> Arc<Knobs> {
+        Arc::clone(&self.knobs)
+    }
+
+    /// Counts the request, applies the knobs, then runs `op` on the shared
+    /// state at the server's clock.
+    fn request<T>(&self, kind: Kind, op: impl FnOnce(&mut State, i64) -> T) -> Result<T> {
+        let (hang, fails, after_applying) = {
+            let mut k = lock(&self.knobs.state);
+            let c = &mut k.calls;
+            match kind {
+                Kind::Acquire => c.acquire += 1,
+                Kind::Renew => c.renew += 1,
+                Kind::Release => c.release += 1,
+                Kind::Force => c.force += 1,
+                Kind::Status => c.status += 1,
+                Kind::Waiter => c.waiter += 1,
+            }
+            let fails = if k.skip > 0 {
+                k.skip -= 1;
+                false
+            } else if k.fail > 0 {
+                k.fail -= 1;
+                true
+            } else {
+                false
+            };
+            (k.hang, fails, k.after_applying)
+        };
+        let out = self.answer(hang, fails, after_applying, op);
+        if out.is_err() {
+            lock(&self.knobs.state).calls.failed += 1;
+        }
+        self.knobs.changed.notify_all();
+        out
+    }
+
+    fn answer<T>(
+        &self,
+        hang: Duration,
+        fails: bool,
+        after_applying: bool,
+        op: impl FnOnce(&mut State, i64) -> T,
+    ) -> Result<T> {
+        if hang > self.timeout {
+            std::thread::sleep(self.timeout);
+            return Err(fail(
+                UNAVAILABLE,
+                format!(
+                    "memory backend: no answer within {} (injected hang)",
+                    crate::duration::format(self.timeout)
+                ),
+            ));
+        }
+        std::thread::sleep(hang);
+        let lost = || fail(UNAVAILABLE, "memory backend: connection lost (injected)");
+        if fails && !after_applying {
+            return Err(lost());
+        }
+        let out = {
+            let mut s = lock(&self.shared.state);
+            let now = self.shared.now_us(&s);
+            let out = op(&mut s, now);
+            self.shared.changed.notify_all();
+            out
+        };
+        if fails {
+            return Err(lost());
+        }
+        Ok(out)
+    }
+}
+
+/// Stores the row a plan decided on.
+fn apply(s: &mut State, name: &str, change: Option<sql::Change>) {
+    if let Some(ch) = change {
+        s.rows.insert(name.to_string(), ch.row);
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn acquire(&mut self, req: &Request) -> Result<Acquire> {
+        self.request(Kind::Acquire, |s, now| {
+            let (ch, out) = sql::plan_acquire(now, s.rows.get(req.name), req);
+            apply(s, req.name, ch);
+            out
+        })
+    }
+
+    fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
+        let arrived = Instant::now();
+        // The plan extends only a lease the token holds and that has not expired.
+        let check = self.request(Kind::Renew, |s, now| {
+            let (ch, out) = sql::plan_renew(now, s.rows.get(name), token, lease);
+            apply(s, name, ch);
+            out
+        })?;
+        if matches!(check, Check::Done) {
+            let mut k = lock(&self.knobs.state);
+            k.last_renewed = k.last_set_timeout.map(|t| (t, arrived));
+        }
+        Ok(check)
+    }
+
+    fn release(&mut self, name: &str, token: &str) -> Result<Check> {
+        self.request(Kind::Release, |s, now| {
+            let (ch, out) = sql::plan_release(now, s.rows.get(name), token);
+            apply(s, name, ch);
+            if matches!(out, Check::Done) {
+                s.released(name);
+            }
+            out
+        })
+    }
+
+    fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>> {
+        self.request(Kind::Force, |s, now| {
+            let (ch, broken) = sql::plan_force(now, s.rows.get(name));
+            apply(s, name, ch);
+            if broken.is_some() {
+                s.released(name);
+            }
+            broken
+        })
+    }
+
+    fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
+        self.request(Kind::Status, |s, now| {
+            let mut out: Vec<LockInfo> = match names {
+                Some(names) => names
+                    .iter()
+                    .filter_map(|n| sql::plan_force(now, s.rows.get(n)).1)
+                    .collect(),
+                None => s
+                    .rows
+                    .values()
+                    .filter_map(|r| sql::plan_force(now, Some(r)).1)
+                    .collect(),
+            };
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            out.dedup_by(|a, b| a.name == b.name);
+            out
+        })
+    }
+
+    fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
+        let seen = self.request(Kind::Waiter, |s, _| {
+            s.releases.get(name).copied().unwrap_or(0)
+        })?;
+        Ok(Box::new(MemoryWaiter {
+            shared: Arc::clone(&self.shared),
+            name: name.to_string(),
+            seen,
+        }))
+    }
+
+    fn reconnect(&mut self) -> Result<()> {
+        lock(&self.knobs.state).calls.reconnect += 1;
+        self.knobs.changed.notify_all();
+        Ok(())
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.timeout = timeout;
+        lock(&self.knobs.state).last_set_timeout = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// Woken by any release of its name since it was made or last woke: a
+/// release between the subscription and the wait is never missed.
+struct MemoryWaiter {
+    shared: Arc<Shared>,
+    name: String,
+    seen: u64,
+}
+
+impl Waiter for MemoryWaiter {
+    fn wait(&mut self, timeout: Duration) -> Result<()> {
+        let sh = &self.shared;
+        let mut s = lock(&sh.state);
+        *s.waiting.entry(self.name.clone()).or_default() += 1;
+        sh.changed.notify_all();
+        let name = self.name.as_str();
+        let seen = self.seen;
+        let (mut s, _) = sh
+            .changed
+            .wait_timeout_while(s, timeout, |s| {
+                s.releases.get(name).copied().unwrap_or(0) == seen
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = s.waiting.get_mut(name) {
+            *n -= 1;
+        }
+        self.seen = s.releases.get(name).copied().unwrap_or(0);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Grant;
+    use crate::error::code_of;
+    use crate::holder::Holder;
+
+    pub fn req<'a>(name: &'a str, token: &'a str, lease_ms: u64, h: &'a Holder) -> Request<'a> {
+        Request {
+            name,
+            token,
+            lease: Duration::from_millis(lease_ms),
+            holder: h,
+        }
+    }
+
+    fn grant(a: Acquire) -> Grant {
+        match a {
+            Acquire::Acquired(g) => g,
+            Acquire::Busy(i) => panic!("busy: {i:?}"),
+        }
+    }
+
+    #[test]
+    fn same_token_extends_and_others_are_busy() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let (mut a, mut b) = (m.handle(), m.handle());
+        let g = grant(a.acquire(&req("x", "tok-a", 1000, &h)).unwrap());
+        assert!(!g.extended);
+        let again = grant(a.acquire(&req("x", "tok-a", 1000, &h)).unwrap());
+        assert!(again.extended && again.fence == g.fence, "{again:?}");
+        match b.acquire(&req("x", "tok-b", 1000, &h)).unwrap() {
+            Acquire::Busy(Some(i)) => {
+                assert_eq!((i.token_id.as_str(), i.fence), ("tok-a", g.fence));
+                assert!(i.ttl <= Duration::from_millis(1000) && !i.ttl.is_zero());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fences_only_grow_through_release_force_and_data_loss() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let mut a = m.handle();
+        let mut last = 0;
+        for step in 0..4 {
+            let g = grant(a.acquire(&req("x", "t", 1000, &h)).unwrap());
+            assert!(g.fence > last, "step {step}: {} after {last}", g.fence);
+            last = g.fence;
+            match step {
+                0 => assert!(matches!(a.release("x", "t").unwrap(), Check::Done)),
+                1 => assert_eq!(a.force_release("x").unwrap().unwrap().fence, last),
+                2 => m.drop_lease("x"),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn renew_and_release_check_the_token_and_never_revive() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let (mut a, mut b) = (m.handle(), m.handle());
+        grant(a.acquire(&req("x", "a", 1000, &h)).unwrap());
+        assert!(matches!(
+            a.renew("x", "a", Duration::from_secs(1)).unwrap(),
+            Check::Done
+        ));
+        assert!(matches!(
+            b.renew("x", "b", Duration::from_secs(1)).unwrap(),
+            Check::HeldByOther(i) if i.token_id == "a"
+        ));
+        assert!(matches!(
+            b.release("x", "b").unwrap(),
+            Check::HeldByOther(_)
+        ));
+        m.advance(Duration::from_millis(1001));
+        assert!(matches!(
+            a.renew("x", "a", Duration::from_secs(1)).unwrap(),
+            Check::NotHeld
+        ));
+        assert!(m.peek("x").is_none(), "renew revived an expired lease");
+        assert!(matches!(a.release("x", "a").unwrap(), Check::NotHeld));
+        assert!(a.force_release("x").unwrap().is_none());
+    }
+
+    #[test]
+    fn status_lists_held_locks_only() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let mut a = m.handle();
+        grant(a.acquire(&req("b", "t1", 1000, &h)).unwrap());
+        grant(a.acquire(&req("a", "t2", 1000, &h)).unwrap());
+        grant(a.acquire(&req("c", "t3", 1000, &h)).unwrap());
+        a.release("c", "t3").unwrap();
+        let all: Vec<_> = a
+            .status(None)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(all, ["a", "b"]);
+        let named = a.status(Some(&["c".into(), "b".into()])).unwrap();
+        assert_eq!(named.len(), 1);
+        assert_eq!(named[0].name, "b");
+    }
+
+    #[test]
+    fn a_waiter_is_woken_by_a_release_even_before_it_waits() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let (mut a, mut b) = (m.handle(), m.handle());
+        grant(a.acquire(&req("x", "a", 60_000, &h)).unwrap());
+        let mut w = b.waiter("x").unwrap();
+        a.release("x", "a").unwrap();
+        // Released between the subscription and the wait: returns at once.
+        let t = Instant::now();
+        w.wait(Duration::from_secs(30)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5));
+
+        grant(a.acquire(&req("x", "a", 60_000, &h)).unwrap());
+        let waiting = std::thread::spawn(move || {
+            w.wait(Duration::from_secs(30)).unwrap();
+            Instant::now()
+        });
+        assert!(m.await_waiters("x", 1, Duration::from_secs(5)));
+        let released = Instant::now();
+        a.release("x", "a").unwrap();
+        let woke = waiting.join().unwrap();
+        assert!(woke >= released && woke - released < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn injected_failures_and_hangs_are_unavailable_errors() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let mut a = m.handle();
+        let k = a.knobs();
+        k.fail_after(1, 2);
+        grant(a.acquire(&req("x", "a", 1000, &h)).unwrap());
+        for _ in 0..2 {
+            let e = a.renew("x", "a", Duration::from_secs(1)).unwrap_err();
+            assert_eq!(code_of(&e), UNAVAILABLE, "{e:#}");
+        }
+        assert!(matches!(a.release("x", "a").unwrap(), Check::Done));
+        assert_eq!(k.calls().failed, 2);
+
+        // A lost reply: the acquire took the lock although it failed.
+        k.lose_replies(true);
+        k.fail_next(1);
+        assert!(a.acquire(&req("x", "a", 1000, &h)).is_err());
+        assert_eq!(m.peek("x").unwrap().token_id, "a");
+
+        k.hang(Duration::from_secs(60));
+        a.set_timeout(Duration::from_millis(20)).unwrap();
+        let e = a.status(None).unwrap_err();
+        assert_eq!(code_of(&e), UNAVAILABLE);
+        assert!(format!("{e:#}").contains("no answer within"), "{e:#}");
+    }
+}
