@@ -39,9 +39,9 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Backend and output (any subcommand)")]
 pub struct Global {
-    /// Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]
     #[arg(
         long,
+        help = crate::backend::url_help(),
         env = "DLOCK_URL",
         global = true,
         hide_env_values = true,
