@@ -133,18 +133,18 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
     };
     match lease::acquire(b.as_mut(), &req, a.lease.wait, g.connect_timeout)? {
         Taken::Held(grant, _) => {
-            let expires_us = grant.server_now_us + a.lease.lease.as_micros() as i64;
-            announce_acquired(&a.name, &grant, a.lease.lease);
+            let expires_us = grant.server_now_us + grant.lease.as_micros() as i64;
+            announce_acquired(&a.name, &grant);
             if let Some(pid) = a.keepalive_pid {
                 if let Err(e) =
-                    spawn_keepalive(g, url.as_deref(), &a.name, &token, a.lease.lease, pid)
+                    spawn_keepalive(g, url.as_deref(), &a.name, &token, grant.lease, pid)
                 {
                     let _ = b.release(&a.name, &token);
                     return Err(e);
                 }
             }
             let text = if a.json {
-                report::acquired_json(&a.name, &token, &grant, a.lease.lease, expires_us)
+                report::acquired_json(&a.name, &token, &grant, expires_us)
             } else {
                 token.clone()
             };
@@ -342,7 +342,8 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
             return Ok(e.conflict_exit_code);
         }
     };
-    announce_acquired(&e.name, &grant, timing.lease);
+    let timing = timing.granted(grant.lease);
+    announce_acquired(&e.name, &grant);
     let (tx, rx) = mpsc::channel();
     signals::forward_to(tx.clone());
     // Beside the command, not before it: the listener connects on its own thread.
@@ -452,7 +453,7 @@ fn report_release(name: &str, released: Result<Check>, hold_left: Option<Duratio
     }
 }
 
-fn announce_acquired(name: &str, grant: &Grant, lease: Duration) {
+fn announce_acquired(name: &str, grant: &Grant) {
     output::event(
         Level::Debug,
         "acquired",
@@ -466,7 +467,7 @@ fn announce_acquired(name: &str, grant: &Grant, lease: Duration) {
             },
             grant.fence
         ),
-        json!({ "fence": grant.fence, "lease_ms": lease.as_millis() as u64 }),
+        json!({ "fence": grant.fence, "lease_ms": grant.lease.as_millis() as u64 }),
     );
 }
 

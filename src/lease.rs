@@ -76,6 +76,22 @@ impl Timing {
         })
     }
 
+    /// The schedule for the lease the backend granted, which may differ from
+    /// the one asked for: every part scales with it, and the grace period
+    /// shrinks if it must, so that the deadline stays inside what was granted.
+    pub fn granted(self, lease: Duration) -> Timing {
+        if lease == self.lease {
+            return self;
+        }
+        let margin = lease / 10;
+        Timing {
+            lease,
+            period: lease / 3,
+            margin,
+            kill_after: self.kill_after.min((lease / 2).saturating_sub(margin)),
+        }
+    }
+
     /// When the lost signal must go out if nothing renewed after a request sent at `sent`.
     pub fn stop_by(&self, sent: Instant) -> Instant {
         sent + self.lease - self.margin - self.kill_after
@@ -362,5 +378,26 @@ mod tests {
         assert!(Timing::new(Duration::from_millis(100), None).is_err());
         assert!(Timing::new(Duration::from_secs(10), Some(Duration::from_secs(5))).is_err());
         Timing::new(Duration::from_secs(10), Some(Duration::from_secs(4))).unwrap();
+    }
+
+    #[test]
+    fn a_granted_lease_drives_the_schedule() {
+        let asked = Timing::new(Duration::from_secs(30), None).unwrap();
+        assert_eq!(asked.granted(asked.lease).lease, asked.lease);
+        // Less than asked (a quorum's validity): the deadline moves in.
+        let less = asked.granted(Duration::from_secs(6));
+        assert_eq!(
+            (less.period, less.margin),
+            (Duration::from_secs(2), Duration::from_millis(600))
+        );
+        assert_eq!(less.kill_after, Duration::from_millis(2400));
+        let now = Instant::now();
+        assert!(less.stop_by(now) + less.kill_after + less.margin <= now + less.lease);
+        // More (a server that rounds up): the schedule follows, the grace stays.
+        let more = asked.granted(Duration::from_secs(60));
+        assert_eq!(
+            (more.period, more.kill_after),
+            (Duration::from_secs(20), asked.kill_after)
+        );
     }
 }

@@ -88,7 +88,6 @@ pub fn acquired_json(
     name: &str,
     token: &str,
     grant: &crate::backend::Grant,
-    lease: Duration,
     expires_us: i64,
 ) -> String {
     #[derive(Serialize)]
@@ -104,7 +103,7 @@ pub fn acquired_json(
         name,
         token,
         fence: grant.fence,
-        lease_ms: lease.as_millis() as u64,
+        lease_ms: grant.lease.as_millis() as u64,
         expires_at: format_time_us(expires_us),
         extended: grant.extended,
     })

@@ -37,6 +37,10 @@ pub struct Grant {
     pub server_now_us: i64,
     /// True when the token already held the lock and the lease was only extended.
     pub extended: bool,
+    /// The lease the backend granted, which the renewal deadline counts from.
+    /// A backend may grant less than was asked (a quorum's validity after the
+    /// time spent reaching it) or more (a server that rounds up).
+    pub lease: Duration,
 }
 
 /// The outcome of one acquisition attempt.

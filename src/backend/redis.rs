@@ -177,6 +177,7 @@ impl Backend for RedisBackend {
                 fence: int(items.get(1)).context("fence missing from reply")? as u64,
                 server_now_us: int(items.get(2)).unwrap_or(0),
                 extended: int(items.get(3)) == Some(1),
+                lease: req.lease,
             })),
             Some(0) => Ok(Acquire::Busy(Some(lock_info(
                 req.name,

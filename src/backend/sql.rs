@@ -146,6 +146,7 @@ pub fn plan_acquire(now: i64, cur: Option<&Row>, req: &Request) -> (Option<Chang
                 fence: c.fence as u64,
                 server_now_us: now,
                 extended: true,
+                lease: req.lease,
             };
             return (
                 Some(Change {
@@ -178,6 +179,7 @@ pub fn plan_acquire(now: i64, cur: Option<&Row>, req: &Request) -> (Option<Chang
         fence: fence as u64,
         server_now_us: now,
         extended: false,
+        lease: req.lease,
     };
     (
         Some(Change {
