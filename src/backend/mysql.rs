@@ -39,18 +39,22 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Result;
-use mysql::consts::CapabilityFlags;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, Value};
 
+mod conn;
+use conn::{
+    breaks_connection, describe, is_full, options, set_socket_timeout, timed_out, Unconnected,
+    ER_NO_SUCH_TABLE, GREETING_WAIT,
+};
+
 use super::sql::{self, Backoff, Dialect, Exec, Leases, Val};
 use super::{Acquire, Backend, Check, Config, LockInfo, Request, Waiter};
-use crate::error::{fail, INTERNAL, UNAVAILABLE, USAGE};
+use crate::error::{fail, INTERNAL, UNAVAILABLE};
 
 const DIALECT: Dialect = Dialect {
     // Independent of the session time zone, and the same on MySQL and MariaDB.
@@ -59,17 +63,6 @@ const DIALECT: Dialect = Dialect {
 };
 
 // Server error codes dlock tells apart.
-const ER_DBACCESS_DENIED: u16 = 1044;
-const ER_ACCESS_DENIED: u16 = 1045;
-const ER_BAD_DB: u16 = 1049;
-const ER_NO_SUCH_TABLE: u16 = 1146;
-const ER_CON_COUNT: u16 = 1040;
-const ER_TOO_MANY_USER_CONNECTIONS: u16 = 1203;
-
-/// Far above any statement or row dlock sends (a few KB); set so that the
-/// driver does not ask the server for it on every connection.
-const MAX_PACKET: usize = 16 << 20;
-
 pub struct MysqlBackend {
     /// Shared with the waiter, which blocks on the same connection.
     db: Arc<Mutex<Db>>,
@@ -141,206 +134,6 @@ fn lock(db: &Mutex<Db>) -> MutexGuard<'_, Db> {
     db.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-/// Driver options from the URL: dlock's own parameters taken out, its
-/// timeouts and session settings added.
-fn options(url: &str, shown: &str, timeout: Duration) -> Result<(Opts, String)> {
-    let usage = |why: String| {
-        fail(
-            USAGE,
-            format!("invalid MySQL URL '{shown}': {why}; expected mysql://user:pass@host[:port]/database"),
-        )
-    };
-    let mut u = ::url::Url::parse(url).map_err(|e| usage(e.to_string()))?;
-    let mut require_ssl = false;
-    let mut prefer_socket_given = false;
-    let mut kept = Vec::new();
-    for (k, v) in u.query_pairs() {
-        match k.as_ref() {
-            "require_ssl" => {
-                require_ssl = parse_bool(&v)
-                    .ok_or_else(|| usage(format!("{k} must be true or false, not '{v}'")))?;
-            }
-            _ => {
-                prefer_socket_given |= k == "prefer_socket";
-                kept.push((k.into_owned(), v.into_owned()));
-            }
-        }
-    }
-    if kept.is_empty() {
-        u.set_query(None);
-    } else {
-        u.query_pairs_mut().clear().extend_pairs(kept);
-    }
-    let opts = Opts::from_url(u.as_str()).map_err(|e| usage(e.to_string()))?;
-    let database = opts
-        .get_db_name()
-        .filter(|d| !d.is_empty())
-        .ok_or_else(|| usage("no database named".into()))?
-        .to_string();
-    let tls = require_ssl || opts.get_ssl_opts().is_some();
-    if tls {
-        // rustls needs a process-wide crypto provider; ring builds with no system libraries.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-    let ssl = opts.get_ssl_opts().cloned();
-    let mut b = OptsBuilder::from_opts(opts)
-        .tcp_connect_timeout(Some(timeout))
-        .read_timeout(Some(timeout))
-        .write_timeout(Some(timeout))
-        .max_allowed_packet(Some(MAX_PACKET))
-        // No session settings: the clock is UTC_TIMESTAMP(6), whatever the session's time zone.
-        .additional_capabilities(CapabilityFlags::CLIENT_FOUND_ROWS);
-    if !prefer_socket_given {
-        // The driver would otherwise reconnect over the server's unix socket: a second handshake.
-        b = b.prefer_socket(false);
-    }
-    if tls {
-        b = b.ssl_opts(ssl.unwrap_or_default());
-    }
-    Ok((Opts::from(b), database))
-}
-
-/// Bounds every read and write on the connection's socket (the driver sets
-/// its timeouts only when connecting).
-fn set_socket_timeout(conn: &Conn, t: Duration) {
-    let t = t.max(Duration::from_millis(1));
-    let tv = libc::timeval {
-        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_usec: t.subsec_micros() as libc::suseconds_t,
-    };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: a valid fd owned by `conn`, and a timeval of the size given.
-        unsafe {
-            libc::setsockopt(
-                conn.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
-    }
-}
-
-/// One clear line for a driver error; the password never appears in them.
-fn describe(e: &mysql::Error, at: &str, database: &str, timeout: Duration) -> anyhow::Error {
-    use std::io::ErrorKind;
-    let waited = crate::duration::format(timeout);
-    let refused = || {
-        fail(
-            UNAVAILABLE,
-            format!("cannot connect to {at}: connection refused; is the MySQL/MariaDB server running and listening there?"),
-        )
-    };
-    let silent = || {
-        fail(
-            UNAVAILABLE,
-            format!("{at} did not answer within {waited}; check host, port and firewall, or raise --connect-timeout"),
-        )
-    };
-    match e {
-        mysql::Error::MySqlError(m) => {
-            let msg = format!("{} ({})", m.message, m.code);
-            match m.code {
-                ER_ACCESS_DENIED | 1698 | 1251 => fail(
-                    UNAVAILABLE,
-                    format!("authentication to {at} failed: check the user and password in the URL"),
-                ),
-                3159 => fail(
-                    UNAVAILABLE,
-                    format!("{at} accepts only TLS connections: add require_ssl=true to the URL"),
-                ),
-                ER_DBACCESS_DENIED => fail(
-                    UNAVAILABLE,
-                    format!("the user in {at} may not use database '{database}': grant it access"),
-                ),
-                ER_BAD_DB => fail(
-                    UNAVAILABLE,
-                    format!("unknown database '{database}' on {at}: create it first (CREATE DATABASE `{database}`)"),
-                ),
-                ER_CON_COUNT | ER_TOO_MANY_USER_CONNECTIONS | 1129 | 1130 | 1226 => {
-                    fail(UNAVAILABLE, format!("{at} refused the connection: {msg}"))
-                }
-                1053 | 1077 | 1152 | 1158..=1161 | 1317 | 1927 | 2006 | 2013 | 4031 => {
-                    fail(UNAVAILABLE, format!("lost connection to {at}: {msg}"))
-                }
-                1205 | 1213 | 1969 | 3024 => {
-                    fail(UNAVAILABLE, format!("{at} did not complete the request: {msg}"))
-                }
-                1142 | 1143 | 1227 | 1290 | 1792 | 1836 => {
-                    fail(UNAVAILABLE, format!("{at} refused the request: {msg}"))
-                }
-                _ => fail(INTERNAL, format!("unexpected error from {at}: {msg}")),
-            }
-        }
-        mysql::Error::IoError(_) | mysql::Error::CodecError(_) => match io_error(e) {
-            Some(io) if io.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => fail(
-                UNAVAILABLE,
-                format!(
-                    "TLS with {at} failed: {io}; check root_cert_path and the server's certificate"
-                ),
-            ),
-            Some(io) => match io.kind() {
-                ErrorKind::ConnectionRefused => refused(),
-                ErrorKind::TimedOut | ErrorKind::WouldBlock => silent(),
-                ErrorKind::NotFound => fail(UNAVAILABLE, format!("cannot connect to {at}: {io}")),
-                _ => fail(UNAVAILABLE, format!("lost connection to {at}: {io}")),
-            },
-            None => fail(UNAVAILABLE, format!("lost connection to {at}: {e}")),
-        },
-        mysql::Error::DriverError(d) => match d {
-            mysql::DriverError::ConnectTimeout | mysql::DriverError::Timeout => silent(),
-            mysql::DriverError::CouldNotConnect(Some((_, _, ErrorKind::ConnectionRefused))) => {
-                refused()
-            }
-            mysql::DriverError::CouldNotConnect(Some((_, _, ErrorKind::TimedOut))) => silent(),
-            mysql::DriverError::CouldNotConnect(Some((_, why, _))) => {
-                fail(UNAVAILABLE, format!("cannot connect to {at}: {why}"))
-            }
-            mysql::DriverError::UnknownAuthPlugin(_)
-            | mysql::DriverError::CleartextPluginDisabled
-            | mysql::DriverError::OldMysqlPasswordDisabled => {
-                fail(UNAVAILABLE, format!("authentication to {at} failed: {d}"))
-            }
-            mysql::DriverError::TlsNotSupported => fail(
-                UNAVAILABLE,
-                format!("{at} does not offer TLS; drop require_ssl or enable TLS on the server"),
-            ),
-            _ => fail(UNAVAILABLE, format!("lost connection to {at}: {d}")),
-        },
-        mysql::Error::TlsError(t) => fail(UNAVAILABLE, format!("TLS with {at} failed: {t}")),
-        mysql::Error::UrlError(u) => fail(USAGE, format!("invalid MySQL URL '{at}': {u}")),
-        other => fail(INTERNAL, format!("unexpected reply from {at}: {other}")),
-    }
-}
-
-/// The I/O error under a driver error, where there is one (a read timeout
-/// arrives wrapped in the packet codec's error).
-fn io_error(e: &mysql::Error) -> Option<&std::io::Error> {
-    match e {
-        mysql::Error::IoError(io) => Some(io),
-        mysql::Error::CodecError(c) => std::error::Error::source(c)?.downcast_ref(),
-        _ => None,
-    }
-}
-
-/// Errors after which the connection can no longer be trusted.
-fn breaks_connection(e: &mysql::Error) -> bool {
-    match e {
-        mysql::Error::MySqlError(m) => matches!(m.code, 1053 | 1077 | 1927 | 2006 | 2013 | 4031),
-        mysql::Error::FromRowError(_) | mysql::Error::FromValueError(_) => false,
-        _ => true,
-    }
-}
-
 /// `sql` with each `?` outside quotes replaced by the next value as a
 /// literal. Text becomes a hex literal (`X'…'`, a binary string), which reads
 /// the same whatever the sql_mode (`NO_BACKSLASH_ESCAPES`) or the connection's
@@ -389,33 +182,6 @@ fn from_value(v: Value) -> Val {
         Value::Double(f) => Val::Int(f as i64),
         Value::Bytes(b) => Val::Text(String::from_utf8_lossy(&b).into_owned()),
         other => Val::Text(other.as_sql(true)),
-    }
-}
-
-/// The server refuses new connections until others close (max_connections,
-/// max_user_connections).
-fn is_full(code: u16) -> bool {
-    matches!(code, ER_CON_COUNT | ER_TOO_MANY_USER_CONNECTIONS)
-}
-
-/// How long a MySQL server takes to greet a new connection before dlock
-/// looks at what else might be listening (a Redis port greets nobody).
-const GREETING_WAIT: Duration = Duration::from_millis(500);
-
-/// Why no connection was made: the driver's error, or a server of another kind.
-enum Unconnected {
-    Driver(mysql::Error),
-    Elsewhere(anyhow::Error),
-}
-
-/// A request or connection attempt that ran out of time.
-fn timed_out(e: &mysql::Error) -> bool {
-    use std::io::ErrorKind::{TimedOut, WouldBlock};
-    match e {
-        mysql::Error::DriverError(
-            mysql::DriverError::ConnectTimeout | mysql::DriverError::Timeout,
-        ) => true,
-        _ => io_error(e).is_some_and(|io| matches!(io.kind(), TimedOut | WouldBlock)),
     }
 }
 
@@ -780,6 +546,7 @@ impl Drop for MysqlWaiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::USAGE;
 
     #[test]
     fn urls_become_driver_options() {
