@@ -81,62 +81,6 @@ fn durations_above_their_bound_are_usage_errors() {
     assert!(stderr(&o).contains("--connect-timeout"), "{}", stderr(&o));
 }
 
-/// The largest values allowed work end to end on every backend.
-fn longest_durations_work(ctx: &Ctx) {
-    let o = ctx.run(&[
-        "acquire",
-        "long",
-        "--lease",
-        "1y",
-        "--connect-timeout",
-        "1h",
-    ]);
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    let tok = stdout(&o).trim().to_string();
-    let v = ctx.status_json(&["long"]);
-    let ttl = v["locks"][0]["ttl_ms"].as_u64().expect("held");
-    assert!(ttl > 31_000_000_000, "a year's lease: {v}");
-    let o = ctx.run(&["renew", "long", "--token", &tok, "--lease", "1y"]);
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert_eq!(code(&ctx.run(&["release", "long", "--token", &tok])), 0);
-    let o = ctx.run(&[
-        "exec",
-        "long",
-        "--wait",
-        "1y",
-        "--lease",
-        "1y",
-        "--max-runtime",
-        "1y",
-        "--min-hold",
-        "1ms",
-        "--kill-after",
-        "1h",
-        "--",
-        "true",
-    ]);
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-}
-
-macro_rules! backends {
-    ($($backend:ident => $server:expr;)*) => {$(
-        mod $backend {
-            use super::*;
-            fn ctx() -> Ctx {
-                let server: Arc<dyn Server> = $server;
-                Ctx::new(server)
-            }
-            #[test] fn longest_durations_work() { super::longest_durations_work(&ctx()) }
-        }
-    )*};
-}
-
-backends! {
-    redis => Arc::new(Redis::start());
-    sqlite => Arc::new(Sqlite::new());
-    mariadb => common::mariadb::MariaDb::shared();
-}
-
 /// `dlock exec` with `$DLOCK_BIN` (the dlock under test) in its environment.
 fn exec_sh(ctx: &Ctx, args: &[&str], script: &str) -> std::process::Command {
     let mut all = vec!["exec"];

@@ -355,6 +355,43 @@ fn exec_conflict_exit_code(ctx: &Ctx) {
     assert!(marker.exists());
 }
 
+/// The largest values allowed work end to end on every backend.
+fn longest_durations_work(ctx: &Ctx) {
+    let o = ctx.run(&[
+        "acquire",
+        "long",
+        "--lease",
+        "1y",
+        "--connect-timeout",
+        "1h",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let tok = stdout(&o).trim().to_string();
+    let v = ctx.status_json(&["long"]);
+    let ttl = v["locks"][0]["ttl_ms"].as_u64().expect("held");
+    assert!(ttl > 31_000_000_000, "a year's lease: {v}");
+    let o = ctx.run(&["renew", "long", "--token", &tok, "--lease", "1y"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(code(&ctx.run(&["release", "long", "--token", &tok])), 0);
+    let o = ctx.run(&[
+        "exec",
+        "long",
+        "--wait",
+        "1y",
+        "--lease",
+        "1y",
+        "--max-runtime",
+        "1y",
+        "--min-hold",
+        "1ms",
+        "--kill-after",
+        "1h",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
 macro_rules! backends {
     ($($backend:ident => $server:expr;)*) => {$(
         mod $backend {
@@ -364,6 +401,7 @@ macro_rules! backends {
                 Ctx::new(server)
             }
             #[test] fn counter_is_exact() { super::counter_is_exact(&ctx()) }
+            #[test] fn longest_durations_work() { super::longest_durations_work(&ctx()) }
             #[test] fn release_checks_the_token() { super::release_checks_the_token(&ctx()) }
             #[test] fn force_release_says_whom_it_broke() { super::force_release_says_whom_it_broke(&ctx()) }
             #[test] fn leases_expire() { super::leases_expire(&ctx()) }
