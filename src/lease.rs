@@ -227,6 +227,17 @@ mod tests {
         }
     }
 
+    /// Takes "job" for `token` at once (no waiting) and returns the grant.
+    fn take(b: &mut MemoryBackend, token: &str, lease: Duration) -> crate::backend::Grant {
+        let h = Holder::default();
+        held(acquire(
+            b,
+            &req(token, lease, &h),
+            Wait::For(Duration::ZERO),
+            PROMPT,
+        ))
+    }
+
     /// Acquires "job" with `b` on a thread, which is blocked waiting when this returns.
     fn wait_in_thread(
         m: &Memory,
@@ -245,12 +256,7 @@ mod tests {
     #[test]
     fn acquire_takes_a_free_lock_and_wait_0_is_busy_at_once() {
         let (m, h) = (Memory::new(), Holder::default());
-        let g = held(acquire(
-            &mut m.handle(),
-            &req("a", LONG, &h),
-            Wait::For(Duration::ZERO),
-            PROMPT,
-        ));
+        let g = take(&mut m.handle(), "a", LONG);
         assert!(!g.extended);
         let mut b = m.handle();
         let t = Instant::now();
@@ -271,14 +277,9 @@ mod tests {
 
     #[test]
     fn a_waiter_wakes_on_release_not_at_the_holders_ttl() {
-        let (m, h) = (Memory::new(), Holder::default());
+        let m = Memory::new();
         let mut a = m.handle();
-        held(acquire(
-            &mut a,
-            &req("a", LONG, &h),
-            Wait::For(Duration::ZERO),
-            PROMPT,
-        ));
+        take(&mut a, "a", LONG);
         let waiter = wait_in_thread(&m, m.handle(), Wait::Forever);
         let released = Instant::now();
         assert!(matches!(a.release("job", "a").unwrap(), Check::Done));
@@ -294,15 +295,10 @@ mod tests {
 
     #[test]
     fn a_waiter_takes_the_lock_when_the_holders_lease_runs_out() {
-        let (m, h) = (Memory::new(), Holder::default());
+        let m = Memory::new();
         let lease = Duration::from_millis(100);
         let taken = Instant::now();
-        held(acquire(
-            &mut m.handle(),
-            &req("a", lease, &h),
-            Wait::For(Duration::ZERO),
-            PROMPT,
-        ));
+        take(&mut m.handle(), "a", lease);
         let waiter = wait_in_thread(&m, m.handle(), Wait::For(LONG));
         let (r, at) = waiter.join().unwrap();
         held(r);
@@ -316,14 +312,9 @@ mod tests {
 
     #[test]
     fn a_failure_while_waiting_is_retried() {
-        let (m, h) = (Memory::new(), Holder::default());
+        let m = Memory::new();
         let mut a = m.handle();
-        held(acquire(
-            &mut a,
-            &req("a", LONG, &h),
-            Wait::For(Duration::ZERO),
-            PROMPT,
-        ));
+        take(&mut a, "a", LONG);
         let b = m.handle();
         let k = b.knobs();
         // Through: a try, the subscription, the try after it; then two failures.
