@@ -11,31 +11,12 @@ pub const MAX_TOKEN_LEN: usize = 128;
 /// Accepts any UTF-8 name without control characters, so names never break a
 /// one-line status row or a log line.
 pub fn check_name(name: &str) -> anyhow::Result<()> {
-    if name.is_empty() {
-        return Err(fail(
-            USAGE,
-            "lock name is empty: give a name such as 'nightly-backup'",
-        ));
-    }
-    if name.len() > MAX_NAME_BYTES {
-        return Err(fail(
-            USAGE,
-            format!(
-                "lock name is {} bytes long; the limit is {MAX_NAME_BYTES} bytes",
-                name.len()
-            ),
-        ));
-    }
-    if let Some(c) = name.chars().find(|c| c.is_control()) {
-        return Err(fail(
-            USAGE,
-            format!(
-                "lock name {:?} contains the control character U+{:04X}; use printable characters",
-                name, c as u32
-            ),
-        ));
-    }
-    Ok(())
+    check_label(
+        name,
+        "lock name",
+        MAX_NAME_BYTES,
+        "give a name such as 'nightly-backup'",
+    )
 }
 
 /// Longest prefix in bytes, as for names.
@@ -44,27 +25,35 @@ pub const MAX_PREFIX_BYTES: usize = MAX_NAME_BYTES;
 /// Prefixes follow the rules of names, so that they never break a status
 /// header or a log line; backends encode them as their keys and tables need.
 pub fn check_prefix(prefix: &str) -> anyhow::Result<()> {
-    if prefix.is_empty() {
-        return Err(fail(
-            USAGE,
-            "--prefix is empty: give a namespace such as 'dlock' (the default)",
-        ));
+    check_label(
+        prefix,
+        "--prefix",
+        MAX_PREFIX_BYTES,
+        "give a namespace such as 'dlock' (the default)",
+    )
+}
+
+/// The rule names and prefixes share: not empty, at most `max` bytes, no
+/// control characters; `what` names the value in the one-line error.
+fn check_label(value: &str, what: &str, max: usize, example: &str) -> anyhow::Result<()> {
+    if value.is_empty() {
+        return Err(fail(USAGE, format!("{what} is empty: {example}")));
     }
-    if prefix.len() > MAX_PREFIX_BYTES {
+    if value.len() > max {
         return Err(fail(
             USAGE,
             format!(
-                "--prefix is {} bytes long; the limit is {MAX_PREFIX_BYTES} bytes",
-                prefix.len()
+                "{what} is {} bytes long; the limit is {max} bytes",
+                value.len()
             ),
         ));
     }
-    if let Some(c) = prefix.chars().find(|c| c.is_control()) {
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
         return Err(fail(
             USAGE,
             format!(
-                "--prefix {:?} contains the control character U+{:04X}; use printable characters",
-                prefix, c as u32
+                "{what} {:?} contains the control character U+{:04X}; use printable characters",
+                value, c as u32
             ),
         ));
     }
