@@ -93,7 +93,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__acquire)
-            opts="-q -v -h -V --token --json --keepalive-pid --lease --wait --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
+            opts="-q -v -h -V --token --json --keepalive-pid --lease --wait --slots --shared --fair --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -112,6 +112,10 @@ _dlock() {
                     return 0
                     ;;
                 --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --slots)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -143,7 +147,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__exec)
-            opts="-E -c -q -v -h -V --lease --wait --conflict-exit-code --on-lost-signal --kill-after --min-hold --max-runtime --jitter --shell --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
+            opts="-E -c -q -v -h -V --lease --wait --slots --shared --fair --conflict-exit-code --on-lost-signal --kill-after --min-hold --max-runtime --jitter --shell --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -154,6 +158,10 @@ _dlock() {
                     return 0
                     ;;
                 --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --slots)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -319,13 +327,17 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__release)
-            opts="-q -v -h -V --token --force --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
+            opts="-q -v -h -V --token --force --token-id --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --token)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --token-id)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -44,6 +44,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l token -d 'Use th
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l keepalive-pid -d 'Keep renewing the lease in a detached dlock while process PID lives (e.g. `$$`), and release it when PID exits' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l lease -d 'How long the lease lasts on the server without renewal' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l wait -d 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l slots -d 'Let up to N holders in at once (a counting semaphore); each has its own token, lease and fence, and `exec` sets DLOCK_SLOT to its slot number (0..N-1)' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
@@ -51,18 +52,21 @@ complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l connect-timeout 
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
 json\t''"
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l json -d 'Print an object with name, token, fence and expiry instead of the bare token'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l shared -d 'Take a shared (read) lock: shared holders run together, an exclusive holder excludes them all, and new shared requests wait behind a waiting exclusive one'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l fair -d 'Wait in arrival order: no later request takes the lock ahead of this one'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s h -l help -d 'Print help'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s V -l version -d 'Print version'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l token -d 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l token-id -d 'With --force, break only the holder with this token id (the TOKEN column of `status`)' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, mysql://, sqlite:// [default: embedded SQLite file]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
 json\t''"
-complete -c dlock -n "__fish_dlock_using_subcommand release" -l force -d 'Break the lock whoever holds it, and say whom it broke'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l force -d 'Break the lock whoever holds it (every holder of a shared lock or semaphore), and say whom it broke'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s h -l help -d 'Print help'
@@ -81,6 +85,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand status" -s h -l help -d 'Pri
 complete -c dlock -n "__fish_dlock_using_subcommand status" -s V -l version -d 'Print version'
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -l lease -d 'How long the lease lasts on the server without renewal' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -l wait -d 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l slots -d 'Let up to N holders in at once (a counting semaphore); each has its own token, lease and fence, and `exec` sets DLOCK_SLOT to its slot number (0..N-1)' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -s E -l conflict-exit-code -d 'Exit code when the lock is busy after --wait (like flock -E)' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -l on-lost-signal -d 'Signal sent to the command\'s process group when the lease is lost' -r -f -a "TERM\t''
 INT\t''
@@ -103,6 +108,8 @@ complete -c dlock -n "__fish_dlock_using_subcommand exec" -l prefix -d 'Namespac
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
 json\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l shared -d 'Take a shared (read) lock: shared holders run together, an exclusive holder excludes them all, and new shared requests wait behind a waiting exclusive one'
+complete -c dlock -n "__fish_dlock_using_subcommand exec" -l fair -d 'Wait in arrival order: no later request takes the lock ahead of this one'
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand exec" -s h -l help -d 'Print help'

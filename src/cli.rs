@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::backend::kinds::MAX_SLOTS;
+use crate::backend::{Kind, Mode};
 use crate::error;
 
 /// Default lease: long enough to ride out a short network blip, short enough
@@ -197,6 +199,40 @@ pub struct LeaseArgs {
     #[arg(long, default_value = "0", value_parser = parse_wait, value_name = "DUR",
           allow_hyphen_values = true)]
     pub wait: Wait,
+
+    /// Let up to N holders in at once (a counting semaphore); each has its own token,
+    /// lease and fence, and `exec` sets DLOCK_SLOT to its slot number (0..N-1)
+    #[arg(help_heading = "Lock kind", long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=MAX_SLOTS as i64))]
+    pub slots: u32,
+
+    /// Take a shared (read) lock: shared holders run together, an exclusive holder excludes
+    /// them all, and new shared requests wait behind a waiting exclusive one
+    #[arg(help_heading = "Lock kind", long, conflicts_with = "slots")]
+    pub shared: bool,
+
+    /// Wait in arrival order: no later request takes the lock ahead of this one
+    #[arg(help_heading = "Lock kind", long)]
+    pub fair: bool,
+}
+
+impl LeaseArgs {
+    pub fn kind(&self) -> Kind {
+        Kind {
+            mode: if self.shared {
+                Mode::Shared
+            } else {
+                Mode::Exclusive
+            },
+            slots: self.slots,
+            fair: self.fair,
+        }
+    }
+
+    /// True when `--slots` was given, so that `exec` exports DLOCK_SLOT.
+    pub fn counts_slots(&self) -> bool {
+        self.slots > 1
+    }
 }
 
 #[derive(Debug, Args)]
@@ -218,9 +254,14 @@ pub struct ReleaseArgs {
     #[arg(skip)]
     pub token_from_env: bool,
 
-    /// Break the lock whoever holds it, and say whom it broke
+    /// Break the lock whoever holds it (every holder of a shared lock or semaphore),
+    /// and say whom it broke
     #[arg(long, conflicts_with = "token")]
     pub force: bool,
+
+    /// With --force, break only the holder with this token id (the TOKEN column of `status`)
+    #[arg(long, value_name = "ID", requires = "force")]
+    pub token_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -120,7 +120,8 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
             ));
         }
     }
-    let (mut b, _loc, _) = connect(g, url.clone())?;
+    let (mut b, loc, _) = connect(g, url.clone())?;
+    backend::check_capable(b.as_ref(), &loc, &a.lease.kind())?;
     let holder = match a.keepalive_pid {
         Some(pid) => Holder::process(pid),
         None => Holder::parent_process(),
@@ -130,6 +131,7 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
         token: &token,
         lease: a.lease.lease,
         holder: &holder,
+        kind: a.lease.kind(),
     };
     match lease::acquire(b.as_mut(), &req, a.lease.wait, g.connect_timeout)? {
         Taken::Held(grant, _) => {
@@ -201,22 +203,7 @@ pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> 
     }
     let (mut b, _loc, _) = connect(g, url)?;
     if r.force {
-        return match b.force_release(&r.name)? {
-            Some(info) => {
-                output::event(
-                    Level::Info,
-                    "broken",
-                    Some(&r.name),
-                    &format!("broke lock '{}' held by {}", r.name, describe(&info)),
-                    json!({ "holder": info.holder, "fence": info.fence }),
-                );
-                Ok(error::OK)
-            }
-            None => {
-                output::info(&format!("lock '{}' was not held; nothing to break", r.name));
-                Ok(error::OK)
-            }
-        };
+        return force_release(b.as_mut(), &r.name, r.token_id.as_deref());
     }
     let token = r.token.as_deref().context("--token is required")?;
     names::check_token(token)?;
@@ -226,6 +213,36 @@ pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> 
             Ok(error::OK)
         }
         refused => Ok(token_refused(&r.name, refused, "; use --force to break it")),
+    }
+}
+
+/// `release --force`: breaks every holder, or the one with token id `only`,
+/// and says whom.
+fn force_release(b: &mut dyn Backend, name: &str, only: Option<&str>) -> Result<i32> {
+    let broken = b.force_release(name, only)?;
+    for info in &broken {
+        output::event(
+            Level::Info,
+            "broken",
+            Some(name),
+            &format!("broke lock '{name}' held by {}", describe(info)),
+            json!({ "holder": info.holder, "fence": info.fence, "token_id": info.token_id }),
+        );
+    }
+    if !broken.is_empty() {
+        return Ok(error::OK);
+    }
+    match only {
+        Some(id) => {
+            output::error(&format!(
+                "lock '{name}' has no holder with token id '{id}'; see `dlock status {name}`"
+            ));
+            Ok(error::NOT_HELD)
+        }
+        None => {
+            output::info(&format!("lock '{name}' was not held; nothing to break"));
+            Ok(error::OK)
+        }
     }
 }
 
@@ -284,19 +301,20 @@ pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
     match named {
         Some(names) => {
             for n in names {
-                match held.iter().find(|l| &l.name == n) {
-                    Some(l) => rows.push(Row::Held(l)),
-                    None => {
-                        all_held = false;
-                        rows.push(Row::Free(n));
-                    }
+                let of_n: Vec<&LockInfo> = held.iter().filter(|l| &l.name == n).collect();
+                if of_n.is_empty() {
+                    all_held = false;
+                    rows.push(Row::Free(n));
                 }
+                rows.extend(of_n.into_iter().map(Row::Held));
             }
         }
         None => rows.extend(held.iter().map(Row::Held)),
     }
     let text = if s.names_only {
-        held.iter().map(|l| format!("{}\n", l.name)).collect()
+        let mut names: Vec<&str> = held.iter().map(|l| l.name.as_str()).collect();
+        names.dedup();
+        names.iter().map(|n| format!("{n}\n")).collect()
     } else if s.json {
         format!("{}\n", report::status_json(&loc, &g.prefix, &rows))
     } else {
@@ -321,7 +339,8 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     if let Some(j) = e.jitter.filter(|j| !j.is_zero()) {
         sleep_jitter(j);
     }
-    let (mut b, _loc, cfg) = connect(g, url)?;
+    let (mut b, loc, cfg) = connect(g, url)?;
+    backend::check_capable(b.as_ref(), &loc, &e.lease.kind())?;
     let token = names::new_token();
     let cmdline = argv
         .iter()
@@ -334,6 +353,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         token: &token,
         lease: timing.lease,
         holder: &holder,
+        kind: e.lease.kind(),
     };
     let (grant, sent) = match lease::acquire(b.as_mut(), &req, e.lease.wait, cfg.timeout)? {
         Taken::Held(grant, sent) => (grant, sent),
@@ -364,15 +384,19 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         cfg.timeout,
         tx,
     );
+    let mut env = vec![
+        ("DLOCK_NAME".into(), e.name.clone()),
+        ("DLOCK_TOKEN".into(), token),
+        ("DLOCK_FENCE".into(), grant.fence.to_string()),
+        ("DLOCK_HELD".into(), "1".into()),
+    ];
+    if let Some(slot) = grant.slot {
+        env.push(("DLOCK_SLOT".into(), slot.to_string()));
+    }
     let job = Job {
         name: e.name.clone(),
         argv,
-        env: vec![
-            ("DLOCK_NAME".into(), e.name.clone()),
-            ("DLOCK_TOKEN".into(), token),
-            ("DLOCK_FENCE".into(), grant.fence.to_string()),
-            ("DLOCK_HELD".into(), "1".into()),
-        ],
+        env,
         on_lost: e.on_lost_signal,
         max_runtime: e.max_runtime,
     };
@@ -467,7 +491,7 @@ fn announce_acquired(name: &str, grant: &Grant) {
             },
             grant.fence
         ),
-        json!({ "fence": grant.fence, "lease_ms": grant.lease.as_millis() as u64 }),
+        json!({ "fence": grant.fence, "lease_ms": grant.lease.as_millis() as u64, "slot": grant.slot }),
     );
 }
 

@@ -1,9 +1,9 @@
 //! Who holds a lock: recorded with every acquisition so that `status` can tell
 //! an operator which host, process and command to look at.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     pub host: String,
     pub pid: u32,

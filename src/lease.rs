@@ -137,7 +137,7 @@ pub fn acquire(
         if let Some(sig) = pending {
             let taken = match &result {
                 Ok(Acquire::Acquired(g)) => !g.extended,
-                Ok(Acquire::Busy(_)) => false,
+                Ok(Acquire::Busy(_) | Acquire::Queued(_)) => false,
                 Err(e) => !crate::error::unsent(e),
             };
             trouble.unsure |= taken;
@@ -148,6 +148,11 @@ pub fn acquire(
             Ok(Acquire::Acquired(g)) => return Ok(Taken::Held(trouble.grant(g), sent)),
             Ok(Acquire::Busy(info)) => {
                 trouble.recovered(req.name);
+                info
+            }
+            Ok(Acquire::Queued(info)) => {
+                trouble.recovered(req.name);
+                trouble.queued = true;
                 info
             }
             Err(e) => {
@@ -189,10 +194,14 @@ pub fn acquire(
             }
         };
         // Wake when the holder's lease would run out, even if no release is announced.
-        let ttl = busy
+        let mut ttl = busy
             .as_ref()
             .map(|b| b.ttl + Duration::from_millis(1))
             .unwrap_or(left);
+        if trouble.queued {
+            // Come back before the place in the queue lapses.
+            ttl = ttl.min(crate::backend::kinds::TICKET_REFRESH);
+        }
         if let Err(e) = w.wait(left.min(ttl)) {
             trouble.failed(backend, req, e, deadline)?;
         }
@@ -203,7 +212,7 @@ pub fn acquire(
 mod tests {
     use super::*;
     use crate::backend::memory::{Memory, MemoryBackend};
-    use crate::backend::Check;
+    use crate::backend::{kinds, Check, Kind};
     use crate::error::{code_of, UNAVAILABLE};
     use crate::holder::Holder;
 
@@ -217,6 +226,7 @@ mod tests {
             token,
             lease,
             holder: h,
+            kind: crate::backend::Kind::MUTEX,
         }
     }
 
@@ -349,6 +359,92 @@ mod tests {
         assert!(
             m.peek("job").is_none(),
             "the unanswered acquire's lock was left behind"
+        );
+    }
+
+    fn with_kind<'a>(token: &'a str, kind: Kind, h: &'a Holder) -> Request<'a> {
+        Request {
+            kind,
+            ..req(token, LONG, h)
+        }
+    }
+
+    #[test]
+    fn a_freed_semaphore_slot_wakes_a_waiter_into_that_slot() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let sem = Kind {
+            slots: 2,
+            ..Kind::MUTEX
+        };
+        let mut a = m.handle();
+        for t in ["a", "b"] {
+            held(acquire(
+                &mut a,
+                &with_kind(t, sem, &h),
+                Wait::For(Duration::ZERO),
+                PROMPT,
+            ));
+        }
+        let mut c = m.handle();
+        let waiter = std::thread::spawn(move || {
+            let h = Holder::default();
+            acquire(&mut c, &with_kind("c", sem, &h), Wait::For(LONG), PROMPT)
+        });
+        assert!(m.await_waiters("job", 1, PROMPT), "the waiter never waited");
+        a.release("job", "a").unwrap();
+        let g = held(waiter.join().unwrap());
+        assert_eq!(g.slot, Some(0), "the freed slot");
+    }
+
+    #[test]
+    fn a_queued_waiter_refreshes_its_place_while_it_waits() {
+        let m = Memory::new();
+        let mut a = m.handle();
+        take(&mut a, "a", LONG);
+        let fair = Kind {
+            fair: true,
+            ..Kind::MUTEX
+        };
+        let mut f = m.handle();
+        let fk = f.knobs();
+        let fairw = std::thread::spawn(move || {
+            let h = Holder::default();
+            acquire(&mut f, &with_kind("f", fair, &h), Wait::For(LONG), PROMPT)
+        });
+        let queued = |m: &Memory| m.peek("job").map_or(0, |i| i.queued);
+        fk.await_calls(PROMPT, |c| c.acquire >= 2);
+        assert_eq!(queued(&m), 1);
+        // Most of the ticket's life passes; the waiter's next try renews it.
+        for _ in 0..2 {
+            m.advance(kinds::TICKET_TTL - Duration::from_millis(500));
+            let before = fk.calls().acquire;
+            fk.await_calls(PROMPT, |c| c.acquire > before);
+        }
+        assert_eq!(queued(&m), 1, "the live waiter's ticket lapsed");
+        a.release("job", "a").unwrap();
+        held(fairw.join().unwrap());
+        assert_eq!(m.peek("job").unwrap().token_id, "f");
+    }
+
+    #[test]
+    fn a_queued_waiter_that_gives_up_leaves_the_queue_at_once() {
+        let (m, h) = (Memory::new(), Holder::default());
+        take(&mut m.handle(), "a", LONG);
+        let fair = Kind {
+            fair: true,
+            ..Kind::MUTEX
+        };
+        let r = acquire(
+            &mut m.handle(),
+            &with_kind("f", fair, &h),
+            Wait::For(Duration::from_millis(50)),
+            PROMPT,
+        );
+        assert!(matches!(r.unwrap(), Taken::Busy(_)));
+        assert_eq!(
+            m.peek("job").unwrap().queued,
+            0,
+            "the ticket outlived the wait"
         );
     }
 

@@ -25,13 +25,14 @@ pub enum Row<'a> {
 
 pub fn status_table(loc: &Location, prefix: &str, rows: &[Row]) -> String {
     let header = [
-        "NAME", "HOLDER", "USER", "TOKEN", "FENCE", "ACQUIRED", "LEFT", "COMMAND",
+        "NAME", "KIND", "HOLDER", "USER", "TOKEN", "FENCE", "ACQUIRED", "LEFT", "COMMAND",
     ];
-    let mut table: Vec<[String; 8]> = vec![header.map(String::from)];
+    let mut table: Vec<[String; 9]> = vec![header.map(String::from)];
     for row in rows {
         table.push(match row {
             Row::Held(l) => [
                 l.name.clone(),
+                kind_cell(l),
                 format!("{}:{}", l.holder.host, l.holder.pid),
                 l.holder.user.clone(),
                 l.token_id.clone(),
@@ -42,6 +43,7 @@ pub fn status_table(loc: &Location, prefix: &str, rows: &[Row]) -> String {
             ],
             Row::Free(name) => [
                 name.to_string(),
+                "-".into(),
                 "(free)".into(),
                 "-".into(),
                 "-".into(),
@@ -52,7 +54,7 @@ pub fn status_table(loc: &Location, prefix: &str, rows: &[Row]) -> String {
             ],
         });
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for r in &table {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -82,7 +84,18 @@ pub fn status_table(loc: &Location, prefix: &str, rows: &[Row]) -> String {
     out
 }
 
-/// The documented `status --json` schema (see README).
+/// "exclusive", "shared", or "slot 1 of 3" (with waiters queued: "… +2 queued").
+fn kind_cell(l: &LockInfo) -> String {
+    let kind = match l.slot {
+        Some(k) => format!("slot {k} of {}", l.slots),
+        None => l.kind().to_string(),
+    };
+    match l.queued {
+        0 => kind,
+        n => format!("{kind} +{n} queued"),
+    }
+}
+
 /// `acquire --json`: one line, keys in the order README.md documents them.
 pub fn acquired_json(
     name: &str,
@@ -95,6 +108,7 @@ pub fn acquired_json(
         name: &'a str,
         token: &'a str,
         fence: u64,
+        slot: Option<u32>,
         lease_ms: u64,
         expires_at: String,
         extended: bool,
@@ -103,6 +117,7 @@ pub fn acquired_json(
         name,
         token,
         fence: grant.fence,
+        slot: grant.slot,
         lease_ms: grant.lease.as_millis() as u64,
         expires_at: format_time_us(expires_us),
         extended: grant.extended,
@@ -110,11 +125,17 @@ pub fn acquired_json(
     .expect("plain data serializes")
 }
 
+/// The version of the `status --json` layout; README.md documents each.
+/// 2 added `schema`, `kind`, `slots`, `holders` and `queued`.
+pub const STATUS_SCHEMA: u32 = 2;
+
 /// `status --json`: one line, keys in the order README.md documents them
-/// (structs, since serde_json's own maps sort their keys).
+/// (structs, since serde_json's own maps sort their keys). `rows` holds one
+/// entry per holder, those of one lock next to each other.
 pub fn status_json(loc: &Location, prefix: &str, rows: &[Row]) -> String {
     #[derive(Serialize)]
     struct Status<'a> {
+        schema: u32,
         backend: &'a str,
         location: &'a str,
         prefix: &'a str,
@@ -124,36 +145,76 @@ pub fn status_json(loc: &Location, prefix: &str, rows: &[Row]) -> String {
     struct Entry<'a> {
         name: &'a str,
         held: bool,
+        kind: Option<&'static str>,
+        slots: Option<u32>,
+        holders: Vec<HolderEntry<'a>>,
+        queued: u32,
+        // Schema 1's fields: the first holder's.
         holder: Option<&'a crate::holder::Holder>,
         token_id: Option<&'a str>,
         fence: Option<u64>,
         acquired_at: Option<String>,
         ttl_ms: Option<u64>,
     }
-    let locks = rows
-        .iter()
-        .map(|row| match row {
-            Row::Held(l) => Entry {
+    #[derive(Serialize)]
+    struct HolderEntry<'a> {
+        holder: &'a crate::holder::Holder,
+        token_id: &'a str,
+        fence: u64,
+        acquired_at: String,
+        ttl_ms: u64,
+        mode: crate::backend::Mode,
+        slot: Option<u32>,
+    }
+    let mut locks: Vec<Entry> = Vec::new();
+    for row in rows {
+        let l = match row {
+            Row::Free(name) => {
+                locks.push(Entry {
+                    name,
+                    held: false,
+                    kind: None,
+                    slots: None,
+                    holders: Vec::new(),
+                    queued: 0,
+                    holder: None,
+                    token_id: None,
+                    fence: None,
+                    acquired_at: None,
+                    ttl_ms: None,
+                });
+                continue;
+            }
+            Row::Held(l) => l,
+        };
+        let one = HolderEntry {
+            holder: &l.holder,
+            token_id: &l.token_id,
+            fence: l.fence,
+            acquired_at: format_time_us(l.acquired_at_us),
+            ttl_ms: l.ttl.as_millis() as u64,
+            mode: l.mode,
+            slot: l.slot,
+        };
+        match locks.last_mut() {
+            Some(e) if e.held && e.name == l.name => e.holders.push(one),
+            _ => locks.push(Entry {
                 name: &l.name,
                 held: true,
+                kind: Some(l.kind()),
+                slots: Some(l.slots),
+                queued: l.queued,
                 holder: Some(&l.holder),
                 token_id: Some(&l.token_id),
                 fence: Some(l.fence),
-                acquired_at: Some(format_time_us(l.acquired_at_us)),
-                ttl_ms: Some(l.ttl.as_millis() as u64),
-            },
-            Row::Free(name) => Entry {
-                name,
-                held: false,
-                holder: None,
-                token_id: None,
-                fence: None,
-                acquired_at: None,
-                ttl_ms: None,
-            },
-        })
-        .collect();
+                acquired_at: Some(one.acquired_at.clone()),
+                ttl_ms: Some(one.ttl_ms),
+                holders: vec![one],
+            }),
+        }
+    }
     let status = Status {
+        schema: STATUS_SCHEMA,
         backend: loc.backend,
         location: &loc.location,
         prefix,
@@ -182,6 +243,10 @@ mod tests {
             fence: 7,
             acquired_at_us: 1_700_000_000_000_000,
             ttl: Duration::from_secs(3),
+            mode: crate::backend::Mode::Exclusive,
+            slots: 1,
+            slot: None,
+            queued: 0,
         };
         let loc = Location {
             backend: "redis",

@@ -3,7 +3,7 @@
 //!
 //! Every handle made from one [`Memory`] shares its locks, so several
 //! handles in one test behave like several dlock processes. The lease logic
-//! is the SQL backends' own (`sql::plan_*`), applied under one mutex, so the
+//! is every backend's own (`kinds::plan_*`), applied under one mutex, so the
 //! trait contract is the one the real backends keep.
 //!
 //! The clock is real monotonic time plus an offset that a test can advance:
@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
-use super::sql::{self, Row};
-use super::{Acquire, Backend, Check, LockInfo, Request, Waiter};
+use super::kinds::{self, State as Lock};
+use super::{Acquire, Backend, Capabilities, Check, LockInfo, Request, Waiter};
 use crate::error::{fail, UNAVAILABLE};
 
 /// The shared "server".
@@ -41,7 +41,7 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    rows: HashMap<String, Row>,
+    rows: HashMap<String, Lock>,
     /// Added to the real clock by [`Memory::advance`].
     offset: Duration,
     /// Releases per name, so that a waiter can tell whether one happened.
@@ -118,8 +118,7 @@ impl Memory {
     pub fn peek(&self, name: &str) -> Option<LockInfo> {
         let s = lock(&self.shared.state);
         let now = self.shared.now_us(&s);
-        // A pure plan: it reports the holder it would break, and writes nothing here.
-        sql::plan_force(now, s.rows.get(name)).1
+        s.rows.get(name)?.infos(name, now).into_iter().next()
     }
 }
 
@@ -301,29 +300,27 @@ impl MemoryBackend {
     }
 }
 
-/// Stores the row a plan decided on.
-fn apply(s: &mut State, name: &str, change: Option<sql::Change>) {
-    if let Some(ch) = change {
-        s.rows.insert(name.to_string(), ch.row);
-    }
+/// One name's state, made on first use.
+fn lock_of<'a>(s: &'a mut State, name: &str) -> &'a mut Lock {
+    s.rows.entry(name.to_string()).or_default()
 }
 
 impl Backend for MemoryBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
         self.request(Kind::Acquire, |s, now| {
-            let (ch, out) = sql::plan_acquire(now, s.rows.get(req.name), req);
-            apply(s, req.name, ch);
-            out
-        })
+            let (out, fx) = kinds::plan_acquire(now, lock_of(s, req.name), req)?;
+            if fx.wake {
+                s.released(req.name);
+            }
+            Ok(out)
+        })?
     }
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
         let arrived = Instant::now();
         // The plan extends only a lease the token holds and that has not expired.
         let check = self.request(Kind::Renew, |s, now| {
-            let (ch, out) = sql::plan_renew(now, s.rows.get(name), token, lease);
-            apply(s, name, ch);
-            out
+            kinds::plan_renew(now, lock_of(s, name), name, token, lease).0
         })?;
         if matches!(check, Check::Done) {
             let mut k = lock(&self.knobs.state);
@@ -334,20 +331,18 @@ impl Backend for MemoryBackend {
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
         self.request(Kind::Release, |s, now| {
-            let (ch, out) = sql::plan_release(now, s.rows.get(name), token);
-            apply(s, name, ch);
-            if matches!(out, Check::Done) {
+            let (out, fx) = kinds::plan_release(now, lock_of(s, name), name, token);
+            if fx.wake {
                 s.released(name);
             }
             out
         })
     }
 
-    fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>> {
+    fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
         self.request(Kind::Force, |s, now| {
-            let (ch, broken) = sql::plan_force(now, s.rows.get(name));
-            apply(s, name, ch);
-            if broken.is_some() {
+            let (broken, fx) = kinds::plan_force(now, lock_of(s, name), name, only);
+            if fx.wake {
                 s.released(name);
             }
             broken
@@ -359,18 +354,18 @@ impl Backend for MemoryBackend {
             let mut out: Vec<LockInfo> = match names {
                 Some(names) => names
                     .iter()
-                    .filter_map(|n| sql::plan_force(now, s.rows.get(n)).1)
+                    .flat_map(|n| s.rows.get(n).map(|l| l.infos(n, now)).unwrap_or_default())
                     .collect(),
-                None => s
-                    .rows
-                    .values()
-                    .filter_map(|r| sql::plan_force(now, Some(r)).1)
-                    .collect(),
+                None => s.rows.iter().flat_map(|(n, l)| l.infos(n, now)).collect(),
             };
-            out.sort_by(|a, b| a.name.cmp(&b.name));
-            out.dedup_by(|a, b| a.name == b.name);
+            out.sort_by(|a, b| (&a.name, a.fence).cmp(&(&b.name, b.fence)));
+            out.dedup_by(|a, b| a.name == b.name && a.token_id == b.token_id);
             out
         })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { kinds: true }
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
@@ -440,13 +435,14 @@ mod tests {
             token,
             lease: Duration::from_millis(lease_ms),
             holder: h,
+            kind: crate::backend::Kind::MUTEX,
         }
     }
 
     fn grant(a: Acquire) -> Grant {
         match a {
             Acquire::Acquired(g) => g,
-            Acquire::Busy(i) => panic!("busy: {i:?}"),
+            other => panic!("busy: {other:?}"),
         }
     }
 
@@ -478,7 +474,7 @@ mod tests {
             last = g.fence;
             match step {
                 0 => assert!(matches!(a.release("x", "t").unwrap(), Check::Done)),
-                1 => assert_eq!(a.force_release("x").unwrap().unwrap().fence, last),
+                1 => assert_eq!(a.force_release("x", None).unwrap()[0].fence, last),
                 2 => m.drop_lease("x"),
                 _ => {}
             }
@@ -509,7 +505,7 @@ mod tests {
         ));
         assert!(m.peek("x").is_none(), "renew revived an expired lease");
         assert!(matches!(a.release("x", "a").unwrap(), Check::NotHeld));
-        assert!(a.force_release("x").unwrap().is_none());
+        assert!(a.force_release("x", None).unwrap().is_empty());
     }
 
     #[test]

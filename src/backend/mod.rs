@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use crate::error::{fail, USAGE};
 use crate::holder::Holder;
+pub use kinds::{Kind, Mode};
 
+pub mod kinds;
 #[cfg(test)]
 pub mod memory;
 pub mod mysql;
@@ -27,6 +29,7 @@ pub struct Request<'a> {
     pub token: &'a str,
     pub lease: Duration,
     pub holder: &'a Holder,
+    pub kind: Kind,
 }
 
 /// A lease that is now held by the caller's token.
@@ -41,6 +44,8 @@ pub struct Grant {
     /// A backend may grant less than was asked (a quorum's validity after the
     /// time spent reaching it) or more (a server that rounds up).
     pub lease: Duration,
+    /// The semaphore slot held (0..N-1), for `--slots N` with N > 1.
+    pub slot: Option<u32>,
 }
 
 /// The outcome of one acquisition attempt.
@@ -49,6 +54,9 @@ pub enum Acquire {
     Acquired(Grant),
     /// Someone else holds it; `info` says who, when the backend could tell.
     Busy(Option<LockInfo>),
+    /// Busy, and the request holds a place in the lock's queue, which lapses
+    /// unless it tries again within [`kinds::TICKET_REFRESH`].
+    Queued(Option<LockInfo>),
 }
 
 /// The outcome of a token-checked renew or release.
@@ -85,6 +93,33 @@ pub struct LockInfo {
     /// Time left on the lease, by the backend's clock.
     #[serde(skip)]
     pub ttl: Duration,
+    pub mode: Mode,
+    /// The lock's slot count (1 unless a semaphore).
+    pub slots: u32,
+    /// The semaphore slot this holder has.
+    pub slot: Option<u32>,
+    /// Waiters holding a place in the lock's queue (see [`kinds`]).
+    #[serde(skip)]
+    pub queued: u32,
+}
+
+impl LockInfo {
+    /// "exclusive", "shared" or "semaphore".
+    pub fn kind(&self) -> &'static str {
+        match (self.mode, self.slots) {
+            (_, n) if n > 1 => "semaphore",
+            (Mode::Shared, _) => "shared",
+            (Mode::Exclusive, _) => "exclusive",
+        }
+    }
+}
+
+/// What a backend can do; dlock refuses the rest with a usage error rather
+/// than faking it.
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    /// `--shared`, `--slots N` and `--fair`.
+    pub kinds: bool,
 }
 
 /// Blocks until the lock may have been released, or the timeout passes.
@@ -108,10 +143,16 @@ pub trait Backend: Send {
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check>;
     /// Frees the lock only if `token` holds it, and wakes waiters.
     fn release(&mut self, name: &str, token: &str) -> Result<Check>;
-    /// Frees the lock whoever holds it; returns whom it broke.
-    fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>>;
-    /// Held locks: those named, or every one under the prefix.
+    /// Frees the lock whoever holds it (every holder, or the one whose token
+    /// id is `only`); returns whom it broke.
+    fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>>;
+    /// The holders of held locks (one entry per holder): those named, or
+    /// every one under the prefix.
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>>;
+    /// What this backend can do beyond a plain mutex.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { kinds: false }
+    }
     /// A subscription that reports releases of `name`.
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>>;
     /// Drops and re-opens the connection after a transport error.
@@ -125,6 +166,21 @@ pub trait Backend: Send {
     fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
         let _ = (name, token, on_break);
     }
+}
+
+/// Refuses, as a usage error, a kind of lock that the backend cannot keep.
+pub fn check_capable(b: &dyn Backend, loc: &Location, kind: &Kind) -> Result<()> {
+    if *kind == Kind::MUTEX || b.capabilities().kinds {
+        return Ok(());
+    }
+    Err(fail(
+        USAGE,
+        format!(
+            "the {} backend does not support --shared, --slots or --fair yet; \
+             use a plain lock there, or another backend",
+            loc.backend
+        ),
+    ))
 }
 
 /// Where locks live, for `status` and messages; never carries a password.

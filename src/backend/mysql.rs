@@ -412,10 +412,10 @@ impl Backend for MysqlBackend {
         Ok(r)
     }
 
-    fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>> {
+    fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
         // A live holder elsewhere keeps its wake lock until it notices at its
         // next renewal; waiters then wake, or at the TTL they were given.
-        self.leases.force_release(&mut *self.db(), name)
+        self.leases.force_release(&mut *self.db(), name, only)
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {

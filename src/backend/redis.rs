@@ -178,6 +178,7 @@ impl Backend for RedisBackend {
                 server_now_us: int(items.get(2)).unwrap_or(0),
                 extended: int(items.get(3)) == Some(1),
                 lease: req.lease,
+                slot: None,
             })),
             Some(0) => Ok(Acquire::Busy(Some(lock_info(
                 req.name,
@@ -208,7 +209,13 @@ impl Backend for RedisBackend {
         self.check_reply(name, &items)
     }
 
-    fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>> {
+    fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
+        if let Some(id) = only {
+            let now = self.status(Some(&[name.to_string()]))?;
+            if !now.iter().any(|i| i.token_id == id) {
+                return Ok(Vec::new());
+            }
+        }
         let keys = [
             self.key(name, "lease"),
             self.key(name, "wake"),
@@ -219,8 +226,8 @@ impl Backend for RedisBackend {
         let args = [BATON_TTL_MS, &by, &keys[2]];
         let items = self.run(&FORCE_LUA, By::Hash, &keys, &args)?;
         Ok(match int(items.first()) {
-            Some(1) => Some(lock_info(name, items.get(1), items.get(2))),
-            _ => None,
+            Some(1) => vec![lock_info(name, items.get(1), items.get(2))],
+            _ => Vec::new(),
         })
     }
 
@@ -391,6 +398,10 @@ fn lock_info(name: &str, ttl: Option<&Value>, lease: Option<&Value>) -> LockInfo
         fence: fence.parse().unwrap_or(0),
         acquired_at_us: acquired.parse().unwrap_or(0),
         ttl: Duration::from_millis(int(ttl).unwrap_or(0).max(0) as u64),
+        mode: super::Mode::Exclusive,
+        slots: 1,
+        slot: None,
+        queued: 0,
     }
 }
 

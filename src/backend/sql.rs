@@ -92,6 +92,10 @@ impl Row {
             fence: self.fence.max(0) as u64,
             acquired_at_us: self.acquired_us,
             ttl: Duration::from_micros((self.expires_us - now).max(0) as u64),
+            mode: super::Mode::Exclusive,
+            slots: 1,
+            slot: None,
+            queued: 0,
         }
     }
 
@@ -147,6 +151,7 @@ pub fn plan_acquire(now: i64, cur: Option<&Row>, req: &Request) -> (Option<Chang
                 server_now_us: now,
                 extended: true,
                 lease: req.lease,
+                slot: None,
             };
             return (
                 Some(Change {
@@ -180,6 +185,7 @@ pub fn plan_acquire(now: i64, cur: Option<&Row>, req: &Request) -> (Option<Chang
         server_now_us: now,
         extended: false,
         lease: req.lease,
+        slot: None,
     };
     (
         Some(Change {
@@ -405,8 +411,19 @@ impl Leases {
         self.step(db, name, |now, cur| plan_release(now, cur, token))
     }
 
-    pub fn force_release(&self, db: &mut dyn Exec, name: &str) -> Result<Option<LockInfo>> {
-        self.step(db, name, plan_force)
+    pub fn force_release(
+        &self,
+        db: &mut dyn Exec,
+        name: &str,
+        only: Option<&str>,
+    ) -> Result<Vec<LockInfo>> {
+        let r = self.step(db, name, |now, cur| {
+            let cur = cur.filter(|c| {
+                only.is_none_or(|id| Some(id) == c.token.as_deref().map(token_id).as_deref())
+            });
+            plan_force(now, cur)
+        })?;
+        Ok(r.into_iter().collect())
     }
 
     pub fn status(&self, db: &mut dyn Exec, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
@@ -568,6 +585,7 @@ mod tests {
             token,
             lease: Duration::from_millis(1000),
             holder: h,
+            kind: super::super::Kind::MUTEX,
         }
     }
 

@@ -322,9 +322,9 @@ impl Backend for SqliteBackend {
         Ok(r)
     }
 
-    fn force_release(&mut self, name: &str) -> Result<Option<LockInfo>> {
-        let r = self.on_current(|b| b.leases.force_release(&mut b.db_ref(), name))?;
-        if r.is_some() {
+    fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
+        let r = self.on_current(|b| b.leases.force_release(&mut b.db_ref(), name, only))?;
+        if !r.is_empty() {
             self.wake(name);
         }
         Ok(r)
@@ -441,6 +441,7 @@ mod tests {
             token: "mine",
             lease: Duration::from_secs(10),
             holder: &h,
+            kind: crate::backend::Kind::MUTEX,
         };
         let db = |c| Db {
             conn: c,

@@ -18,6 +18,8 @@ pub struct Trouble {
     /// An acquire failed after it may have reached the server: it may hold
     /// the lock under our token although we never saw the grant.
     pub unsure: bool,
+    /// The request holds a place in the lock's queue, which must not outlive the wait.
+    pub queued: bool,
     failures: u32,
     timeout: Duration,
 }
@@ -30,6 +32,7 @@ impl Trouble {
         Trouble {
             next: Self::FIRST,
             unsure: false,
+            queued: false,
             failures: 0,
             timeout,
         }
@@ -114,6 +117,10 @@ impl Trouble {
     /// one --connect-timeout.
     pub fn give_up(&self, backend: &mut dyn Backend, req: &Request) {
         if !self.unsure {
+            if self.queued {
+                // The ticket would lapse by itself; leaving at once lets the next one go now.
+                let _ = backend.release(req.name, req.token);
+            }
             return;
         }
         match release_within(backend, req.name, req.token, self.timeout) {

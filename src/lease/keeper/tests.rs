@@ -27,6 +27,7 @@ fn keeper(m: &Memory, acquired_sent: Instant) -> (Keeper, Arc<Knobs>, Receiver<E
         token: "tok",
         lease: TIMING.lease,
         holder: &h,
+        kind: crate::backend::Kind::MUTEX,
     };
     assert!(matches!(b.acquire(&req).unwrap(), Acquire::Acquired(_)));
     let knobs = b.knobs();
@@ -115,7 +116,7 @@ fn a_lease_taken_by_another_is_reported_with_its_holder() {
     let m = Memory::new();
     let (k, _knobs, rx) = keeper(&m, a_period_ago());
     let mut other = m.handle();
-    other.force_release("job").unwrap();
+    other.force_release("job", None).unwrap();
     let h = Holder {
         host: "far".into(),
         pid: 42,
@@ -127,6 +128,7 @@ fn a_lease_taken_by_another_is_reported_with_its_holder() {
         token: "other",
         lease: TIMING.lease,
         holder: &h,
+        kind: crate::backend::Kind::MUTEX,
     };
     let Acquire::Acquired(g) = other.acquire(&req).unwrap() else {
         panic!("busy after --force");
