@@ -121,7 +121,11 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
         }
     }
     let (mut b, loc, _) = connect(g, url.clone())?;
-    backend::check_capable(b.as_ref(), &loc, &a.lease.kind())?;
+    let want = backend::Use {
+        kind: &a.lease.kind(),
+        detached: a.keepalive_pid.is_none(),
+    };
+    backend::check_capable(b.capabilities(), loc.backend, &want)?;
     let holder = match a.keepalive_pid {
         Some(pid) => Holder::process(pid),
         None => Holder::parent_process(),
@@ -340,7 +344,12 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         sleep_jitter(j);
     }
     let (mut b, loc, cfg) = connect(g, url)?;
-    backend::check_capable(b.as_ref(), &loc, &e.lease.kind())?;
+    let want = backend::Use {
+        kind: &e.lease.kind(),
+        detached: false,
+    };
+    backend::check_capable(b.capabilities(), loc.backend, &want)?;
+    let fences = b.capabilities().fences;
     let token = names::new_token();
     let cmdline = argv
         .iter()
@@ -387,9 +396,11 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     let mut env = vec![
         ("DLOCK_NAME".into(), e.name.clone()),
         ("DLOCK_TOKEN".into(), token),
-        ("DLOCK_FENCE".into(), grant.fence.to_string()),
         ("DLOCK_HELD".into(), "1".into()),
     ];
+    if fences {
+        env.push(("DLOCK_FENCE".into(), grant.fence.to_string()));
+    }
     if let Some(slot) = grant.slot {
         env.push(("DLOCK_SLOT".into(), slot.to_string()));
     }

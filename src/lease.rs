@@ -129,6 +129,12 @@ pub fn acquire(
         Wait::For(d) => Some(Instant::now() + d),
         Wait::Forever => None,
     };
+    if let Some(r) = backend.acquire_waiting(req, deadline) {
+        return match r? {
+            (Acquire::Acquired(g), sent) => Ok(Taken::Held(g, sent)),
+            (Acquire::Busy(i) | Acquire::Queued(i), _) => Ok(Taken::Busy(i)),
+        };
+    }
     let mut waiter: Option<Box<dyn Waiter>> = None;
     let mut trouble = Trouble::new(timeout);
     loop {
@@ -424,6 +430,29 @@ mod tests {
         a.release("job", "a").unwrap();
         held(fairw.join().unwrap());
         assert_eq!(m.peek("job").unwrap().token_id, "f");
+    }
+
+    #[test]
+    fn a_backend_that_owns_its_wait_gets_the_whole_wait() {
+        let m = Memory::new();
+        let mut a = m.handle();
+        take(&mut a, "a", LONG);
+        let b = m.handle();
+        let k = b.knobs();
+        k.own_wait(true);
+        let waiter = wait_in_thread(&m, b, Wait::For(LONG));
+        a.release("job", "a").unwrap();
+        let (r, at) = waiter.join().unwrap();
+        let (g, sent) = match r.unwrap() {
+            Taken::Held(g, sent) => (g, sent),
+            Taken::Busy(i) => panic!("busy: {i:?}"),
+        };
+        assert!(!g.extended && sent <= at);
+        assert_eq!(
+            k.calls().own_waits,
+            1,
+            "the core did not hand the wait over"
+        );
     }
 
     #[test]

@@ -140,6 +140,8 @@ pub struct Calls {
     pub reconnect: u32,
     /// Requests answered with an injected failure (hang timeouts included).
     pub failed: u32,
+    /// Waits this backend took over from the core (see `Knobs::own_wait`).
+    pub own_waits: u32,
 }
 
 /// Fault injection and observation for one handle; keep a clone (from
@@ -158,6 +160,8 @@ struct KnobState {
     /// Injected failures happen after the request took effect (a lost reply).
     after_applying: bool,
     hang: Duration,
+    /// The backend runs its own wait loop (`Backend::acquire_waiting`).
+    own_wait: bool,
     calls: Calls,
     last_set_timeout: Option<Instant>,
     /// For the last renewal answered Done: when `set_timeout` was last called
@@ -186,6 +190,11 @@ impl Knobs {
     /// Every request takes `d` (bounded by the timeout, which fails it).
     pub fn hang(&self, d: Duration) {
         lock(&self.state).hang = d;
+    }
+
+    /// Waits go through the backend's own loop instead of the core's.
+    pub fn own_wait(&self, yes: bool) {
+        lock(&self.state).own_wait = yes;
     }
 
     pub fn calls(&self) -> Calls {
@@ -364,8 +373,40 @@ impl Backend for MemoryBackend {
         })
     }
 
+    /// With `Knobs::own_wait`: try, then sleep on releases, until the deadline.
+    fn acquire_waiting(
+        &mut self,
+        req: &Request,
+        deadline: Option<Instant>,
+    ) -> Option<Result<(Acquire, Instant)>> {
+        {
+            let mut k = lock(&self.knobs.state);
+            if !k.own_wait {
+                return None;
+            }
+            k.calls.own_waits += 1;
+        }
+        let mut w = match self.waiter(req.name) {
+            Ok(w) => w,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(loop {
+            let sent = Instant::now();
+            let left = deadline.map(|d| d.saturating_duration_since(sent));
+            match self.acquire(req) {
+                Ok(Acquire::Acquired(g)) => break Ok((Acquire::Acquired(g), sent)),
+                Ok(busy) if left.is_some_and(|l| l.is_zero()) => break Ok((busy, sent)),
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+            if let Err(e) = w.wait(left.unwrap_or(Duration::from_secs(3600))) {
+                break Err(e);
+            }
+        })
+    }
+
     fn capabilities(&self) -> Capabilities {
-        Capabilities { kinds: true }
+        Capabilities::ALL
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {

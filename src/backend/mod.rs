@@ -116,10 +116,39 @@ impl LockInfo {
 
 /// What a backend can do; dlock refuses the rest with a usage error rather
 /// than faking it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
     /// `--shared`, `--slots N` and `--fair`.
     pub kinds: bool,
+    /// A lease outlives the process that took it, so that a plain `acquire`
+    /// can hand its token to a later `renew` or `release` (a backend whose
+    /// leases live in a client session cannot).
+    pub detached: bool,
+    /// Fences strictly increase per name over all grants; without it `exec`
+    /// exports no DLOCK_FENCE rather than one that could go backwards.
+    pub fences: bool,
+}
+
+impl Capabilities {
+    /// A plain mutex whose leases and fences live on the server.
+    pub const MUTEX: Capabilities = Capabilities {
+        kinds: false,
+        detached: true,
+        fences: true,
+    };
+    /// Every lock kind as well.
+    #[cfg_attr(not(test), allow(dead_code))] // until the SQL and Redis backends claim it
+    pub const ALL: Capabilities = Capabilities {
+        kinds: true,
+        ..Capabilities::MUTEX
+    };
+}
+
+/// What a command is about to ask of a backend.
+pub struct Use<'a> {
+    pub kind: &'a Kind,
+    /// A plain `acquire`, whose lease must outlive dlock.
+    pub detached: bool,
 }
 
 /// Blocks until the lock may have been released, or the timeout passes.
@@ -151,7 +180,21 @@ pub trait Backend: Send {
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>>;
     /// What this backend can do beyond a plain mutex.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { kinds: false }
+        Capabilities::MUTEX
+    }
+    /// A backend that waits its own way (a queued node that the server
+    /// wakes, say) takes the whole wait here, until `deadline` (None:
+    /// forever), and answers Acquired (with the instant the granting request
+    /// was sent, which the renewal deadline counts from) or Busy; `None`
+    /// leaves it to the shared try/subscribe/retry loop of `lease::acquire`,
+    /// as every backend so far does.
+    fn acquire_waiting(
+        &mut self,
+        req: &Request,
+        deadline: Option<std::time::Instant>,
+    ) -> Option<Result<(Acquire, std::time::Instant)>> {
+        let _ = (req, deadline);
+        None
     }
     /// A subscription that reports releases of `name`.
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>>;
@@ -168,19 +211,16 @@ pub trait Backend: Send {
     }
 }
 
-/// Refuses, as a usage error, a kind of lock that the backend cannot keep.
-pub fn check_capable(b: &dyn Backend, loc: &Location, kind: &Kind) -> Result<()> {
-    if *kind == Kind::MUTEX || b.capabilities().kinds {
+/// Refuses, as a usage error, what the backend cannot do.
+pub fn check_capable(caps: Capabilities, backend: &str, want: &Use) -> Result<()> {
+    let why = if *want.kind != Kind::MUTEX && !caps.kinds {
+        "does not support --shared, --slots or --fair; use a plain lock there, or another backend"
+    } else if want.detached && !caps.detached {
+        "cannot keep a lease after dlock exits; use `dlock exec`, or `acquire --keepalive-pid`"
+    } else {
         return Ok(());
-    }
-    Err(fail(
-        USAGE,
-        format!(
-            "the {} backend does not support --shared, --slots or --fair yet; \
-             use a plain lock there, or another backend",
-            loc.backend
-        ),
-    ))
+    };
+    Err(fail(USAGE, format!("the {backend} backend {why}")))
 }
 
 /// Where locks live, for `status` and messages; never carries a password.
@@ -345,6 +385,51 @@ mod tests {
             "redis://, rediss://, redis+unix://, mysql:// or sqlite://"
         );
         assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
+    }
+
+    #[test]
+    fn what_a_backend_cannot_do_is_a_usage_error() {
+        let sem = Kind {
+            slots: 3,
+            ..Kind::MUTEX
+        };
+        let plain = Use {
+            kind: &Kind::MUTEX,
+            detached: true,
+        };
+        check_capable(Capabilities::MUTEX, "x", &plain).unwrap();
+        let e = check_capable(
+            Capabilities::MUTEX,
+            "x",
+            &Use {
+                kind: &sem,
+                detached: false,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(crate::error::code_of(&e), USAGE);
+        assert!(e
+            .to_string()
+            .contains("the x backend does not support --shared"));
+        check_capable(
+            Capabilities::ALL,
+            "x",
+            &Use {
+                kind: &sem,
+                detached: true,
+            },
+        )
+        .unwrap();
+        let session = Capabilities {
+            detached: false,
+            ..Capabilities::ALL
+        };
+        let e = check_capable(session, "zk", &plain).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot keep a lease after dlock exits"),
+            "{e}"
+        );
     }
 
     #[test]
