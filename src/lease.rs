@@ -161,6 +161,11 @@ pub fn acquire(
                 trouble.queued = true;
                 info
             }
+            // A request that contradicts the lock (its kind) stays wrong however long we wait.
+            Err(e) if crate::error::code_of(&e) == USAGE => {
+                trouble.give_up(backend, req);
+                return Err(e);
+            }
             Err(e) => {
                 trouble.unsure |= !crate::error::unsent(&e);
                 trouble.failed(backend, req, e, deadline)?;
@@ -453,6 +458,32 @@ mod tests {
             1,
             "the core did not hand the wait over"
         );
+    }
+
+    #[test]
+    fn a_mismatched_kind_fails_at_once_whatever_the_wait() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let sem = |n| Kind {
+            slots: n,
+            ..Kind::MUTEX
+        };
+        held(acquire(
+            &mut m.handle(),
+            &with_kind("a", sem(3), &h),
+            Wait::For(Duration::ZERO),
+            PROMPT,
+        ));
+        let t = Instant::now();
+        let e = acquire(
+            &mut m.handle(),
+            &with_kind("b", sem(5), &h),
+            Wait::For(LONG),
+            PROMPT,
+        )
+        .err()
+        .expect("a 5-slot request on a 3-slot semaphore was not refused");
+        assert_eq!(code_of(&e), USAGE, "{e:#}");
+        assert!(t.elapsed() < PROMPT, "it waited {:?}", t.elapsed());
     }
 
     #[test]
