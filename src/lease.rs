@@ -155,6 +155,11 @@ pub fn acquire(
                 trouble.queued = true;
                 info
             }
+            // A kind that contradicts the holders (exit 2): no wait can help.
+            Err(e) if crate::error::code_of(&e) == crate::error::USAGE => {
+                trouble.give_up(backend, req);
+                return Err(e);
+            }
             Err(e) => {
                 trouble.unsure |= !crate::error::unsent(&e);
                 trouble.failed(backend, req, e, deadline)?;
@@ -446,6 +451,29 @@ mod tests {
             0,
             "the ticket outlived the wait"
         );
+    }
+
+    #[test]
+    fn a_kind_mismatch_ends_the_wait_at_once() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let sem = Kind {
+            slots: 3,
+            ..Kind::MUTEX
+        };
+        let now = Wait::For(Duration::ZERO);
+        held(acquire(
+            &mut m.handle(),
+            &with_kind("s", sem, &h),
+            now,
+            PROMPT,
+        ));
+        let mut b = m.handle();
+        let started = Instant::now();
+        let r = acquire(&mut b, &req("b", LONG, &h), Wait::For(LONG), PROMPT);
+        let err = r.err().expect("a mutex request on a semaphore is refused");
+        assert_eq!(code_of(&err), crate::error::USAGE, "{err:#}");
+        assert!(started.elapsed() < PROMPT, "it waited");
+        assert_eq!(b.knobs().calls().acquire, 1, "it tried again");
     }
 
     #[test]
