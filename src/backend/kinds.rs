@@ -423,11 +423,18 @@ pub fn plan_release(now: i64, st: &mut State, name: &str, token: &str) -> (Check
     };
     let queued = st.queue.len();
     st.queue.retain(|t| t.token != token);
-    fx.write |= st.queue.len() != queued;
+    let had_ticket = st.queue.len() != queued;
+    fx.write |= had_ticket;
     let before = st.holders.len();
     st.holders.retain(|h| h.token != token);
     if st.holders.len() == before {
-        return (not_mine(st, name, now), fx);
+        // A waiter's token held nothing, whoever holds the lock: "not held".
+        let check = if had_ticket {
+            Check::NotHeld
+        } else {
+            not_mine(st, name, now)
+        };
+        return (check, fx);
     }
     if st.holders.is_empty() {
         st.slots = 1;
