@@ -155,6 +155,11 @@ pub fn acquire(
                 trouble.queued = true;
                 info
             }
+            // A kind that contradicts the holders: waiting would not change that.
+            Err(e) if crate::error::code_of(&e) == USAGE => {
+                trouble.give_up(backend, req);
+                return Err(e);
+            }
             Err(e) => {
                 trouble.unsure |= !crate::error::unsent(&e);
                 trouble.failed(backend, req, e, deadline)?;
@@ -283,6 +288,30 @@ mod tests {
         }
         assert!(t.elapsed() < PROMPT);
         assert_eq!(b.knobs().calls().waiter, 0, "wait 0 subscribed to releases");
+    }
+
+    #[test]
+    fn a_mismatched_kind_ends_the_wait_at_once() {
+        let (m, h) = (Memory::new(), Holder::default());
+        let sem = Kind {
+            slots: 3,
+            ..Kind::MUTEX
+        };
+        let mut a = m.handle();
+        let r = Request {
+            kind: sem,
+            ..req("a", LONG, &h)
+        };
+        held(acquire(&mut a, &r, Wait::For(Duration::ZERO), PROMPT));
+        let mut b = m.handle();
+        let t = Instant::now();
+        let e = match acquire(&mut b, &req("b", LONG, &h), Wait::Forever, PROMPT) {
+            Err(e) => e,
+            Ok(_) => panic!("a plain request on a semaphore was not refused"),
+        };
+        assert_eq!(code_of(&e), USAGE, "{e:#}");
+        assert!(t.elapsed() < PROMPT);
+        assert_eq!(b.knobs().calls().acquire, 1, "retried a usage error");
     }
 
     #[test]
