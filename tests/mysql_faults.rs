@@ -143,7 +143,7 @@ fn server_restarted_within_the_lease_keeps_the_hold() {
     assert!(!ctx.is_held("job"));
 }
 
-/// FNV-1a 128 as dlock computes wake-up lock names (see src/backend/sql.rs).
+/// FNV-1a 128 as dlock computes wake-up lock names (see src/backend/sql/mod.rs).
 fn wake_lock(ctx: &Ctx, name: &str) -> String {
     let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
     for b in format!("{DATABASE}\0{}_leases\0{name}", ctx.prefix).bytes() {

@@ -1,7 +1,7 @@
 //! MySQL / MariaDB backend: `mysql://user:pass@host[:port]/database`.
 //!
 //! Leases live in one InnoDB table per prefix (`<prefix>_leases`, created on
-//! first use); the lease logic is in `sql.rs`. Every time is the server's
+//! first use); the lease logic is in `sql/`. Every time is the server's
 //! clock, and each step is autocommit statements guarded by a
 //! compare-and-set, so no row lock outlives a statement.
 //!
@@ -48,18 +48,29 @@ use mysql::{Conn, Opts, OptsBuilder, Value};
 
 mod conn;
 use conn::{
-    breaks_connection, describe, is_full, options, set_socket_timeout, timed_out, Unconnected,
-    ER_NO_SUCH_TABLE, GREETING_WAIT,
+    breaks_connection, describe, is_denied, is_full, is_no_state, options, set_socket_timeout,
+    timed_out, Unconnected, ER_DUP_FIELDNAME, ER_NO_SUCH_TABLE, GREETING_WAIT,
 };
 
 use super::sql::{self, Backoff, Dialect, Exec, Leases, Val};
 use super::{Acquire, Backend, Check, Config, LockInfo, Request, Waiter};
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
 
+/// Names are VARBINARY so that they compare byte for byte (case-sensitive)
+/// whatever the server's collation; holder fields and the state are bytes
+/// too, so any UTF-8 fits without a charset setting. LONGBLOB, since a
+/// shorter type could cut the JSON of a large semaphore in a lax sql_mode.
 const DIALECT: Dialect = Dialect {
     // Independent of the session time zone, and the same on MySQL and MariaDB.
     now_us: "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))",
     insert_ignore: "INSERT IGNORE",
+    quote: '`',
+    name_type: "VARBINARY(255)",
+    token_type: "VARBINARY(128)",
+    text_type: |n| format!("VARBINARY({n})"),
+    int_type: "BIGINT",
+    state_type: "LONGBLOB",
+    table_options: " ENGINE=InnoDB",
 };
 
 // Server error codes dlock tells apart.
@@ -261,21 +272,45 @@ impl Db {
     /// transport error drops the connection, since a late reply to a
     /// timed-out request would otherwise be read as the next one's answer.
     fn run<T>(&mut self, mut f: impl FnMut(&mut Conn) -> mysql::Result<T>) -> Result<T> {
-        let mut created = false;
+        let (mut created, mut altered) = (false, false);
         loop {
             let r = f(self.connection()?);
             match r {
                 Ok(v) => return Ok(v),
                 Err(mysql::Error::MySqlError(m)) if m.code == ER_NO_SUCH_TABLE && !created => {
                     created = true;
-                    let ddl = create_table(&self.table);
+                    let ddl = sql::create_table(&DIALECT, &self.table);
                     let r = self.connection()?.query_drop(ddl);
                     if let Err(e) = r {
                         return Err(self.fail(e));
                     }
                 }
+                Err(mysql::Error::MySqlError(m)) if is_no_state(&m) && !altered => {
+                    altered = true;
+                    self.add_state_column()?;
+                }
                 Err(e) => return Err(self.fail(e)),
             }
+        }
+    }
+
+    /// Adds the `state` column to a table made by an older dlock. Another
+    /// process may have just done so ("duplicate column"): the same.
+    fn add_state_column(&mut self) -> Result<()> {
+        let ddl = sql::add_state_column(&DIALECT, &self.table);
+        match self.connection()?.query_drop(ddl) {
+            Ok(()) => Ok(()),
+            Err(mysql::Error::MySqlError(m)) if m.code == ER_DUP_FIELDNAME => Ok(()),
+            Err(mysql::Error::MySqlError(m)) if is_denied(m.code) => Err(fail(
+                UNAVAILABLE,
+                format!(
+                    "table `{}` was made by an older dlock and this user may not add its \
+                     `state` column: run `ALTER TABLE `{}` ADD COLUMN state LONGBLOB NULL` \
+                     once as a user with ALTER on it",
+                    self.table, self.table
+                ),
+            )),
+            Err(e) => Err(self.fail(e)),
         }
     }
 
@@ -359,33 +394,10 @@ impl Exec for Db {
     }
 }
 
-/// Names are VARBINARY so that they compare byte for byte (case-sensitive)
-/// whatever the server's collation; holder fields are bytes too, so any
-/// UTF-8 fits without a charset setting.
-fn create_table(table: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS `{table}` (
-            name VARBINARY(255) NOT NULL PRIMARY KEY,
-            token VARBINARY(128) NULL,
-            fence BIGINT NOT NULL DEFAULT 0,
-            holder_host VARBINARY({h}) NOT NULL DEFAULT '',
-            holder_pid BIGINT NOT NULL DEFAULT 0,
-            holder_user VARBINARY({u}) NOT NULL DEFAULT '',
-            holder_command VARBINARY({c}) NOT NULL DEFAULT '',
-            acquired_us BIGINT NOT NULL DEFAULT 0,
-            expires_us BIGINT NOT NULL DEFAULT 0,
-            version BIGINT NOT NULL DEFAULT 0
-        ) ENGINE=InnoDB",
-        h = sql::MAX_HOST,
-        u = sql::MAX_USER,
-        c = sql::MAX_COMMAND,
-    )
-}
-
 impl Backend for MysqlBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
         let mut db = self.db();
-        let r = self.leases.acquire(&mut *db, req)?;
+        let (r, _fx) = self.leases.acquire(&mut *db, req)?;
         if matches!(r, Acquire::Acquired(_)) {
             db.hold_wake(req.name);
         }
@@ -407,7 +419,7 @@ impl Backend for MysqlBackend {
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
         let mut db = self.db();
-        let r = self.leases.release(&mut *db, name, token)?;
+        let (r, _fx) = self.leases.release(&mut *db, name, token)?;
         db.drop_wake(name);
         Ok(r)
     }
@@ -415,7 +427,7 @@ impl Backend for MysqlBackend {
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
         // A live holder elsewhere keeps its wake lock until it notices at its
         // next renewal; waiters then wake, or at the TTL they were given.
-        self.leases.force_release(&mut *self.db(), name, only)
+        Ok(self.leases.force_release(&mut *self.db(), name, only)?.0)
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
