@@ -351,6 +351,7 @@ impl Backend for SqliteBackend {
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
         self.same_file()?;
         let r = self.leases.renew(&mut self.db_ref(), name, token, lease);
+        let r = r.map(|(check, _)| check);
         // Replaced during the renewal: it may have gone to the old file.
         self.same_file()?;
         r

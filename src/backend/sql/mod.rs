@@ -84,6 +84,15 @@ fn expiry_of(st: &State, token: &str) -> Option<i64> {
         .map(|h| h.expires_us)
 }
 
+/// Which holder a renewal extended (wake-up schemes differ by kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewed {
+    /// The lone exclusive holder of the lock.
+    Lone,
+    /// One holder among others of a kind (readers, semaphore slots), with its fence.
+    Among(u64),
+}
+
 /// The statements for one lease table, and the steps built from them.
 pub struct Leases {
     pub table: String,
@@ -241,28 +250,41 @@ impl Leases {
         })
     }
 
+    /// Extends `token`'s lease; with `Done`, says which holder it is.
     pub fn renew(
         &self,
         db: &mut dyn Exec,
         name: &str,
         token: &str,
         lease: Duration,
-    ) -> Result<Check> {
+    ) -> Result<(Check, Option<Renewed>)> {
         let p = [
             Val::Int(lease_us(lease)),
             Val::Text(name.to_string()),
             Val::Text(token.to_string()),
         ];
         if db.execute(&self.extend_mine, &p)? == 1 {
-            return Ok(Check::Done);
+            return Ok((Check::Done, Some(Renewed::Lone)));
         }
-        let (check, _) = self.step(db, name, |now, st| {
+        let (out, _) = self.step(db, name, |now, st| {
             let held = expiry_of(st, token);
-            let (out, fx) = kinds::plan_renew(now, st, name, token, lease);
-            let until = matches!(out, Check::Done).then_some(held).flatten();
-            Ok(Planned { out, fx, until })
+            let (check, fx) = kinds::plan_renew(now, st, name, token, lease);
+            let done = matches!(check, Check::Done);
+            let until = done.then_some(held).flatten();
+            let who = st.holders.iter().find(|h| h.token == token);
+            let who = who
+                .filter(|_| done)
+                .map(|h| match kinds::split(st.clone()).0 {
+                    Some(_) => Renewed::Lone,
+                    None => Renewed::Among(h.fence.max(0) as u64),
+                });
+            Ok(Planned {
+                out: (check, who),
+                fx,
+                until,
+            })
         })?;
-        Ok(check)
+        Ok(out)
     }
 
     /// Frees `token`'s hold (or its place in the queue).
@@ -385,8 +407,14 @@ impl Backoff {
     }
 
     pub fn sleep(&mut self, timeout: Duration) {
-        std::thread::sleep(self.next.min(timeout));
+        std::thread::sleep(self.step(timeout));
+    }
+
+    /// The next wait (never past `timeout`), doubling the one after it.
+    pub fn step(&mut self, timeout: Duration) -> Duration {
+        let wait = self.next.min(timeout);
         self.next = (self.next * 2).min(Self::MAX);
+        wait
     }
 
     /// A real wake-up happened: the next quiet spell starts short again.

@@ -114,7 +114,7 @@ fn an_extension_never_revives_a_lease_that_ran_out_before_the_write() {
         when: |sql| sql.contains("version = ?"),
         hook: Some(Box::new(move || std::thread::sleep(lease + lease / 2))),
     };
-    let check = leases.renew(&mut slow, "n", "s0", T).unwrap();
+    let (check, _) = leases.renew(&mut slow, "n", "s0", T).unwrap();
     assert!(matches!(check, Check::NotHeld), "{check:?}");
     let left = leases.status(&mut a, None).unwrap();
     assert_eq!(left.len(), 1, "{left:?}");
