@@ -8,15 +8,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mariadb::{MariaDb, DATABASE, PASSWORD, USER};
+use common::mariadb::{read_i64, recorder, wake_lock, MariaDb, DATABASE, PASSWORD, USER};
 use common::*;
-
-fn read_i64(path: &std::path::Path) -> i64 {
-    let s = std::fs::read_to_string(path).unwrap();
-    s.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{}: {s:?}", path.display()))
-}
 
 /// The stored expiry of `name` under the test's prefix, by the server's clock.
 fn expires_us(db: &MariaDb, ctx: &Ctx, name: &str) -> i64 {
@@ -26,21 +19,6 @@ fn expires_us(db: &MariaDb, ctx: &Ctx, name: &str) -> i64 {
     ))
     .parse()
     .unwrap()
-}
-
-/// A command that records when it starts (µs) and its fence, and runs until
-/// `stop` appears; on SIGTERM it records when it stopped.
-fn recorder(ctx: &Ctx, tag: &str) -> String {
-    let p = |f: &str| ctx.path(&format!("{tag}.{f}")).display().to_string();
-    format!(
-        "printf %s \"$DLOCK_FENCE\" > '{fence}'; date +%s%6N > '{start}.tmp'; mv '{start}.tmp' '{start}'; \
-         trap 'date +%s%6N > \"{end}\"; exit 0' TERM; \
-         while [ ! -e '{stop}' ]; do sleep 0.02; done; date +%s%6N > '{end}'",
-        fence = p("fence"),
-        start = p("start"),
-        end = p("end"),
-        stop = p("stop"),
-    )
 }
 
 fn stderr_of(child: &mut std::process::Child) -> String {
@@ -141,16 +119,6 @@ fn server_restarted_within_the_lease_keeps_the_hold() {
     // A failed renewal, then a good one on the restarted server.
     assert!(err.contains("failed") && err.contains("renewed"), "{err}");
     assert!(!ctx.is_held("job"));
-}
-
-/// FNV-1a 128 as dlock computes wake-up lock names (see src/backend/sql/mod.rs).
-fn wake_lock(ctx: &Ctx, name: &str) -> String {
-    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
-    for b in format!("{DATABASE}\0{}_leases\0{name}", ctx.prefix).bytes() {
-        h ^= u128::from(b);
-        h = h.wrapping_mul(0x0000000001000000000000000000013B);
-    }
-    format!("dlock-{h:032x}")
 }
 
 #[test]
@@ -303,98 +271,6 @@ fn a_release_wakes_one_waiter_not_all() {
     }
     for w in &mut waiters {
         assert!(wait_child(w, Duration::from_secs(30)).success());
-    }
-}
-
-/// Statements blocked in GET_LOCK on `key` (as dlock writes it: a hex literal).
-fn blocked_on(db: &MariaDb, key: &str) -> String {
-    let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
-    db.sql(&format!(
-        "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
-         WHERE INFO LIKE '%GET\\_LOCK(X''{hex}''%' AND ID <> CONNECTION_ID()"
-    ))
-}
-
-/// A slot holder keeps a wake lock of its own; a waiter blocks on that of
-/// the holder whose lease ends first and runs the moment it lets go.
-#[test]
-fn a_semaphore_waiter_wakes_when_the_first_holder_to_expire_lets_go() {
-    let db = Arc::new(MariaDb::start());
-    let ctx = Ctx::new(db.clone());
-    let exec = |tag: &str, lease: &str| {
-        let script = recorder(&ctx, tag);
-        let args = ["exec", "--slots", "2", "--lease", lease, "--wait", "60s"];
-        spawn(ctx.cmd(&[&args[..], &["sem", "--", "sh", "-c", &script]].concat()))
-    };
-    let mut a = exec("a", "3s");
-    wait_for_file(&ctx.path("a.start"), Duration::from_secs(20));
-    let mut b = exec("b", "60s");
-    wait_for_file(&ctx.path("b.start"), Duration::from_secs(20));
-    let key = format!(
-        "{}-{}",
-        wake_lock(&ctx, "sem"),
-        read_i64(&ctx.path("a.fence"))
-    );
-    assert_ne!(db.sql(&format!("SELECT IS_USED_LOCK('{key}')")), "NULL");
-    let mut w = exec("w", "60s");
-    wait_until(
-        "the waiter blocked on a's wake lock",
-        Duration::from_secs(20),
-        || {
-            std::thread::sleep(Duration::from_millis(10));
-            blocked_on(&db, &key) == "1"
-        },
-    );
-    std::fs::write(ctx.path("a.stop"), "").unwrap();
-    assert!(wait_child(&mut a, Duration::from_secs(20)).success());
-    let released = Instant::now();
-    wait_for_file(&ctx.path("w.start"), Duration::from_secs(20));
-    assert!(
-        released.elapsed() < Duration::from_millis(500),
-        "the waiter took {:?} after the holder exited",
-        released.elapsed()
-    );
-    for (t, k) in [("b", &mut b), ("w", &mut w)] {
-        std::fs::write(ctx.path(&format!("{t}.stop")), "").unwrap();
-        assert!(wait_child(k, Duration::from_secs(20)).success());
-    }
-}
-
-/// Readers blocked behind a writer all run when it lets go: each woken
-/// reader that gets in passes the wake-up on.
-#[test]
-fn readers_behind_a_writer_wake_in_a_chain() {
-    let db = Arc::new(MariaDb::start());
-    let ctx = Ctx::new(db.clone());
-    let exec = |tag: &str, extra: &[&str]| {
-        let script = recorder(&ctx, tag);
-        let args = [&["exec", "--lease", "30s", "--wait", "60s"], extra].concat();
-        spawn(ctx.cmd(&[&args[..], &["rw", "--", "sh", "-c", &script]].concat()))
-    };
-    let mut writer = exec("wr", &[]);
-    wait_for_file(&ctx.path("wr.start"), Duration::from_secs(20));
-    let tags = ["r1", "r2", "r3"];
-    let mut readers: Vec<_> = tags.iter().map(|t| exec(t, &["--shared"])).collect();
-    let name_lock = wake_lock(&ctx, "rw");
-    wait_until("every reader blocked", Duration::from_secs(20), || {
-        std::thread::sleep(Duration::from_millis(10));
-        blocked_on(&db, &name_lock) == "3"
-    });
-    std::fs::write(ctx.path("wr.stop"), "").unwrap();
-    assert!(wait_child(&mut writer, Duration::from_secs(20)).success());
-    let released = Instant::now();
-    for t in tags {
-        wait_for_file(&ctx.path(&format!("{t}.start")), Duration::from_secs(20));
-    }
-    // Unwoken readers would sleep until the writer's lease as they saw it (30 s).
-    assert!(
-        released.elapsed() < Duration::from_secs(2),
-        "the readers took {:?} after the writer exited",
-        released.elapsed()
-    );
-    for (t, r) in tags.iter().zip(&mut readers) {
-        std::fs::write(ctx.path(&format!("{t}.stop")), "").unwrap();
-        assert!(wait_child(r, Duration::from_secs(20)).success());
     }
 }
 
