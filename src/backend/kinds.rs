@@ -15,8 +15,6 @@
 //!     unless its waiter refreshes it (every `TICKET_REFRESH`), so a waiter
 //!     that died leaves the queue within that bound without anyone's help.
 
-#![cfg_attr(not(test), allow(dead_code))] // until the SQL and Redis backends store it (next commits)
-
 use std::time::Duration;
 
 use anyhow::Result;
