@@ -102,12 +102,9 @@ fn readers_behind_a_writer_wake_in_a_chain() {
     }
 }
 
-/// A table made by a dlock from before the lock kinds (no `state` column),
-/// with that dlock's lease in it: kept, and the column added on first use.
-#[test]
-fn a_table_of_an_older_dlock_keeps_its_lease_and_gains_the_state_column() {
-    let db = MariaDb::shared();
-    let ctx = Ctx::new(db.clone());
+/// Creates `ctx`'s table as a dlock from before the lock kinds made it (no
+/// `state` column), with that dlock's lease on "job" in it; returns its name.
+fn older_table(db: &MariaDb, ctx: &Ctx) -> String {
     let t = format!("{DATABASE}.`{}_leases`", ctx.prefix);
     db.sql(&format!(
         "CREATE TABLE {t} (name VARBINARY(255) NOT NULL PRIMARY KEY, token VARBINARY(128) NULL, \
@@ -118,6 +115,15 @@ fn a_table_of_an_older_dlock_keeps_its_lease_and_gains_the_state_column() {
          INSERT INTO {t} VALUES ('job', 'old-token', 12, 'oldhost', 9, 'u', 'c', 0, \
          TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) + 60000000, 1)"
     ));
+    t
+}
+
+/// The older dlock's lease is kept, and the column added on first use.
+#[test]
+fn a_table_of_an_older_dlock_keeps_its_lease_and_gains_the_state_column() {
+    let db = MariaDb::shared();
+    let ctx = Ctx::new(db.clone());
+    let t = older_table(&db, &ctx);
     let o = ctx.run(&["acquire", "--shared", "--wait", "0", "job"]);
     assert_eq!(code(&o), 75, "the older lease holds: {}", stderr(&o));
     let l = ctx.status_json(&["job"])["locks"][0].clone();
@@ -140,4 +146,23 @@ fn a_table_of_an_older_dlock_keeps_its_lease_and_gains_the_state_column() {
         )),
         "1\t1"
     );
+}
+
+/// A user that may not ALTER the older table is told, in one line, what to run.
+#[test]
+fn a_user_without_alter_is_told_what_to_run() {
+    let db = MariaDb::shared();
+    let ctx = Ctx::new(db.clone());
+    older_table(&db, &ctx);
+    db.sql(&format!(
+        "CREATE USER IF NOT EXISTS 'noalter'@'%' IDENTIFIED BY 'pw-noalter'; \
+         GRANT SELECT, INSERT, UPDATE, CREATE ON `{DATABASE}`.* TO 'noalter'@'%'"
+    ));
+    let url = db.url_with("noalter", "pw-noalter", DATABASE);
+    let o = ctx.run(&["--url", &url, "status", "job"]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 69, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("ADD COLUMN state LONGBLOB NULL"), "{err}");
+    assert!(!err.contains("pw-noalter"), "{err}");
 }

@@ -275,10 +275,10 @@ impl Db {
             Err(mysql::Error::MySqlError(m)) if is_denied(m.code) => Err(fail(
                 UNAVAILABLE,
                 format!(
-                    "table `{}` was made by an older dlock and this user may not add its \
-                     `state` column: run `ALTER TABLE `{}` ADD COLUMN state LONGBLOB NULL` \
-                     once as a user with ALTER on it",
-                    self.table, self.table
+                    "table {t} was made by an older dlock and this user may not add the \
+                     column that lock kinds need: run ALTER TABLE {t} ADD COLUMN state \
+                     LONGBLOB NULL once as a user with the ALTER privilege",
+                    t = DIALECT.ident(&self.table)
                 ),
             )),
             Err(e) => Err(self.fail(e)),
