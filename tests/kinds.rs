@@ -477,4 +477,6 @@ macro_rules! backends {
 
 backends! {
     redis => Arc::new(Redis::start());
+    sqlite => Arc::new(common::sqlite::Sqlite::new());
+    mariadb => common::mariadb::MariaDb::shared();
 }
