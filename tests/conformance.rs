@@ -406,4 +406,5 @@ backends! {
     redis => Arc::new(Redis::start());
     sqlite => Arc::new(common::sqlite::Sqlite::new());
     mariadb => common::mariadb::MariaDb::shared();
+    postgres => common::postgres::Postgres::shared();
 }

@@ -18,6 +18,7 @@ pub mod kinds;
 #[cfg(test)]
 pub mod memory;
 pub mod mysql;
+pub mod postgres;
 pub mod probe;
 pub mod redis;
 pub mod sql;
@@ -248,6 +249,8 @@ const SCHEMES: &[(&str, Opener)] = &[
     ("rediss", open_redis),
     ("redis+unix", open_redis),
     ("mysql", open_mysql),
+    ("postgres", open_postgres),
+    ("postgresql", open_postgres),
     ("sqlite", open_sqlite),
 ];
 
@@ -285,6 +288,15 @@ fn open_mysql(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let b = mysql::MysqlBackend::open(url, cfg)?;
     let loc = Location {
         backend: "mysql",
+        location: redact(url),
+    };
+    Ok((Box::new(b), loc))
+}
+
+fn open_postgres(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = postgres::PgBackend::open(url, cfg)?;
+    let loc = Location {
+        backend: "postgres",
         location: redact(url),
     };
     Ok((Box::new(b), loc))
@@ -381,7 +393,7 @@ mod tests {
     fn the_scheme_list_reads_as_before() {
         assert_eq!(
             scheme_list(" or "),
-            "redis://, rediss://, redis+unix://, mysql:// or sqlite://"
+            "redis://, rediss://, redis+unix://, mysql://, postgres://, postgresql:// or sqlite://"
         );
         assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
     }

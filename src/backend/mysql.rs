@@ -49,6 +49,7 @@ const DIALECT: Dialect = Dialect {
     // Independent of the session time zone, and the same on MySQL and MariaDB.
     now_us: "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))",
     insert_ignore: "INSERT IGNORE",
+    insert_tail: "",
     quote: '`',
     name_type: "VARBINARY(255)",
     token_type: "VARBINARY(128)",

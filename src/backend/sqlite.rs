@@ -74,6 +74,7 @@ use place::{file_id, FileId};
 const DIALECT: Dialect = Dialect {
     now_us: "dlock_now_us()",
     insert_ignore: "INSERT OR IGNORE",
+    insert_tail: "",
     quote: '`',
     name_type: "TEXT",
     token_type: "TEXT",

@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod mariadb;
+pub mod postgres;
 pub mod proxy;
 pub mod redis;
 pub mod sqlite;

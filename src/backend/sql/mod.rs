@@ -1,4 +1,4 @@
-//! The lease logic shared by the SQL backends (SQLite and MySQL/MariaDB),
+//! The lease logic shared by the SQL backends (SQLite, MySQL/MariaDB and PostgreSQL),
 //! which differ only in how they run a statement and in their `Dialect`.
 //!
 //! One row per lock name, kept after release so that the fence never
@@ -37,7 +37,7 @@ use crate::error::{fail, INTERNAL};
 #[cfg(test)]
 pub use row::MARKER;
 use row::{bad_reply, int, parse_row, state_of, Row};
-pub use schema::{add_state_column, create_table, Dialect, COLUMNS};
+pub use schema::{add_state_column, create_table, create_table_in, Dialect, COLUMNS};
 
 /// A value passed to or read from a statement.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,12 +109,17 @@ pub struct Leases {
 
 impl Leases {
     pub fn new(d: &Dialect, table: &str) -> Leases {
+        Leases::in_schema(d, None, table)
+    }
+
+    /// The statements for `table` in `schema` (the database's default when None).
+    pub fn in_schema(d: &Dialect, schema: Option<&str>, table: &str) -> Leases {
         let cols = COLUMNS
             .split(", ")
             .map(|c| format!("l.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let t = d.ident(table);
+        let t = d.qualified(schema, table);
         let now = d.now_us;
         let set = "token = ?, fence = ?, holder_host = ?, holder_pid = ?, holder_user = ?, \
                    holder_command = ?, acquired_us = ?, expires_us = ?, version = ?, state = ?";
@@ -128,8 +133,8 @@ impl Leases {
             ),
             select_held: format!("SELECT {now}, {cols} FROM {t} AS l WHERE l.token IS NOT NULL"),
             insert: format!(
-                "{} INTO {t} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                d.insert_ignore
+                "{} INTO {t} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?){}",
+                d.insert_ignore, d.insert_tail
             ),
             update_until: format!("{update} AND ? > {now}"),
             update,

@@ -8,8 +8,10 @@ use crate::backend::kinds::{MAX_COMMAND, MAX_HOST, MAX_USER};
 pub struct Dialect {
     /// An expression for the database's clock in µs since the epoch.
     pub now_us: &'static str,
-    /// An INSERT that does nothing when the key exists.
+    /// An INSERT that does nothing when the key exists: these words, then
+    /// `INTO … VALUES (…)`, then `insert_tail`.
     pub insert_ignore: &'static str,
+    pub insert_tail: &'static str,
     /// Quotes an identifier (the table name).
     pub quote: char,
     /// The type of lock names, compared byte for byte.
@@ -29,7 +31,15 @@ pub struct Dialect {
 impl Dialect {
     pub fn ident(&self, name: &str) -> String {
         let q = self.quote;
-        format!("{q}{name}{q}")
+        format!("{q}{}{q}", name.replace(q, &format!("{q}{q}")))
+    }
+
+    /// The table's name, in `schema` when one is given.
+    pub fn qualified(&self, schema: Option<&str>, table: &str) -> String {
+        match schema {
+            Some(s) => format!("{}.{}", self.ident(s), self.ident(table)),
+            None => self.ident(table),
+        }
     }
 }
 
@@ -38,6 +48,11 @@ pub const COLUMNS: &str = "name, token, fence, holder_host, holder_pid, holder_u
                            holder_command, acquired_us, expires_us, version, state";
 
 pub fn create_table(d: &Dialect, table: &str) -> String {
+    create_table_in(d, None, table)
+}
+
+/// CREATE TABLE IF NOT EXISTS, in `schema` when one is given.
+pub fn create_table_in(d: &Dialect, schema: Option<&str>, table: &str) -> String {
     let int = d.int_type;
     format!(
         "CREATE TABLE IF NOT EXISTS {t} (
@@ -53,7 +68,7 @@ pub fn create_table(d: &Dialect, table: &str) -> String {
             version {int} NOT NULL DEFAULT 0,
             state {state} NULL
         ){options}",
-        t = d.ident(table),
+        t = d.qualified(schema, table),
         name = d.name_type,
         token = d.token_type,
         host = (d.text_type)(MAX_HOST),
