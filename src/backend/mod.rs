@@ -329,31 +329,60 @@ pub fn open(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     }
 }
 
+/// A host that stands in for an empty one while a URL is parsed.
+const NO_HOST: &str = "dlock-no-host.invalid";
+
+/// The URL parsed, and whether with [`NO_HOST`]: libpq's
+/// `postgres://user:pw@/db?host=/dir` has credentials but no host, which
+/// the url crate refuses.
+fn parse_url(url: &str) -> Option<(::url::Url, bool)> {
+    if let Ok(u) = ::url::Url::parse(url) {
+        return Some((u, false));
+    }
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (auth, tail) = rest.split_at(end);
+    if !matches!(scheme, "postgres" | "postgresql") || !auth.ends_with('@') {
+        return None;
+    }
+    let u = ::url::Url::parse(&format!("{scheme}://{auth}{NO_HOST}{tail}")).ok()?;
+    Some((u, true))
+}
+
 /// The URL with any password (in the authority or a `pass`/`password` query
 /// parameter) replaced by `***`.
 pub fn redact(url: &str) -> String {
-    match ::url::Url::parse(url) {
-        Ok(mut u) => {
+    match parse_url(url) {
+        Some((mut u, stand_in)) => {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
             }
-            let pairs: Vec<(String, String)> = u
-                .query_pairs()
-                .map(|(k, v)| {
-                    let secret = matches!(k.as_ref(), "pass" | "password");
-                    (
-                        k.into_owned(),
-                        if secret { "***".into() } else { v.into_owned() },
-                    )
-                })
-                .collect();
-            if !pairs.is_empty() {
+            let secret = |k: &str| matches!(k, "pass" | "password");
+            // Rewritten only when it holds a secret: the rewrite percent-encodes
+            // paths (host=/run/postgresql) that read better as given.
+            if u.query_pairs().any(|(k, _)| secret(&k)) {
+                let pairs: Vec<(String, String)> = u
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if secret(&k) {
+                            "***".into()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
                 u.query_pairs_mut().clear().extend_pairs(pairs);
             }
-            u.to_string().replace("%2A%2A%2A", "***")
+            let shown = u.to_string().replace("%2A%2A%2A", "***");
+            if stand_in {
+                shown.replacen(NO_HOST, "", 1)
+            } else {
+                shown
+            }
         }
         // Unparsable: keep the scheme only, since we cannot tell where a password sits.
-        Err(_) => match url.split_once("://") {
+        None => match url.split_once("://") {
             Some((scheme, _)) => format!("{scheme}://…"),
             None => "(unparsable URL)".into(),
         },
@@ -364,7 +393,7 @@ pub fn redact(url: &str) -> String {
 /// even when a driver echoes one back.
 pub fn secrets(url: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if let Ok(u) = ::url::Url::parse(url) {
+    if let Some((u, _)) = parse_url(url) {
         if let Some(p) = u.password() {
             out.push(p.to_string());
             if let Ok(d) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes())

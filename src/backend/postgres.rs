@@ -187,7 +187,8 @@ impl Db {
                 Ok(v) => return Ok(v),
                 Err(Failed::Pg(e)) if !created && missing(&e) => {
                     created = true;
-                    self.create_table()?;
+                    // The statement found no table, so it changed nothing.
+                    self.create_table().map_err(crate::error::mark_unsent)?;
                 }
                 Err(e) => return Err(self.fail(e)),
             }

@@ -70,7 +70,7 @@ fn as_server_user(cmd: &mut Command) {
     }
 }
 
-fn give_to_server_user(path: &Path) {
+pub fn give_to_server_user(path: &Path) {
     if let Some((uid, gid)) = server_user() {
         std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
     }
@@ -210,7 +210,8 @@ impl Postgres {
                 return String::from_utf8_lossy(&out.stdout).trim().to_string();
             }
             last = String::from_utf8_lossy(&out.stderr).into_owned();
-            if !last.contains("starting up") && !last.contains("could not connect") {
+            // Not up yet, or still recovering after a crash.
+            if !last.contains("connection to server") {
                 break;
             }
             std::thread::sleep(Duration::from_millis(25));

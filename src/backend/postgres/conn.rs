@@ -345,6 +345,12 @@ pub(super) fn describe(
     let io = io_error(e);
     if let Some(io) = io {
         use std::io::ErrorKind;
+        if let Some(tls) = io.get_ref().filter(|i| i.is::<rustls::Error>()) {
+            return fail(
+                UNAVAILABLE,
+                format!("TLS with {at} failed: {tls}; check sslmode, sslrootcert and the server's certificate"),
+            );
+        }
         return match io.kind() {
             ErrorKind::ConnectionRefused => fail(
                 UNAVAILABLE,

@@ -61,3 +61,18 @@ fn advisory_keys_are_stable() {
         key_of("public.dlock_leases\0b")
     );
 }
+
+#[test]
+fn socket_urls_are_redacted_too() {
+    let url = "postgres://u:pw-s3cret@/db?host=/run/postgresql&password=other-s3cret";
+    let r = crate::backend::redact(url);
+    assert_eq!(
+        r,
+        "postgres://u:***@/db?host=%2Frun%2Fpostgresql&password=***"
+    );
+    let r = crate::backend::redact("postgres://u:pw@/db?host=/run/postgresql");
+    assert_eq!(r, "postgres://u:***@/db?host=/run/postgresql");
+    let s = crate::backend::secrets(url);
+    assert!(s.contains(&"pw-s3cret".to_string()), "{s:?}");
+    assert!(s.contains(&"other-s3cret".to_string()), "{s:?}");
+}
