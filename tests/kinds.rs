@@ -493,4 +493,6 @@ macro_rules! backends {
 
 backends! {
     redis => Arc::new(Redis::start());
+    redis_sentinel => common::sentinel::SentinelSet::shared();
+    redis_cluster => common::cluster::ClusterSet::shared();
 }

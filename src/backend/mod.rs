@@ -247,6 +247,8 @@ const SCHEMES: &[(&str, Opener)] = &[
     ("redis", open_redis),
     ("rediss", open_redis),
     ("redis+unix", open_redis),
+    ("redis+sentinel", open_redis),
+    ("redis+cluster", open_redis),
     ("mysql", open_mysql),
     ("sqlite", open_sqlite),
 ];
@@ -275,7 +277,11 @@ pub fn url_help() -> String {
 fn open_redis(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let b = redis::RedisBackend::open(url, cfg)?;
     let loc = Location {
-        backend: "redis",
+        backend: match url.split_once("://").map(|(s, _)| s) {
+            Some("redis+sentinel") => "redis+sentinel",
+            Some("redis+cluster") => "redis+cluster",
+            _ => "redis",
+        },
         location: redact(url),
     };
     Ok((Box::new(b), loc))
@@ -317,9 +323,21 @@ pub fn open(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     }
 }
 
+/// Schemes whose URLs name several hosts, which `url` cannot parse.
+fn multi_host(url: &str) -> Option<redis::multi::Multi> {
+    let scheme = url.split_once("://")?.0;
+    if !matches!(scheme, "redis+sentinel" | "redis+cluster" | "redlock") {
+        return None;
+    }
+    redis::multi::Multi::parse(url, 6379).ok()
+}
+
 /// The URL with any password (in the authority or a `pass`/`password` query
 /// parameter) replaced by `***`.
 pub fn redact(url: &str) -> String {
+    if let Some(m) = multi_host(url) {
+        return m.redacted();
+    }
     match ::url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
@@ -352,7 +370,9 @@ pub fn redact(url: &str) -> String {
 /// even when a driver echoes one back.
 pub fn secrets(url: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if let Ok(u) = ::url::Url::parse(url) {
+    if let Some(m) = multi_host(url) {
+        out = m.secrets();
+    } else if let Ok(u) = ::url::Url::parse(url) {
         if let Some(p) = u.password() {
             out.push(p.to_string());
             if let Ok(d) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes())
@@ -381,7 +401,7 @@ mod tests {
     fn the_scheme_list_reads_as_before() {
         assert_eq!(
             scheme_list(" or "),
-            "redis://, rediss://, redis+unix://, mysql:// or sqlite://"
+            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, mysql:// or sqlite://"
         );
         assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
     }
@@ -443,6 +463,12 @@ mod tests {
         let r = redact("mysql://root:p%40ss@db/locks");
         assert!(!r.contains("p%40ss") && !r.contains("p@ss"), "{r}");
         assert_eq!(redact("redis://:pw:with@junk@@"), "redis://…");
+        assert_eq!(
+            redact("redis+sentinel://:s3cret@a:1,b:2/svc?sentinel_password=x9y"),
+            "redis+sentinel://:***@a:1,b:2/svc?sentinel_password=***"
+        );
+        let s = secrets("redlock://u:p%40w@a,b,c");
+        assert!(s.contains(&"p@w".to_string()), "{s:?}");
     }
 
     #[test]
