@@ -20,6 +20,7 @@ pub mod memory;
 pub mod mysql;
 pub mod probe;
 pub mod redis;
+pub mod redlock;
 pub mod sql;
 pub mod sqlite;
 
@@ -249,6 +250,7 @@ const SCHEMES: &[(&str, Opener)] = &[
     ("redis+unix", open_redis),
     ("redis+sentinel", open_redis),
     ("redis+cluster", open_redis),
+    ("redlock", open_redlock),
     ("mysql", open_mysql),
     ("sqlite", open_sqlite),
 ];
@@ -282,6 +284,15 @@ fn open_redis(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
             Some("redis+cluster") => "redis+cluster",
             _ => "redis",
         },
+        location: redact(url),
+    };
+    Ok((Box::new(b), loc))
+}
+
+fn open_redlock(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = redlock::RedlockBackend::open(url, cfg)?;
+    let loc = Location {
+        backend: "redlock",
         location: redact(url),
     };
     Ok((Box::new(b), loc))
@@ -401,7 +412,7 @@ mod tests {
     fn the_scheme_list_reads_as_before() {
         assert_eq!(
             scheme_list(" or "),
-            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, mysql:// or sqlite://"
+            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql:// or sqlite://"
         );
         assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
     }

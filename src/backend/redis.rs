@@ -17,10 +17,10 @@
 //! (and a mutex that meets them) go the generic way in `kinds.rs`.
 
 mod kinds;
-mod link;
+pub(crate) mod link;
 pub mod multi;
-mod scripts;
-mod topo;
+pub(crate) mod scripts;
+pub(crate) mod topo;
 mod watch;
 
 use std::collections::HashSet;
@@ -41,7 +41,7 @@ use link::{Link, Route};
 use scripts::{key, Lua, ACQUIRE_LUA, FORCE_LUA, RELEASE_LUA, RENEW_LUA};
 
 /// How long a baton left by a release waits for a waiter to take it.
-const BATON_TTL_MS: &str = "60000";
+pub(crate) const BATON_TTL_MS: &str = "60000";
 
 pub struct RedisBackend {
     link: Arc<Link>,
@@ -433,7 +433,7 @@ impl Waiter for RedisWaiter {
     }
 }
 
-fn int(v: Option<&Value>) -> Option<i64> {
+pub(crate) fn int(v: Option<&Value>) -> Option<i64> {
     match v? {
         Value::Int(i) => Some(*i),
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
@@ -443,11 +443,11 @@ fn int(v: Option<&Value>) -> Option<i64> {
 }
 
 /// Who broke the token's lease, from a script's reply (nil when nobody did).
-fn broken_by(by: Option<&Value>) -> Option<String> {
+pub(crate) fn broken_by(by: Option<&Value>) -> Option<String> {
     by.map(text).filter(|b| !b.is_empty())
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
         Value::SimpleString(s) => s.clone(),
@@ -457,7 +457,7 @@ fn text(v: &Value) -> String {
 }
 
 /// Builds a LockInfo from a PTTL reply and a lease value (see `scripts.rs`).
-fn lock_info(name: &str, ttl: Option<&Value>, lease: Option<&Value>) -> LockInfo {
+pub(crate) fn lock_info(name: &str, ttl: Option<&Value>, lease: Option<&Value>) -> LockInfo {
     let v = kinds::parse_lease(&lease.map(text).unwrap_or_default());
     LockInfo {
         name: if v.name.is_empty() {

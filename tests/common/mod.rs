@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod mariadb;
 pub mod proxy;
 pub mod redis;
+pub mod redlock;
 pub mod sentinel;
 pub mod sqlite;
 

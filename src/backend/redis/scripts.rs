@@ -36,7 +36,7 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 /// Shared by the scripts: does lease value `v` belong to token `t`?
-const OWNS: &str = r"
+pub(crate) const OWNS: &str = r"
 local function owns(v, t) return v and string.sub(v, 1, #t + 1) == t .. '\n' end
 ";
 
@@ -76,7 +76,7 @@ return {1, fs, nows, 0}
 ";
 
 /// Who broke the lease of token ARGV[1] (KEYS[2] is the tombstone), if anyone.
-const BROKEN_BY: &str = r"
+pub(crate) const BROKEN_BY: &str = r"
 local function broken_by(k, t)
   local b = redis.call('GET', k)
   if owns(b, t) then return string.sub(b, #t + 2) end
@@ -181,7 +181,7 @@ pub struct Lua {
 }
 
 impl Lua {
-    fn new(parts: &[&str], writes: bool) -> Lua {
+    pub(crate) fn new(parts: &[&str], writes: bool) -> Lua {
         let body: String = parts.concat();
         let sha = redis::Script::new(&body).get_hash().to_string();
         Lua { body, sha, writes }
