@@ -479,4 +479,6 @@ backends! {
     redis => Arc::new(Redis::start());
     redis_sentinel => common::sentinel::SentinelSet::shared();
     redis_cluster => common::cluster::ClusterSet::shared();
+    sqlite => Arc::new(common::sqlite::Sqlite::new());
+    mariadb => common::mariadb::MariaDb::shared();
 }
