@@ -21,6 +21,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod probe;
 pub mod redis;
+pub mod redlock;
 pub mod sql;
 pub mod sqlite;
 
@@ -248,6 +249,9 @@ const SCHEMES: &[(&str, Opener)] = &[
     ("redis", open_redis),
     ("rediss", open_redis),
     ("redis+unix", open_redis),
+    ("redis+sentinel", open_redis),
+    ("redis+cluster", open_redis),
+    ("redlock", open_redlock),
     ("mysql", open_mysql),
     ("postgres", open_postgres),
     ("postgresql", open_postgres),
@@ -278,7 +282,20 @@ pub fn url_help() -> String {
 fn open_redis(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let b = redis::RedisBackend::open(url, cfg)?;
     let loc = Location {
-        backend: "redis",
+        backend: match url.split_once("://").map(|(s, _)| s) {
+            Some("redis+sentinel") => "redis+sentinel",
+            Some("redis+cluster") => "redis+cluster",
+            _ => "redis",
+        },
+        location: redact(url),
+    };
+    Ok((Box::new(b), loc))
+}
+
+fn open_redlock(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = redlock::RedlockBackend::open(url, cfg)?;
+    let loc = Location {
+        backend: "redlock",
         location: redact(url),
     };
     Ok((Box::new(b), loc))
@@ -329,29 +346,43 @@ pub fn open(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     }
 }
 
-/// A host that stands in for an empty one while a URL is parsed.
+/// A host that stands in for libpq's hosts while a URL is parsed.
 const NO_HOST: &str = "dlock-no-host.invalid";
 
-/// The URL parsed, and whether with [`NO_HOST`]: libpq's
-/// `postgres://user:pw@/db?host=/dir` has credentials but no host, which
-/// the url crate refuses.
-fn parse_url(url: &str) -> Option<(::url::Url, bool)> {
+/// The URL parsed, and the hosts that [`NO_HOST`] stands in for: libpq's
+/// `postgres://user:pw@/db?host=/dir` (no host) and
+/// `postgres://user:pw@h1:5432,h2:5432/db` (several) are URLs the url
+/// crate refuses.
+fn parse_url(url: &str) -> Option<(::url::Url, Option<&str>)> {
     if let Ok(u) = ::url::Url::parse(url) {
-        return Some((u, false));
+        return Some((u, None));
     }
     let (scheme, rest) = url.split_once("://")?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (auth, tail) = rest.split_at(end);
-    if !matches!(scheme, "postgres" | "postgresql") || !auth.ends_with('@') {
+    let (user, hosts) = auth.rsplit_once('@')?;
+    if !matches!(scheme, "postgres" | "postgresql") {
         return None;
     }
-    let u = ::url::Url::parse(&format!("{scheme}://{auth}{NO_HOST}{tail}")).ok()?;
-    Some((u, true))
+    let u = ::url::Url::parse(&format!("{scheme}://{user}@{NO_HOST}{tail}")).ok()?;
+    Some((u, Some(hosts)))
+}
+
+/// Schemes whose URLs name several hosts, which `url` cannot parse.
+fn multi_host(url: &str) -> Option<redis::multi::Multi> {
+    let scheme = url.split_once("://")?.0;
+    if !matches!(scheme, "redis+sentinel" | "redis+cluster" | "redlock") {
+        return None;
+    }
+    redis::multi::Multi::parse(url, 6379).ok()
 }
 
 /// The URL with any password (in the authority or a `pass`/`password` query
 /// parameter) replaced by `***`.
 pub fn redact(url: &str) -> String {
+    if let Some(m) = multi_host(url) {
+        return m.redacted();
+    }
     match parse_url(url) {
         Some((mut u, stand_in)) => {
             if u.password().is_some() {
@@ -375,10 +406,9 @@ pub fn redact(url: &str) -> String {
                 u.query_pairs_mut().clear().extend_pairs(pairs);
             }
             let shown = u.to_string().replace("%2A%2A%2A", "***");
-            if stand_in {
-                shown.replacen(NO_HOST, "", 1)
-            } else {
-                shown
+            match stand_in {
+                Some(hosts) => shown.replacen(NO_HOST, hosts, 1),
+                None => shown,
             }
         }
         // Unparsable: keep the scheme only, since we cannot tell where a password sits.
@@ -393,7 +423,9 @@ pub fn redact(url: &str) -> String {
 /// even when a driver echoes one back.
 pub fn secrets(url: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some((u, _)) = parse_url(url) {
+    if let Some(m) = multi_host(url) {
+        out = m.secrets();
+    } else if let Some((u, _)) = parse_url(url) {
         if let Some(p) = u.password() {
             out.push(p.to_string());
             if let Ok(d) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes())
@@ -422,7 +454,7 @@ mod tests {
     fn the_scheme_list_reads_as_before() {
         assert_eq!(
             scheme_list(" or "),
-            "redis://, rediss://, redis+unix://, mysql://, postgres://, postgresql:// or sqlite://"
+            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql:// or sqlite://"
         );
         assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
     }
@@ -484,6 +516,12 @@ mod tests {
         let r = redact("mysql://root:p%40ss@db/locks");
         assert!(!r.contains("p%40ss") && !r.contains("p@ss"), "{r}");
         assert_eq!(redact("redis://:pw:with@junk@@"), "redis://…");
+        assert_eq!(
+            redact("redis+sentinel://:s3cret@a:1,b:2/svc?sentinel_password=x9y"),
+            "redis+sentinel://:***@a:1,b:2/svc?sentinel_password=***"
+        );
+        let s = secrets("redlock://u:p%40w@a,b,c");
+        assert!(s.contains(&"p@w".to_string()), "{s:?}");
     }
 
     #[test]

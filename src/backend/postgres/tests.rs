@@ -72,6 +72,8 @@ fn socket_urls_are_redacted_too() {
     );
     let r = crate::backend::redact("postgres://u:pw@/db?host=/run/postgresql");
     assert_eq!(r, "postgres://u:***@/db?host=/run/postgresql");
+    let r = crate::backend::redact("postgres://u:pw-s3cret@h1:5432,h2/db");
+    assert_eq!(r, "postgres://u:***@h1:5432,h2/db");
     let s = crate::backend::secrets(url);
     assert!(s.contains(&"pw-s3cret".to_string()), "{s:?}");
     assert!(s.contains(&"other-s3cret".to_string()), "{s:?}");
