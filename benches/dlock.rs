@@ -27,7 +27,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Barrier, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Server;
@@ -107,7 +107,8 @@ impl Opts {
                 "--write" => write = Some(true),
                 "--no-write" => write = Some(false),
                 "--only" => {
-                    let v = value(&mut it).ok_or("--only needs a list: redis,mysql,sqlite")?;
+                    let v =
+                        value(&mut it).ok_or("--only needs a list: redis,mysql,postgres,sqlite")?;
                     o.only = Some(backend_list(v)?);
                 }
                 "--dlock" => {
@@ -194,6 +195,7 @@ const BACKENDS: &[(&str, Starter)] = &[
     ("redlock", start_redlock),
     ("cluster", start_cluster),
     ("mysql", start_mysql),
+    ("postgres", start_postgres),
     ("sqlite", start_sqlite),
 ];
 
@@ -354,6 +356,73 @@ fn start_mysql(dir: &Path) -> Backend {
         wrapper: Some(("mariadb INSERT + DELETE".into(), script)),
         version: version_of("mariadbd", &["--version"]),
         server_pid: pid_listening("mariadbd", port),
+        kinds: true,
+        _server: Box::new(server),
+    }
+}
+
+fn start_postgres(dir: &Path) -> Backend {
+    use common::postgres::{bin_dir, Postgres, DATABASE, PASSWORD, USER};
+    let server = Arc::new(Postgres::start());
+    server.sql(&format!(
+        "CREATE TABLE bench_spin (name text PRIMARY KEY); ALTER TABLE bench_spin OWNER TO {USER}"
+    ));
+    let url = common::Server::url(&*server);
+    let port = server.port;
+    let db = Arc::clone(&server);
+    // Transactions in the test database: each dlock statement is one (a
+    // multi-statement wake-up is one too). A backend reports its counts
+    // when it exits, so wait for dlock's sessions to end first; the
+    // bench's own queries run in another database.
+    let counters = move || {
+        let idle = Instant::now() + Duration::from_secs(5);
+        while db.sql_in(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{USER}'"),
+        ) != "0"
+            && Instant::now() < idle
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let row = db.sql_in(
+            "postgres",
+            &format!(
+                "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = '{DATABASE}'"
+            ),
+        );
+        let mut out = Counters::new();
+        let mut total = 0;
+        for (k, v) in ["commit", "rollback"].iter().zip(row.split('\t')) {
+            let n = v.trim().parse::<u64>().unwrap_or(0);
+            out.insert(k.to_string(), n);
+            total += n;
+        }
+        out.insert("total".into(), total);
+        out
+    };
+    let script = dir.join("postgres-spin.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "# A lock wrapper as written by hand: INSERT a row (the primary key excludes a second),\n\
+             # retry every 100 ms, run, DELETE.\n\
+             export PGPASSWORD='{PASSWORD}'\n\
+             m() {{ '{psql}' -X -q -h 127.0.0.1 -p {port} -U {USER} -d {DATABASE} -c \"$1\"; }}\n\
+             until m \"INSERT INTO bench_spin (name) VALUES ('lock')\" 2>/dev/null; do sleep 0.1; done\n\
+             \"$@\"\nrc=$?\nm \"DELETE FROM bench_spin WHERE name = 'lock'\"\nexit $rc\n",
+            psql = bin_dir().join("psql").display()
+        ),
+    )
+    .unwrap();
+    let postgres = bin_dir().join("postgres");
+    Backend {
+        key: "postgres",
+        label: "PostgreSQL",
+        url,
+        counters: Some(Box::new(counters)),
+        wrapper: Some(("psql INSERT + DELETE".into(), script)),
+        version: version_of(&postgres.display().to_string(), &["--version"]),
+        server_pid: pid_listening("postgres", port),
         kinds: true,
         _server: Box::new(server),
     }
@@ -916,12 +985,13 @@ fn server_ops(tool: &Tool, dir: &Path, waiters: usize, per: usize) -> Option<Ops
         }
     }
     // Leave out the bench's own counting query (the second snapshot).
-    let own = if b.key == "redis" {
-        "info"
-    } else {
-        "com_show_status"
+    // (PostgreSQL's is counted in another database.)
+    let own: &[&str] = match b.key {
+        "redis" => &["total", "questions", "info"],
+        "postgres" => &[],
+        _ => &["total", "questions", "com_show_status"],
     };
-    for k in ["total", "questions", own] {
+    for &k in own {
         if let Some(v) = delta.get_mut(k) {
             *v -= 1;
         }
@@ -1024,6 +1094,7 @@ fn label_of(key: &str) -> &'static str {
     match key {
         "redis" => "Redis",
         "mysql" => "MySQL (MariaDB)",
+        "postgres" => "PostgreSQL",
         "sqlite" => "SQLite (embedded)",
         _ => "?",
     }
@@ -1442,7 +1513,7 @@ fn markdown(
 
     let _ = writeln!(
         w,
-        "\n### 4. Server operations per acquisition, waiters contending\n\nServer ops: Redis, the sum of `calls` in `INFO commandstats`, which counts the commands that Lua scripts call as well; MySQL, `Questions` from `SHOW GLOBAL STATUS`. Client requests: what clients sent (Redis: without the scripts' inner calls; MySQL: with statement prepares). The bench's own counting query is left out.\n\n| command | waiters | acquisitions | server ops | **ops/acquisition** | client requests/acquisition | connections/acquisition | sections/s | largest, per acquisition |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "\n### 4. Server operations per acquisition, waiters contending\n\nServer ops: Redis, the sum of `calls` in `INFO commandstats`, which counts the commands that Lua scripts call as well; MySQL, `Questions` from `SHOW GLOBAL STATUS`; PostgreSQL, the transactions of the test database in `pg_stat_database` (every dlock statement is one). Client requests: what clients sent (Redis: without the scripts' inner calls; MySQL: with statement prepares). The bench's own counting query is left out.\n\n| command | waiters | acquisitions | server ops | **ops/acquisition** | client requests/acquisition | connections/acquisition | sections/s | largest, per acquisition |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     );
     for o in &r.ops {
         let _ = writeln!(
@@ -1491,14 +1562,14 @@ const METHOD: &str = r#"
 ### Method
 
 Every server is private: the test harness (`tests/common`) starts
-`redis-server` and `mariadbd` on free loopback ports with their data in temp
+`redis-server`, `mariadbd` and `postgres` on free loopback ports with their data in temp
 dirs, and the embedded backend uses a `sqlite:///` file in a temp dir. The
 dlock binary is the release build that `cargo bench` makes. Spawning is done
 by the bench process (Rust `std::process::Command`), the same for every tool.
 
 1. **Uncontended**: wall time of `dlock exec NAME -- true`, `flock FILE true`
    and the spin-lock wrappers (`sh WRAPPER true`: `redis-cli SET NX PX`, run,
-   `DEL`; or `mariadb -e INSERT`, run, `DELETE`), from spawn to exit. The
+   `DEL`; or `mariadb -e INSERT` / `psql -c INSERT`, run, `DELETE`), from spawn to exit. The
    tools take turns run by run, after a few discarded warm-up rounds.
 2. **Throughput**: N worker threads each run their sections one after another,
    every section a new `TOOL counter -- sh -c 'read n < F; echo $((n+1)) > F'`

@@ -40,6 +40,7 @@ pub const EVENTS: &[&str] = &[
     "held",
     "broken",
     "eviction_risk",
+    "pooled",
 ];
 
 /// The lock this run is about (the one lock a subcommand names).

@@ -185,6 +185,18 @@ fn every_documented_event_is_produced_and_parses() {
     assert_eq!((rc, kinds(&ev)), (0, vec!["eviction_risk".to_string()]));
     seen.extend(kinds(&ev));
 
+    // pooled: PostgreSQL behind PgBouncer in transaction mode, which runs
+    // one client's statements on two server sessions in turn.
+    let pg = common::postgres::Postgres::start();
+    let bouncer = Arc::new(common::postgres::Bouncer::start(&pg));
+    bouncer.warm(2);
+    let pctx = Ctx::new(bouncer);
+    pctx.acquire("pb", "30s");
+    let (rc, ev) = logged(&pctx, &["acquire", "pb", "--wait", "500ms"], Some("pb"));
+    assert_eq!(rc, 75, "{ev:?}");
+    assert!(kinds(&ev).contains(&"pooled".to_string()), "{ev:?}");
+    seen.extend(kinds(&ev));
+
     seen.extend(retrying_and_reconnected());
     seen.extend(release_failed());
 

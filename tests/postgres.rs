@@ -364,3 +364,37 @@ fn tls_by_sslmode_with_a_private_ca() {
     one_line_error(&o, 69, "TLS with");
     assert!(!stderr(&o).contains(PASSWORD));
 }
+
+/// Behind PgBouncer in transaction mode, session advisory locks and LISTEN
+/// do not work; the lease table still decides alone, so the sections never
+/// overlap, and waiting only gets slower.
+#[test]
+fn behind_pgbouncer_in_transaction_mode_locks_stay_correct() {
+    let db = Arc::new(Postgres::start());
+    let bouncer = Arc::new(common::postgres::Bouncer::start(&db));
+    let ctx = Ctx::new(bouncer);
+    let counter = ctx.path("counter");
+    std::fs::write(&counter, "0").unwrap();
+    let section = format!(
+        "n=$(cat '{c}'); n=$((n+1)); printf %s \"$n\" > '{c}.tmp'; mv '{c}.tmp' '{c}'",
+        c = counter.display()
+    );
+    let (workers, each) = (4, 10);
+    let t0 = Instant::now();
+    let ran = ctx.run_workers(workers, each, "--wait 120s --lease 2s counter", &section);
+    let noticed = ran.iter().filter(|(_, e)| e.contains("pooler")).count();
+    eprintln!(
+        "postgres behind pgbouncer (transaction mode): {} sections in {:?}; {noticed} of {workers} workers noticed the pooler",
+        workers * each,
+        t0.elapsed()
+    );
+    for (st, err) in &ran {
+        assert!(st.success(), "a worker failed: {st:?}: {err}");
+    }
+    let n: usize = std::fs::read_to_string(&counter)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(n, workers * each, "lost updates: sections overlapped");
+}

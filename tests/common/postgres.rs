@@ -391,3 +391,101 @@ pub fn wake_key(ctx: &Ctx, name: &str) -> i64 {
     }
     (h >> 64) as u64 as i64
 }
+
+/// PgBouncer in transaction mode in front of `Postgres`, on a free port:
+/// each transaction of a client may run on another server session.
+pub struct Bouncer {
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    child: Mutex<Option<Child>>,
+}
+
+impl Bouncer {
+    pub fn start(db: &Postgres) -> Bouncer {
+        let bin = super::require("pgbouncer", "pgbouncer");
+        let dir = tempfile::tempdir().unwrap();
+        give_to_server_user(dir.path());
+        let port = free_port();
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("users.txt"),
+            format!("\"{USER}\" \"{PASSWORD}\"\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("pgbouncer.ini"),
+            format!(
+                "[databases]\n{DATABASE} = host=127.0.0.1 port={} dbname={DATABASE}\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                 unix_socket_dir =\nauth_type = scram-sha-256\nauth_file = {d}/users.txt\n\
+                 pool_mode = transaction\ndefault_pool_size = 20\nmax_client_conn = 500\n\
+                 server_round_robin = 1\n\
+                 logfile = {d}/pgbouncer.log\nignore_startup_parameters = extra_float_digits\n",
+                db.port
+            ),
+        )
+        .unwrap();
+        for f in ["users.txt", "pgbouncer.ini"] {
+            give_to_server_user(&dir.path().join(f));
+        }
+        let mut cmd = Command::new(bin);
+        cmd.arg(dir.path().join("pgbouncer.ini"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        as_server_user(&mut cmd);
+        let mut child = super::spawn_tied(cmd).expect("start pgbouncer");
+        wait_until("pgbouncer to listen", Duration::from_secs(20), || {
+            if let Ok(Some(st)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.path().join("pgbouncer.log"));
+                panic!("pgbouncer exited {st}: {}", log.unwrap_or_default());
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Bouncer {
+            port,
+            _dir: dir,
+            child: Mutex::new(Some(child)),
+        }
+    }
+}
+
+impl Bouncer {
+    /// Opens `n` server sessions at once, which then stay in the pool; with
+    /// `server_round_robin`, one client's transactions go to each in turn.
+    pub fn warm(&self, n: usize) {
+        let kids: Vec<Child> = (0..n)
+            .map(|_| {
+                Command::new(bin_dir().join("psql"))
+                    .args(["-X", "-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                    .args(["-U", USER, "-d", DATABASE, "-c", "SELECT pg_sleep(0.3)"])
+                    .env("PGPASSWORD", PASSWORD)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("run psql")
+            })
+            .collect();
+        for mut k in kids {
+            assert!(k.wait().unwrap().success(), "psql through pgbouncer failed");
+        }
+    }
+}
+
+impl Server for Bouncer {
+    fn url(&self) -> String {
+        format!(
+            "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -193,6 +193,19 @@ impl Db {
             Err(Some(code)) if code == "22012" => {
                 self.wakes.pooled = true;
                 self.wakes.held.clear();
+                self.wakes.listening.clear();
+                crate::output::event(
+                    crate::output::Level::Info,
+                    "pooled",
+                    None,
+                    &format!(
+                        "{} ran this connection's statements on different server sessions \
+                         (a pooler in transaction mode?): waiters back off instead of queueing \
+                         in the server; connect dlock to the server or a session-mode pool",
+                        self.shown
+                    ),
+                    serde_json::json!({}),
+                );
                 Got::Pooled
             }
             Err(Some(code)) if code == "55P03" => Got::TimedOut,
