@@ -189,10 +189,10 @@ fn every_documented_event_is_produced_and_parses() {
     // one client's statements on two server sessions in turn.
     let pg = common::postgres::Postgres::start();
     let bouncer = Arc::new(common::postgres::Bouncer::start(&pg));
-    bouncer.warm(2);
+    bouncer.warm(&pg);
     let pctx = Ctx::new(bouncer);
     pctx.acquire("pb", "30s");
-    let (rc, ev) = logged(&pctx, &["acquire", "pb", "--wait", "500ms"], Some("pb"));
+    let (rc, ev) = logged(&pctx, &["acquire", "pb", "--wait", "2s"], Some("pb"));
     assert_eq!(rc, 75, "{ev:?}");
     assert!(kinds(&ev).contains(&"pooled".to_string()), "{ev:?}");
     seen.extend(kinds(&ev));

@@ -136,7 +136,7 @@ fn unknown_scheme_and_bad_urls_are_usage_errors() {
     for url in [
         "http://localhost",
         "redis://host:notaport",
-        "postgres://x@y/z",
+        "mongodb://x@y/z",
     ] {
         let mut c = dlock(url);
         c.args(["status"]);

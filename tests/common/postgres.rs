@@ -451,24 +451,37 @@ impl Bouncer {
 }
 
 impl Bouncer {
-    /// Opens `n` server sessions at once, which then stay in the pool; with
-    /// `server_round_robin`, one client's transactions go to each in turn.
-    pub fn warm(&self, n: usize) {
-        let kids: Vec<Child> = (0..n)
-            .map(|_| {
-                Command::new(bin_dir().join("psql"))
-                    .args(["-X", "-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                    .args(["-U", USER, "-d", DATABASE, "-c", "SELECT pg_sleep(0.3)"])
-                    .env("PGPASSWORD", PASSWORD)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("run psql")
-            })
-            .collect();
-        for mut k in kids {
-            assert!(k.wait().unwrap().success(), "psql through pgbouncer failed");
-        }
+    /// Makes the pool open a second server session: one client's
+    /// statement runs while another holds the first. With
+    /// `server_round_robin`, one client's transactions then go to each in turn.
+    pub fn warm(&self, db: &Postgres) {
+        let psql = |q: &str| {
+            let mut c = Command::new(bin_dir().join("psql"));
+            c.args(["-X", "-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", USER, "-d", DATABASE, "-c", q])
+                .env("PGPASSWORD", PASSWORD)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            c
+        };
+        let mut first = psql("SELECT pg_sleep(1)").spawn().expect("run psql");
+        wait_until(
+            "a statement through pgbouncer",
+            Duration::from_secs(20),
+            || {
+                std::thread::sleep(Duration::from_millis(10));
+                db.sql_in(
+                    "postgres",
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(1)%' \
+                 AND state = 'active'",
+                ) == "1"
+            },
+        );
+        assert!(
+            psql("SELECT 1").status().unwrap().success(),
+            "psql through pgbouncer"
+        );
+        assert!(first.wait().unwrap().success(), "psql through pgbouncer");
     }
 }
 

@@ -361,6 +361,10 @@ pub(super) fn describe(
                 UNAVAILABLE,
                 format!("cannot connect to {at}: no server socket there; is the PostgreSQL server running?"),
             ),
+            // Connecting failed: a name that does not resolve, a host unreachable.
+            _ if text.starts_with("error connecting") => {
+                fail(UNAVAILABLE, format!("cannot connect to {at}: {io}"))
+            }
             _ => fail(UNAVAILABLE, format!("lost connection to {at}: {io}")),
         };
     }
