@@ -20,7 +20,7 @@ use crate::signals;
 use serde_json::json;
 
 mod keeper;
-mod retry;
+pub(crate) mod retry;
 pub use keeper::Keeper;
 use retry::Trouble;
 

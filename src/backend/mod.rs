@@ -14,6 +14,7 @@ use crate::error::{fail, USAGE};
 use crate::holder::Holder;
 pub use kinds::{Kind, Mode};
 
+pub mod etcd;
 pub mod kinds;
 #[cfg(test)]
 pub mod memory;
@@ -249,6 +250,8 @@ const SCHEMES: &[(&str, Opener)] = &[
     ("rediss", open_redis),
     ("redis+unix", open_redis),
     ("mysql", open_mysql),
+    ("etcd", open_etcd),
+    ("etcds", open_etcd),
     ("sqlite", open_sqlite),
 ];
 
@@ -291,6 +294,11 @@ fn open_mysql(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     Ok((Box::new(b), loc))
 }
 
+fn open_etcd(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let (b, loc) = etcd::EtcdBackend::open(url, cfg)?;
+    Ok((Box::new(b), loc))
+}
+
 fn open_sqlite(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let (b, loc) = sqlite::SqliteBackend::open(Some(url), cfg)?;
     Ok((Box::new(b), loc))
@@ -321,6 +329,12 @@ pub fn open(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
 /// The URL with any password (in the authority or a `pass`/`password` query
 /// parameter) replaced by `***`.
 pub fn redact(url: &str) -> String {
+    if host_list(url).is_some() {
+        return match list_password(url) {
+            Some((before, _, after)) => format!("{before}***{after}"),
+            None => url.to_string(),
+        };
+    }
     match ::url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
@@ -349,10 +363,39 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The scheme and authority of a URL with a list of hosts.
+fn host_list(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    hosts.contains(',').then_some((scheme, authority))
+}
+
+/// For a URL with a list of hosts (`etcd://user:pw@h1:2379,h2:2379`), which
+/// URL parsers refuse: the text before the password, the password, and the
+/// text after it; None when the URL has one host, or no password.
+fn list_password(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, authority) = host_list(url)?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let colon = userinfo.find(':')?;
+    let start = scheme.len() + 3 + colon + 1;
+    let stop = scheme.len() + 3 + userinfo.len();
+    Some((&url[..start], &url[start..stop], &url[stop..]))
+}
+
 /// The secrets in a URL, so that final error lines can be scrubbed of them
 /// even when a driver echoes one back.
 pub fn secrets(url: &str) -> Vec<String> {
     let mut out = Vec::new();
+    if let Some((_, p, _)) = list_password(url) {
+        out.push(p.to_string());
+        if let Some((_, d)) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes()).next() {
+            out.push(d.into_owned());
+        }
+        out.retain(|s| s.len() >= 3);
+        return out;
+    }
     if let Ok(u) = ::url::Url::parse(url) {
         if let Some(p) = u.password() {
             out.push(p.to_string());
@@ -382,7 +425,7 @@ mod tests {
     fn the_scheme_list_reads_as_before() {
         assert_eq!(
             scheme_list(" or "),
-            "redis://, rediss://, redis+unix://, mysql:// or sqlite://"
+            "redis://, rediss://, redis+unix://, mysql://, etcd://, etcds:// or sqlite://"
         );
         assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
     }
@@ -444,6 +487,12 @@ mod tests {
         let r = redact("mysql://root:p%40ss@db/locks");
         assert!(!r.contains("p%40ss") && !r.contains("p@ss"), "{r}");
         assert_eq!(redact("redis://:pw:with@junk@@"), "redis://…");
+        // A list of hosts, which URL parsers refuse, keeps its hosts.
+        assert_eq!(
+            redact("etcd://root:s%40cret@h1:2379,h2:2379/?cacert=/ca.pem"),
+            "etcd://root:***@h1:2379,h2:2379/?cacert=/ca.pem"
+        );
+        assert_eq!(redact("etcd://h1:2379,h2:2379"), "etcd://h1:2379,h2:2379");
     }
 
     #[test]
@@ -453,5 +502,7 @@ mod tests {
             s.contains(&"p%40ss".to_string()) && s.contains(&"p@ss".to_string()),
             "{s:?}"
         );
+        let s = secrets("etcd://root:s%40cret@h1,h2");
+        assert_eq!(s, ["s%40cret", "s@cret"]);
     }
 }

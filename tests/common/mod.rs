@@ -2,6 +2,7 @@
 //! helpers to run the real dlock binary.
 #![allow(dead_code, unused_imports)]
 
+pub mod etcd;
 pub mod mariadb;
 pub mod proxy;
 pub mod redis;
