@@ -17,6 +17,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "dlock/kinds.rs"]
+mod kinds;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -398,6 +400,8 @@ fn start_backends(opts: &Opts, dir: &Path, notes: &mut Vec<String>) -> Vec<Backe
 enum Tool<'a> {
     Flock(PathBuf),
     Dlock(&'a Backend),
+    /// dlock with lock-kind options (`--slots 3`, `--fair`).
+    Kind(&'a Backend, &'static [&'static str]),
     Wrapper(&'a Backend),
 }
 
@@ -406,17 +410,18 @@ impl Tool<'_> {
         match self {
             Tool::Flock(_) => "flock".into(),
             Tool::Dlock(b) => format!("dlock · {}", b.label),
+            Tool::Kind(b, args) => format!("dlock · {} {}", b.label, args.join(" ")),
             Tool::Wrapper(b) => b.wrapper.as_ref().expect("has a wrapper").0.clone(),
         }
     }
 
     fn is_dlock(&self) -> bool {
-        matches!(self, Tool::Dlock(_))
+        matches!(self, Tool::Dlock(_) | Tool::Kind(..))
     }
 
     fn backend(&self) -> Option<&Backend> {
         match self {
-            Tool::Dlock(b) | Tool::Wrapper(b) => Some(b),
+            Tool::Dlock(b) | Tool::Kind(b, _) | Tool::Wrapper(b) => Some(b),
             Tool::Flock(_) => None,
         }
     }
@@ -434,7 +439,7 @@ impl Tool<'_> {
                 c.arg(dir.join(format!("{name}.lock")));
                 c
             }
-            Tool::Dlock(b) => {
+            Tool::Dlock(b) | Tool::Kind(b, _) => {
                 let mut c = common::dlock(&b.url);
                 if let Some(bin) = DLOCK_BIN.get() {
                     // Another binary, with the same environment as the harness gives the built one.
@@ -451,7 +456,11 @@ impl Tool<'_> {
                 if verbose {
                     c.arg("-v");
                 }
-                c.args(["exec", "--wait", "forever", name, "--"]);
+                c.args(["exec", "--wait", "forever"]);
+                if let Tool::Kind(_, args) = self {
+                    c.args(*args);
+                }
+                c.args([name, "--"]);
                 c
             }
             Tool::Wrapper(b) => {
@@ -701,30 +710,12 @@ struct Throughput {
 fn throughput(tool: &Tool, dir: &Path, workers: usize, per_worker: usize) -> Throughput {
     let counter = dir.join(format!("counter-{}", mono_ns()));
     std::fs::write(&counter, "0\n").unwrap();
-    let barrier = Barrier::new(workers + 1);
     let server = tool.backend().and_then(|b| b.server_pid);
     let (client0, server0) = (children_cpu(), server.map(cpu_of));
-    let secs = std::thread::scope(|sc| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                sc.spawn(|| {
-                    barrier.wait();
-                    for _ in 0..per_worker {
-                        let mut c = tool.command("counter", &["sh", "-c", SECTION]);
-                        c.env("BENCH_COUNTER", &counter);
-                        run_ok(c, &tool.label());
-                    }
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        for h in handles {
-            if let Err(e) = h.join() {
-                std::panic::resume_unwind(e);
-            }
-        }
-        start.elapsed().as_secs_f64()
+    let secs = run_loops(workers, per_worker, || {
+        let mut c = tool.command("counter", &["sh", "-c", SECTION]);
+        c.env("BENCH_COUNTER", &counter);
+        run_ok(c, &tool.label());
     });
     let total = workers * per_worker;
     let cpu_client = (children_cpu() - client0) / total as f64;
@@ -756,6 +747,32 @@ fn throughput(tool: &Tool, dir: &Path, workers: usize, per_worker: usize) -> Thr
         cpu_client,
         cpu_server,
     }
+}
+
+/// `workers` threads each call `section` `per_worker` times, all starting
+/// together; returns the seconds from the start to the last one's end.
+fn run_loops(workers: usize, per_worker: usize, section: impl Fn() + Sync) -> f64 {
+    let barrier = Barrier::new(workers + 1);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                sc.spawn(|| {
+                    barrier.wait();
+                    for _ in 0..per_worker {
+                        section();
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for h in handles {
+            if let Err(e) = h.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+        start.elapsed().as_secs_f64()
+    })
 }
 
 struct Handoff {
@@ -962,6 +979,7 @@ struct Results {
     handoff: Vec<Handoff>,
     ops: Vec<OpsResult>,
     rss: Vec<Rss>,
+    kinds: Vec<kinds::KindsRow>,
 }
 
 fn checks(r: &Results) -> Vec<Check> {
@@ -1165,13 +1183,13 @@ fn run(opts: &Opts) {
         .map(Tool::Wrapper)
         .collect();
 
-    eprintln!("bench: 1/5 uncontended, {} runs each", s.runs);
+    eprintln!("bench: 1/6 uncontended, {} runs each", s.runs);
     let mut tools = vec![flock.clone()];
     tools.extend(wrappers.iter().cloned());
     tools.extend(dlocks.iter().cloned());
     let uncontended = uncontended(&tools, &s);
 
-    eprintln!("bench: 2/5 contended throughput");
+    eprintln!("bench: 2/6 contended throughput");
     let mut tp = Vec::new();
     for (workers, per) in s.tp {
         for t in std::iter::once(&flock).chain(&dlocks) {
@@ -1184,13 +1202,13 @@ fn run(opts: &Opts) {
         tp.push(throughput(w, dir.path(), s.spin_tp.0, s.spin_tp.1));
     }
 
-    eprintln!("bench: 3/5 hand-off, {} hand-offs each", s.handoffs);
+    eprintln!("bench: 3/6 hand-off, {} hand-offs each", s.handoffs);
     let mut ho = vec![handoff(&flock, s.handoffs)];
     for t in &dlocks {
         ho.push(handoff(t, s.handoffs));
     }
 
-    eprintln!("bench: 4/5 server operations per acquisition");
+    eprintln!("bench: 4/6 server operations per acquisition");
     let mut ops = Vec::new();
     for b in &backends {
         let d = Tool::Dlock(b);
@@ -1205,11 +1223,17 @@ fn run(opts: &Opts) {
         }
     }
 
-    eprintln!("bench: 5/5 peak RSS");
+    eprintln!("bench: 5/6 peak RSS");
     let mut mem = vec![rss(&flock)];
     for t in &dlocks {
         mem.push(rss(t));
     }
+
+    eprintln!("bench: 6/6 lock kinds");
+    let kinds = backends
+        .iter()
+        .map(|b| kinds::measure(b, dir.path(), &s))
+        .collect();
 
     let results = Results {
         uncontended,
@@ -1217,6 +1241,7 @@ fn run(opts: &Opts) {
         handoff: ho,
         ops,
         rss: mem,
+        kinds,
     };
     let load_end = loadavg();
     let took = started.elapsed();
@@ -1392,6 +1417,7 @@ fn markdown(
         );
     }
     let _ = writeln!(w, "\nMB = 10⁶ bytes.");
+    kinds::markdown(w, &r.kinds);
     let _ = write!(w, "{METHOD}");
     m
 }
@@ -1445,6 +1471,11 @@ by the bench process (Rust `std::process::Command`), the same for every tool.
    The spin-lock baselines retry every 100 ms.
 5. **Peak RSS**: `VmHWM` in `/proc/PID/status` of the locking process
    (dlock, or flock) while its command runs, largest of 3 runs.
+6. **Lock kinds**: 8 workers loop `dlock exec --slots 3` over a section that
+   checks `DLOCK_SLOT` and claims a directory named after it (so two holders
+   of one slot, or a fourth holder, fail the bench), then sleeps 20 ms; the
+   rate is against the 150 sections/s that three holders at once could reach.
+   The `--fair` hand-off is benchmark 3 with every waiter queued in order.
 "#;
 
 /// Replaces the generated part of the doc, keeping what people wrote around it.

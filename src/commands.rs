@@ -286,7 +286,7 @@ fn token_refused(name: &str, check: Check, hint_other: &str) -> i32 {
         }
         _ => {
             output::error(&format!(
-                "lock '{name}' is not held by this token: it is free (the lease expired or was broken with --force)"
+                "lock '{name}' is not held by this token: its lease expired, or it was released or broken with --force"
             ));
             error::NOT_HELD
         }

@@ -1,5 +1,5 @@
-//! Redis-specific behaviour: URL forms, TLS, authentication, timeouts, and
-//! renewal across dropped connections.
+//! Redis-specific behaviour: URL forms, TLS, authentication, timeouts,
+//! renewal across dropped connections, and where the lock kinds are stored.
 
 mod common;
 
@@ -263,4 +263,86 @@ fn each_release_wakes_the_longest_waiting_waiter() {
         "1\n2\n3\n4\n",
         "waiters ran in arrival order"
     );
+}
+
+/// The keys of lock `name` under the test's prefix that exist now, by suffix.
+fn keys_of(r: &Redis, ctx: &Ctx, name: &str) -> Vec<String> {
+    let pattern = format!("{}:{{{name}}}:*", ctx.prefix);
+    let mut k: Vec<String> = r
+        .cli(&["KEYS", &pattern])
+        .lines()
+        .filter_map(|l| l.rsplit(':').next().map(String::from))
+        .collect();
+    k.sort();
+    k
+}
+
+/// A plain holder stays in the lease key, where the one-script fast paths
+/// and older dlock versions look; other holders and the queue are in the
+/// state key, which `status` finds on its own too.
+#[test]
+fn lock_kinds_keep_a_plain_holder_in_the_lease_key() {
+    let r = Arc::new(Redis::start());
+    let ctx = Ctx::new(r.clone());
+    ctx.acquire("plain", "30s");
+    assert_eq!(keys_of(&r, &ctx, "plain"), ["fence", "lease"]);
+    let o = ctx.run(&["acquire", "--shared", "--lease", "30s", "read"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!keys_of(&r, &ctx, "read").contains(&"lease".to_string()));
+    assert!(keys_of(&r, &ctx, "read").contains(&"state".to_string()));
+    let o = ctx.run(&["status", "--names-only"]);
+    assert_eq!(stdout(&o), "plain\nread\n", "{}", stderr(&o));
+
+    // A fair waiter queues beside a plain holder, and takes the lease key when it goes.
+    let holder = ctx.acquire("q", "30s");
+    let mut c = ctx.cmd(&["acquire", "--fair", "--wait", "20s", "--lease", "30s", "q"]);
+    c.stdout(std::process::Stdio::piped());
+    let mut waiter = spawn(c);
+    wait_until("the fair waiter to queue", Duration::from_secs(5), || {
+        ctx.status_json(&["q"])["locks"][0]["queued"] == 1
+    });
+    assert_eq!(keys_of(&r, &ctx, "q"), ["fence", "lease", "state"]);
+    let lease_key = format!("{}:{{q}}:lease", ctx.prefix);
+    assert!(r.cli(&["GET", &lease_key]).starts_with(&holder));
+    let o = ctx.run(&["release", "q", "--token", &holder]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(wait_child(&mut waiter, Duration::from_secs(10)).success());
+    let mut tok = String::new();
+    std::io::Read::read_to_string(&mut waiter.stdout.take().unwrap(), &mut tok).unwrap();
+    assert!(r.cli(&["GET", &lease_key]).starts_with(tok.trim()), "{tok}");
+    assert!(
+        !keys_of(&r, &ctx, "q").contains(&"state".to_string()),
+        "an empty queue leaves no state key"
+    );
+}
+
+/// Fences of every kind pass the counter that plain grants count with, so
+/// they keep growing across kinds even when the counter is ahead of the clock.
+#[test]
+fn kinds_fences_follow_the_counter() {
+    let r = Arc::new(Redis::start());
+    let ctx = Ctx::new(r.clone());
+    let fence = |args: &[&str]| -> u64 {
+        let mut a = vec!["acquire", "--json", "--lease", "30s"];
+        a.extend_from_slice(args);
+        let o = ctx.run(&a);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["fence"].as_u64().unwrap()
+    };
+    let ahead = (now_ms() as u64 + 3_600_000) * 1000; // an hour ahead, in µs
+    r.cli(&[
+        "SET",
+        &format!("{}:{{f}}:fence", ctx.prefix),
+        &ahead.to_string(),
+    ]);
+    let shared = fence(&["--shared", "f"]);
+    assert_eq!(shared, ahead + 1, "a shared grant after the counter");
+    let o = ctx.run(&["release", "--force", "f"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let plain = fence(&["f"]);
+    assert_eq!(plain, shared + 1, "a plain grant after a shared one");
+    let o = ctx.run(&["release", "--force", "f"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(fence(&["--slots", "2", "f"]), plain + 1);
 }

@@ -215,6 +215,23 @@ fn a_renewal_after_a_script_flush_is_one_request() {
     assert_eq!(requests(&r), 1, "{}", r.cli(&["INFO", "commandstats"]));
 }
 
+/// `release --force --token-id` checks the id in the script that breaks the
+/// lease (one request), so a holder that took the lock in between is safe.
+#[test]
+fn force_by_token_id_is_one_request() {
+    let r = Arc::new(Redis::start());
+    let ctx = Ctx::new(r.clone());
+    let tok = ctx.acquire("m", "30s");
+    let o = ctx.run(&["release", "--force", "m", "--token-id", "00000000"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(ctx.is_held("m"), "another id broke the holder");
+    r.cli(&["CONFIG", "RESETSTAT"]);
+    let o = ctx.run(&["release", "--force", "m", "--token-id", &tok[..8]]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(requests(&r), 1, "{}", r.cli(&["INFO", "commandstats"]));
+    assert!(!ctx.is_held("m"));
+}
+
 #[test]
 fn distinct_prefixes_and_names_never_share_a_key() {
     let r = Redis::start();

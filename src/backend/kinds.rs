@@ -15,8 +15,6 @@
 //!     unless its waiter refreshes it (every `TICKET_REFRESH`), so a waiter
 //!     that died leaves the queue within that bound without anyone's help.
 
-#![cfg_attr(not(test), allow(dead_code))] // until the SQL and Redis backends store it (next commits)
-
 use std::time::Duration;
 
 use anyhow::Result;
@@ -423,11 +421,18 @@ pub fn plan_release(now: i64, st: &mut State, name: &str, token: &str) -> (Check
     };
     let queued = st.queue.len();
     st.queue.retain(|t| t.token != token);
-    fx.write |= st.queue.len() != queued;
+    let had_ticket = st.queue.len() != queued;
+    fx.write |= had_ticket;
     let before = st.holders.len();
     st.holders.retain(|h| h.token != token);
     if st.holders.len() == before {
-        return (not_mine(st, name, now), fx);
+        // A waiter that gives its place back held nothing: "not held" (exit 3).
+        let check = if had_ticket {
+            Check::NotHeld
+        } else {
+            not_mine(st, name, now)
+        };
+        return (check, fx);
     }
     if st.holders.is_empty() {
         st.slots = 1;

@@ -138,7 +138,6 @@ impl Capabilities {
         fences: true,
     };
     /// Every lock kind as well.
-    #[cfg_attr(not(test), allow(dead_code))] // until the SQL and Redis backends claim it
     pub const ALL: Capabilities = Capabilities {
         kinds: true,
         ..Capabilities::MUTEX

@@ -12,19 +12,26 @@
 //! Renewals send the script's body (EVAL), so that they cost one round trip
 //! even after the server lost its script cache (restart, SCRIPT FLUSH,
 //! failover); the other scripts go by hash and fall back to the body once.
+//!
+//! Plain mutexes keep to those one-script fast paths; the other lock kinds
+//! (and a mutex that meets them) go the generic way in `kinds.rs`.
 
+mod kinds;
 mod link;
 mod scripts;
 mod watch;
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use redis::{Client, IntoConnectionInfo, Value};
 
-use super::{Acquire, Backend, Broken, Check, Config, Grant, LockInfo, Request, Waiter};
+use super::{
+    Acquire, Backend, Broken, Capabilities, Check, Config, Grant, Kind, LockInfo, Request, Waiter,
+};
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
 use crate::holder::Holder;
 use crate::names::token_id;
@@ -39,6 +46,10 @@ pub struct RedisBackend {
     prefix: String,
     /// Whether the server's eviction policy was asked about (with the first acquisition).
     policy_checked: AtomicBool,
+    /// When a busy attempt of this process last passed a wake-up on.
+    busy_wake: Option<Instant>,
+    /// "name\ntoken" of requests that hold a ticket: they go the generic way.
+    tickets: HashSet<String>,
 }
 
 /// How a script goes to the server.
@@ -74,6 +85,8 @@ impl RedisBackend {
             link: Arc::new(link),
             prefix: cfg.prefix.clone(),
             policy_checked: AtomicBool::new(false),
+            busy_wake: None,
+            tickets: HashSet::new(),
         })
     }
 
@@ -129,16 +142,15 @@ impl RedisBackend {
     }
 
     fn check_reply(&self, name: &str, items: &[Value]) -> Result<Check> {
-        let broken = |by: Option<&Value>| by.map(text).filter(|b| !b.is_empty());
         match int(items.first()) {
             Some(1) => Ok(Check::Done),
-            Some(0) => Ok(match broken(items.get(1)) {
+            Some(0) => Ok(match broken_by(items.get(1)) {
                 Some(by) => Check::Broken(Broken { by, now: None }),
                 None => Check::NotHeld,
             }),
             Some(2) => {
                 let other = lock_info(name, items.get(1), items.get(2));
-                Ok(match broken(items.get(3)) {
+                Ok(match broken_by(items.get(3)) {
                     Some(by) => Check::Broken(Broken {
                         by,
                         now: Some(other),
@@ -156,17 +168,28 @@ impl RedisBackend {
 
 impl Backend for RedisBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
-        let keys = [self.key(req.name, "lease"), self.key(req.name, "fence")];
+        // The first acquisition of a process also asks whether the server may
+        // evict keys, in the same round trip.
+        let ask = !self.policy_checked.swap(true, Ordering::Relaxed);
+        // A mutex request that holds a ticket must refresh it: only the generic way can.
+        let queued = self
+            .tickets
+            .contains(&kinds::ticket_key(req.name, req.token));
+        if req.kind != Kind::MUTEX || queued {
+            return self.acquire_generic(req, ask);
+        }
+        let keys = [
+            self.key(req.name, "lease"),
+            self.key(req.name, "fence"),
+            self.key(req.name, "state"),
+        ];
         let ms = req.lease.as_millis().max(1).to_string();
         let h = req.holder;
-        // The lease value after token, fence and time: see the module comment.
+        // The lease value after token, fence and time: see scripts.rs.
         let about = format!(
             "{}\n{}\n{}\n{}\n{}",
             h.host, h.pid, h.user, req.name, h.command
         );
-        // The first acquisition of a process also asks whether the server may
-        // evict keys, in the same round trip.
-        let ask = !self.policy_checked.swap(true, Ordering::Relaxed);
         let args = [req.token, &ms, &about];
         let (items, info) = self.run_with_info(&ACQUIRE_LUA, By::Hash, &keys, &args, ask)?;
         if let Some(info) = info {
@@ -185,6 +208,7 @@ impl Backend for RedisBackend {
                 items.get(1),
                 items.get(2),
             )))),
+            Some(3) => self.acquire_generic(req, false),
             _ => Err(fail(
                 INTERNAL,
                 format!("unexpected acquire reply from {}", self.link.shown),
@@ -194,8 +218,15 @@ impl Backend for RedisBackend {
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
         let ms = lease.as_millis().max(1).to_string();
-        let keys = [self.key(name, "lease"), self.key(name, "broken")];
+        let keys = [
+            self.key(name, "lease"),
+            self.key(name, "broken"),
+            self.key(name, "state"),
+        ];
         let items = self.run(&RENEW_LUA, By::Body, &keys, &[token, &ms])?;
+        if int(items.first()) == Some(3) {
+            return self.renew_generic(name, token, lease, broken_by(items.get(1)));
+        }
         self.check_reply(name, &items)
     }
 
@@ -204,63 +235,53 @@ impl Backend for RedisBackend {
             self.key(name, "lease"),
             self.key(name, "wake"),
             self.key(name, "broken"),
+            self.key(name, "state"),
         ];
         let items = self.run(&RELEASE_LUA, By::Hash, &keys, &[token, BATON_TTL_MS])?;
+        if int(items.first()) == Some(3) {
+            return self.release_generic(name, token, broken_by(items.get(1)));
+        }
         self.check_reply(name, &items)
     }
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
-        if let Some(id) = only {
-            let now = self.status(Some(&[name.to_string()]))?;
-            if !now.iter().any(|i| i.token_id == id) {
-                return Ok(Vec::new());
-            }
+        // A token id is at most 8 characters: a longer or empty one names nobody.
+        let id = only.unwrap_or_default();
+        let chars = id.chars().count();
+        if only.is_some() && (chars == 0 || chars > 8) {
+            return Ok(Vec::new());
         }
         let keys = [
             self.key(name, "lease"),
             self.key(name, "wake"),
             self.key(name, "broken"),
+            self.key(name, "state"),
         ];
         let me = Holder::new(std::process::id(), String::new());
         let by = format!("{}@{} (pid {})", me.user, me.host, me.pid);
-        let args = [BATON_TTL_MS, &by, &keys[2]];
+        // A full id matches as a prefix of the token; a shorter one, only a token that short.
+        let full = if chars == 8 { "1" } else { "0" };
+        let args = [BATON_TTL_MS, &by, &keys[2], id, full];
         let items = self.run(&FORCE_LUA, By::Hash, &keys, &args)?;
         Ok(match int(items.first()) {
             Some(1) => vec![lock_info(name, items.get(1), items.get(2))],
+            Some(3) => self.force_generic(name, only, &by)?,
             _ => Vec::new(),
         })
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
-        let keys: Vec<String> = match names {
-            Some(names) => names.iter().map(|n| self.key(n, "lease")).collect(),
-            None => self.scan_lease_keys()?,
-        };
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for k in &keys {
-            pipe.cmd("PTTL").arg(k).cmd("GET").arg(k);
-        }
-        let replies: Vec<Value> = self.link.with_con(|con| pipe.query(con))?;
-        let mut out = Vec::new();
-        for (i, pair) in replies.chunks(2).enumerate() {
-            let ttl = int(pair.first()).unwrap_or(-2);
-            if ttl < 0 && ttl != -1 {
-                continue; // expired or gone between SCAN and now
-            }
-            let fallback = match names {
-                Some(n) => n[i].clone(),
-                None => String::new(),
-            };
-            let info = lock_info(&fallback, pair.first(), pair.get(1));
-            if !info.token_id.is_empty() {
-                out.push(info);
+        match names {
+            Some(names) => self.status_of(names),
+            None => {
+                let names = self.scan_held_names()?;
+                self.status_of(&names)
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
@@ -293,8 +314,9 @@ impl Backend for RedisBackend {
 }
 
 impl RedisBackend {
-    fn scan_lease_keys(&mut self) -> Result<Vec<String>> {
-        let pattern = scripts::lease_pattern(&self.prefix);
+    /// The names under the prefix that have a lease or a state key.
+    fn scan_held_names(&mut self) -> Result<Vec<String>> {
+        let pattern = scripts::held_pattern(&self.prefix);
         let mut keys = Vec::new();
         let mut cursor: u64 = 0;
         loop {
@@ -313,9 +335,13 @@ impl RedisBackend {
             }
             cursor = next;
         }
-        keys.sort();
-        keys.dedup();
-        Ok(keys)
+        let mut names: Vec<String> = keys
+            .iter()
+            .filter_map(|k| scripts::name_of(&self.prefix, k))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 }
 
@@ -358,6 +384,11 @@ fn int(v: Option<&Value>) -> Option<i64> {
     }
 }
 
+/// Who broke the token's lease, from a script's reply (nil when nobody did).
+fn broken_by(by: Option<&Value>) -> Option<String> {
+    by.map(text).filter(|b| !b.is_empty())
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
@@ -367,36 +398,19 @@ fn text(v: &Value) -> String {
     }
 }
 
-/// Builds a LockInfo from a PTTL reply and a lease value (see the module comment).
+/// Builds a LockInfo from a PTTL reply and a lease value (see `scripts.rs`).
 fn lock_info(name: &str, ttl: Option<&Value>, lease: Option<&Value>) -> LockInfo {
-    let value = lease.map(text).unwrap_or_default();
-    let mut f = value.splitn(8, '\n');
-    let mut next = || f.next().unwrap_or_default().to_string();
-    let (token, fence, acquired, host, pid, user, stored_name, command) = (
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-    );
+    let v = kinds::parse_lease(&lease.map(text).unwrap_or_default());
     LockInfo {
-        name: if stored_name.is_empty() {
+        name: if v.name.is_empty() {
             name.to_string()
         } else {
-            stored_name
+            v.name
         },
-        holder: Holder {
-            host,
-            pid: pid.parse().unwrap_or(0),
-            user,
-            command,
-        },
-        token_id: token_id(&token),
-        fence: fence.parse().unwrap_or(0),
-        acquired_at_us: acquired.parse().unwrap_or(0),
+        holder: v.holder,
+        token_id: token_id(&v.token),
+        fence: v.fence.max(0) as u64,
+        acquired_at_us: v.acquired_us,
         ttl: Duration::from_millis(int(ttl).unwrap_or(0).max(0) as u64),
         mode: super::Mode::Exclusive,
         slots: 1,

@@ -11,7 +11,10 @@ use crate::output::{self, Level};
 /// Listens on `channel` on a connection and thread of its own, and calls
 /// `on_break` once when a notice names `token_id`. Started after the
 /// acquisition, beside the command: a break before the subscription is in
-/// place is found by the next renewal instead (the tombstone key).
+/// place is found by the next renewal instead (the tombstone key, which
+/// names one breaker per lock: when a force breaks several holders of a
+/// shared lock or semaphore at once, the others' renewals find them gone).
+/// Every broken holder, of any kind, gets a notice.
 pub fn listen(
     client: Client,
     timeout: Duration,
