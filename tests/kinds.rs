@@ -477,4 +477,5 @@ macro_rules! backends {
 
 backends! {
     redis => Arc::new(Redis::start());
+    etcd => common::etcd::Etcd::shared();
 }

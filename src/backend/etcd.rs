@@ -154,16 +154,21 @@ impl EtcdBackend {
         }
     }
 
-    /// The answer for a token that holds nothing on `name`, by the kinds'
-    /// rules over what the name holds now.
-    fn not_mine(&self, name: &str, token: &str) -> Result<Check> {
+    /// The answer for a token that holds nothing on `name` by the kinds'
+    /// rules (a renewal's: a release decides from what it deleted).
+    fn not_mine(&self, name: &str, token: &str, lease: Duration) -> Result<Check> {
         let v = self.read(&keys::of_name(&self.prefix, name))?;
         let mut st = keys::state(&v.nodes);
-        let (check, _) = kinds::plan_release(0, &mut st, name, token);
-        Ok(match check {
-            Check::HeldByOther(i) => Check::HeldByOther(take::with_ttl(&self.link, &v.nodes, i)),
+        let (check, _) = kinds::plan_renew(0, &mut st, name, token, lease);
+        Ok(self.with_ttl(&v.nodes, check))
+    }
+
+    /// A refusal naming the other holder gets that holder's time left.
+    fn with_ttl(&self, nodes: &[Node], check: Check) -> Check {
+        match check {
+            Check::HeldByOther(i) => Check::HeldByOther(take::with_ttl(&self.link, nodes, i)),
             other => other,
-        })
+        }
     }
 
     /// `token`'s key on `name`, read now.
@@ -278,7 +283,7 @@ impl Backend for EtcdBackend {
                 }
             }
         }
-        self.not_mine(name, token)
+        self.not_mine(name, token, lease)
     }
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
@@ -303,21 +308,21 @@ impl Backend for EtcdBackend {
             let t = txn.clone();
             async move { c.txn(t).await }
         })?;
-        let mut was = None;
+        // The plan decides from the name as it was: what is left, and what went.
+        let mut nodes = Vec::new();
         for op in r.op_responses() {
-            if let TxnOpResponse::Delete(d) = op {
-                was = nodes_of(&self.prefix, d.prev_kvs()).into_iter().next();
+            match op {
+                TxnOpResponse::Delete(d) => nodes.extend(nodes_of(&self.prefix, d.prev_kvs())),
+                TxnOpResponse::Get(g) => nodes.extend(nodes_of(&self.prefix, g.kvs())),
+                _ => {}
             }
         }
-        if let Some(n) = &was {
-            if n.lease != 0 {
-                take::revoke(&self.link, n.lease);
-            }
-            if n.entry.held {
-                return Ok(Check::Done);
-            }
+        if let Some(n) = nodes.iter().find(|n| n.token == token && n.lease != 0) {
+            take::revoke(&self.link, n.lease);
         }
-        self.not_mine(name, token)
+        let mut st = keys::state(&nodes);
+        let (check, _) = kinds::plan_release(0, &mut st, name, token);
+        Ok(self.with_ttl(&nodes, check))
     }
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
