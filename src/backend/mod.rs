@@ -349,7 +349,8 @@ pub fn redact(url: &str) -> String {
                     )
                 })
                 .collect();
-            if !pairs.is_empty() {
+            // Rewritten only when it hides something: rewriting re-encodes it.
+            if pairs.iter().any(|(_, v)| v == "***") {
                 u.query_pairs_mut().clear().extend_pairs(pairs);
             }
             u.to_string().replace("%2A%2A%2A", "***")

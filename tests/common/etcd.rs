@@ -12,6 +12,8 @@ use super::{free_port, require, wait_until, Server};
 
 pub struct Etcd {
     dir: PathBuf,
+    /// Serve clients over TLS with `server.crt`/`server.key` from here.
+    tls: Option<PathBuf>,
     /// Removed on drop; None for the shared member, which is removed at exit.
     _tmp: Option<tempfile::TempDir>,
     pub members: Vec<Member>,
@@ -31,7 +33,7 @@ impl Etcd {
         SHARED
             .get_or_init(|| {
                 let dir = tempfile::tempdir().unwrap().keep();
-                let e = Arc::new(Etcd::start_in(dir, None, 1));
+                let e = Arc::new(Etcd::start_in(dir, None, 1, None));
                 extern "C" fn cleanup() {
                     if let Some(e) = SHARED.get() {
                         for i in 0..e.members.len() {
@@ -50,10 +52,23 @@ impl Etcd {
     pub fn cluster(n: usize) -> Etcd {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
-        Etcd::start_in(dir, Some(tmp), n)
+        Etcd::start_in(dir, Some(tmp), n, None)
     }
 
-    fn start_in(dir: PathBuf, mut tmp: Option<tempfile::TempDir>, n: usize) -> Etcd {
+    /// One member of its own serving clients over TLS only, with the
+    /// certificates of `common::make_certs` in `certs`.
+    pub fn with_tls(certs: &Path) -> Etcd {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        Etcd::start_in(dir, Some(tmp), 1, Some(certs.to_path_buf()))
+    }
+
+    fn start_in(
+        dir: PathBuf,
+        mut tmp: Option<tempfile::TempDir>,
+        n: usize,
+        tls: Option<PathBuf>,
+    ) -> Etcd {
         require("etcd", "etcd-server");
         // Ports may be taken between choosing and binding them: try a few sets.
         for _ in 0..5 {
@@ -67,6 +82,7 @@ impl Etcd {
                 .collect();
             let mut e = Etcd {
                 dir: dir.clone(),
+                tls: tls.clone(),
                 _tmp: None,
                 members,
             };
@@ -105,7 +121,8 @@ impl Etcd {
             .append(true)
             .open(self.dir.join(format!("{}.log", m.name)))
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", m.client);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
         let mut cmd = Command::new(require("etcd", "etcd-server"));
         cmd.arg("--name")
@@ -118,10 +135,14 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial_cluster()])
             .args(["--initial-cluster-state", "new"])
-            .args(["--logger", "zap", "--log-level", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+            .args(["--logger", "zap", "--log-level", "warn"]);
+        if let Some(certs) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(certs.join("server.crt"))
+                .arg("--key-file")
+                .arg(certs.join("server.key"));
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         // Tied to the test process: a member shared through a static is never dropped.
         let child = super::spawn_tied(cmd).expect("start etcd");
         *m.child.lock().unwrap() = Some(child);
@@ -159,12 +180,13 @@ impl Etcd {
             Some(i) => format!("127.0.0.1:{}", self.members[i].client),
             None => self.endpoints(),
         };
-        let o = Command::new(require("etcdctl", "etcd-client"))
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &endpoints, "--command-timeout", "2s"])
-            .args(args)
-            .output()
-            .ok()?;
+        let mut c = Command::new(require("etcdctl", "etcd-client"));
+        c.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoints, "--command-timeout", "2s"]);
+        if let Some(certs) = &self.tls {
+            c.arg("--cacert").arg(certs.join("ca.crt"));
+        }
+        let o = c.args(args).output().ok()?;
         o.status
             .success()
             .then(|| String::from_utf8_lossy(&o.stdout).into_owned())

@@ -203,7 +203,14 @@ impl Link {
         let Error::GRpcStatus(s) = e else {
             return None;
         };
+        let auth = s.message().contains("authentication failed")
+            || s.message().contains("permission denied")
+            || s.message().contains("invalid auth token");
         let (code, hint) = match s.code() {
+            _ if auth => (
+                UNAVAILABLE,
+                "; check the user and password in the URL and the user's role",
+            ),
             Code::Unauthenticated | Code::PermissionDenied => (
                 UNAVAILABLE,
                 "; check the user and password in the URL and the user's role",

@@ -1,0 +1,150 @@
+//! What is specific to the etcd backend: TLS with a private CA, etcd's own
+//! users (the password never printed), failover past a member that is down,
+//! and the keys it keeps. The shared scenarios are in tests/conformance.rs
+//! and tests/kinds.rs, the faults in tests/etcd_faults.rs.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::etcd::Etcd;
+use common::*;
+
+/// The cluster under a URL chosen by the test.
+struct At(String);
+
+impl Server for At {
+    fn url(&self) -> String {
+        self.0.clone()
+    }
+}
+
+fn one_line_error(o: &std::process::Output, want_code: i32, want: &str, secret: &str) {
+    let err = stderr(o);
+    assert_eq!(code(o), want_code, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(want), "expected '{want}' in: {err}");
+    assert!(!err.contains(secret), "the password was printed: {err}");
+}
+
+#[test]
+fn tls_users_and_failover_past_a_member_that_is_down() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let e = Etcd::with_tls(certs.path());
+    let (pw, root) = ("s3cret-Pw", "--user=root:root-Pw");
+    let ctx = Ctx::new(Arc::new(At(String::new())));
+    for args in [
+        vec!["user", "add", "root:root-Pw"],
+        vec!["user", "add", &format!("bob:{pw}")],
+        vec!["role", "add", "locks"],
+        vec![
+            "role",
+            "grant-permission",
+            "locks",
+            "--prefix=true",
+            "readwrite",
+            &ctx.prefix,
+        ],
+        vec!["user", "grant-role", "bob", "locks"],
+        vec!["auth", "enable"],
+    ] {
+        assert!(e.ctl(None, &args).is_some(), "etcdctl {args:?}");
+    }
+    let ca = certs.path().join("ca.crt");
+    // The first member listed is down: dlock goes on to the next one.
+    let url = |pass: &str, query: &str| {
+        format!(
+            "etcds://bob:{pass}@127.0.0.1:{},{}{query}",
+            free_port(),
+            e.endpoints()
+        )
+    };
+    let good = url(pw, &format!("?cacert={}", ca.display()));
+    let run = |u: &str, args: &[&str]| {
+        let mut c = dlock(u);
+        c.env("DLOCK_PREFIX", &ctx.prefix).args(args);
+        run(c)
+    };
+    let o = run(
+        &good,
+        &["exec", "j", "--", "sh", "-c", "printf %s \"$DLOCK_FENCE\""],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).parse::<u64>().unwrap() > 0);
+    let tok = stdout(&run(&good, &["acquire", "j"])).trim().to_string();
+    let o = run(&good, &["status"]);
+    assert!(stdout(&o).contains("bob:***@"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains(pw), "{}", stdout(&o));
+    // etcd's own tool sees the key, under the role's prefix.
+    let keys = e
+        .ctl(None, &[root, "get", "--prefix", "--keys-only", &ctx.prefix])
+        .unwrap();
+    assert!(keys.contains(&format!("{}/j/{tok}", ctx.prefix)), "{keys}");
+    assert_eq!(code(&run(&good, &["release", "j", "--token", &tok])), 0);
+
+    let wrong = url("wrong-Pw", &format!("?cacert={}", ca.display()));
+    one_line_error(
+        &run(&wrong, &["status"]),
+        69,
+        "authentication failed",
+        "wrong-Pw",
+    );
+    // Without the private CA the server's certificate is not trusted.
+    one_line_error(&run(&url(pw, ""), &["status"]), 69, "certificate", pw);
+    // Plain text to a TLS member fails too, without hanging.
+    let plain = format!("etcd://bob:{pw}@{}", e.endpoints());
+    let o = run(&plain, &["--connect-timeout", "2s", "status"]);
+    one_line_error(&o, 69, "etcd at etcd://bob:***@", pw);
+}
+
+#[test]
+fn a_bad_url_is_a_usage_error_that_names_the_form() {
+    for (url, want) in [
+        ("etcd://h1:2379,,h2", "empty host"),
+        ("etcd://h1:notaport", "not a port"),
+        (
+            "etcds://h1?cacert=/nonexistent/ca.pem",
+            "cannot read the CA file",
+        ),
+        ("etcd://h1?cacert=/ca.pem", "use etcds://"),
+    ] {
+        let o = run({
+            let mut c = dlock(url);
+            c.args(["status"]);
+            c
+        });
+        one_line_error(&o, 2, want, "never");
+    }
+}
+
+#[test]
+fn a_waiter_watches_instead_of_polling() {
+    let e = Etcd::shared();
+    let ctx = Ctx::new(e.clone());
+    let tok = ctx.acquire("w", "60s");
+    let mut waiter = spawn(ctx.cmd(&["acquire", "w", "--wait", "60s"]));
+    wait_until("the waiter to queue", Duration::from_secs(10), || {
+        ctx.status_json(&["w"])["locks"][0]["queued"].as_u64() == Some(1)
+    });
+    // While it waits, the name's keys do not change: no polling writes.
+    let rev = |e: &Etcd| -> u64 {
+        let out = e
+            .ctl(None, &["get", "--prefix", &ctx.prefix, "-w", "json"])
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let kvs = v["kvs"].as_array().cloned().unwrap_or_default();
+        kvs.iter()
+            .map(|kv| kv["mod_revision"].as_u64().unwrap())
+            .max()
+            .unwrap()
+    };
+    let before = rev(&e);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(rev(&e), before, "the queue was written while nobody moved");
+    assert!(waiter.try_wait().unwrap().is_none());
+    assert_eq!(code(&ctx.run(&["release", "w", "--token", &tok])), 0);
+    let st = wait_child(&mut waiter, Duration::from_secs(20));
+    assert!(st.success());
+}
