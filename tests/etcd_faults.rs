@@ -199,3 +199,56 @@ fn a_waiter_killed_while_waiting_leaves_the_queue_within_its_lease() {
         took.as_millis()
     );
 }
+
+#[test]
+fn a_holder_cut_off_from_the_cluster_stops_before_the_next_one_starts() {
+    let e = Etcd::cluster(3);
+    e.await_leader(Duration::from_secs(10));
+    // The holder reaches every member through a proxy that the test cuts.
+    let proxies: Vec<proxy::Cuttable> = e
+        .members
+        .iter()
+        .map(|m| proxy::Cuttable::start(m.client))
+        .collect();
+    let hosts: Vec<String> = proxies
+        .iter()
+        .map(|p| format!("127.0.0.1:{}", p.port))
+        .collect();
+    let holder = Ctx::new(Arc::new(At(format!("etcd://{}", hosts.join(",")))));
+    let mut c = holder.cmd(&["exec", "--lease", "4s", "--connect-timeout", "1s", "job"]);
+    c.args(["--", "sh", "-c", &recorder(&holder, "a")]);
+    let mut a = spawn(c);
+    wait_for_file(&holder.path("a.start"), Duration::from_secs(20));
+    // The next one waits in the queue, on the same prefix, with a direct URL.
+    let mut other = Ctx::new(Arc::new(At(e.url())));
+    other.prefix = holder.prefix.clone();
+    std::fs::write(holder.path("b.stop"), "").unwrap();
+    let mut c = other.cmd(&["exec", "--wait", "30s", "job", "--"]);
+    c.args(["sh", "-c", &recorder(&holder, "b")]);
+    let mut b = spawn(c);
+    wait_until("the next one to queue", Duration::from_secs(10), || {
+        other.status_json(&["job"])["locks"][0]["queued"].as_u64() == Some(1)
+    });
+    for p in &proxies {
+        p.cut();
+    }
+    let cut_at = now_us();
+    let st = wait_child(&mut a, Duration::from_secs(30));
+    assert_eq!(st.code(), Some(79));
+    let st = wait_child(&mut b, Duration::from_secs(30));
+    assert_eq!(st.code(), Some(0));
+    let (a_end, b_start) = (
+        read_i64(&holder.path("a.end")),
+        read_i64(&holder.path("b.start")),
+    );
+    assert!(
+        b_start > a_end,
+        "b started at {b_start}, a ended at {a_end}"
+    );
+    assert!(read_i64(&holder.path("b.fence")) > read_i64(&holder.path("a.fence")));
+    eprintln!(
+        "etcd: holder cut off; its command stopped {} ms after the cut, {} ms before the next holder started",
+        (a_end - cut_at) / 1000,
+        (b_start - a_end) / 1000
+    );
+}

@@ -70,3 +70,56 @@ fn pump(mut from: TcpStream, mut to: TcpStream, mut before: impl FnMut(&[u8])) {
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
 }
+
+/// A TCP proxy that forwards both ways until it is cut; from then on it
+/// drops whatever either side sends, on open and new connections alike, as
+/// a network partition does (no reset: the client waits for answers that
+/// never come).
+pub struct Cuttable {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl Cuttable {
+    pub fn start(upstream: u16) -> Cuttable {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let c = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                for (from, to) in [(client, s2), (server, c2)] {
+                    let c = c.clone();
+                    std::thread::spawn(move || forward_until_cut(from, to, &c));
+                }
+            }
+        });
+        Cuttable { port, cut }
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+}
+
+fn forward_until_cut(mut from: TcpStream, mut to: TcpStream, cut: &AtomicBool) {
+    let mut buf = [0u8; 16384];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if cut.load(Ordering::SeqCst) => {}
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    if !cut.load(Ordering::SeqCst) {
+        let _ = to.shutdown(Shutdown::Both);
+    }
+}
