@@ -47,14 +47,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use etcd_client::{
-    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchFilterType,
-    WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 
 use super::{Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Waiter};
 use crate::backend::kinds;
-use crate::error::{code_of, fail, unsent, UNAVAILABLE};
+use crate::error::{code_of, fail, unsent, INTERNAL, UNAVAILABLE};
 use crate::lease::retry::Trouble;
 use keys::Node;
 use link::Link;
@@ -386,14 +383,13 @@ impl Backend for EtcdBackend {
         Capabilities::ALL
     }
 
-    fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
-        let range = keys::of_name(&self.prefix, name);
-        let rev = self.read(&range)?.rev;
-        Ok(Box::new(EtcdWaiter {
-            link: Arc::clone(&self.link),
-            range,
-            rev,
-        }))
+    /// Never asked for: this backend takes every wait in `acquire_waiting`,
+    /// where a waiter watches the key ahead of it in the queue.
+    fn waiter(&mut self, _name: &str) -> Result<Box<dyn Waiter>> {
+        Err(fail(
+            INTERNAL,
+            "the etcd backend waits in its queue, not on a release notice",
+        ))
     }
 
     fn reconnect(&mut self) -> Result<()> {
@@ -422,51 +418,6 @@ impl Backend for EtcdBackend {
             name.to_string(),
             on_break,
         );
-    }
-}
-
-/// Woken by any deletion under the name after it was made (used only by
-/// callers that do not let the backend wait on its own).
-struct EtcdWaiter {
-    link: Arc<Link>,
-    range: String,
-    rev: i64,
-}
-
-impl Waiter for EtcdWaiter {
-    fn wait(&mut self, timeout: Duration) -> Result<()> {
-        let (link, range, from) = (Arc::clone(&self.link), self.range.clone(), self.rev + 1);
-        let woke = link.block_on(async {
-            let opts = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(from)
-                .with_filters([WatchFilterType::NoPut]);
-            let mut w = link
-                .call_async("a watch", |mut c| {
-                    let (r, o) = (range.clone(), opts.clone());
-                    async move { c.watch(r, Some(o)).await }
-                })
-                .await?;
-            let until = tokio::time::sleep(timeout);
-            tokio::pin!(until);
-            loop {
-                tokio::select! {
-                    m = w.message() => match m {
-                        Ok(Some(m)) if m.events().iter().any(|e| e.event_type() == EventType::Delete) => {
-                            return Ok(m.header().map(|h| h.revision()));
-                        }
-                        Ok(Some(m)) if m.canceled() => return Ok(None),
-                        Ok(Some(_)) => {}
-                        _ => return Err(fail(UNAVAILABLE, format!("etcd at {} broke off a wait", link.shown))),
-                    },
-                    _ = &mut until => return Ok(None),
-                }
-            }
-        })?;
-        if let Some(r) = woke {
-            self.rev = r;
-        }
-        Ok(())
     }
 }
 

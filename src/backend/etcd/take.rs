@@ -352,92 +352,31 @@ impl<'a> Taking<'a> {
     /// this request's own key goes, or the deadline; keeps the waiter lease
     /// alive meanwhile.
     fn wait(&mut self, behind: &Behind, rev: i64, deadline: Option<Instant>) -> Result<()> {
-        let (watched, options, wanted): (String, WatchOptions, Vec<Vec<u8>>) = match behind {
-            Behind::Waiter(k) => (
-                String::from_utf8_lossy(k).into_owned(),
-                WatchOptions::new().with_start_revision(rev + 1),
-                vec![k.clone()],
-            ),
-            Behind::Holders(ks) => {
-                let mut wanted = ks.clone();
-                wanted.push(self.key.clone().into_bytes());
-                (
-                    self.name_range.clone(),
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(rev + 1)
-                        .with_filters([WatchFilterType::NoPut]),
-                    wanted,
-                )
-            }
+        let target = match behind {
+            Behind::Waiter(k) => Target {
+                key: String::from_utf8_lossy(k).into_owned(),
+                options: WatchOptions::new().with_start_revision(rev + 1),
+                wanted: vec![k.clone()],
+                deletes_only: false,
+            },
+            Behind::Holders(ks) => Target {
+                key: self.name_range.clone(),
+                options: WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1)
+                    .with_filters([WatchFilterType::NoPut]),
+                wanted: ks
+                    .iter()
+                    .cloned()
+                    .chain([self.key.clone().into_bytes()])
+                    .collect(),
+                deletes_only: true,
+            },
         };
-        let link = Arc::clone(&self.link);
-        let waiter = self.waiter;
         let far = Instant::now() + Duration::from_secs(3600);
         let until = deadline.unwrap_or(far).min(far);
-        link.block_on(async {
-            let mut watch = link
-                .call_async("a watch", |mut c| {
-                    let (k, o) = (watched.clone(), options.clone());
-                    async move { c.watch(k, Some(o)).await }
-                })
-                .await?;
-            // Opening the keep-alive stream sends the first keep-alive and
-            // reads its answer; a lease already gone ends the wait (read again).
-            let mut keeper = match waiter {
-                Some(w) => match link
-                    .call_async("a keep-alive", |mut c| async move {
-                        match c.lease_keep_alive(w).await {
-                            Ok(k) => Ok(Some(k)),
-                            Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(None),
-                            Err(e) => Err(e),
-                        }
-                    })
-                    .await?
-                {
-                    Some(k) => Some(k),
-                    None => return Ok(()),
-                },
-                None => None,
-            };
-            let mut tick = tokio::time::interval(TICKET_REFRESH);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    m = watch.message() => {
-                        let m = m.map_err(|e| lost_watch(&link, &e))?;
-                        let Some(m) = m else { return Err(lost_watch_end(&link)) };
-                        if m.canceled() {
-                            return Ok(()); // compacted, or the member lost its leader: read again
-                        }
-                        let hit = m.events().iter().any(|e| {
-                            e.kv().is_some_and(|kv| wanted.iter().any(|w| w == kv.key()))
-                                && (matches!(behind, Behind::Waiter(_)) || e.event_type() == EventType::Delete)
-                        });
-                        if hit {
-                            return Ok(());
-                        }
-                    }
-                    _ = tick.tick() => {
-                        if let Some((k, s)) = keeper.as_mut() {
-                            let alive = tokio::time::timeout(link.timeout(), async {
-                                k.keep_alive().await?;
-                                s.message().await
-                            }).await;
-                            match alive {
-                                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
-                                // The waiter lease is gone (a release of this token, or too
-                                // long unreachable): read again, which joins the queue anew.
-                                Ok(Ok(_)) => return Ok(()),
-                                Ok(Err(e)) => return Err(lost_watch(&link, &e)),
-                                Err(_) => return Err(lost_watch_end(&link)),
-                            }
-                        }
-                    }
-                    _ = tokio::time::sleep_until(until.into()) => return Ok(()),
-                }
-            }
-        })
+        let link = Arc::clone(&self.link);
+        link.block_on(watch_until(&link, target, self.waiter, until))
     }
 
     /// Gives up: this request's waiting key (with `all`, whatever key it
@@ -534,4 +473,94 @@ fn lost_watch_end(link: &Link) -> anyhow::Error {
         UNAVAILABLE,
         format!("etcd at {} stopped answering during a wait", link.shown),
     )
+}
+
+/// What a waiter watches: a key or the name's range, from a revision, and
+/// which keys' events end the wait.
+struct Target {
+    key: String,
+    options: WatchOptions,
+    wanted: Vec<Vec<u8>>,
+    deletes_only: bool,
+}
+
+impl Target {
+    fn hit(&self, e: &etcd_client::Event) -> bool {
+        let key = e.kv().map(|kv| kv.key());
+        key.is_some_and(|k| self.wanted.iter().any(|w| w == k))
+            && (!self.deletes_only || e.event_type() == EventType::Delete)
+    }
+}
+
+type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+
+/// The watch of `t` until a hit, a cancelled watch (compaction, or a member
+/// that lost its leader: read again) or `until`, with a keep-alive of the
+/// waiter lease every [`TICKET_REFRESH`].
+async fn watch_until(link: &Link, t: Target, waiter: Option<i64>, until: Instant) -> Result<()> {
+    let mut watch = link
+        .call_async("a watch", |mut c| {
+            let (k, o) = (t.key.clone(), t.options.clone());
+            async move { c.watch(k, Some(o)).await }
+        })
+        .await?;
+    let mut keeper = match waiter {
+        Some(w) => match open_keeper(link, w).await? {
+            Some(k) => Some(k),
+            None => return Ok(()),
+        },
+        None => None,
+    };
+    let mut tick = tokio::time::interval(TICKET_REFRESH);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            m = watch.message() => {
+                let Some(m) = m.map_err(|e| lost_watch(link, &e))? else {
+                    return Err(lost_watch_end(link));
+                };
+                if m.canceled() || m.events().iter().any(|e| t.hit(e)) {
+                    return Ok(());
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(k) = keeper.as_mut() {
+                    if !keep_waiting(link, k).await? {
+                        return Ok(());
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(until.into()) => return Ok(()),
+        }
+    }
+}
+
+/// Opens the waiter lease's keep-alive stream, which sends the first
+/// keep-alive and reads its answer; None when the lease is gone.
+async fn open_keeper(link: &Link, id: i64) -> Result<Option<Keeper>> {
+    link.call_async("a keep-alive", |mut c| async move {
+        match c.lease_keep_alive(id).await {
+            Ok(k) => Ok(Some(k)),
+            Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+}
+
+/// One more keep-alive of the waiter lease: false when it is gone (a
+/// release of this token, or too long unreachable), so the waiter reads
+/// again and joins the queue anew.
+async fn keep_waiting(link: &Link, (k, s): &mut Keeper) -> Result<bool> {
+    let alive = tokio::time::timeout(link.timeout(), async {
+        k.keep_alive().await?;
+        s.message().await
+    })
+    .await;
+    match alive {
+        Ok(Ok(Some(r))) => Ok(r.ttl() > 0),
+        Ok(Ok(None)) => Ok(false),
+        Ok(Err(e)) => Err(lost_watch(link, &e)),
+        Err(_) => Err(lost_watch_end(link)),
+    }
 }
