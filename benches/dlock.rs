@@ -107,7 +107,7 @@ impl Opts {
                 "--write" => write = Some(true),
                 "--no-write" => write = Some(false),
                 "--only" => {
-                    let v = value(&mut it).ok_or("--only needs a list: redis,mysql,sqlite")?;
+                    let v = value(&mut it).ok_or("--only needs a list: redis,mysql,etcd,sqlite")?;
                     o.only = Some(backend_list(v)?);
                 }
                 "--dlock" => {
@@ -190,6 +190,7 @@ type Starter = fn(&Path) -> Backend;
 const BACKENDS: &[(&str, Starter)] = &[
     ("redis", start_redis),
     ("mysql", start_mysql),
+    ("etcd", start_etcd),
     ("sqlite", start_sqlite),
 ];
 
@@ -300,6 +301,64 @@ fn start_mysql(dir: &Path) -> Backend {
         wrapper: Some(("mariadb INSERT + DELETE".into(), script)),
         version: version_of("mariadbd", &["--version"]),
         server_pid: pid_listening("mariadbd", port),
+        _server: Box::new(server),
+    }
+}
+
+fn start_etcd(dir: &Path) -> Backend {
+    let server = common::etcd::Etcd::cluster(1);
+    let url = server.url();
+    let port = server.members[0].client;
+    // Requests the server handled, per gRPC method, and its Raft writes, from /metrics.
+    let counters = move || {
+        let mut out = Counters::new();
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return out;
+        };
+        let req = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+        let mut text = String::new();
+        if s.write_all(req.as_bytes()).is_err() || s.read_to_string(&mut text).is_err() {
+            return out;
+        }
+        let mut total = 0;
+        for line in text.lines() {
+            let Some((metric, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let n = value.parse::<f64>().unwrap_or(0.0) as u64;
+            if metric.starts_with("grpc_server_handled_total{") {
+                let method = metric
+                    .split("grpc_method=\"")
+                    .nth(1)
+                    .and_then(|m| m.split('"').next())
+                    .unwrap_or("?");
+                *out.entry(method.to_ascii_lowercase()).or_default() += n;
+                total += n;
+            } else if metric == "etcd_server_proposals_committed_total" {
+                out.insert("raft writes".into(), n);
+            }
+        }
+        out.insert("total".into(), total);
+        out
+    };
+    let script = dir.join("etcd-lock.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "# etcd's own lock: etcdctl lock holds a session lease while the command runs.\n\
+             ETCDCTL_API=3 exec etcdctl --endpoints 127.0.0.1:{port} lock bench-etcdctl -- \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    Backend {
+        key: "etcd",
+        label: "etcd",
+        url,
+        counters: Some(Box::new(counters)),
+        wrapper: Some(("etcdctl lock".into(), script)),
+        version: version_of("etcd", &["--version"])
+            .and_then(|v| v.lines().next().map(String::from)),
+        server_pid: pid_listening("etcd", port),
         _server: Box::new(server),
     }
 }
@@ -865,7 +924,11 @@ fn server_ops(tool: &Tool, dir: &Path, waiters: usize, per: usize) -> Option<Ops
     } else {
         "com_show_status"
     };
-    for k in ["total", "questions", own] {
+    // etcd's counters come over HTTP, which its gRPC counts leave out.
+    for k in ["total", "questions", own]
+        .into_iter()
+        .filter(|_| b.key != "etcd")
+    {
         if let Some(v) = delta.get_mut(k) {
             *v -= 1;
         }

@@ -148,3 +148,34 @@ fn a_waiter_watches_instead_of_polling() {
     let st = wait_child(&mut waiter, Duration::from_secs(20));
     assert!(st.success());
 }
+
+#[test]
+fn a_waiter_whose_place_was_released_queues_again() {
+    let e = Etcd::shared();
+    let ctx = Ctx::new(e.clone());
+    let holder = ctx.acquire("p", "60s");
+    let tok = "waiter-token-1";
+    let mut waiter = spawn(ctx.cmd(&["acquire", "p", "--wait", "30s", "--token", tok]));
+    // The create revision of the waiter's key: its place in the queue.
+    let place = || -> Option<u64> {
+        let key = format!("{}/p/{tok}", ctx.prefix);
+        let out = e.ctl(None, &["get", &key, "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["kvs"][0]["create_revision"].as_u64()
+    };
+    let mut first = None;
+    wait_until("the waiter's place", Duration::from_secs(10), || {
+        first = place();
+        first.is_some()
+    });
+    assert_eq!(code(&ctx.run(&["release", "p", "--token", tok])), 3);
+    // Its place went with its lease; the waiter, still waiting, takes a new one.
+    wait_until("a new place", Duration::from_secs(10), || {
+        place().is_some_and(|p| Some(p) > first)
+    });
+    assert!(waiter.try_wait().unwrap().is_none(), "the waiter gave up");
+    assert_eq!(code(&ctx.run(&["release", "p", "--token", &holder])), 0);
+    assert!(wait_child(&mut waiter, Duration::from_secs(20)).success());
+    let l = ctx.status_json(&["p"])["locks"][0].clone();
+    assert_eq!(l["token_id"], &tok[..8], "{l}");
+}

@@ -107,18 +107,9 @@ impl Link {
         s.member = (s.member + 1) % self.members.len();
     }
 
-    /// The client of the current member, if connected.
-    pub fn connected(&self) -> Option<Client> {
-        self.state().client.clone()
-    }
-
     /// Runs a future on the runtime from a plain thread.
     pub fn block_on<F: Future>(&self, f: F) -> F::Output {
         self.rt.block_on(f)
-    }
-
-    pub fn handle(&self) -> tokio::runtime::Handle {
-        self.rt.handle().clone()
     }
 
     /// The client for the current member, connecting if needed (which

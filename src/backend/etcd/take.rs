@@ -124,14 +124,28 @@ impl<'a> Taking<'a> {
     }
 
     /// A holder lease recent enough that the grant it backs leaves the
-    /// keeper most of it: one older than a third of its TTL is replaced.
+    /// keeper most of it: one older than a third of its TTL gets a
+    /// keep-alive first (no write on the cluster), a new one if it is gone.
     fn fresh_lease(&mut self) -> Result<Lease> {
-        if let Some(l) = self.lease {
+        if let Some(mut l) = self.lease {
             if l.sent.elapsed() < Duration::from_secs(l.granted as u64) / 3 {
                 return Ok(l);
             }
+            let sent = Instant::now();
+            let id = l.id;
+            let alive = self.link.call("a keep-alive", move |mut c| async move {
+                match c.lease_keep_alive(id).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })?;
+            if alive {
+                l.sent = sent;
+                self.lease = Some(l);
+                return Ok(l);
+            }
             self.lease = None;
-            revoke(&self.link, l.id);
         }
         let l = grant(&self.link, self.ttl)?;
         self.lease = Some(l);
@@ -192,9 +206,9 @@ impl<'a> Taking<'a> {
 
     fn granted(&mut self, r: &TxnResponse, fence: i64, slot: u32, extended: bool) -> Step {
         let lease = self.lease.expect("a grant is made under the holder lease");
-        if let Some(w) = self.waiter.take() {
-            revoke_later(&self.link, w);
-        }
+        // The waiter lease has no key left and runs out within seconds: no
+        // revoke (a write on the cluster) for it.
+        self.waiter = None;
         self.queued = false;
         self.holding = Some((lease.id, rev_of(r)));
         let g = Grant {
@@ -227,11 +241,20 @@ impl<'a> Taking<'a> {
                     return Ok(Step::Done(Acquire::Busy(info), Instant::now()));
                 }
                 if self.mine(&v).is_none() {
+                    if self.queued {
+                        // Its key went, and so, most likely, did the lease it was on
+                        // (a release of this token revokes it): join with a new one.
+                        self.waiter = None;
+                    }
+                    // Said when the request joins the queue, as the shared wait loop says it.
+                    crate::output::event(
+                        crate::output::Level::Debug,
+                        "waiting",
+                        Some(self.req.name),
+                        &format!("lock '{}' is busy; waiting", self.req.name),
+                        serde_json::json!({ "holder": info.as_ref().map(|b| &b.holder) }),
+                    );
                     return self.enqueue().map(Step::Again);
-                }
-                // The holder lease would age while waiting: a new one comes with the grant.
-                if let Some(l) = self.lease.take() {
-                    revoke_later(&self.link, l.id);
                 }
                 self.wait(&behind, v.rev, deadline)?;
                 self.read().map(Step::Again)
@@ -376,7 +399,22 @@ impl<'a> Taking<'a> {
         let far = Instant::now() + Duration::from_secs(3600);
         let until = deadline.unwrap_or(far).min(far);
         let link = Arc::clone(&self.link);
-        link.block_on(watch_until(&link, target, self.waiter, until))
+        // The holder lease, granted before the first try, lives on through
+        // the wait too, so that the grant needs no new one.
+        let leases: Vec<i64> = self
+            .waiter
+            .into_iter()
+            .chain(self.lease.map(|l| l.id))
+            .collect();
+        let gone = link.block_on(watch_until(&link, target, &leases, until))?;
+        // A lease found gone is replaced when next needed (the waiter's key went with its lease).
+        if gone.is_some() && gone == self.waiter {
+            self.waiter = None;
+        }
+        if gone.is_some() && gone == self.lease.map(|l| l.id) {
+            self.lease = None;
+        }
+        Ok(())
     }
 
     /// Gives up: this request's waiting key (with `all`, whatever key it
@@ -425,16 +463,6 @@ pub fn revoke(link: &Link, id: i64) {
         "a lease revoke",
         |mut c| async move { c.lease_revoke(id).await },
     );
-}
-
-/// Revokes a lease without waiting for the answer, where the process goes
-/// on running (the lease would expire by itself anyway).
-pub fn revoke_later(link: &Link, id: i64) {
-    if let Some(mut c) = link.connected() {
-        link.handle().spawn(async move {
-            let _ = c.lease_revoke(id).await;
-        });
-    }
 }
 
 /// The holder `info` with its time left, asked of its lease.
@@ -496,21 +524,27 @@ type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
 /// The watch of `t` until a hit, a cancelled watch (compaction, or a member
 /// that lost its leader: read again) or `until`, with a keep-alive of the
-/// waiter lease every [`TICKET_REFRESH`].
-async fn watch_until(link: &Link, t: Target, waiter: Option<i64>, until: Instant) -> Result<()> {
+/// request's `leases` every [`TICKET_REFRESH`]; returns the lease it found
+/// gone, if any.
+async fn watch_until(
+    link: &Link,
+    t: Target,
+    leases: &[i64],
+    until: Instant,
+) -> Result<Option<i64>> {
     let mut watch = link
         .call_async("a watch", |mut c| {
             let (k, o) = (t.key.clone(), t.options.clone());
             async move { c.watch(k, Some(o)).await }
         })
         .await?;
-    let mut keeper = match waiter {
-        Some(w) => match open_keeper(link, w).await? {
-            Some(k) => Some(k),
-            None => return Ok(()),
-        },
-        None => None,
-    };
+    let mut keepers = Vec::new();
+    for id in leases {
+        match open_keeper(link, *id).await? {
+            Some(k) => keepers.push(k),
+            None => return Ok(Some(*id)),
+        }
+    }
     let mut tick = tokio::time::interval(TICKET_REFRESH);
     tick.tick().await;
     loop {
@@ -520,17 +554,17 @@ async fn watch_until(link: &Link, t: Target, waiter: Option<i64>, until: Instant
                     return Err(lost_watch_end(link));
                 };
                 if m.canceled() || m.events().iter().any(|e| t.hit(e)) {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             _ = tick.tick() => {
-                if let Some(k) = keeper.as_mut() {
+                for k in keepers.iter_mut() {
                     if !keep_waiting(link, k).await? {
-                        return Ok(());
+                        return Ok(Some(k.0.id()));
                     }
                 }
             }
-            _ = tokio::time::sleep_until(until.into()) => return Ok(()),
+            _ = tokio::time::sleep_until(until.into()) => return Ok(None),
         }
     }
 }
@@ -548,9 +582,9 @@ async fn open_keeper(link: &Link, id: i64) -> Result<Option<Keeper>> {
     .await
 }
 
-/// One more keep-alive of the waiter lease: false when it is gone (a
-/// release of this token, or too long unreachable), so the waiter reads
-/// again and joins the queue anew.
+/// One more keep-alive of a lease: false when it is gone (a release of
+/// this token, or too long unreachable), so the waiter reads again and joins
+/// the queue anew, or gets a new holder lease.
 async fn keep_waiting(link: &Link, (k, s): &mut Keeper) -> Result<bool> {
     let alive = tokio::time::timeout(link.timeout(), async {
         k.keep_alive().await?;
