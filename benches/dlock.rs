@@ -107,7 +107,8 @@ impl Opts {
                 "--write" => write = Some(true),
                 "--no-write" => write = Some(false),
                 "--only" => {
-                    let v = value(&mut it).ok_or("--only needs a list: redis,mysql,etcd,sqlite")?;
+                    let v = value(&mut it)
+                        .ok_or("--only needs a list: redis,redlock,cluster,mysql,etcd,sqlite")?;
                     o.only = Some(backend_list(v)?);
                 }
                 "--dlock" => {
@@ -181,6 +182,8 @@ struct Backend {
     version: Option<String>,
     /// The server process, for its CPU time.
     server_pid: Option<u32>,
+    /// Offers --shared, --slots and --fair (the lock-kinds section).
+    kinds: bool,
     /// Keeps the server running while the bench uses it.
     _server: Box<dyn std::any::Any + Send + Sync>,
 }
@@ -189,6 +192,8 @@ type Starter = fn(&Path) -> Backend;
 
 const BACKENDS: &[(&str, Starter)] = &[
     ("redis", start_redis),
+    ("redlock", start_redlock),
+    ("cluster", start_cluster),
     ("mysql", start_mysql),
     ("etcd", start_etcd),
     ("sqlite", start_sqlite),
@@ -198,38 +203,7 @@ fn start_redis(dir: &Path) -> Backend {
     let server = common::Redis::start();
     let url = server.url();
     let port = server.port;
-    let con = Mutex::new(
-        redis::Client::open(url.as_str())
-            .and_then(|c| c.get_connection())
-            .expect("connect to the bench's redis-server"),
-    );
-    let counters = move || {
-        let mut con = con.lock().unwrap();
-        let info: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query(&mut *con)
-            .expect("INFO commandstats");
-        let mut out = Counters::new();
-        let mut total = 0;
-        for line in info.lines() {
-            // cmdstat_evalsha:calls=12,usec=…
-            let Some((name, rest)) = line
-                .strip_prefix("cmdstat_")
-                .and_then(|l| l.split_once(':'))
-            else {
-                continue;
-            };
-            let calls: u64 = rest
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            total += calls;
-            out.insert(name.to_string(), calls);
-        }
-        out.insert("total".into(), total);
-        out
-    };
+    let counters = commandstats(&[port]);
     let script = dir.join("redis-spin.sh");
     std::fs::write(
         &script,
@@ -248,7 +222,88 @@ fn start_redis(dir: &Path) -> Backend {
         wrapper: Some(("redis-cli SET NX PX + DEL".into(), script)),
         version: version_of("redis-server", &["--version"]),
         server_pid: pid_listening("redis-server", port),
+        kinds: true,
         _server: Box::new(server),
+    }
+}
+
+/// Server operations summed over the Redis servers on `ports`, from `INFO commandstats`.
+fn commandstats(ports: &[u16]) -> impl Fn() -> Counters + Send + Sync + 'static {
+    let cons: Vec<Mutex<redis::Connection>> = ports
+        .iter()
+        .map(|p| {
+            let url = format!("redis://127.0.0.1:{p}/0");
+            Mutex::new(
+                redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .expect("connect to the bench's redis-server"),
+            )
+        })
+        .collect();
+    move || {
+        let mut out = Counters::new();
+        let mut total = 0;
+        for con in &cons {
+            let mut con = con.lock().unwrap();
+            let info: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query(&mut *con)
+                .expect("INFO commandstats");
+            for line in info.lines() {
+                // cmdstat_evalsha:calls=12,usec=…
+                let Some((name, rest)) = line
+                    .strip_prefix("cmdstat_")
+                    .and_then(|l| l.split_once(':'))
+                else {
+                    continue;
+                };
+                let calls: u64 = rest
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix("calls="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                total += calls;
+                *out.entry(name.to_string()).or_insert(0) += calls;
+            }
+        }
+        out.insert("total".into(), total);
+        out
+    }
+}
+
+/// Redlock over five redis-servers: operations are summed over all five.
+fn start_redlock(_dir: &Path) -> Backend {
+    use common::Server;
+    let set = common::redlock::RedlockSet::start(5);
+    let ports: Vec<u16> = set.nodes.iter().map(|n| n.port).collect();
+    Backend {
+        key: "redlock",
+        label: "Redlock (5 Redis)",
+        url: set.url(),
+        counters: Some(Box::new(commandstats(&ports))),
+        wrapper: None,
+        version: version_of("redis-server", &["--version"]),
+        server_pid: None,
+        kinds: false,
+        _server: Box::new(set),
+    }
+}
+
+/// A Redis Cluster of three primaries: operations are summed over all three.
+fn start_cluster(_dir: &Path) -> Backend {
+    use common::Server;
+    let set = common::cluster::ClusterSet::start();
+    let ports: Vec<u16> = set.nodes.iter().map(|n| n.port).collect();
+    Backend {
+        key: "cluster",
+        label: "Redis Cluster (3)",
+        url: set.url(),
+        counters: Some(Box::new(commandstats(&ports))),
+        wrapper: None,
+        version: version_of("redis-server", &["--version"]),
+        server_pid: None,
+        kinds: true,
+        _server: Box::new(set),
     }
 }
 
@@ -301,6 +356,7 @@ fn start_mysql(dir: &Path) -> Backend {
         wrapper: Some(("mariadb INSERT + DELETE".into(), script)),
         version: version_of("mariadbd", &["--version"]),
         server_pid: pid_listening("mariadbd", port),
+        kinds: true,
         _server: Box::new(server),
     }
 }
@@ -359,6 +415,7 @@ fn start_etcd(dir: &Path) -> Backend {
         version: version_of("etcd", &["--version"])
             .and_then(|v| v.lines().next().map(String::from)),
         server_pid: pid_listening("etcd", port),
+        kinds: true,
         _server: Box::new(server),
     }
 }
@@ -373,6 +430,7 @@ fn start_sqlite(_dir: &Path) -> Backend {
         wrapper: None,
         version: None,
         server_pid: None,
+        kinds: true,
         _server: Box::new(db),
     }
 }
@@ -1295,6 +1353,7 @@ fn run(opts: &Opts) {
     eprintln!("bench: 6/6 lock kinds");
     let kinds = backends
         .iter()
+        .filter(|b| b.kinds)
         .map(|b| kinds::measure(b, dir.path(), &s))
         .collect();
 

@@ -477,5 +477,9 @@ macro_rules! backends {
 
 backends! {
     redis => Arc::new(Redis::start());
+    redis_sentinel => common::sentinel::SentinelSet::shared();
+    redis_cluster => common::cluster::ClusterSet::shared();
+    sqlite => Arc::new(common::sqlite::Sqlite::new());
+    mariadb => common::mariadb::MariaDb::shared();
     etcd => common::etcd::Etcd::shared();
 }

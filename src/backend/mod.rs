@@ -21,6 +21,7 @@ pub mod memory;
 pub mod mysql;
 pub mod probe;
 pub mod redis;
+pub mod redlock;
 pub mod sql;
 pub mod sqlite;
 
@@ -248,6 +249,9 @@ const SCHEMES: &[(&str, Opener)] = &[
     ("redis", open_redis),
     ("rediss", open_redis),
     ("redis+unix", open_redis),
+    ("redis+sentinel", open_redis),
+    ("redis+cluster", open_redis),
+    ("redlock", open_redlock),
     ("mysql", open_mysql),
     ("etcd", open_etcd),
     ("etcds", open_etcd),
@@ -278,7 +282,20 @@ pub fn url_help() -> String {
 fn open_redis(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let b = redis::RedisBackend::open(url, cfg)?;
     let loc = Location {
-        backend: "redis",
+        backend: match url.split_once("://").map(|(s, _)| s) {
+            Some("redis+sentinel") => "redis+sentinel",
+            Some("redis+cluster") => "redis+cluster",
+            _ => "redis",
+        },
+        location: redact(url),
+    };
+    Ok((Box::new(b), loc))
+}
+
+fn open_redlock(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = redlock::RedlockBackend::open(url, cfg)?;
+    let loc = Location {
+        backend: "redlock",
         location: redact(url),
     };
     Ok((Box::new(b), loc))
@@ -325,9 +342,21 @@ pub fn open(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     }
 }
 
+/// Schemes whose URLs name several hosts, which `url` cannot parse.
+fn multi_host(url: &str) -> Option<redis::multi::Multi> {
+    let scheme = url.split_once("://")?.0;
+    if !matches!(scheme, "redis+sentinel" | "redis+cluster" | "redlock") {
+        return None;
+    }
+    redis::multi::Multi::parse(url, 6379).ok()
+}
+
 /// The URL with any password (in the authority or a `pass`/`password` query
 /// parameter) replaced by `***`.
 pub fn redact(url: &str) -> String {
+    if let Some(m) = multi_host(url) {
+        return m.redacted();
+    }
     if host_list(url).is_some() {
         return match list_password(url) {
             Some((before, _, after)) => format!("{before}***{after}"),
@@ -388,15 +417,14 @@ fn list_password(url: &str) -> Option<(&str, &str, &str)> {
 /// even when a driver echoes one back.
 pub fn secrets(url: &str) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some((_, p, _)) = list_password(url) {
+    if let Some(m) = multi_host(url) {
+        out = m.secrets();
+    } else if let Some((_, p, _)) = list_password(url) {
         out.push(p.to_string());
         if let Some((_, d)) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes()).next() {
             out.push(d.into_owned());
         }
-        out.retain(|s| s.len() >= 3);
-        return out;
-    }
-    if let Ok(u) = ::url::Url::parse(url) {
+    } else if let Ok(u) = ::url::Url::parse(url) {
         if let Some(p) = u.password() {
             out.push(p.to_string());
             if let Ok(d) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes())
@@ -425,7 +453,7 @@ mod tests {
     fn the_scheme_list_reads_as_before() {
         assert_eq!(
             scheme_list(" or "),
-            "redis://, rediss://, redis+unix://, mysql://, etcd://, etcds:// or sqlite://"
+            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, etcd://, etcds:// or sqlite://"
         );
         assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
     }
@@ -487,7 +515,13 @@ mod tests {
         let r = redact("mysql://root:p%40ss@db/locks");
         assert!(!r.contains("p%40ss") && !r.contains("p@ss"), "{r}");
         assert_eq!(redact("redis://:pw:with@junk@@"), "redis://…");
-        // A list of hosts, which URL parsers refuse, keeps its hosts.
+        assert_eq!(
+            redact("redis+sentinel://:s3cret@a:1,b:2/svc?sentinel_password=x9y"),
+            "redis+sentinel://:***@a:1,b:2/svc?sentinel_password=***"
+        );
+        let s = secrets("redlock://u:p%40w@a,b,c");
+        assert!(s.contains(&"p@w".to_string()), "{s:?}");
+        // A list of etcd members keeps its hosts.
         assert_eq!(
             redact("etcd://root:s%40cret@h1:2379,h2:2379/?cacert=/ca.pem"),
             "etcd://root:***@h1:2379,h2:2379/?cacert=/ca.pem"

@@ -17,8 +17,10 @@
 //! (and a mutex that meets them) go the generic way in `kinds.rs`.
 
 mod kinds;
-mod link;
-mod scripts;
+pub(crate) mod link;
+pub mod multi;
+pub(crate) mod scripts;
+pub(crate) mod topo;
 mod watch;
 
 use std::collections::HashSet;
@@ -27,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use redis::{Client, IntoConnectionInfo, Value};
+use redis::Value;
 
 use super::{
     Acquire, Backend, Broken, Capabilities, Check, Config, Grant, Kind, LockInfo, Request, Waiter,
@@ -35,11 +37,11 @@ use super::{
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
 use crate::holder::Holder;
 use crate::names::token_id;
-use link::Link;
+use link::{Link, Route};
 use scripts::{key, Lua, ACQUIRE_LUA, FORCE_LUA, RELEASE_LUA, RENEW_LUA};
 
 /// How long a baton left by a release waits for a waiter to take it.
-const BATON_TTL_MS: &str = "60000";
+pub(crate) const BATON_TTL_MS: &str = "60000";
 
 pub struct RedisBackend {
     link: Arc<Link>,
@@ -63,23 +65,15 @@ enum By {
 
 impl RedisBackend {
     pub fn open(url: &str, cfg: &Config) -> Result<RedisBackend> {
-        if url.starts_with("rediss://") {
-            // rustls needs a process-wide crypto provider; ring builds with no system libraries.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
         let shown = super::redact(url);
-        let bad_url = |e: redis::RedisError| {
-            fail(
-                crate::error::USAGE,
-                format!("invalid Redis URL '{shown}': {e}; expected redis://[user:pass@]host[:port][/db], rediss://… or redis+unix:///path?db=N"),
-            )
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        let (target, wait_replicas) = match scheme {
+            "redis+sentinel" => topo::sentinel_target(url, &shown)?,
+            "redis+cluster" => topo::cluster_target(url, &shown)?,
+            _ => (topo::direct_target(url, &shown)?, None),
         };
-        let info = url.into_connection_info().map_err(bad_url)?;
-        // Skip the CLIENT SETINFO pair the driver pipelines on every connection:
-        // two server operations per dlock process for no use to a lock.
-        let settings = info.redis_settings().clone().set_skip_set_lib_name();
-        let client = Client::open(info.set_redis_settings(settings)).map_err(bad_url)?;
-        let link = Link::new(client, cfg.timeout, shown);
+        let mut link = Link::new(target, cfg.timeout, shown);
+        link.wait_replicas = wait_replicas;
         link.connect()?;
         Ok(RedisBackend {
             link: Arc::new(link),
@@ -99,7 +93,8 @@ impl RedisBackend {
     }
 
     /// Runs a script; with `info`, pipelines `INFO memory` behind it (no
-    /// extra round trip) and returns that reply too.
+    /// extra round trip) and returns that reply too. A script that writes a
+    /// lease waits for the replicas the URL asks for (`WAIT`, pipelined too).
     fn run_with_info(
         &self,
         lua: &Lua,
@@ -108,6 +103,10 @@ impl RedisBackend {
         args: &[&str],
         info: bool,
     ) -> Result<(Vec<Value>, Option<Value>)> {
+        // A cluster node may not have seen a script yet: send bodies there.
+        let by = if self.link.is_cluster() { By::Body } else { by };
+        let wait = self.link.wait_replicas.filter(|_| lua.writes);
+        let wait_ms = (self.link.timeout() / 2).as_millis().max(1);
         let call = |body: bool| {
             let mut pipe = redis::pipe();
             // Errors come back as values: a refused INFO must not fail the script.
@@ -118,10 +117,22 @@ impl RedisBackend {
                 pipe.cmd("EVALSHA").arg(&lua.sha);
             }
             pipe.arg(keys.len()).arg(keys).arg(args);
+            if let Some(n) = wait {
+                pipe.cmd("WAIT").arg(n).arg(wait_ms as u64);
+            }
             if info {
                 pipe.cmd("INFO").arg("memory");
             }
-            self.link.with_con(|con| pipe.query::<Vec<Value>>(con))
+            self.link.with_con(Route::Key(&keys[0]), |con| {
+                let replies = pipe.query::<Vec<Value>>(con)?;
+                // A cluster's redirection is the link's to follow.
+                match replies.first() {
+                    Some(Value::ServerError(e)) if matches!(e.code(), "MOVED" | "ASK") => {
+                        Err(e.clone().into())
+                    }
+                    _ => Ok(replies),
+                }
+            })
         };
         let mut replies = call(by == By::Body)?;
         let unknown =
@@ -130,15 +141,49 @@ impl RedisBackend {
             replies = call(true)?;
         }
         let mut replies = replies.into_iter();
-        let (first, extra) = (replies.next(), replies.next());
+        let first = replies.next();
+        let acked = if wait.is_some() { replies.next() } else { None };
+        let extra = replies.next();
         match first {
-            Some(Value::Array(items)) => Ok((items, extra)),
+            Some(Value::Array(items)) => {
+                if let Some(n) = wait {
+                    self.check_replicated(&items, acked.as_ref(), n, wait_ms)?;
+                }
+                Ok((items, extra))
+            }
             Some(Value::ServerError(e)) => Err(self.link.request_error(&e.into())),
             other => Err(fail(
                 INTERNAL,
                 format!("unexpected reply from {}: {other:?}", self.link.shown),
             )),
         }
+    }
+
+    /// A lease written (the script's first field is 1) but acknowledged by
+    /// fewer replicas than asked is not granted: a failover now could lose
+    /// it. The caller treats that like any failed request (an acquisition is
+    /// tried again or released, a renewal retried until its deadline).
+    fn check_replicated(
+        &self,
+        items: &[Value],
+        acked: Option<&Value>,
+        n: u32,
+        ms: u128,
+    ) -> Result<()> {
+        if int(items.first()) != Some(1) {
+            return Ok(());
+        }
+        let got = int(acked).unwrap_or(0);
+        if got >= i64::from(n) {
+            return Ok(());
+        }
+        Err(fail(
+            UNAVAILABLE,
+            format!(
+                "{} applied the write, but only {got} of the {n} replicas asked for (wait_replicas) acknowledged it within {ms}ms",
+                self.link.shown
+            ),
+        ))
     }
 
     fn check_reply(&self, name: &str, items: &[Value]) -> Result<Check> {
@@ -292,7 +337,7 @@ impl Backend for RedisBackend {
     }
 
     fn reconnect(&mut self) -> Result<()> {
-        *self.link.lock() = None;
+        self.link.disconnect();
         self.link.connect()
     }
 
@@ -303,7 +348,7 @@ impl Backend for RedisBackend {
 
     fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
         watch::listen(
-            self.link.client.clone(),
+            Arc::clone(&self.link),
             self.link.timeout(),
             self.key(name, "broken"),
             token_id(token),
@@ -314,26 +359,17 @@ impl Backend for RedisBackend {
 }
 
 impl RedisBackend {
-    /// The names under the prefix that have a lease or a state key.
+    /// The names under the prefix that have a lease or a state key, on
+    /// the server or on every primary of a cluster.
     fn scan_held_names(&mut self) -> Result<Vec<String>> {
         let pattern = scripts::held_pattern(&self.prefix);
         let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = self.link.with_con(|con| {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(con)
-            })?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
+        if self.link.is_cluster() {
+            for node in self.link.primaries()? {
+                keys.extend(self.scan(Route::Node(&node), &pattern)?);
             }
-            cursor = next;
+        } else {
+            keys = self.scan(Route::Key(&pattern), &pattern)?;
         }
         let mut names: Vec<String> = keys
             .iter()
@@ -342,6 +378,28 @@ impl RedisBackend {
         names.sort();
         names.dedup();
         Ok(names)
+    }
+
+    /// Every key matching `pattern` on one server.
+    fn scan(&self, route: Route, pattern: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self.link.with_con(route, |con| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(con)
+            })?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
     }
 }
 
@@ -357,7 +415,7 @@ impl Waiter for RedisWaiter {
         // BZPOPMIN takes seconds with decimals; 0 would mean forever.
         let secs = timeout.as_secs_f64().max(0.001);
         let slack = self.link.timeout();
-        let r = self.link.with_con(|con| {
+        let r = self.link.with_con(Route::Key(&self.baton), |con| {
             con.set_read_timeout(Some(timeout + slack))?;
             let r = redis::cmd("BZPOPMIN")
                 .arg(&self.baton)
@@ -375,7 +433,7 @@ impl Waiter for RedisWaiter {
     }
 }
 
-fn int(v: Option<&Value>) -> Option<i64> {
+pub(crate) fn int(v: Option<&Value>) -> Option<i64> {
     match v? {
         Value::Int(i) => Some(*i),
         Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
@@ -385,11 +443,11 @@ fn int(v: Option<&Value>) -> Option<i64> {
 }
 
 /// Who broke the token's lease, from a script's reply (nil when nobody did).
-fn broken_by(by: Option<&Value>) -> Option<String> {
+pub(crate) fn broken_by(by: Option<&Value>) -> Option<String> {
     by.map(text).filter(|b| !b.is_empty())
 }
 
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
         Value::SimpleString(s) => s.clone(),
@@ -399,7 +457,7 @@ fn text(v: &Value) -> String {
 }
 
 /// Builds a LockInfo from a PTTL reply and a lease value (see `scripts.rs`).
-fn lock_info(name: &str, ttl: Option<&Value>, lease: Option<&Value>) -> LockInfo {
+pub(crate) fn lock_info(name: &str, ttl: Option<&Value>, lease: Option<&Value>) -> LockInfo {
     let v = kinds::parse_lease(&lease.map(text).unwrap_or_default());
     LockInfo {
         name: if v.name.is_empty() {

@@ -2,10 +2,13 @@
 //! helpers to run the real dlock binary.
 #![allow(dead_code, unused_imports)]
 
+pub mod cluster;
 pub mod etcd;
 pub mod mariadb;
 pub mod proxy;
 pub mod redis;
+pub mod redlock;
+pub mod sentinel;
 pub mod sqlite;
 
 use std::path::{Path, PathBuf};

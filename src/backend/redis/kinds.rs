@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::Result;
 use redis::Value;
 
+use super::link::Route;
 use super::scripts::{READ_LUA, WRITE_LUA};
 use super::{int, text, By, RedisBackend, BATON_TTL_MS};
 use crate::backend::kinds::{self as rules, Effects, Held, Mode, State};
@@ -376,11 +377,23 @@ impl RedisBackend {
         })
     }
 
-    /// The holders of `names`, one entry each, read in one round trip.
+    /// The holders of `names`, one entry each, read in one round trip (one
+    /// per name in a cluster, where names live on different nodes).
     pub(super) fn status_of(&self, names: &[String]) -> Result<Vec<LockInfo>> {
-        if names.is_empty() {
-            return Ok(Vec::new());
+        let mut out = Vec::new();
+        if self.link.is_cluster() {
+            for n in names {
+                out.extend(self.status_batch(std::slice::from_ref(n))?);
+            }
+        } else if !names.is_empty() {
+            out = self.status_batch(names)?;
         }
+        out.sort_by(|a, b| (&a.name, a.fence).cmp(&(&b.name, b.fence)));
+        Ok(out)
+    }
+
+    fn status_batch(&self, names: &[String]) -> Result<Vec<LockInfo>> {
+        let route_key = self.key(&names[0], "lease");
         let mut pipe = redis::pipe();
         pipe.cmd("TIME");
         for n in names {
@@ -388,7 +401,9 @@ impl RedisBackend {
             pipe.cmd("GET").arg(&lease).cmd("PTTL").arg(&lease);
             pipe.cmd("GET").arg(self.key(n, "state"));
         }
-        let replies: Vec<Value> = self.link.with_con(|con| pipe.query(con))?;
+        let replies: Vec<Value> = self
+            .link
+            .with_con(Route::Key(&route_key), |con| pipe.query(con))?;
         let now = match replies.first() {
             Some(Value::Array(t)) => match (int(t.first()), int(t.get(1))) {
                 (Some(s), Some(us)) => s * 1_000_000 + us,
@@ -408,7 +423,6 @@ impl RedisBackend {
             };
             out.extend(seen.joined(n)?.infos(n, now));
         }
-        out.sort_by(|a, b| (&a.name, a.fence).cmp(&(&b.name, b.fence)));
         Ok(out)
     }
 }

@@ -1,4 +1,6 @@
-//! The one connection of a process, and what its errors mean to an operator.
+//! The connections of a process, where each request goes (one server, the
+//! primary the sentinels name, or a cluster key's slot owner), and what
+//! their errors mean to an operator.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -7,16 +9,56 @@ use std::time::Duration;
 use anyhow::Result;
 use redis::{Client, Connection};
 
+use super::multi::Multi;
+use super::topo::{self, Addr, Cluster, Sentinel};
 use crate::error::{fail, fail_unsent, mark_unsent, INTERNAL, UNAVAILABLE};
+
+/// Redirections followed for one request (a MOVED, then an ASK, then one spare).
+const MAX_REDIRECTS: usize = 3;
+
+/// What the URL names.
+pub enum Target {
+    /// One server.
+    Direct(Client),
+    /// The primary of a service, as its sentinels name it on each connect.
+    Sentinel(Sentinel),
+    /// The nodes of a cluster (the URL's hosts are seeds).
+    Cluster(Multi),
+}
+
+/// Where a request goes.
+#[derive(Clone, Copy)]
+pub enum Route<'a> {
+    /// The node of this key's slot (the only node, outside a cluster).
+    Key(&'a str),
+    /// This cluster node.
+    Node(&'a Addr),
+}
+
+/// The open connections.
+#[derive(Default)]
+pub struct Conns {
+    one: Option<Connection>,
+    cluster: Cluster,
+}
+
+/// Which connection of `Conns` a request used.
+#[derive(Clone, PartialEq, Eq)]
+enum Used {
+    One,
+    Node(Addr),
+}
 
 /// Shared by the backend and its waiter: a waiter blocks in BZPOPMIN only
 /// between attempts, never during one.
 pub struct Link {
-    pub client: Client,
-    con: Mutex<Option<Connection>>,
+    target: Target,
+    conns: Mutex<Conns>,
     timeout: Mutex<Duration>,
     /// The URL without its password, for messages.
     pub shown: String,
+    /// Replicas that must acknowledge a lease write (`WAIT`), if any.
+    pub wait_replicas: Option<u32>,
     /// Host and port of a TCP server, to ask what answers there when its
     /// replies make no sense, and whether it is reached over TLS.
     addr: Option<(String, u16)>,
@@ -27,34 +69,60 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(client: Client, timeout: Duration, shown: String) -> Link {
-        let (addr, tls) = match client.get_connection_info().addr() {
-            redis::ConnectionAddr::TcpTls { host, port, .. } => (Some((host.clone(), *port)), true),
-            redis::ConnectionAddr::Tcp(host, port) => (Some((host.clone(), *port)), false),
+    pub fn new(target: Target, timeout: Duration, shown: String) -> Link {
+        let (addr, tls) = match &target {
+            Target::Direct(client) => match client.get_connection_info().addr() {
+                redis::ConnectionAddr::TcpTls { host, port, .. } => {
+                    (Some((host.clone(), *port)), true)
+                }
+                redis::ConnectionAddr::Tcp(host, port) => (Some((host.clone(), *port)), false),
+                _ => (None, false),
+            },
             _ => (None, false),
         };
         Link {
-            client,
-            con: Mutex::new(None),
+            target,
+            conns: Mutex::new(Conns::default()),
             timeout: Mutex::new(timeout),
             shown,
+            wait_replicas: None,
             addr,
             tls,
             answered: AtomicBool::new(false),
         }
     }
 
-    /// Opens the connection if there is none.
-    pub fn connect(&self) -> Result<()> {
-        let mut guard = self.lock();
-        if guard.is_none() {
-            *guard = Some(self.new_connection()?);
-        }
-        Ok(())
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
-        self.con.lock().unwrap_or_else(|e| e.into_inner())
+    /// Opens the connection (or reads the cluster's slot map) if there is none.
+    pub fn connect(&self) -> Result<()> {
+        let mut g = self.lock();
+        match &self.target {
+            Target::Cluster(seeds) if !g.cluster.has_map() => g
+                .cluster
+                .refresh(seeds, self.timeout())
+                .map_err(|e| mark_unsent(self.connect_error(&e, self.timeout()))),
+            Target::Cluster(_) => Ok(()),
+            _ if g.one.is_none() => {
+                g.one = Some(self.new_connection()?);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Drops every connection (and the slot map): the next request opens anew,
+    /// asking the sentinels again.
+    pub fn disconnect(&self) {
+        let mut g = self.lock();
+        g.one = None;
+        g.cluster = Cluster::default();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn timeout(&self) -> Duration {
@@ -63,60 +131,197 @@ impl Link {
 
     pub fn set_timeout(&self, t: Duration) {
         *self.timeout.lock().unwrap_or_else(|e| e.into_inner()) = t;
-        let mut con = self.lock();
-        if let Some(c) = con.as_ref() {
-            if c.set_read_timeout(Some(t))
+        let mut g = self.lock();
+        let set = |c: &Connection| {
+            c.set_read_timeout(Some(t))
                 .and_then(|_| c.set_write_timeout(Some(t)))
-                .is_err()
-            {
-                *con = None;
+                .is_ok()
+        };
+        if g.one.as_ref().is_some_and(|c| !set(c)) {
+            g.one = None;
+        }
+        g.cluster.nodes.retain(|_, c| set(c));
+    }
+
+    /// The primaries of a cluster (read afresh), to visit each one.
+    pub fn primaries(&self) -> Result<Vec<Addr>> {
+        let Target::Cluster(seeds) = &self.target else {
+            return Ok(Vec::new());
+        };
+        let mut g = self.lock();
+        g.cluster
+            .refresh(seeds, self.timeout())
+            .map_err(|e| self.request_error(&e))?;
+        Ok(g.cluster.primaries())
+    }
+
+    /// A client for a subscriber connection of its own: the server itself,
+    /// the primary the sentinels name now, or a cluster node (a PUBLISH
+    /// reaches every node of a cluster).
+    pub fn subscriber(&self) -> redis::RedisResult<Client> {
+        match &self.target {
+            Target::Direct(c) => Ok(c.clone()),
+            Target::Sentinel(s) => {
+                let addr = s.primary(self.timeout()).map_err(|e| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "no primary", e))
+                })?;
+                s.node_client(&addr)
+            }
+            Target::Cluster(seeds) => {
+                let (h, p) = &seeds.hosts[0];
+                topo::client_for(&seeds.node_url(h, *p, 0))
             }
         }
     }
 
-    /// Runs `f` on the connection, opening it first if needed. Any error drops
+    /// Runs `f` on the connection that `route` names, opening it first if
+    /// needed, and follows a cluster's MOVED and ASK. Any other error drops
     /// the connection, because a late reply to a timed-out request would
     /// otherwise be read as the next one's answer.
     pub fn with_con<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+        route: Route,
+        mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
     ) -> Result<T> {
-        let mut guard = self.lock();
-        if guard.is_none() {
-            *guard = Some(self.new_connection()?);
-        }
-        let con = guard.as_mut().expect("just connected");
-        match f(con) {
-            Ok(v) => {
-                self.answered.store(true, Ordering::Relaxed);
-                Ok(v)
+        let mut g = self.lock();
+        let mut redirect: Option<(Addr, bool)> = None;
+        for hop in 0..=MAX_REDIRECTS {
+            let asking = redirect.as_ref().is_some_and(|(_, ask)| *ask);
+            let used = self.pick(&mut g, route, redirect.take().map(|(a, _)| a))?;
+            let con = match &used {
+                Used::One => g.one.as_mut(),
+                Used::Node(a) => g.cluster.nodes.get_mut(a),
             }
-            Err(e) => {
-                *guard = None;
-                drop(guard);
-                if !self.answered.load(Ordering::Relaxed) {
-                    if e.is_timeout() && self.tls {
-                        return Err(self.no_handshake());
-                    }
-                    if let Some(other) = self.not_redis(&e) {
-                        return Err(other);
+            .expect("picked an open connection");
+            let r = if asking {
+                redis::cmd("ASKING").query::<()>(con).and_then(|_| f(con))
+            } else {
+                f(con)
+            };
+            let e = match r {
+                Ok(v) => {
+                    self.answered.store(true, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) => e,
+            };
+            if let Some((to, ask)) = topo::redirection(&e).filter(|_| hop < MAX_REDIRECTS) {
+                if !ask {
+                    // The slots moved: read the map again for the requests after this one.
+                    g.cluster.forget_map();
+                }
+                redirect = Some((to, ask));
+                continue;
+            }
+            match used {
+                Used::One => g.one = None,
+                Used::Node(a) => {
+                    g.cluster.nodes.remove(&a);
+                    // A node that fails may have lost its slots to a replica.
+                    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                        g.cluster.forget_map();
                     }
                 }
-                Err(self.request_error(&e))
             }
+            drop(g);
+            if !self.answered.load(Ordering::Relaxed) {
+                if e.is_timeout() && self.tls {
+                    return Err(self.no_handshake());
+                }
+                if let Some(other) = self.not_redis(&e) {
+                    return Err(other);
+                }
+            }
+            return Err(self.request_error(&e));
         }
+        unreachable!("the last hop returns")
+    }
+
+    /// Opens what `route` needs and says which connection it is.
+    fn pick(&self, g: &mut Conns, route: Route, redirect: Option<Addr>) -> Result<Used> {
+        let Target::Cluster(seeds) = &self.target else {
+            if g.one.is_none() {
+                g.one = Some(self.new_connection()?);
+            }
+            return Ok(Used::One);
+        };
+        let timeout = self.timeout();
+        let unsent = |e: redis::RedisError| mark_unsent(self.connect_error(&e, timeout));
+        let addr = match (redirect, route) {
+            (Some(a), _) => a,
+            (None, Route::Node(a)) => a.clone(),
+            (None, Route::Key(key)) => {
+                if !g.cluster.has_map() {
+                    g.cluster.refresh(seeds, timeout).map_err(unsent)?;
+                }
+                let slot = topo::slot(key);
+                g.cluster.owner(slot).cloned().ok_or_else(|| {
+                    fail_unsent(
+                        UNAVAILABLE,
+                        format!("no node of {} serves slot {slot} (key {key}): is the cluster's slot coverage complete?", self.shown),
+                    )
+                })?
+            }
+        };
+        if let Err(e) = g.cluster.con(seeds, &addr, timeout) {
+            // The node may be gone for good, its slots served by another now.
+            g.cluster.forget_map();
+            let at = format!("{}:{}", addr.0, addr.1);
+            return Err(mark_unsent(fail(
+                UNAVAILABLE,
+                format!(
+                    "cannot connect to cluster node {at} of {}: {}",
+                    self.shown,
+                    topo::short(&e)
+                ),
+            )));
+        }
+        Ok(Used::Node(addr))
     }
 
     fn new_connection(&self) -> Result<Connection> {
         let timeout = self.timeout();
-        let con = self
-            .client
-            .get_connection_with_timeout(timeout)
-            .map_err(|e| mark_unsent(self.connect_error(&e, timeout)))?;
-        con.set_read_timeout(Some(timeout))
-            .and_then(|_| con.set_write_timeout(Some(timeout)))
-            .map_err(|e| self.connect_error(&e, timeout))?;
-        Ok(con)
+        match &self.target {
+            Target::Direct(client) => topo::open(client, timeout)
+                .map_err(|e| mark_unsent(self.connect_error(&e, timeout))),
+            Target::Sentinel(s) => self.primary_connection(s, timeout),
+            Target::Cluster(_) => unreachable!("a cluster routes by slot"),
+        }
+    }
+
+    /// Asks the sentinels for the primary, connects, and checks that it
+    /// says it is one: a replica named during a failover would refuse writes.
+    fn primary_connection(&self, s: &Sentinel, timeout: Duration) -> Result<Connection> {
+        let at = &self.shown;
+        let addr = s.primary(timeout).map_err(|why| {
+            fail_unsent(
+                UNAVAILABLE,
+                format!(
+                    "no sentinel of {at} named a primary for '{}': {why}",
+                    s.service
+                ),
+            )
+        })?;
+        let node = format!("{}:{}", addr.0, addr.1);
+        let mut con = s
+            .node_client(&addr)
+            .and_then(|c| topo::open(&c, timeout))
+            .map_err(|e| {
+                let msg = if is_auth_error(&e) {
+                    format!("authentication to the primary {node} of {at} failed: check the user and password in the URL")
+                } else {
+                    format!("cannot connect to the primary {node} that the sentinels of {at} name: {}", topo::short(&e))
+                };
+                mark_unsent(fail(UNAVAILABLE, msg))
+            })?;
+        match topo::is_primary(&mut con) {
+            Ok(true) => Ok(con),
+            Ok(false) => Err(fail_unsent(
+                UNAVAILABLE,
+                format!("the sentinels of {at} name {node} as the primary, but it says it is a replica: a failover is under way; try again"),
+            )),
+            Err(e) => Err(mark_unsent(self.request_error(&e))),
+        }
     }
 
     fn connect_error(&self, e: &redis::RedisError, timeout: Duration) -> anyhow::Error {
@@ -192,6 +397,17 @@ impl Link {
             fail(
                 UNAVAILABLE,
                 format!("{at} refused the write: it is out of memory (maxmemory reached); free memory on the server or raise its maxmemory"),
+            )
+        } else if e.code() == Some("TRYAGAIN") {
+            // Refused before the script ran: nothing was taken.
+            fail_unsent(
+                UNAVAILABLE,
+                format!("{at} is moving this lock's slot between nodes and cannot serve its keys until the move is done; try again"),
+            )
+        } else if e.code() == Some("CLUSTERDOWN") {
+            fail_unsent(
+                UNAVAILABLE,
+                format!("{at} refused the request: the cluster is down (a slot has no live node)"),
             )
         } else if e.code() == Some("READONLY") {
             fail(

@@ -36,7 +36,7 @@ use std::borrow::Cow;
 use std::sync::LazyLock;
 
 /// Shared by the scripts: does lease value `v` belong to token `t`?
-const OWNS: &str = r"
+pub(crate) const OWNS: &str = r"
 local function owns(v, t) return v and string.sub(v, 1, #t + 1) == t .. '\n' end
 ";
 
@@ -76,7 +76,7 @@ return {1, fs, nows, 0}
 ";
 
 /// Who broke the lease of token ARGV[1] (KEYS[2] is the tombstone), if anyone.
-const BROKEN_BY: &str = r"
+pub(crate) const BROKEN_BY: &str = r"
 local function broken_by(k, t)
   local b = redis.call('GET', k)
   if owns(b, t) then return string.sub(b, #t + 2) end
@@ -175,22 +175,26 @@ return {1}
 pub struct Lua {
     pub body: String,
     pub sha: String,
+    /// Whether a first reply field of 1 means a lease was written (which
+    /// `wait_replicas` then waits to see replicated).
+    pub writes: bool,
 }
 
 impl Lua {
-    fn new(parts: &[&str]) -> Lua {
+    pub(crate) fn new(parts: &[&str], writes: bool) -> Lua {
         let body: String = parts.concat();
         let sha = redis::Script::new(&body).get_hash().to_string();
-        Lua { body, sha }
+        Lua { body, sha, writes }
     }
 }
 
-pub static ACQUIRE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[OWNS, ACQUIRE]));
-pub static RENEW_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[OWNS, BROKEN_BY, RENEW]));
-pub static RELEASE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[OWNS, BROKEN_BY, RELEASE]));
-pub static FORCE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[FORCE_RELEASE]));
-pub static READ_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[READ]));
-pub static WRITE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[WRITE]));
+pub static ACQUIRE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[OWNS, ACQUIRE], true));
+pub static RENEW_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[OWNS, BROKEN_BY, RENEW], true));
+pub static RELEASE_LUA: LazyLock<Lua> =
+    LazyLock::new(|| Lua::new(&[OWNS, BROKEN_BY, RELEASE], false));
+pub static FORCE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[FORCE_RELEASE], false));
+pub static READ_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[READ], false));
+pub static WRITE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[WRITE], true));
 
 /// `{`, `}` and `%` escaped, so that a prefix or name cannot end or open a hash tag.
 fn escape(s: &str) -> Cow<'_, str> {

@@ -2,9 +2,12 @@
 //! announced on pub/sub, and whether the server may evict lease keys.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Client, Value};
+use redis::Value;
+
+use super::link::Link;
 
 use crate::output::{self, Level};
 
@@ -16,7 +19,7 @@ use crate::output::{self, Level};
 /// shared lock or semaphore at once, the others' renewals find them gone).
 /// Every broken holder, of any kind, gets a notice.
 pub fn listen(
-    client: Client,
+    link: Arc<Link>,
     timeout: Duration,
     channel: String,
     token_id: String,
@@ -29,7 +32,7 @@ pub fn listen(
         .spawn(move || {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match wait_for_break(&client, timeout, &channel, &token_id) {
+                match wait_for_break(&link, timeout, &channel, &token_id) {
                     Ok(by) => {
                         on_break(format!("lock '{name}' was broken with --force by {by}"));
                         return;
@@ -49,13 +52,14 @@ pub fn listen(
 }
 
 /// Subscribes and blocks until a notice for `token_id`; returns who broke it.
+/// Behind Sentinel, each new subscription goes to the primary named then.
 fn wait_for_break(
-    client: &Client,
+    link: &Link,
     timeout: Duration,
     channel: &str,
     token_id: &str,
 ) -> redis::RedisResult<String> {
-    let mut con = client.get_connection_with_timeout(timeout)?;
+    let mut con = link.subscriber()?.get_connection_with_timeout(timeout)?;
     con.set_read_timeout(Some(timeout))?;
     let mut ps = con.as_pubsub();
     ps.subscribe(channel)?;
