@@ -421,4 +421,5 @@ backends! {
     redis => Arc::new(Redis::start());
     sqlite => Arc::new(common::sqlite::Sqlite::new());
     mariadb => common::mariadb::MariaDb::shared();
+    zookeeper => common::zookeeper::ZooKeeper::shared();
 }

@@ -493,4 +493,5 @@ macro_rules! backends {
 
 backends! {
     redis => Arc::new(Redis::start());
+    zookeeper => common::zookeeper::ZooKeeper::shared();
 }

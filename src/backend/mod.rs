@@ -22,6 +22,7 @@ pub mod probe;
 pub mod redis;
 pub mod sql;
 pub mod sqlite;
+pub mod zookeeper;
 
 /// What a caller asks for when acquiring.
 pub struct Request<'a> {
@@ -249,10 +250,12 @@ const SCHEMES: &[(&str, Opener)] = &[
     ("redis+unix", open_redis),
     ("mysql", open_mysql),
     ("sqlite", open_sqlite),
+    ("zk", open_zookeeper),
 ];
 
-/// Accepted but not listed: the Redis driver's own name for `redis+unix`.
-const ALIASES: &[(&str, Opener)] = &[("unix", open_redis)];
+/// Accepted but not listed: the Redis driver's own name for `redis+unix`,
+/// and ZooKeeper's long name.
+const ALIASES: &[(&str, Opener)] = &[("unix", open_redis), ("zookeeper", open_zookeeper)];
 
 /// "redis://, rediss://, … or sqlite://", with `last` before the final one.
 pub fn scheme_list(last: &str) -> String {
@@ -285,6 +288,15 @@ fn open_mysql(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let b = mysql::MysqlBackend::open(url, cfg)?;
     let loc = Location {
         backend: "mysql",
+        location: redact(url),
+    };
+    Ok((Box::new(b), loc))
+}
+
+fn open_zookeeper(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = zookeeper::ZkBackend::open(url, cfg)?;
+    let loc = Location {
+        backend: "zookeeper",
         location: redact(url),
     };
     Ok((Box::new(b), loc))
@@ -340,11 +352,40 @@ pub fn redact(url: &str) -> String {
             }
             u.to_string().replace("%2A%2A%2A", "***")
         }
+        // A list of hosts (zk://a:1,b:2/x): only the password goes.
+        Err(_) if multi_host(url).is_some() => match multi_host(url) {
+            Some((head, Some(_), tail)) => format!("{head}:***@{tail}"),
+            _ => url.to_string(),
+        },
         // Unparsable: keep the scheme only, since we cannot tell where a password sits.
         Err(_) => match url.split_once("://") {
             Some((scheme, _)) => format!("{scheme}://…"),
             None => "(unparsable URL)".into(),
         },
+    }
+}
+
+/// A URL whose authority lists several hosts, which the url crate cannot
+/// parse, split around its password: ("zk://user", Some("pass"),
+/// "host1,host2/path"), or None for other URLs.
+fn multi_host(url: &str) -> Option<(&str, Option<&str>, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if !authority.contains(',') {
+        return None;
+    }
+    let Some(at) = authority.rfind('@') else {
+        return Some((url, None, ""));
+    };
+    let userinfo = &rest[..at];
+    let tail = &rest[at + 1..];
+    match userinfo.split_once(':') {
+        Some((user, pass)) => {
+            let head = &url[..scheme.len() + 3 + user.len()];
+            Some((head, Some(pass), tail))
+        }
+        None => Some((url, None, "")),
     }
 }
 
@@ -369,6 +410,12 @@ pub fn secrets(url: &str) -> Vec<String> {
             }
         }
     }
+    if let Some((_, Some(p), _)) = multi_host(url) {
+        out.push(p.to_string());
+        if let Some((_, d)) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes()).next() {
+            out.push(d.into_owned());
+        }
+    }
     out.retain(|s| s.len() >= 3);
     out
 }
@@ -381,7 +428,7 @@ mod tests {
     fn the_scheme_list_reads_as_before() {
         assert_eq!(
             scheme_list(" or "),
-            "redis://, rediss://, redis+unix://, mysql:// or sqlite://"
+            "redis://, rediss://, redis+unix://, mysql://, sqlite:// or zk://"
         );
         assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
     }
@@ -443,6 +490,9 @@ mod tests {
         let r = redact("mysql://root:p%40ss@db/locks");
         assert!(!r.contains("p%40ss") && !r.contains("p@ss"), "{r}");
         assert_eq!(redact("redis://:pw:with@junk@@"), "redis://…");
+        assert_eq!(redact("zk://u:s3cret@a:1,b:2/ch"), "zk://u:***@a:1,b:2/ch");
+        assert_eq!(redact("zk://a:1,b:2/ch"), "zk://a:1,b:2/ch");
+        assert_eq!(redact("zk://u:pw@a:1/ch"), "zk://u:***@a:1/ch");
     }
 
     #[test]
@@ -452,5 +502,7 @@ mod tests {
             s.contains(&"p%40ss".to_string()) && s.contains(&"p@ss".to_string()),
             "{s:?}"
         );
+        let s = secrets("zk://u:p%40ss@a:1,b:2");
+        assert!(s.contains(&"p@ss".to_string()), "{s:?}");
     }
 }

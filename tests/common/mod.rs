@@ -6,6 +6,7 @@ pub mod mariadb;
 pub mod proxy;
 pub mod redis;
 pub mod sqlite;
+pub mod zookeeper;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
