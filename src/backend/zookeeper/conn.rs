@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError};
@@ -86,28 +86,43 @@ impl Conn {
         Ok(client)
     }
 
+    /// Connects to the first server that serves, trying them all again
+    /// (an election, a restart) until the timeout runs out.
     fn open(&self) -> Result<Session> {
-        let tasks = Arc::new(Tasks::default());
-        let mut connector = Client::connector()
-            .with_session_timeout(SESSION_TIMEOUT)
-            .with_fail_eagerly();
-        if let Some(d) = &self.addr.digest {
-            connector = connector.with_auth("digest", d.as_bytes());
-        }
         let timeout = self.timeout();
-        let hosts = self.addr.hosts.as_str();
-        let r = tasks.enter(|| run::within(timeout, connector.connect(hosts)));
-        match r {
-            Some(Ok(client)) => Ok(Session { client, tasks }),
-            Some(Err(e)) => Err(self.error(&e, "connecting")),
-            None => Err(fail(
-                UNAVAILABLE,
-                format!(
-                    "no ZooKeeper server at {} answered within {}",
-                    self.shown,
-                    crate::duration::format(timeout)
-                ),
-            )),
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let tasks = Arc::new(Tasks::default());
+            let mut connector = Client::connector()
+                .with_session_timeout(SESSION_TIMEOUT)
+                .with_fail_eagerly();
+            if let Some(d) = &self.addr.digest {
+                connector = connector.with_auth("digest", d.as_bytes());
+            }
+            let hosts = self.addr.hosts.as_str();
+            let r = tasks.enter(|| run::until(deadline, connector.connect(hosts)));
+            let left = deadline.saturating_duration_since(Instant::now());
+            match r {
+                Some(Ok(client)) => return Ok(Session { client, tasks }),
+                Some(Err(ZkError::NoHosts)) if left > pause => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Some(Err(e)) if e != ZkError::NoHosts => {
+                    return Err(self.error(&e, "connecting"))
+                }
+                _ => {
+                    return Err(fail(
+                        UNAVAILABLE,
+                        format!(
+                            "no ZooKeeper server at {} served within {} (refused, down, or without a quorum)",
+                            self.shown,
+                            crate::duration::format(timeout)
+                        ),
+                    ))
+                }
+            }
         }
     }
 

@@ -82,6 +82,10 @@ impl ZkWaiter {
             r => r.map_err(|e| conn.error(&e, &what))?,
         };
         let node = format!("w-{}", created.1);
+        crate::output::verbose(&format!(
+            "queued for lock '{}' as {node} in {dir}",
+            self.name
+        ));
         let store = Arc::clone(&self.store);
         let path = format!("{dir}/{node}");
         let hook = signals::at_exit(Box::new(move || leave(&store, &path)));

@@ -1,0 +1,298 @@
+//! ZooKeeper under faults: hand-offs between processes, dead waiters, a
+//! leader or a majority of the ensemble lost during `exec`, a holder cut off
+//! from the ensemble, and an ensemble that lost its data. The ensemble tests
+//! start three servers of their own (tick 500 ms) and run one at a time, so
+//! that the timings they print are not two ensembles' elections fighting for
+//! the CPU.
+
+mod common;
+
+use std::process::Child;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::proxy::Cuttable;
+use common::zookeeper::ZooKeeper;
+use common::*;
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ensemble() -> (Arc<ZooKeeper>, Ctx) {
+    let zk = Arc::new(ZooKeeper::ensemble(3));
+    let ctx = Ctx::new(zk.clone());
+    (zk, ctx)
+}
+
+/// Starts `dlock -v ARGS` with stderr captured.
+fn dlock_v(ctx: &Ctx, args: &[&str]) -> (Child, Lines) {
+    let mut a = vec!["-v"];
+    a.extend_from_slice(args);
+    let mut child = spawn(ctx.cmd(&a));
+    let lines = Lines::of(&mut child);
+    (child, lines)
+}
+
+/// `dlock -v exec ARGS -- sh -c SCRIPT`, with stderr captured.
+fn exec_sh(ctx: &Ctx, args: &[&str], script: &str) -> (Child, Lines) {
+    let mut a = vec!["exec"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["--", "sh", "-c", script]);
+    dlock_v(ctx, &a)
+}
+
+/// Wall-clock nanoseconds, comparable with `date +%s%N` in a child.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A `date +%s%N` that a child wrote to `path`.
+fn stamp(path: &std::path::Path) -> u128 {
+    let s = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    s.trim().parse().unwrap()
+}
+
+fn ms(ns: u128) -> f64 {
+    ns as f64 / 1e6
+}
+
+#[test]
+fn a_waiter_gets_the_lock_within_milliseconds_of_a_release() {
+    let ctx = Ctx::new(ZooKeeper::shared());
+    let tok = ctx.acquire("h", "60s");
+    let got = ctx.path("got");
+    let script = format!("date +%s%N > '{}'", got.display());
+    let (mut w, mut lines) = exec_sh(&ctx, &["--wait", "30s", "h"], &script);
+    lines.expect("queued for lock 'h'", Duration::from_secs(10));
+    let released = now_ns();
+    assert_eq!(code(&ctx.run(&["release", "h", "--token", &tok])), 0);
+    assert!(wait_child(&mut w, Duration::from_secs(30)).success());
+    let handoff = ms(stamp(&got) - released);
+    eprintln!(
+        "hand-off: the waiter's command started {handoff:.1} ms after `dlock release` was started"
+    );
+    // A session timeout is 4 s: a waiter woken by anything but the release would be far later.
+    assert!(handoff < 1000.0, "hand-off took {handoff:.1} ms");
+}
+
+/// Four processes that all want the lock at once get it one after the
+/// other, each right after the one before released it: nobody waits for
+/// the session of a process that has exited.
+#[test]
+fn processes_hand_the_lock_on_without_waiting_for_sessions() {
+    let ctx = Ctx::new(ZooKeeper::shared());
+    let kids: Vec<(Child, Lines)> = (0..4)
+        .map(|i| {
+            let script = format!(
+                "date +%s%N > '{d}/start{i}'; sleep 0.1; date +%s%N > '{d}/end{i}'",
+                d = ctx.dir.path().display()
+            );
+            exec_sh(&ctx, &["--wait", "forever", "chain"], &script)
+        })
+        .collect();
+    for (mut k, _) in kids {
+        assert!(wait_child(&mut k, Duration::from_secs(60)).success());
+    }
+    let mut spans: Vec<(u128, u128)> = (0..4)
+        .map(|i| {
+            (
+                stamp(&ctx.path(&format!("start{i}"))),
+                stamp(&ctx.path(&format!("end{i}"))),
+            )
+        })
+        .collect();
+    spans.sort();
+    let gaps: Vec<f64> = spans.windows(2).map(|w| ms(w[1].0 - w[0].1)).collect();
+    eprintln!("gaps between one command's end and the next one's start: {gaps:.1?} ms");
+    for g in &gaps {
+        assert!(*g > 0.0, "two commands overlapped: {spans:?}");
+        assert!(*g < 1000.0, "a hand-off took {g:.1} ms: {gaps:?}");
+    }
+}
+
+/// A waiter stopped with SIGTERM leaves the queue as it exits, so the one
+/// behind it is not held up at all; one that is SIGKILLed holds it up until
+/// the server expires its session (4 s asked, on a 500 ms tick).
+#[test]
+fn dead_waiters_leave_the_queue() {
+    let _serial = one_at_a_time();
+    let (_zk, ctx) = ensemble();
+    // SIGKILL: the session timeout, a tick of the server's expiry buckets, and slack.
+    for (sig, bound_ms) in [
+        (libc::SIGTERM, 1000.0),
+        (libc::SIGKILL, 4000.0 + 500.0 + 1500.0),
+    ] {
+        let name = format!("dq{sig}");
+        let tok = ctx.acquire(&name, "60s");
+        let (mut dead, mut dl) = dlock_v(&ctx, &["acquire", "--wait", "60s", &name]);
+        dl.expect("queued for lock", Duration::from_secs(10));
+        let got = ctx.path(&format!("got{sig}"));
+        let script = format!("date +%s%N > '{}'", got.display());
+        let (mut next, mut nl) = exec_sh(&ctx, &["--wait", "60s", &name], &script);
+        nl.expect("queued for lock", Duration::from_secs(10));
+        let killed = now_ns();
+        signal(dead.id(), sig);
+        let _ = dead.wait();
+        assert_eq!(code(&ctx.run(&["release", &name, "--token", &tok])), 0);
+        assert!(wait_child(&mut next, Duration::from_secs(30)).success());
+        let after = ms(stamp(&got) - killed);
+        eprintln!("the waiter behind one killed by signal {sig} got the lock {after:.0} ms after the kill");
+        assert!(after < bound_ms, "{after:.0} ms (bound {bound_ms} ms)");
+    }
+}
+
+/// Runs `exec --lease 3s NAME` with a command that records its fence and
+/// start, signals `ready`, and on SIGTERM records when it was stopped.
+fn long_exec(ctx: &Ctx, url: Option<&str>, name: &str) -> (Child, Lines) {
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let d = ctx.dir.path().display();
+    let script = format!(
+        "trap 'date +%s%N > \"{d}/stopped\"; exit 0' TERM; echo \"$DLOCK_FENCE\" > '{d}/fence'; \
+         echo go > '{r}'; sleep 120 & wait",
+        r = ready.path.display()
+    );
+    let a = [
+        "-v", "exec", "--lease", "3s", name, "--", "sh", "-c", &script,
+    ];
+    let mut c = ctx.cmd(&a);
+    if let Some(u) = url {
+        c.env("DLOCK_URL", u);
+    }
+    let mut child = spawn(c);
+    let lines = Lines::of(&mut child);
+    ready.read_line(Duration::from_secs(30));
+    (child, lines)
+}
+
+fn fence_of(ctx: &Ctx) -> u64 {
+    std::fs::read_to_string(ctx.path("fence"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The lease's end by the ensemble's clock (ms), as `status` reports it.
+fn lease_end_ms(ctx: &Ctx, name: &str) -> Option<i64> {
+    let v = ctx.status_json(&[name]);
+    let ttl = v["locks"][0]["ttl_ms"].as_i64()?;
+    Some(now_ms() + ttl)
+}
+
+#[test]
+fn losing_the_leader_during_exec_changes_nothing() {
+    let _serial = one_at_a_time();
+    let (zk, ctx) = ensemble();
+    let (mut dlock, mut lines) = long_exec(&ctx, None, "ld");
+    let leader = zk.leader().expect("a leader");
+    let killed = now_ms();
+    zk.kill(leader);
+    // Renewals go on through the new leader: the lease soon ends later
+    // than any lease renewed before the kill could.
+    let start = Instant::now();
+    wait_until(
+        "a renewal after the leader's loss",
+        Duration::from_secs(20),
+        || lease_end_ms(&ctx, "ld").is_some_and(|end| end > killed + 3000),
+    );
+    let new_leader = zk.leader().expect("a new leader");
+    eprintln!(
+        "leader {leader} killed; leader now {new_leader}; the lease was renewed {:?} later",
+        start.elapsed()
+    );
+    assert_ne!(leader, new_leader);
+    signal(dlock.id(), libc::SIGTERM);
+    let st = wait_child(&mut dlock, Duration::from_secs(20));
+    let err = lines.rest();
+    assert_eq!(st.code(), Some(0), "{err}");
+    assert!(!err.contains("lost"), "{err}");
+    assert!(!ctx.is_held("ld"), "released at the end");
+}
+
+#[test]
+fn losing_the_majority_stops_the_command_before_the_lease_could_expire() {
+    let _serial = one_at_a_time();
+    let (zk, ctx) = ensemble();
+    let (mut dlock, mut lines) = long_exec(&ctx, None, "mj");
+    let fence = fence_of(&ctx);
+    let leader = zk.leader().expect("a leader");
+    let other = (0..3).find(|&i| i != leader).unwrap();
+    let lost = now_ns();
+    zk.kill(leader);
+    zk.kill(other);
+    let st = wait_child(&mut dlock, Duration::from_secs(20));
+    let err = lines.rest();
+    assert_eq!(st.code(), Some(79), "{err}");
+    let stopped = ms(stamp(&ctx.path("stopped")) - lost);
+    eprintln!("majority lost: the command was stopped {stopped:.0} ms later (lease 3000 ms)");
+    assert!(stopped < 3000.0, "stopped {stopped:.0} ms after the loss");
+    // Back with a majority, the lock works again with a greater fence.
+    zk.start(leader);
+    zk.start(other);
+    zk.await_quorum(Duration::from_secs(60));
+    let o = ctx.run(&["acquire", "--json", "--wait", "20s", "mj"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["fence"].as_u64().unwrap() > fence, "{v} after {fence}");
+}
+
+/// The holder cut off from every server (through proxies that stop
+/// forwarding) is stopped before its lease ends, and a contender that
+/// reaches the ensemble gets the lock only after that.
+#[test]
+fn a_partitioned_holder_is_stopped_before_a_contender_gets_in() {
+    let _serial = one_at_a_time();
+    let (zk, ctx) = ensemble();
+    let proxies: Vec<Cuttable> = (0..3).map(|i| Cuttable::start(zk.port(i))).collect();
+    let via = ZooKeeper::url_of(&proxies.iter().map(|p| p.port).collect::<Vec<_>>());
+    let (mut dlock, mut lines) = long_exec(&ctx, Some(&via), "pt");
+    let cut = now_ns();
+    for p in &proxies {
+        p.cut();
+    }
+    let got = ctx.path("contender");
+    let script = format!("date +%s%N > '{}'", got.display());
+    let (mut contender, _cl) = exec_sh(&ctx, &["--wait", "30s", "pt"], &script);
+    let st = wait_child(&mut dlock, Duration::from_secs(20));
+    let err = lines.rest();
+    assert_eq!(st.code(), Some(79), "{err}");
+    assert!(wait_child(&mut contender, Duration::from_secs(30)).success());
+    let stopped = ms(stamp(&ctx.path("stopped")) - cut);
+    let entered = ms(stamp(&got) - cut);
+    eprintln!(
+        "partition: the holder's command was stopped {stopped:.0} ms after the cut, \
+         the contender's started {entered:.0} ms after it (lease 3000 ms)"
+    );
+    assert!(stopped < 3000.0, "stopped {stopped:.0} ms after the cut");
+    assert!(
+        stopped < entered,
+        "the contender ran while the holder's command did"
+    );
+}
+
+/// An ensemble that lost all its data (new servers, same addresses) hands
+/// out fences above every earlier one: they go on from the leader's clock.
+#[test]
+fn fences_grow_after_the_ensemble_lost_its_data() {
+    let _serial = one_at_a_time();
+    let (zk, ctx) = ensemble();
+    let take = || {
+        let o = ctx.run(&["acquire", "--json", "wipe"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let tok = v["token"].as_str().unwrap();
+        assert_eq!(code(&ctx.run(&["release", "wipe", "--token", tok])), 0);
+        v["fence"].as_u64().unwrap()
+    };
+    let (a, b) = (take(), take());
+    assert!(b > a);
+    zk.restart_empty();
+    let c = take();
+    eprintln!("fences {a}, {b}; after the wipe {c}");
+    assert!(c > b, "fence {c} after {b}");
+}
