@@ -710,30 +710,12 @@ struct Throughput {
 fn throughput(tool: &Tool, dir: &Path, workers: usize, per_worker: usize) -> Throughput {
     let counter = dir.join(format!("counter-{}", mono_ns()));
     std::fs::write(&counter, "0\n").unwrap();
-    let barrier = Barrier::new(workers + 1);
     let server = tool.backend().and_then(|b| b.server_pid);
     let (client0, server0) = (children_cpu(), server.map(cpu_of));
-    let secs = std::thread::scope(|sc| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                sc.spawn(|| {
-                    barrier.wait();
-                    for _ in 0..per_worker {
-                        let mut c = tool.command("counter", &["sh", "-c", SECTION]);
-                        c.env("BENCH_COUNTER", &counter);
-                        run_ok(c, &tool.label());
-                    }
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        for h in handles {
-            if let Err(e) = h.join() {
-                std::panic::resume_unwind(e);
-            }
-        }
-        start.elapsed().as_secs_f64()
+    let secs = run_loops(workers, per_worker, || {
+        let mut c = tool.command("counter", &["sh", "-c", SECTION]);
+        c.env("BENCH_COUNTER", &counter);
+        run_ok(c, &tool.label());
     });
     let total = workers * per_worker;
     let cpu_client = (children_cpu() - client0) / total as f64;
@@ -765,6 +747,32 @@ fn throughput(tool: &Tool, dir: &Path, workers: usize, per_worker: usize) -> Thr
         cpu_client,
         cpu_server,
     }
+}
+
+/// `workers` threads each call `section` `per_worker` times, all starting
+/// together; returns the seconds from the start to the last one's end.
+fn run_loops(workers: usize, per_worker: usize, section: impl Fn() + Sync) -> f64 {
+    let barrier = Barrier::new(workers + 1);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                sc.spawn(|| {
+                    barrier.wait();
+                    for _ in 0..per_worker {
+                        section();
+                    }
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for h in handles {
+            if let Err(e) = h.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+        start.elapsed().as_secs_f64()
+    })
 }
 
 struct Handoff {

@@ -32,7 +32,7 @@ pub fn status_table(loc: &Location, prefix: &str, rows: &[Row]) -> String {
         table.push(match row {
             Row::Held(l) => [
                 l.name.clone(),
-                kind_cell(l),
+                kind_cell(l, rows),
                 format!("{}:{}", l.holder.host, l.holder.pid),
                 l.holder.user.clone(),
                 l.token_id.clone(),
@@ -84,10 +84,17 @@ pub fn status_table(loc: &Location, prefix: &str, rows: &[Row]) -> String {
     out
 }
 
-/// "exclusive", "shared", or "slot 1 of 3" (with waiters queued: "… +2 queued").
-fn kind_cell(l: &LockInfo) -> String {
+/// "exclusive", "shared", or "slot 1 of 3 (2/3 taken)"; with waiters
+/// queued, "… +2 queued".
+fn kind_cell(l: &LockInfo, rows: &[Row]) -> String {
     let kind = match l.slot {
-        Some(k) => format!("slot {k} of {}", l.slots),
+        Some(k) => {
+            let taken = rows
+                .iter()
+                .filter(|r| matches!(r, Row::Held(o) if o.name == l.name))
+                .count();
+            format!("slot {k} of {n} ({taken}/{n} taken)", n = l.slots)
+        }
         None => l.kind().to_string(),
     };
     match l.queued {

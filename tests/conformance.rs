@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,31 +12,17 @@ use common::*;
 /// N workers × K `dlock exec` read-increment-write sections on one counter
 /// file end with exactly N×K: no two sections ever overlapped.
 fn counter_is_exact(ctx: &Ctx) {
-    let (workers, each) = (4, 25);
+    let (workers, each) = (4usize, 25);
     let counter = ctx.path("counter");
     std::fs::write(&counter, "0").unwrap();
     let section = format!(
         "n=$(cat '{c}'); n=$((n+1)); printf %s \"$n\" > '{c}.tmp'; mv '{c}.tmp' '{c}'",
         c = counter.display()
     );
-    let mut kids = Vec::new();
-    for _ in 0..workers {
-        let script = format!(
-            "i=0; while [ $i -lt {each} ]; do \"$DLOCK_BIN\" exec --wait forever counter -- sh -c \"$SECTION\" || exit 9; i=$((i+1)); done"
-        );
-        let mut c = Command::new("sh");
-        c.args(["-c", &script])
-            .env("DLOCK_BIN", dlock_bin())
-            .env("DLOCK_URL", ctx.url())
-            .env("DLOCK_PREFIX", &ctx.prefix)
-            .env("SECTION", &section);
-        kids.push(spawn(c));
+    for (st, err) in ctx.run_workers(workers, each, "--wait forever counter", &section) {
+        assert!(st.success(), "a worker failed: {st:?}: {err}");
     }
-    for mut k in kids {
-        let st = wait_child(&mut k, Duration::from_secs(120));
-        assert!(st.success(), "a worker failed: {st:?}");
-    }
-    let n: u32 = std::fs::read_to_string(&counter)
+    let n: usize = std::fs::read_to_string(&counter)
         .unwrap()
         .trim()
         .parse()

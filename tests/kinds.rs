@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -137,30 +137,14 @@ fn semaphore_3_slots_8_workers(ctx: &Ctx) {
         s = slots.display(),
         l = log.display(),
     );
-    let mut kids = Vec::new();
-    for _ in 0..workers {
-        let script = format!(
-            "i=0; while [ $i -lt {each} ]; do \"$DLOCK_BIN\" exec --slots 3 --wait forever sem -- sh -c \"$SECTION\" || exit 9; i=$((i+1)); done"
-        );
-        let mut c = Command::new("sh");
-        c.args(["-c", &script])
-            .env("DLOCK_BIN", dlock_bin())
-            .env("DLOCK_URL", ctx.url())
-            .env("DLOCK_PREFIX", &ctx.prefix)
-            .env("SECTION", &section);
-        kids.push(spawn(c));
-    }
-    let ended: Vec<_> = kids
-        .iter_mut()
-        .map(|k| wait_child(k, Duration::from_secs(60)))
-        .collect();
+    let ended = ctx.run_workers(workers, each, "--slots 3 --wait forever sem", &section);
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         !log.contains("slot"),
         "DLOCK_SLOT out of 0..=2 or shared by two holders: {log}"
     );
-    for (st, k) in ended.into_iter().zip(&mut kids) {
-        assert!(st.success(), "a worker ended {st:?}: {}", rest_of_stderr(k));
+    for (st, err) in ended {
+        assert!(st.success(), "a worker ended {st:?}: {err}");
     }
     let counts: Vec<usize> = log
         .lines()

@@ -6,10 +6,8 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::Barrier;
-use std::time::Instant;
 
-use super::{handoff, ms, run_ok, Backend, Handoff, Sizes, Tool};
+use super::{handoff, ms, run_loops, run_ok, Backend, Handoff, Sizes, Tool};
 
 /// Checks the slot number and that no two holders share a slot (so no more
 /// than three hold at once), then works for 20 ms.
@@ -51,28 +49,10 @@ pub fn measure(b: &Backend, dir: &Path, s: &Sizes) -> KindsRow {
 /// the sections run and the seconds they took.
 fn semaphore(tool: &Tool, dir: &Path, per: usize) -> (usize, f64) {
     let slots = tempfile::tempdir_in(dir).unwrap();
-    let barrier = Barrier::new(WORKERS + 1);
-    let secs = std::thread::scope(|sc| {
-        let handles: Vec<_> = (0..WORKERS)
-            .map(|_| {
-                sc.spawn(|| {
-                    barrier.wait();
-                    for _ in 0..per {
-                        let mut c = tool.command("sem", &["sh", "-c", SECTION]);
-                        c.env("BENCH_DIR", slots.path());
-                        run_ok(c, &tool.label());
-                    }
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        for h in handles {
-            if let Err(e) = h.join() {
-                std::panic::resume_unwind(e);
-            }
-        }
-        start.elapsed().as_secs_f64()
+    let secs = run_loops(WORKERS, per, || {
+        let mut c = tool.command("sem", &["sh", "-c", SECTION]);
+        c.env("BENCH_DIR", slots.path());
+        run_ok(c, &tool.label());
     });
     (WORKERS * per, secs)
 }

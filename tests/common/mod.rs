@@ -185,6 +185,42 @@ impl Ctx {
         serde_json::from_slice(&o.stdout).expect("status --json prints JSON")
     }
 
+    /// `workers` shell loops at once, each running `dlock exec ARGS -- sh -c
+    /// "$SECTION"` `each` times (stopping with exit 9 at the first failure);
+    /// returns how each loop ended, with what it wrote on stderr.
+    pub fn run_workers(
+        &self,
+        workers: usize,
+        each: usize,
+        exec_args: &str,
+        section: &str,
+    ) -> Vec<(std::process::ExitStatus, String)> {
+        let script = format!(
+            "i=0; while [ $i -lt {each} ]; do \"$DLOCK_BIN\" exec {exec_args} -- sh -c \"$SECTION\" || exit 9; i=$((i+1)); done"
+        );
+        let mut kids: Vec<Child> = (0..workers)
+            .map(|_| {
+                let mut c = Command::new("sh");
+                c.args(["-c", &script])
+                    .env("DLOCK_BIN", dlock_bin())
+                    .env("DLOCK_URL", self.url())
+                    .env("DLOCK_PREFIX", &self.prefix)
+                    .env("SECTION", section);
+                spawn(c)
+            })
+            .collect();
+        kids.iter_mut()
+            .map(|k| {
+                let st = wait_child(k, Duration::from_secs(120));
+                let mut err = String::new();
+                if let Some(mut e) = k.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                (st, err)
+            })
+            .collect()
+    }
+
     pub fn is_held(&self, name: &str) -> bool {
         let o = self.run(&["status", name]);
         match code(&o) {
