@@ -80,6 +80,47 @@ fn a_waiter_gets_the_lock_within_milliseconds_of_a_release() {
     assert!(handoff < 1000.0, "hand-off took {handoff:.1} ms");
 }
 
+/// `release --force` stops an `exec` holder at once (it watches its lock's
+/// node), naming who broke the lock.
+#[test]
+fn a_forced_release_stops_the_exec_holder_at_once() {
+    let ctx = Ctx::new(ZooKeeper::shared());
+    let ready = Fifo::new(ctx.dir.path(), "ready");
+    let script = format!("echo go > '{}'; sleep 120 & wait", ready.path.display());
+    let (mut holder, mut lines) = exec_sh(&ctx, &["--lease", "60s", "fr"], &script);
+    ready.read_line(Duration::from_secs(30));
+    let forced = Instant::now();
+    assert_eq!(code(&ctx.run(&["release", "fr", "--force"])), 0);
+    let st = wait_child(&mut holder, Duration::from_secs(20));
+    let after = forced.elapsed();
+    let err = lines.rest();
+    assert_eq!(st.code(), Some(79), "{err}");
+    assert!(err.contains("was broken with --force by "), "{err}");
+    eprintln!("a forced release stopped the holder's dlock {after:?} later (lease 60 s)");
+    // Without the watch, the next renewal (20 s) would have been the first to notice.
+    assert!(after < Duration::from_secs(10), "{after:?}");
+}
+
+/// A token whose lease was broken hears who broke it when it renews or releases.
+#[test]
+fn a_broken_token_is_told_who_broke_it() {
+    let ctx = Ctx::new(ZooKeeper::shared());
+    let tok = ctx.acquire("bk", "60s");
+    assert_eq!(code(&ctx.run(&["release", "bk", "--force"])), 0);
+    let o = ctx.run(&["renew", "bk", "--token", &tok, "--lease", "60s"]);
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("was broken with --force by "),
+        "{}",
+        stderr(&o)
+    );
+    let other = ctx.acquire("bk", "60s");
+    let o = ctx.run(&["release", "bk", "--token", &tok]);
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+    assert!(stderr(&o).contains("is now held by"), "{}", stderr(&o));
+    assert_eq!(code(&ctx.run(&["release", "bk", "--token", &other])), 0);
+}
+
 /// Four processes that all want the lock at once get it one after the
 /// other, each right after the one before released it: nobody waits for
 /// the session of a process that has exited.

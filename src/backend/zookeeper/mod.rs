@@ -18,7 +18,9 @@
 //! lease could expire on the ensemble, whatever the session says.
 //!
 //! Sessions carry only waiters: see `queue.rs` (ephemeral sequential nodes,
-//! each watching the one before it, so a release wakes one waiter).
+//! each watching the one before it, so a release wakes one waiter). A
+//! `release --force` records who broke which token in the node, which a
+//! live `exec` holder watches (`watch.rs`).
 //!
 //! Fences are the kinds rule, max(last fence + 1, leader's clock in µs),
 //! kept in the state node, which is never deleted: they grow across leader
@@ -35,6 +37,7 @@ mod conn;
 mod queue;
 mod run;
 mod store;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,6 +146,9 @@ impl Backend for ZkBackend {
             Some(n) => n.to_vec(),
             None => self.store.names()?,
         };
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
         let (now, states) = self.store.read_all(&names)?;
         let mut out = Vec::new();
         for (n, st) in names.iter().zip(states) {
@@ -169,6 +175,11 @@ impl Backend for ZkBackend {
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         self.store.conn.set_timeout(timeout);
         Ok(())
+    }
+
+    fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
+        let store = Arc::clone(&self.store);
+        watch::listen(store, name.to_string(), token.to_string(), on_break);
     }
 }
 
