@@ -101,7 +101,7 @@ impl ZooKeeper {
         let mut cfg = format!(
             "tickTime={}\ninitLimit=20\nsyncLimit=4\ndataDir={}\nclientPort={}\n\
              clientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
-             4lw.commands.whitelist=srvr,ruok\n",
+             4lw.commands.whitelist=srvr,ruok,mntr\n",
             self.tick_ms,
             dir.join("data").display(),
             m.client
@@ -167,17 +167,47 @@ impl ZooKeeper {
         self.await_quorum(Duration::from_secs(60));
     }
 
+    /// A four-letter command's answer from member `i`, if it answers.
+    fn ask(&self, i: usize, command: &str) -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.members[i].client)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(command.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+
     /// What `srvr` says member `i`'s mode is ("leader", "follower",
     /// "standalone"), or None while it does not serve.
     pub fn mode(&self, i: usize) -> Option<String> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.members[i].client)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(b"srvr").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        out.lines()
+        self.ask(i, "srvr")?
+            .lines()
             .find_map(|l| l.strip_prefix("Mode: "))
             .map(|m| m.trim().to_string())
+    }
+
+    /// The server's version, as `srvr` gives it ("3.8.0").
+    pub fn version(&self) -> Option<String> {
+        let out = self.ask(0, "srvr")?;
+        let v = out.lines().find_map(|l| l.strip_prefix("Zookeeper version: "))?;
+        Some(v.split(['-', ',']).next()?.trim().to_string())
+    }
+
+    /// Requests received by all members so far (`mntr`'s zk_packets_received).
+    pub fn packets_received(&self) -> u64 {
+        (0..self.members.len())
+            .filter_map(|i| self.ask(i, "mntr"))
+            .filter_map(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("zk_packets_received"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+
+    /// The process id of member `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.lock().unwrap().as_ref().map(|c| c.id())
     }
 
     /// The member that leads now, if one does.
