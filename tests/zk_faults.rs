@@ -225,27 +225,64 @@ fn lease_end_ms(ctx: &Ctx, name: &str) -> Option<i64> {
     Some(now_ms() + ttl)
 }
 
+/// The member of `zk` that process `pid` has a TCP connection to, from
+/// its socket inodes and the kernel's TCP table.
+fn connected_member(zk: &ZooKeeper, pid: u32) -> Option<usize> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?
+        + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 10 || !inodes.iter().any(|i| i == f[9]) {
+            return None;
+        }
+        let port = u16::from_str_radix(f[2].rsplit(':').next()?, 16).ok()?;
+        (0..3).find(|&i| zk.port(i) == port)
+    })
+}
+
+/// Kills member `i` and waits until the holder of `name` renewed its lease
+/// without it; returns how long that took.
+fn survives_the_loss_of(zk: &ZooKeeper, ctx: &Ctx, name: &str, i: usize) -> Duration {
+    let killed = now_ms();
+    let start = Instant::now();
+    zk.kill(i);
+    // A lease renewed before the kill ends before killed + lease (3 s).
+    wait_until(
+        &format!("a renewal after member {i} was lost"),
+        Duration::from_secs(20),
+        || lease_end_ms(ctx, name).is_some_and(|end| end > killed + 3000),
+    );
+    start.elapsed()
+}
+
+/// The server that the holder's session is connected to goes, then (once
+/// it is back) the leader: the holder renews through the others each time
+/// and its command runs on.
 #[test]
-fn losing_the_leader_during_exec_changes_nothing() {
+fn losing_a_server_or_the_leader_during_exec_changes_nothing() {
     let _serial = one_at_a_time();
     let (zk, ctx) = ensemble();
     let (mut dlock, mut lines) = long_exec(&ctx, None, "ld");
+    let mine = connected_member(&zk, dlock.id()).expect("dlock's connection to a member");
+    let took = survives_the_loss_of(&zk, &ctx, "ld", mine);
+    eprintln!("the holder's server (member {mine}) killed: renewed through another {took:?} later");
+    let moved = connected_member(&zk, dlock.id()).expect("a new connection");
+    assert_ne!(moved, mine, "the session moved to another server");
+    zk.start(mine);
+    zk.await_quorum(Duration::from_secs(60));
     let leader = zk.leader().expect("a leader");
-    let killed = now_ms();
-    zk.kill(leader);
-    // Renewals go on through the new leader: the lease soon ends later
-    // than any lease renewed before the kill could.
-    let start = Instant::now();
-    wait_until(
-        "a renewal after the leader's loss",
-        Duration::from_secs(20),
-        || lease_end_ms(&ctx, "ld").is_some_and(|end| end > killed + 3000),
-    );
+    let took = survives_the_loss_of(&zk, &ctx, "ld", leader);
     let new_leader = zk.leader().expect("a new leader");
-    eprintln!(
-        "leader {leader} killed; leader now {new_leader}; the lease was renewed {:?} later",
-        start.elapsed()
-    );
+    eprintln!("leader {leader} killed: leader now {new_leader}, the lease renewed {took:?} later");
     assert_ne!(leader, new_leader);
     signal(dlock.id(), libc::SIGTERM);
     let st = wait_child(&mut dlock, Duration::from_secs(20));

@@ -189,7 +189,9 @@ impl ZooKeeper {
     /// The server's version, as `srvr` gives it ("3.8.0").
     pub fn version(&self) -> Option<String> {
         let out = self.ask(0, "srvr")?;
-        let v = out.lines().find_map(|l| l.strip_prefix("Zookeeper version: "))?;
+        let v = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Zookeeper version: "))?;
         Some(v.split(['-', ',']).next()?.trim().to_string())
     }
 
@@ -207,7 +209,12 @@ impl ZooKeeper {
 
     /// The process id of member `i`, while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
-        self.members[i].child.lock().unwrap().as_ref().map(|c| c.id())
+        self.members[i]
+            .child
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|c| c.id())
     }
 
     /// The member that leads now, if one does.
