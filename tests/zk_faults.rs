@@ -121,6 +121,38 @@ fn a_broken_token_is_told_who_broke_it() {
     assert_eq!(code(&ctx.run(&["release", "bk", "--token", &other])), 0);
 }
 
+/// `zk://user:pass@…` authenticates with the digest scheme and keeps
+/// dlock's nodes to that user; no password is ever printed.
+#[test]
+fn digest_credentials_keep_the_nodes_to_their_user() {
+    let zk = ZooKeeper::shared();
+    let ctx = Ctx::new(zk.clone());
+    let url = |cred: &str| format!("zk://{cred}@127.0.0.1:{}", zk.port(0));
+    let as_user = |cred: &str, args: &[&str]| {
+        let mut c = ctx.cmd(args);
+        c.env("DLOCK_URL", url(cred));
+        run(c)
+    };
+    let o = as_user("alice:s3cret-pw", &["acquire", "auth"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let tok = stdout(&o).trim().to_string();
+    let o = as_user("alice:s3cret-pw", &["status", "--json"]);
+    let loc = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["location"].clone();
+    assert_eq!(loc, format!("zk://alice:***@127.0.0.1:{}", zk.port(0)));
+    for cred in ["bob:other-pw", "alice:wrong-pw"] {
+        let o = as_user(cred, &["acquire", "auth"]);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 69, "{err}");
+        assert!(err.contains("not authorized"), "{err}");
+        assert!(!err.contains("-pw") && err.contains(":***@"), "{err}");
+    }
+    // Without credentials, nothing under the prefix is readable either.
+    let o = ctx.run(&["status", "auth"]);
+    assert_eq!(code(&o), 69, "{}", stderr(&o));
+    let o = as_user("alice:s3cret-pw", &["release", "auth", "--token", &tok]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
 /// Four processes that all want the lock at once get it one after the
 /// other, each right after the one before released it: nobody waits for
 /// the session of a process that has exited.
