@@ -126,6 +126,14 @@ impl Conn {
         }
     }
 
+    /// The live session's client, if there is one: what a cleanup of this
+    /// session's ephemeral nodes needs (an ended session took them along).
+    pub fn current(&self) -> Option<Client> {
+        let s = lock(&self.session);
+        let c = &s.as_ref()?.client;
+        (!c.state().is_terminated()).then(|| c.clone())
+    }
+
     /// Drops the session (after a transport error); the next request opens a new one.
     pub fn reset(&self) {
         lock(&self.session).take();
