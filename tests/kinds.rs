@@ -477,5 +477,7 @@ macro_rules! backends {
 
 backends! {
     redis => Arc::new(Redis::start());
+    sqlite => Arc::new(common::sqlite::Sqlite::new());
+    mariadb => common::mariadb::MariaDb::shared();
     zookeeper => common::zookeeper::ZooKeeper::shared();
 }

@@ -8,15 +8,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mariadb::{MariaDb, DATABASE, PASSWORD, USER};
+use common::mariadb::{read_i64, recorder, wake_lock, MariaDb, DATABASE, PASSWORD, USER};
 use common::*;
-
-fn read_i64(path: &std::path::Path) -> i64 {
-    let s = std::fs::read_to_string(path).unwrap();
-    s.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{}: {s:?}", path.display()))
-}
 
 /// The stored expiry of `name` under the test's prefix, by the server's clock.
 fn expires_us(db: &MariaDb, ctx: &Ctx, name: &str) -> i64 {
@@ -26,21 +19,6 @@ fn expires_us(db: &MariaDb, ctx: &Ctx, name: &str) -> i64 {
     ))
     .parse()
     .unwrap()
-}
-
-/// A command that records when it starts (µs) and its fence, and runs until
-/// `stop` appears; on SIGTERM it records when it stopped.
-fn recorder(ctx: &Ctx, tag: &str) -> String {
-    let p = |f: &str| ctx.path(&format!("{tag}.{f}")).display().to_string();
-    format!(
-        "printf %s \"$DLOCK_FENCE\" > '{fence}'; date +%s%6N > '{start}.tmp'; mv '{start}.tmp' '{start}'; \
-         trap 'date +%s%6N > \"{end}\"; exit 0' TERM; \
-         while [ ! -e '{stop}' ]; do sleep 0.02; done; date +%s%6N > '{end}'",
-        fence = p("fence"),
-        start = p("start"),
-        end = p("end"),
-        stop = p("stop"),
-    )
 }
 
 fn stderr_of(child: &mut std::process::Child) -> String {
@@ -141,16 +119,6 @@ fn server_restarted_within_the_lease_keeps_the_hold() {
     // A failed renewal, then a good one on the restarted server.
     assert!(err.contains("failed") && err.contains("renewed"), "{err}");
     assert!(!ctx.is_held("job"));
-}
-
-/// FNV-1a 128 as dlock computes wake-up lock names (see src/backend/sql.rs).
-fn wake_lock(ctx: &Ctx, name: &str) -> String {
-    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
-    for b in format!("{DATABASE}\0{}_leases\0{name}", ctx.prefix).bytes() {
-        h ^= u128::from(b);
-        h = h.wrapping_mul(0x0000000001000000000000000000013B);
-    }
-    format!("dlock-{h:032x}")
 }
 
 #[test]

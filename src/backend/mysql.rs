@@ -1,7 +1,7 @@
 //! MySQL / MariaDB backend: `mysql://user:pass@host[:port]/database`.
 //!
 //! Leases live in one InnoDB table per prefix (`<prefix>_leases`, created on
-//! first use); the lease logic is in `sql.rs`. Every time is the server's
+//! first use); the lease logic is in `sql/`. Every time is the server's
 //! clock, and each step is autocommit statements guarded by a
 //! compare-and-set, so no row lock outlives a statement.
 //!
@@ -18,26 +18,9 @@
 //! acquisition, so a prepared statement would cost a round trip of its own
 //! and be used once.
 //!
-//! Waking waiters: the live holder (the dlock process that acquired and is
-//! still running, as `dlock exec` is) also holds `GET_LOCK('dlock-<hash>')`
-//! on its connection; a waiter blocks server-side in `GET_LOCK` on the same
-//! name, on its one connection, and gets it the moment the holder releases or
-//! its connection dies. The server hands the wake lock to one waiter at a
-//! time: that waiter keeps it while it tries, and keeps it as the new holder,
-//! so each release wakes exactly one waiter. One that gives up waiting lets
-//! it go for the next. A process that never waited can take the lease in the
-//! moment between a release and the woken waiter's attempt; it then finds the
-//! wake lock taken and holds a second one, `dlock-<hash>-h`, on which the
-//! woken waiter (keeping the first, so the rest sleep on) blocks instead. When
-//! the holder has neither (its `dlock acquire` has exited), the woken waiter
-//! backs off exponentially from 10ms to 1s. Wake locks only change how soon a
-//! waiter tries: the lease itself is decided by the row's compare-and-set
-//! alone, and every wait ends by the holder's lease.
-//! Lock names are case-insensitive and at most 64 characters, hence the hash.
-//! MySQL before 5.7 drops a session's earlier GET_LOCK on a new one, so there
-//! one process keeps at most one wake lock.
+//! Waking waiters: live holders keep `GET_LOCK` wake locks on which waiters
+//! block inside the server; see `wake.rs`.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -47,19 +30,32 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, OptsBuilder, Value};
 
 mod conn;
+mod wake;
 use conn::{
-    breaks_connection, describe, is_full, options, set_socket_timeout, timed_out, Unconnected,
-    ER_NO_SUCH_TABLE, GREETING_WAIT,
+    breaks_connection, describe, is_denied, is_full, is_no_state, options, set_socket_timeout,
+    timed_out, Unconnected, ER_DUP_FIELDNAME, ER_NO_SUCH_TABLE, GREETING_WAIT,
 };
 
-use super::sql::{self, Backoff, Dialect, Exec, Leases, Val};
-use super::{Acquire, Backend, Check, Config, LockInfo, Request, Waiter};
+use super::sql::{self, Dialect, Exec, Leases, Val};
+use super::{Acquire, Backend, Capabilities, Check, Config, LockInfo, Request, Waiter};
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
+use wake::{MysqlWaiter, Wakes};
 
+/// Names are VARBINARY so that they compare byte for byte (case-sensitive)
+/// whatever the server's collation; holder fields and the state are bytes
+/// too, so any UTF-8 fits without a charset setting. LONGBLOB, since a
+/// shorter type could cut the JSON of a large semaphore in a lax sql_mode.
 const DIALECT: Dialect = Dialect {
     // Independent of the session time zone, and the same on MySQL and MariaDB.
     now_us: "TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6))",
     insert_ignore: "INSERT IGNORE",
+    quote: '`',
+    name_type: "VARBINARY(255)",
+    token_type: "VARBINARY(128)",
+    text_type: |n| format!("VARBINARY({n})"),
+    int_type: "BIGINT",
+    state_type: "LONGBLOB",
+    table_options: " ENGINE=InnoDB",
 };
 
 // Server error codes dlock tells apart.
@@ -67,19 +63,6 @@ pub struct MysqlBackend {
     /// Shared with the waiter, which blocks on the same connection.
     db: Arc<Mutex<Db>>,
     leases: Leases,
-}
-
-/// Why this connection holds a name's wake lock.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Wake {
-    /// It holds the lease: waiters sleep until it lets go.
-    Holder,
-    /// A waiter was woken with it and is trying; it becomes `Holder` if the
-    /// lease is taken, and is let go if the waiter gives up.
-    Woken,
-    /// It holds the lease, and the second wake lock, since a woken waiter
-    /// kept the first: that waiter sleeps on this one.
-    Second,
 }
 
 struct Db {
@@ -90,8 +73,8 @@ struct Db {
     database: String,
     table: String,
     timeout: Duration,
-    /// Names whose wake-up lock the current connection holds.
-    wake_held: HashMap<String, Wake>,
+    /// The wake locks held, and what to block on.
+    wakes: Wakes,
 }
 
 impl MysqlBackend {
@@ -107,7 +90,7 @@ impl MysqlBackend {
             database,
             table: table.clone(),
             timeout,
-            wake_held: HashMap::new(),
+            wakes: Wakes::default(),
         };
         match db.establish() {
             Ok(conn) => db.conn = Some(conn),
@@ -245,7 +228,7 @@ impl Db {
 
     fn connection(&mut self) -> Result<&mut Conn> {
         if self.conn.is_none() {
-            self.wake_held.clear();
+            self.wakes.connection_closed();
             self.conn = Some(self.connect()?);
         }
         Ok(self.conn.as_mut().expect("just connected"))
@@ -253,29 +236,52 @@ impl Db {
 
     fn drop_connection(&mut self) {
         self.conn = None;
-        // The server releases a closed connection's GET_LOCKs.
-        self.wake_held.clear();
+        self.wakes.connection_closed();
     }
 
     /// Runs `f` on the connection, creating the table on first use; any
     /// transport error drops the connection, since a late reply to a
     /// timed-out request would otherwise be read as the next one's answer.
     fn run<T>(&mut self, mut f: impl FnMut(&mut Conn) -> mysql::Result<T>) -> Result<T> {
-        let mut created = false;
+        let (mut created, mut altered) = (false, false);
         loop {
             let r = f(self.connection()?);
             match r {
                 Ok(v) => return Ok(v),
                 Err(mysql::Error::MySqlError(m)) if m.code == ER_NO_SUCH_TABLE && !created => {
                     created = true;
-                    let ddl = create_table(&self.table);
+                    let ddl = sql::create_table(&DIALECT, &self.table);
                     let r = self.connection()?.query_drop(ddl);
                     if let Err(e) = r {
                         return Err(self.fail(e));
                     }
                 }
+                Err(mysql::Error::MySqlError(m)) if is_no_state(&m) && !altered => {
+                    altered = true;
+                    self.add_state_column()?;
+                }
                 Err(e) => return Err(self.fail(e)),
             }
+        }
+    }
+
+    /// Adds the `state` column to a table made by an older dlock. Another
+    /// process may have just done so ("duplicate column"): the same.
+    fn add_state_column(&mut self) -> Result<()> {
+        let ddl = sql::add_state_column(&DIALECT, &self.table);
+        match self.connection()?.query_drop(ddl) {
+            Ok(()) => Ok(()),
+            Err(mysql::Error::MySqlError(m)) if m.code == ER_DUP_FIELDNAME => Ok(()),
+            Err(mysql::Error::MySqlError(m)) if is_denied(m.code) => Err(fail(
+                UNAVAILABLE,
+                format!(
+                    "table {t} was made by an older dlock and this user may not add the \
+                     column that lock kinds need: run ALTER TABLE {t} ADD COLUMN state \
+                     LONGBLOB NULL once as a user with the ALTER privilege",
+                    t = DIALECT.ident(&self.table)
+                ),
+            )),
+            Err(e) => Err(self.fail(e)),
         }
     }
 
@@ -284,59 +290,6 @@ impl Db {
             self.drop_connection();
         }
         describe(&e, &self.shown, &self.database, self.timeout)
-    }
-
-    fn wake_key(&self, name: &str) -> String {
-        let scope = format!("{}\0{}", self.database, self.table);
-        format!("dlock-{}", sql::wake_key(&scope, name))
-    }
-
-    /// Runs a statement that may block in the server up to `wait`.
-    fn blocking(&mut self, q: &str, wait: Duration) -> Result<mysql::Result<Option<i64>>> {
-        let base = self.timeout;
-        let conn = self.connection()?;
-        // Whole seconds: MySQL may round the wait up to them.
-        set_socket_timeout(conn, Duration::from_secs(wait.as_secs() + 1) + base);
-        let r = conn.query_first::<Option<i64>, _>(q).map(Option::flatten);
-        set_socket_timeout(conn, base);
-        Ok(r)
-    }
-
-    /// Best effort: without it waiters fall back to backing off, so a failure
-    /// here must not fail the request that took the lease.
-    fn hold_wake(&mut self, name: &str) {
-        match self.wake_held.get_mut(name) {
-            // Woken with it: the new holder keeps it, and the other waiters sleep on.
-            Some(w @ Wake::Woken) => *w = Wake::Holder,
-            Some(_) => {}
-            None => {
-                let key = self.wake_key(name);
-                let q = interpolate(
-                    "SELECT IF(GET_LOCK(?, 0), 1, IF(GET_LOCK(?, 0), 2, 0))",
-                    &[Val::Text(key.clone()), Val::Text(second_key(&key))],
-                );
-                let got = q.and_then(|q| self.run(|c| c.query_first::<Option<i64>, _>(&q)));
-                let w = match got {
-                    Ok(Some(Some(1))) => Wake::Holder,
-                    Ok(Some(Some(2))) => Wake::Second,
-                    _ => return,
-                };
-                self.wake_held.insert(name.to_string(), w);
-            }
-        }
-    }
-
-    /// Wakes the next waiter of `name`, if this connection was keeping them asleep.
-    fn drop_wake(&mut self, name: &str) {
-        if let Some(w) = self.wake_held.remove(name) {
-            let mut key = self.wake_key(name);
-            if w == Wake::Second {
-                key = second_key(&key);
-            }
-            if let Ok(q) = interpolate("DO RELEASE_LOCK(?)", &[Val::Text(key)]) {
-                let _ = self.run(|c| c.query_drop(&q));
-            }
-        }
     }
 }
 
@@ -359,47 +312,28 @@ impl Exec for Db {
     }
 }
 
-/// Names are VARBINARY so that they compare byte for byte (case-sensitive)
-/// whatever the server's collation; holder fields are bytes too, so any
-/// UTF-8 fits without a charset setting.
-fn create_table(table: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS `{table}` (
-            name VARBINARY(255) NOT NULL PRIMARY KEY,
-            token VARBINARY(128) NULL,
-            fence BIGINT NOT NULL DEFAULT 0,
-            holder_host VARBINARY({h}) NOT NULL DEFAULT '',
-            holder_pid BIGINT NOT NULL DEFAULT 0,
-            holder_user VARBINARY({u}) NOT NULL DEFAULT '',
-            holder_command VARBINARY({c}) NOT NULL DEFAULT '',
-            acquired_us BIGINT NOT NULL DEFAULT 0,
-            expires_us BIGINT NOT NULL DEFAULT 0,
-            version BIGINT NOT NULL DEFAULT 0
-        ) ENGINE=InnoDB",
-        h = sql::MAX_HOST,
-        u = sql::MAX_USER,
-        c = sql::MAX_COMMAND,
-    )
-}
-
 impl Backend for MysqlBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
         let mut db = self.db();
-        let r = self.leases.acquire(&mut *db, req)?;
-        if matches!(r, Acquire::Acquired(_)) {
-            db.hold_wake(req.name);
+        let (r, fx) = self.leases.acquire(&mut *db, req)?;
+        match &r {
+            Acquire::Acquired(g) => db.granted(req.name, &req.kind, g.fence),
+            // A woken waiter keeps the name's wake lock and tries again after
+            // a back-off (see `wake.rs`), so the others sleep on, unless a
+            // waiter ahead of it is owed the wake-up.
+            Acquire::Busy(info) | Acquire::Queued(info) => {
+                db.busy(req.name, info.as_ref(), fx.wake)
+            }
         }
-        // Busy: a woken waiter keeps the wake lock and tries again after a
-        // back-off (see `MysqlWaiter::wait`), so the others sleep on.
         Ok(r)
     }
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
         let mut db = self.db();
-        let r = self.leases.renew(&mut *db, name, token, lease)?;
+        let (r, who) = self.leases.renew(&mut *db, name, token, lease)?;
         match r {
             // Taken again after a reconnect, or once a waiter that had it lets go.
-            Check::Done => db.hold_wake(name),
+            Check::Done => db.renewed(name, who),
             _ => db.drop_wake(name),
         }
         Ok(r)
@@ -407,7 +341,7 @@ impl Backend for MysqlBackend {
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
         let mut db = self.db();
-        let r = self.leases.release(&mut *db, name, token)?;
+        let (r, _) = self.leases.release(&mut *db, name, token)?;
         db.drop_wake(name);
         Ok(r)
     }
@@ -415,7 +349,11 @@ impl Backend for MysqlBackend {
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
         // A live holder elsewhere keeps its wake lock until it notices at its
         // next renewal; waiters then wake, or at the TTL they were given.
-        self.leases.force_release(&mut *self.db(), name, only)
+        Ok(self.leases.force_release(&mut *self.db(), name, only)?.0)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
@@ -424,13 +362,7 @@ impl Backend for MysqlBackend {
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
         // No statement and no connection of its own: it waits on this one.
-        let key = self.db().wake_key(name);
-        Ok(Box::new(MysqlWaiter {
-            db: Arc::clone(&self.db),
-            name: name.to_string(),
-            key,
-            backoff: Backoff::new(),
-        }))
+        Ok(Box::new(MysqlWaiter::new(Arc::clone(&self.db), name)))
     }
 
     fn reconnect(&mut self) -> Result<()> {
@@ -446,100 +378,6 @@ impl Backend for MysqlBackend {
             set_socket_timeout(c, db.timeout);
         }
         Ok(())
-    }
-}
-
-struct MysqlWaiter {
-    db: Arc<Mutex<Db>>,
-    name: String,
-    key: String,
-    backoff: Backoff,
-}
-
-/// The wake lock a holder takes when a woken waiter keeps the first one.
-fn second_key(key: &str) -> String {
-    format!("{key}-h")
-}
-
-/// A GET_LOCK timeout of `wait`: MariaDB takes fractions of a second, MySQL
-/// rounds them to whole seconds, where a zero would return at once and turn
-/// the caller's loop into a spin. Asking the server which it is costs nothing
-/// here, unlike a `SELECT VERSION()` of its own.
-fn lock_wait(wait: Duration) -> String {
-    let secs = format!("{:.3}", wait.as_secs_f64().max(0.001));
-    format!("IF(VERSION() LIKE '%MariaDB%', {secs}, CEIL({secs}))")
-}
-
-/// Blocks until the holder lets the wake lock go: 1 when it did.
-fn wait_statement(key: &str, wait: Duration) -> Result<String> {
-    let sql = format!("SELECT GET_LOCK(?, {})", lock_wait(wait));
-    interpolate(&sql, &[Val::Text(key.to_string())])
-}
-
-/// For a woken waiter that found the lease taken: blocks on the holder's
-/// second wake lock (not kept: 1 when it was let go), or -1 at once when the
-/// holder has none and will announce nothing.
-fn second_wait_statement(key: &str, wait: Duration) -> Result<String> {
-    let sql = format!(
-        "SELECT IF(IS_FREE_LOCK(?), -1, IF(GET_LOCK(?, {}) = 1, RELEASE_LOCK(?), 0))",
-        lock_wait(wait)
-    );
-    let k = Val::Text(second_key(key));
-    interpolate(&sql, &[k.clone(), k.clone(), k])
-}
-
-impl Waiter for MysqlWaiter {
-    fn wait(&mut self, timeout: Duration) -> Result<()> {
-        let mut db = lock(&self.db);
-        let woken = db.wake_held.contains_key(&self.name);
-        let q = if woken {
-            // Woken, yet the lease was taken by a process that never waited;
-            // we keep the wake lock, so the other waiters sleep on.
-            second_wait_statement(&self.key, timeout)?
-        } else {
-            wait_statement(&self.key, timeout)?
-        };
-        match db.blocking(&q, timeout)? {
-            Ok(Some(1)) => {
-                if !woken {
-                    // Kept while the caller tries: the next waiter wakes only
-                    // when we take the lease and later release it, or give up.
-                    db.wake_held.insert(self.name.clone(), Wake::Woken);
-                }
-                self.backoff.reset();
-            }
-            // Nobody will announce the end of this lease.
-            Ok(Some(-1)) => {
-                drop(db);
-                self.backoff.sleep(timeout);
-            }
-            // Timed out: the caller tries again as the holder's lease runs out.
-            Ok(_) => {}
-            Err(_) => {
-                // A spurious wake-up: the caller's next request shows whether the server is there.
-                db.drop_connection();
-                drop(db);
-                self.backoff.sleep(timeout);
-            }
-        }
-        Ok(())
-    }
-
-    /// A release before the first wait leaves the wake lock free (or with a
-    /// waiter that was queued earlier, which takes the lease and releases in
-    /// turn), so `GET_LOCK` returns at once: nothing is missed.
-    fn keeps_wakeups(&self) -> bool {
-        true
-    }
-}
-
-impl Drop for MysqlWaiter {
-    /// Gives up: the wake lock goes to the next waiter. A holder's stays.
-    fn drop(&mut self) {
-        let mut db = lock(&self.db);
-        if db.wake_held.get(&self.name) == Some(&Wake::Woken) {
-            db.drop_wake(&self.name);
-        }
     }
 }
 
@@ -631,26 +469,5 @@ mod tests {
         );
         assert!(interpolate("SELECT ?", &[]).is_err());
         assert!(interpolate("SELECT 1", &[Val::Int(1)]).is_err());
-        let w = wait_statement("dlock-ab", Duration::ZERO).unwrap();
-        assert_eq!(
-            w,
-            "SELECT GET_LOCK(X'646c6f636b2d6162', IF(VERSION() LIKE '%MariaDB%', 0.001, CEIL(0.001)))"
-        );
-    }
-
-    #[test]
-    fn wake_keys_fit_get_lock() {
-        let db = Db {
-            opts: Opts::default(),
-            conn: None,
-            shown: String::new(),
-            database: "d".into(),
-            table: "dlock_leases".into(),
-            timeout: Duration::from_secs(1),
-            wake_held: HashMap::new(),
-        };
-        let k = db.wake_key(&"é".repeat(127));
-        assert!(k.len() <= 64 && k == k.to_ascii_lowercase(), "{k}");
-        assert_ne!(db.wake_key("A"), db.wake_key("a"));
     }
 }

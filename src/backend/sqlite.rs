@@ -6,13 +6,15 @@
 //! the password database, else `/tmp/dlock-$EUID/locks.db` (see `place.rs`).
 //! The path is percent-decoded; there are no parameters.
 //!
-//! The lease logic is in `sql.rs`; the clock is this host's wall clock, read
+//! The lease logic is in `sql/`; the clock is this host's wall clock, read
 //! inside each `BEGIN IMMEDIATE` transaction. WAL mode and a busy timeout let
 //! many processes share the file; a process killed at any point leaves either
 //! its last transaction or nothing, and every lease carries its expiry.
 //! Every `dlock` is a new process, so opening is kept cheap: a file whose
 //! header already says WAL gets only the per-connection pragmas, and the
-//! table is created when a statement finds it missing (another prefix).
+//! table is created when a statement finds it missing (another prefix), and
+//! given its `state` column when a statement finds that missing (a table
+//! made by a dlock from before the lock kinds).
 //!
 //! Waking waiters: each name has a 4-byte counter file in `<db>-wake/`,
 //! mapped shared by every process. Release (by any process: `dlock exec`,
@@ -29,6 +31,12 @@
 //! lease would have run out, as they last saw it; late, never wrong. A
 //! lease that simply runs out is noticed by the waiter's timeout, which
 //! lease.rs sets to the holder's TTL.
+//! The lock kinds ring the same bell: a grant that leaves room (a reader, a
+//! free slot) wakes one more waiter, so readers wake in a chain; a woken
+//! waiter that is not first in line while a waiter ahead of it could go
+//! passes its wake-up on, at most once a second (`pass_on`), and a queued
+//! waiter also tries every second, so a wake-up that went astray costs at
+//! most that.
 //!
 //! A file deleted or replaced under a running dlock (tmp cleaners remove
 //! /tmp/dlock-$EUID) would let a newcomer take the lock in a new file while
@@ -47,22 +55,32 @@ pub use place::resolve;
 use std::fs::{DirBuilder, Permissions};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
+use super::kinds::TICKET_REFRESH;
 use super::sql::{self, Backoff, Dialect, Exec, Leases, Val};
-use super::{Acquire, Backend, Check, Config, Location, LockInfo, Request, Waiter};
+use super::{Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Waiter};
 use crate::error::{fail, NOT_HELD, UNAVAILABLE};
 use bell::Bell;
-use conn::{create_table, db_error, has_moved, is_no_table, open_file};
+use conn::{
+    add_state_column, create_table, db_error, has_moved, is_no_state, is_no_table, open_file,
+};
 use place::{file_id, FileId};
 
 const DIALECT: Dialect = Dialect {
     now_us: "dlock_now_us()",
     insert_ignore: "INSERT OR IGNORE",
+    quote: '`',
+    name_type: "TEXT",
+    token_type: "TEXT",
+    text_type: |_| "TEXT".to_string(),
+    int_type: "INTEGER",
+    state_type: "TEXT",
+    table_options: " WITHOUT ROWID",
 };
 
 pub struct SqliteBackend {
@@ -79,6 +97,8 @@ pub struct SqliteBackend {
     mode: Option<u32>,
     /// The name this process waited for, if any: see `acquire`.
     waited: Option<String>,
+    /// When a busy attempt last passed a wake-up on to a waiter ahead of it.
+    passed: Option<Instant>,
 }
 
 impl SqliteBackend {
@@ -101,6 +121,7 @@ impl SqliteBackend {
                 timeout: cfg.timeout,
                 mode,
                 waited: None,
+                passed: None,
             },
             loc,
         ))
@@ -204,6 +225,18 @@ impl SqliteBackend {
             b.ring();
         }
     }
+
+    /// A busy attempt found that a waiter ahead of it in the queue could go
+    /// now: the wake-up that brought us here belonged to it. Passed on at
+    /// most once per refresh interval, so that live waiters cannot wake each
+    /// other in a loop while a dead waiter's place lapses; the one whose turn
+    /// it is also tries at its next refresh.
+    fn pass_on(&mut self, name: &str) {
+        if self.passed.is_none_or(|t| t.elapsed() >= TICKET_REFRESH) {
+            self.passed = Some(Instant::now());
+            self.wake(name);
+        }
+    }
 }
 
 struct Db<'a> {
@@ -219,11 +252,16 @@ impl Db<'_> {
     }
 
     /// Prepares `sql`, first creating the table if it is missing (a file set
-    /// up by another prefix); inside a transaction, the table comes with it.
+    /// up by another prefix), or adding the `state` column to a table made
+    /// by an older dlock; inside a transaction, the change comes with it.
     fn prepare(&self, sql: &str) -> rusqlite::Result<rusqlite::CachedStatement<'_>> {
         match self.conn.prepare_cached(sql) {
             Err(e) if is_no_table(&e) => {
                 self.conn.execute_batch(&create_table(self.table))?;
+                self.conn.prepare_cached(sql)
+            }
+            Err(e) if is_no_state(&e) => {
+                add_state_column(self.conn, self.table)?;
                 self.conn.prepare_cached(sql)
             }
             r => r,
@@ -292,21 +330,28 @@ impl Exec for Db<'_> {
 impl Backend for SqliteBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
         let r = self.on_current(|b| b.leases.acquire(&mut b.db_ref(), req));
-        if let Ok(Acquire::Acquired(_)) = r {
-            // The lease is in the file open now.
-            self.replaced = false;
+        match &r {
+            Ok((Acquire::Acquired(_), fx)) => {
+                // The lease is in the file open now.
+                self.replaced = false;
+                // Room left for another (a reader, a free slot): wake one more.
+                if fx.wake {
+                    self.wake(req.name);
+                }
+            }
+            Ok((_, fx)) if fx.wake => self.pass_on(req.name),
+            // This attempt may be the one a release woke us for: with the
+            // lock perhaps free, hand the wake-up to the next sleeper.
+            Err(_) if self.waited.as_deref() == Some(req.name) => self.wake(req.name),
+            _ => {}
         }
-        // This attempt may be the one a release woke us for: with the lock
-        // perhaps free, hand the wake-up to the next sleeper.
-        if r.is_err() && self.waited.as_deref() == Some(req.name) {
-            self.wake(req.name);
-        }
-        r
+        r.map(|(a, _)| a)
     }
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
         self.same_file()?;
         let r = self.leases.renew(&mut self.db_ref(), name, token, lease);
+        let r = r.map(|(check, _)| check);
         // Replaced during the renewal: it may have gone to the old file.
         self.same_file()?;
         r
@@ -314,20 +359,24 @@ impl Backend for SqliteBackend {
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
         self.same_file()?;
-        let r = self.leases.release(&mut self.db_ref(), name, token)?;
+        let (r, fx) = self.leases.release(&mut self.db_ref(), name, token)?;
         self.same_file()?;
-        if matches!(r, Check::Done) {
+        if fx.wake {
             self.wake(name);
         }
         Ok(r)
     }
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
-        let r = self.on_current(|b| b.leases.force_release(&mut b.db_ref(), name, only))?;
-        if !r.is_empty() {
+        let (r, fx) = self.on_current(|b| b.leases.force_release(&mut b.db_ref(), name, only))?;
+        if fx.wake {
             self.wake(name);
         }
         Ok(r)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
@@ -399,84 +448,4 @@ impl Waiter for SqliteWaiter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::conn::try_connect;
-    use super::*;
-
-    use crate::holder::Holder;
-
-    /// Runs a statement on another connection just before the first write,
-    /// as a concurrent process would (no BEGIN IMMEDIATE, so the race is possible).
-    struct Racy<'a> {
-        inner: Db<'a>,
-        other: Option<(&'a Connection, String)>,
-    }
-
-    impl Exec for Racy<'_> {
-        fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Vec<Val>>> {
-            self.inner.query(sql, params)
-        }
-
-        fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64> {
-            if let Some((c, other)) = self.other.take() {
-                c.execute_batch(&other).unwrap();
-            }
-            self.inner.execute(sql, params)
-        }
-    }
-
-    #[test]
-    fn a_write_that_loses_a_race_starts_again_from_the_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("l.db");
-        let t = Duration::from_secs(2);
-        let (mine, theirs) = (
-            try_connect(&path, "t_leases", t, true).unwrap(),
-            try_connect(&path, "t_leases", t, true).unwrap(),
-        );
-        let leases = Leases::new(&DIALECT, "t_leases");
-        let h = Holder::default();
-        let req = Request {
-            name: "n",
-            token: "mine",
-            lease: Duration::from_secs(10),
-            holder: &h,
-            kind: crate::backend::Kind::MUTEX,
-        };
-        let db = |c| Db {
-            conn: c,
-            path: &path,
-            table: "t_leases",
-            timeout: t,
-        };
-        // Free row first, so that the race is an UPDATE on a known version.
-        leases
-            .acquire(
-                &mut db(&theirs),
-                &Request {
-                    token: "old",
-                    ..req
-                },
-            )
-            .unwrap();
-        leases.release(&mut db(&theirs), "n", "old").unwrap();
-        let mut racy = Racy {
-            inner: db(&mine),
-            other: Some((
-                &theirs,
-                "UPDATE t_leases SET token = 'theirs', expires_us = dlock_now_us() + 10000000, \
-                 version = version + 1 WHERE name = 'n'"
-                    .into(),
-            )),
-        };
-        match leases.acquire(&mut racy, &req).unwrap() {
-            Acquire::Busy(Some(info)) => assert_eq!(info.token_id, "theirs"),
-            other => panic!("the lost race must end busy, got {other:?}"),
-        }
-        // Their write stands and ours never landed: insert, release, theirs.
-        let rows = db(&mine)
-            .query("SELECT fence, version FROM t_leases", &[])
-            .unwrap();
-        assert_eq!(rows[0][1], Val::Int(3));
-    }
-}
+mod tests;

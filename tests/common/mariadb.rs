@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{free_port, require, wait_until, Server};
+use super::{free_port, require, wait_until, Ctx, Server};
 
 pub const USER: &str = "dlock";
 pub const PASSWORD: &str = "s3cret-Pw";
@@ -290,4 +290,37 @@ fn copy_template(data: &Path) {
         "copy the MariaDB template: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A number a test command wrote to a file.
+pub fn read_i64(path: &std::path::Path) -> i64 {
+    let s = std::fs::read_to_string(path).unwrap();
+    s.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}: {s:?}", path.display()))
+}
+
+/// A command that records when it starts (µs) and its fence, and runs until
+/// `stop` appears; on SIGTERM it records when it stopped.
+pub fn recorder(ctx: &Ctx, tag: &str) -> String {
+    let p = |f: &str| ctx.path(&format!("{tag}.{f}")).display().to_string();
+    format!(
+        "printf %s \"$DLOCK_FENCE\" > '{fence}'; date +%s%6N > '{start}.tmp'; mv '{start}.tmp' '{start}'; \
+         trap 'date +%s%6N > \"{end}\"; exit 0' TERM; \
+         while [ ! -e '{stop}' ]; do sleep 0.02; done; date +%s%6N > '{end}'",
+        fence = p("fence"),
+        start = p("start"),
+        end = p("end"),
+        stop = p("stop"),
+    )
+}
+
+/// FNV-1a 128 as dlock computes wake-up lock names (see src/backend/sql/mod.rs).
+pub fn wake_lock(ctx: &Ctx, name: &str) -> String {
+    let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;
+    for b in format!("{DATABASE}\0{}_leases\0{name}", ctx.prefix).bytes() {
+        h ^= u128::from(b);
+        h = h.wrapping_mul(0x0000000001000000000000000000013B);
+    }
+    format!("dlock-{h:032x}")
 }

@@ -106,7 +106,7 @@ impl Drop for DefaultPrefix {
     }
 }
 
-/// The name of a lock's wake file, as src/backend/sql.rs computes it
+/// The name of a lock's wake file, as src/backend/sql/mod.rs computes it
 /// (FNV-1a, 128 bits, of "table\0name").
 fn wake_key(table: &str, name: &str) -> String {
     let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;

@@ -14,11 +14,16 @@ pub(super) const ER_DBACCESS_DENIED: u16 = 1044;
 pub(super) const ER_ACCESS_DENIED: u16 = 1045;
 pub(super) const ER_BAD_DB: u16 = 1049;
 pub(super) const ER_NO_SUCH_TABLE: u16 = 1146;
+pub(super) const ER_BAD_FIELD: u16 = 1054;
+pub(super) const ER_DUP_FIELDNAME: u16 = 1060;
+/// ALTER, or any command, refused for lack of a privilege.
+const ER_TABLEACCESS_DENIED: u16 = 1142;
 pub(super) const ER_CON_COUNT: u16 = 1040;
 pub(super) const ER_TOO_MANY_USER_CONNECTIONS: u16 = 1203;
 
-/// Far above any statement or row dlock sends (a few KB); set so that the
-/// driver does not ask the server for it on every connection.
+/// Far above any statement or row dlock sends (a few KB, a few MB for the
+/// state of a semaphore with thousands of holders); set so that the driver
+/// does not ask the server for it on every connection.
 pub(super) const MAX_PACKET: usize = 16 << 20;
 
 pub(super) fn parse_bool(v: &str) -> Option<bool> {
@@ -224,6 +229,16 @@ pub(super) fn breaks_connection(e: &mysql::Error) -> bool {
         mysql::Error::FromRowError(_) | mysql::Error::FromValueError(_) => false,
         _ => true,
     }
+}
+
+/// A statement on a table made before the `state` column.
+pub(super) fn is_no_state(m: &mysql::MySqlError) -> bool {
+    m.code == ER_BAD_FIELD && m.message.contains("state")
+}
+
+/// A statement refused for lack of a privilege.
+pub(super) fn is_denied(code: u16) -> bool {
+    matches!(code, ER_TABLEACCESS_DENIED | ER_DBACCESS_DENIED | 1227)
 }
 
 /// The server refuses new connections until others close (max_connections,

@@ -12,6 +12,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::place::{file_id, FileId};
+use crate::backend::sql;
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
 
 pub fn now_us() -> i64 {
@@ -28,20 +29,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 }
 
 pub fn create_table(table: &str) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS `{table}` (
-            name TEXT NOT NULL PRIMARY KEY,
-            token TEXT,
-            fence INTEGER NOT NULL DEFAULT 0,
-            holder_host TEXT NOT NULL DEFAULT '',
-            holder_pid INTEGER NOT NULL DEFAULT 0,
-            holder_user TEXT NOT NULL DEFAULT '',
-            holder_command TEXT NOT NULL DEFAULT '',
-            acquired_us INTEGER NOT NULL DEFAULT 0,
-            expires_us INTEGER NOT NULL DEFAULT 0,
-            version INTEGER NOT NULL DEFAULT 0
-        ) WITHOUT ROWID"
-    )
+    sql::create_table(&super::DIALECT, table)
 }
 
 /// Whether the file at `path` is an SQLite database already in WAL mode
@@ -159,10 +147,37 @@ pub fn try_connect(
     Ok(conn)
 }
 
+/// SQLite's message for an error in a statement (prepare reports some with
+/// their offset in the SQL, a variant of their own).
+fn sql_message(e: &rusqlite::Error) -> Option<&str> {
+    match e {
+        rusqlite::Error::SqliteFailure(f, Some(m)) if f.code == ErrorCode::Unknown => Some(m),
+        rusqlite::Error::SqlInputError { error, msg, .. } if error.code == ErrorCode::Unknown => {
+            Some(msg)
+        }
+        _ => None,
+    }
+}
+
 /// The error of a statement naming a table that does not exist.
 pub fn is_no_table(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, Some(m))
-        if f.code == ErrorCode::Unknown && m.starts_with("no such table"))
+    sql_message(e).is_some_and(|m| m.starts_with("no such table"))
+}
+
+/// The error of a statement on a table made before the `state` column.
+pub fn is_no_state(e: &rusqlite::Error) -> bool {
+    sql_message(e).is_some_and(|m| {
+        m.starts_with("no such column: state") || m.starts_with("no such column: l.state")
+    })
+}
+
+/// Adds the `state` column to a table made by an older dlock; another
+/// process that just did the same leaves nothing to do.
+pub fn add_state_column(conn: &Connection, table: &str) -> rusqlite::Result<()> {
+    match conn.execute_batch(&sql::add_state_column(&super::DIALECT, table)) {
+        Err(e) if sql_message(&e).is_some_and(|m| m.starts_with("duplicate column name")) => Ok(()),
+        r => r,
+    }
 }
 
 pub fn db_error(path: &Path, timeout: Duration, e: rusqlite::Error) -> anyhow::Error {

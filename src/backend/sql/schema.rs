@@ -1,0 +1,76 @@
+//! The lease table: one schema for every SQL database, with the few words in
+//! which their dialects differ.
+
+use crate::backend::kinds::{MAX_COMMAND, MAX_HOST, MAX_USER};
+
+/// What differs between databases: the clock, an idempotent insert, quoting
+/// and column types. A new SQL backend is one of these plus its `Exec`.
+pub struct Dialect {
+    /// An expression for the database's clock in µs since the epoch.
+    pub now_us: &'static str,
+    /// An INSERT that does nothing when the key exists.
+    pub insert_ignore: &'static str,
+    /// Quotes an identifier (the table name).
+    pub quote: char,
+    /// The type of lock names, compared byte for byte.
+    pub name_type: &'static str,
+    /// The type of the token column.
+    pub token_type: &'static str,
+    /// The type of a holder field of at most so many bytes.
+    pub text_type: fn(usize) -> String,
+    /// A 64-bit integer.
+    pub int_type: &'static str,
+    /// The type of the `state` column: JSON of any length.
+    pub state_type: &'static str,
+    /// Written after the column list of CREATE TABLE.
+    pub table_options: &'static str,
+}
+
+impl Dialect {
+    pub fn ident(&self, name: &str) -> String {
+        let q = self.quote;
+        format!("{q}{name}{q}")
+    }
+}
+
+/// The columns every statement reads and writes, in this order.
+pub const COLUMNS: &str = "name, token, fence, holder_host, holder_pid, holder_user, \
+                           holder_command, acquired_us, expires_us, version, state";
+
+pub fn create_table(d: &Dialect, table: &str) -> String {
+    let int = d.int_type;
+    format!(
+        "CREATE TABLE IF NOT EXISTS {t} (
+            name {name} NOT NULL PRIMARY KEY,
+            token {token} NULL,
+            fence {int} NOT NULL DEFAULT 0,
+            holder_host {host} NOT NULL DEFAULT '',
+            holder_pid {int} NOT NULL DEFAULT 0,
+            holder_user {user} NOT NULL DEFAULT '',
+            holder_command {command} NOT NULL DEFAULT '',
+            acquired_us {int} NOT NULL DEFAULT 0,
+            expires_us {int} NOT NULL DEFAULT 0,
+            version {int} NOT NULL DEFAULT 0,
+            state {state} NULL
+        ){options}",
+        t = d.ident(table),
+        name = d.name_type,
+        token = d.token_type,
+        host = (d.text_type)(MAX_HOST),
+        user = (d.text_type)(MAX_USER),
+        command = (d.text_type)(MAX_COMMAND),
+        state = d.state_type,
+        options = d.table_options,
+    )
+}
+
+/// Tables made by dlock versions before the lock kinds lack `state`. Run
+/// when a statement finds it missing; two processes may race to run it, and
+/// the loser's "duplicate column" error means the same as success.
+pub fn add_state_column(d: &Dialect, table: &str) -> String {
+    format!(
+        "ALTER TABLE {} ADD COLUMN state {} NULL",
+        d.ident(table),
+        d.state_type
+    )
+}
