@@ -409,4 +409,5 @@ backends! {
     redlock => common::redlock::RedlockSet::shared();
     sqlite => Arc::new(common::sqlite::Sqlite::new());
     mariadb => common::mariadb::MariaDb::shared();
+    zookeeper => common::zookeeper::ZooKeeper::shared();
 }

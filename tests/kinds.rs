@@ -481,4 +481,5 @@ backends! {
     redis_cluster => common::cluster::ClusterSet::shared();
     sqlite => Arc::new(common::sqlite::Sqlite::new());
     mariadb => common::mariadb::MariaDb::shared();
+    zookeeper => common::zookeeper::ZooKeeper::shared();
 }

@@ -23,6 +23,7 @@ pub mod redis;
 pub mod redlock;
 pub mod sql;
 pub mod sqlite;
+pub mod zookeeper;
 
 /// What a caller asks for when acquiring.
 pub struct Request<'a> {
@@ -253,10 +254,12 @@ const SCHEMES: &[(&str, Opener)] = &[
     ("redlock", open_redlock),
     ("mysql", open_mysql),
     ("sqlite", open_sqlite),
+    ("zk", open_zookeeper),
 ];
 
-/// Accepted but not listed: the Redis driver's own name for `redis+unix`.
-const ALIASES: &[(&str, Opener)] = &[("unix", open_redis)];
+/// Accepted but not listed: the Redis driver's own name for `redis+unix`,
+/// and ZooKeeper's long name.
+const ALIASES: &[(&str, Opener)] = &[("unix", open_redis), ("zookeeper", open_zookeeper)];
 
 /// "redis://, rediss://, … or sqlite://", with `last` before the final one.
 pub fn scheme_list(last: &str) -> String {
@@ -302,6 +305,15 @@ fn open_mysql(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let b = mysql::MysqlBackend::open(url, cfg)?;
     let loc = Location {
         backend: "mysql",
+        location: redact(url),
+    };
+    Ok((Box::new(b), loc))
+}
+
+fn open_zookeeper(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = zookeeper::ZkBackend::open(url, cfg)?;
+    let loc = Location {
+        backend: "zookeeper",
         location: redact(url),
     };
     Ok((Box::new(b), loc))
@@ -369,11 +381,41 @@ pub fn redact(url: &str) -> String {
             }
             u.to_string().replace("%2A%2A%2A", "***")
         }
+        // A list of hosts (zk://a:1,b:2/x): only the password goes.
+        Err(_) if split_hosts(url).is_some() => match split_hosts(url) {
+            Some((head, Some(_), tail)) => format!("{head}:***@{tail}"),
+            _ => url.to_string(),
+        },
         // Unparsable: keep the scheme only, since we cannot tell where a password sits.
         Err(_) => match url.split_once("://") {
             Some((scheme, _)) => format!("{scheme}://…"),
             None => "(unparsable URL)".into(),
         },
+    }
+}
+
+/// A URL whose authority lists several hosts, which the url crate cannot
+/// parse, split around its password: ("zk://user", Some("pass"),
+/// "host1,host2/path"), or None for other URLs. The Redis schemes with
+/// several hosts have a parser of their own (`multi_host`).
+fn split_hosts(url: &str) -> Option<(&str, Option<&str>, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if !authority.contains(',') {
+        return None;
+    }
+    let Some(at) = authority.rfind('@') else {
+        return Some((url, None, ""));
+    };
+    let userinfo = &rest[..at];
+    let tail = &rest[at + 1..];
+    match userinfo.split_once(':') {
+        Some((user, pass)) => {
+            let head = &url[..scheme.len() + 3 + user.len()];
+            Some((head, Some(pass), tail))
+        }
+        None => Some((url, None, "")),
     }
 }
 
@@ -400,6 +442,12 @@ pub fn secrets(url: &str) -> Vec<String> {
             }
         }
     }
+    if let Some((_, Some(p), _)) = split_hosts(url) {
+        out.push(p.to_string());
+        if let Some((_, d)) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes()).next() {
+            out.push(d.into_owned());
+        }
+    }
     out.retain(|s| s.len() >= 3);
     out
 }
@@ -412,7 +460,7 @@ mod tests {
     fn the_scheme_list_reads_as_before() {
         assert_eq!(
             scheme_list(" or "),
-            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql:// or sqlite://"
+            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, sqlite:// or zk://"
         );
         assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
     }
@@ -480,6 +528,9 @@ mod tests {
         );
         let s = secrets("redlock://u:p%40w@a,b,c");
         assert!(s.contains(&"p@w".to_string()), "{s:?}");
+        assert_eq!(redact("zk://u:s3cret@a:1,b:2/ch"), "zk://u:***@a:1,b:2/ch");
+        assert_eq!(redact("zk://a:1,b:2/ch"), "zk://a:1,b:2/ch");
+        assert_eq!(redact("zk://u:pw@a:1/ch"), "zk://u:***@a:1/ch");
     }
 
     #[test]
@@ -489,5 +540,7 @@ mod tests {
             s.contains(&"p%40ss".to_string()) && s.contains(&"p@ss".to_string()),
             "{s:?}"
         );
+        let s = secrets("zk://u:p%40ss@a:1,b:2");
+        assert!(s.contains(&"p@ss".to_string()), "{s:?}");
     }
 }
