@@ -27,7 +27,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Barrier, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Server;
@@ -107,8 +107,9 @@ impl Opts {
                 "--write" => write = Some(true),
                 "--no-write" => write = Some(false),
                 "--only" => {
-                    let v = value(&mut it)
-                        .ok_or("--only needs a list: redis,redlock,cluster,mysql,etcd,sqlite")?;
+                    let v = value(&mut it).ok_or(
+                        "--only needs a list: redis,redlock,cluster,mysql,etcd,sqlite,zookeeper",
+                    )?;
                     o.only = Some(backend_list(v)?);
                 }
                 "--dlock" => {
@@ -197,6 +198,7 @@ const BACKENDS: &[(&str, Starter)] = &[
     ("mysql", start_mysql),
     ("etcd", start_etcd),
     ("sqlite", start_sqlite),
+    ("zookeeper", start_zookeeper),
 ];
 
 fn start_redis(dir: &Path) -> Backend {
@@ -415,6 +417,29 @@ fn start_etcd(dir: &Path) -> Backend {
         version: version_of("etcd", &["--version"])
             .and_then(|v| v.lines().next().map(String::from)),
         server_pid: pid_listening("etcd", port),
+        kinds: true,
+        _server: Box::new(server),
+    }
+}
+
+/// A 3-server ensemble on loopback: every write is committed by two of them.
+fn start_zookeeper(_dir: &Path) -> Backend {
+    let server = Arc::new(common::zookeeper::ZooKeeper::ensemble(3));
+    let s = Arc::clone(&server);
+    let counters = move || {
+        let mut out = Counters::new();
+        out.insert("total".into(), s.packets_received());
+        out
+    };
+    let leader = server.leader();
+    Backend {
+        key: "zookeeper",
+        label: "ZooKeeper (3 servers)",
+        url: server.url(),
+        counters: Some(Box::new(counters)),
+        wrapper: None,
+        version: server.version(),
+        server_pid: leader.and_then(|i| server.pid(i)),
         kinds: true,
         _server: Box::new(server),
     }
@@ -1090,6 +1115,7 @@ fn label_of(key: &str) -> &'static str {
         "redis" => "Redis",
         "mysql" => "MySQL (MariaDB)",
         "sqlite" => "SQLite (embedded)",
+        "zookeeper" => "ZooKeeper (3 servers)",
         _ => "?",
     }
 }

@@ -148,7 +148,7 @@ pub fn acquire(
             };
             trouble.unsure |= taken;
             trouble.give_up(backend, req);
-            std::process::exit(signals::exit_code(sig));
+            signals::exit(signals::exit_code(sig));
         }
         let busy = match result {
             Ok(Acquire::Acquired(g)) => return Ok(Taken::Held(trouble.grant(g), sent)),

@@ -482,4 +482,5 @@ backends! {
     sqlite => Arc::new(common::sqlite::Sqlite::new());
     mariadb => common::mariadb::MariaDb::shared();
     etcd => common::etcd::Etcd::shared();
+    zookeeper => common::zookeeper::ZooKeeper::shared();
 }

@@ -24,6 +24,7 @@ pub mod redis;
 pub mod redlock;
 pub mod sql;
 pub mod sqlite;
+pub mod zookeeper;
 
 /// What a caller asks for when acquiring.
 pub struct Request<'a> {
@@ -256,10 +257,12 @@ const SCHEMES: &[(&str, Opener)] = &[
     ("etcd", open_etcd),
     ("etcds", open_etcd),
     ("sqlite", open_sqlite),
+    ("zk", open_zookeeper),
 ];
 
-/// Accepted but not listed: the Redis driver's own name for `redis+unix`.
-const ALIASES: &[(&str, Opener)] = &[("unix", open_redis)];
+/// Accepted but not listed: the Redis driver's own name for `redis+unix`,
+/// and ZooKeeper's long name.
+const ALIASES: &[(&str, Opener)] = &[("unix", open_redis), ("zookeeper", open_zookeeper)];
 
 /// "redis://, rediss://, … or sqlite://", with `last` before the final one.
 pub fn scheme_list(last: &str) -> String {
@@ -315,6 +318,15 @@ fn open_etcd(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     Ok((Box::new(b), loc))
 }
 
+fn open_zookeeper(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = zookeeper::ZkBackend::open(url, cfg)?;
+    let loc = Location {
+        backend: "zookeeper",
+        location: redact(url),
+    };
+    Ok((Box::new(b), loc))
+}
+
 fn open_sqlite(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let (b, loc) = sqlite::SqliteBackend::open(Some(url), cfg)?;
     Ok((Box::new(b), loc))
@@ -357,12 +369,6 @@ pub fn redact(url: &str) -> String {
     if let Some(m) = multi_host(url) {
         return m.redacted();
     }
-    if host_list(url).is_some() {
-        return match list_password(url) {
-            Some((before, _, after)) => format!("{before}***{after}"),
-            None => url.to_string(),
-        };
-    }
     match ::url::Url::parse(url) {
         Ok(mut u) => {
             if u.password().is_some() {
@@ -384,6 +390,11 @@ pub fn redact(url: &str) -> String {
             }
             u.to_string().replace("%2A%2A%2A", "***")
         }
+        // A list of hosts (zk://a:1,b:2/x): only the password goes.
+        Err(_) if split_hosts(url).is_some() => match split_hosts(url) {
+            Some((head, Some(_), tail)) => format!("{head}:***@{tail}"),
+            _ => url.to_string(),
+        },
         // Unparsable: keep the scheme only, since we cannot tell where a password sits.
         Err(_) => match url.split_once("://") {
             Some((scheme, _)) => format!("{scheme}://…"),
@@ -392,25 +403,29 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The scheme and authority of a URL with a list of hosts.
-fn host_list(url: &str) -> Option<(&str, &str)> {
+/// A URL whose authority lists several hosts, which the url crate cannot
+/// parse, split around its password: ("zk://user", Some("pass"),
+/// "host1,host2/path"), or None for other URLs. The Redis schemes with
+/// several hosts have a parser of their own (`multi_host`).
+fn split_hosts(url: &str) -> Option<(&str, Option<&str>, &str)> {
     let (scheme, rest) = url.split_once("://")?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..end];
-    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    hosts.contains(',').then_some((scheme, authority))
-}
-
-/// For a URL with a list of hosts (`etcd://user:pw@h1:2379,h2:2379`), which
-/// URL parsers refuse: the text before the password, the password, and the
-/// text after it; None when the URL has one host, or no password.
-fn list_password(url: &str) -> Option<(&str, &str, &str)> {
-    let (scheme, authority) = host_list(url)?;
-    let (userinfo, _) = authority.rsplit_once('@')?;
-    let colon = userinfo.find(':')?;
-    let start = scheme.len() + 3 + colon + 1;
-    let stop = scheme.len() + 3 + userinfo.len();
-    Some((&url[..start], &url[start..stop], &url[stop..]))
+    if !authority.contains(',') {
+        return None;
+    }
+    let Some(at) = authority.rfind('@') else {
+        return Some((url, None, ""));
+    };
+    let userinfo = &rest[..at];
+    let tail = &rest[at + 1..];
+    match userinfo.split_once(':') {
+        Some((user, pass)) => {
+            let head = &url[..scheme.len() + 3 + user.len()];
+            Some((head, Some(pass), tail))
+        }
+        None => Some((url, None, "")),
+    }
 }
 
 /// The secrets in a URL, so that final error lines can be scrubbed of them
@@ -419,11 +434,6 @@ pub fn secrets(url: &str) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(m) = multi_host(url) {
         out = m.secrets();
-    } else if let Some((_, p, _)) = list_password(url) {
-        out.push(p.to_string());
-        if let Some((_, d)) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes()).next() {
-            out.push(d.into_owned());
-        }
     } else if let Ok(u) = ::url::Url::parse(url) {
         if let Some(p) = u.password() {
             out.push(p.to_string());
@@ -441,6 +451,12 @@ pub fn secrets(url: &str) -> Vec<String> {
             }
         }
     }
+    if let Some((_, Some(p), _)) = split_hosts(url) {
+        out.push(p.to_string());
+        if let Some((_, d)) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes()).next() {
+            out.push(d.into_owned());
+        }
+    }
     out.retain(|s| s.len() >= 3);
     out
 }
@@ -453,7 +469,7 @@ mod tests {
     fn the_scheme_list_reads_as_before() {
         assert_eq!(
             scheme_list(" or "),
-            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, etcd://, etcds:// or sqlite://"
+            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, etcd://, etcds://, sqlite:// or zk://"
         );
         assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
     }
@@ -521,12 +537,19 @@ mod tests {
         );
         let s = secrets("redlock://u:p%40w@a,b,c");
         assert!(s.contains(&"p@w".to_string()), "{s:?}");
-        // A list of etcd members keeps its hosts.
+        assert_eq!(redact("zk://u:s3cret@a:1,b:2/ch"), "zk://u:***@a:1,b:2/ch");
+        assert_eq!(redact("zk://a:1,b:2/ch"), "zk://a:1,b:2/ch");
+        assert_eq!(redact("zk://u:pw@a:1/ch"), "zk://u:***@a:1/ch");
+        // A list of etcd members keeps its hosts, and a CA path stays readable.
         assert_eq!(
             redact("etcd://root:s%40cret@h1:2379,h2:2379/?cacert=/ca.pem"),
             "etcd://root:***@h1:2379,h2:2379/?cacert=/ca.pem"
         );
         assert_eq!(redact("etcd://h1:2379,h2:2379"), "etcd://h1:2379,h2:2379");
+        assert_eq!(
+            redact("etcds://u:pw@h1:2379?cacert=/etc/ca.pem"),
+            "etcds://u:***@h1:2379?cacert=/etc/ca.pem"
+        );
     }
 
     #[test]
@@ -536,7 +559,9 @@ mod tests {
             s.contains(&"p%40ss".to_string()) && s.contains(&"p@ss".to_string()),
             "{s:?}"
         );
-        let s = secrets("etcd://root:s%40cret@h1,h2");
-        assert_eq!(s, ["s%40cret", "s@cret"]);
+        let s = secrets("zk://u:p%40ss@a:1,b:2");
+        assert!(s.contains(&"p@ss".to_string()), "{s:?}");
+        let s = secrets("etcd://root:s%40cret@h1:2379,h2:2379");
+        assert!(s.contains(&"s@cret".to_string()), "{s:?}");
     }
 }

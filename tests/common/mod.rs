@@ -10,6 +10,7 @@ pub mod redis;
 pub mod redlock;
 pub mod sentinel;
 pub mod sqlite;
+pub mod zookeeper;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -71,10 +71,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, mut before: impl FnMut(&[u8])) {
     let _ = from.shutdown(Shutdown::Both);
 }
 
-/// A TCP proxy that forwards both ways until it is cut; from then on it
-/// drops whatever either side sends, on open and new connections alike, as
-/// a network partition does (no reset: the client waits for answers that
-/// never come).
+/// A TCP proxy that forwards both ways until it is cut: from then on it
+/// swallows everything on open connections and forwards nothing on new
+/// ones, as a network partition between its clients and the server would.
 pub struct Cuttable {
     pub port: u16,
     cut: Arc<AtomicBool>,
@@ -88,25 +87,31 @@ impl Cuttable {
         let c = cut.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
+                if c.load(Ordering::SeqCst) {
+                    // Held open, never answered: the client times out.
+                    std::mem::forget(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                for (from, to) in [(client, s2), (server, c2)] {
-                    let c = c.clone();
-                    std::thread::spawn(move || forward_until_cut(from, to, &c));
-                }
+                let (cut_up, cut_down) = (c.clone(), c.clone());
+                std::thread::spawn(move || swallow_once_cut(c2, s2, cut_up));
+                std::thread::spawn(move || swallow_once_cut(server, client, cut_down));
             }
         });
         Cuttable { port, cut }
     }
 
+    /// Partitions the proxy's clients from the server.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
     }
 }
 
-fn forward_until_cut(mut from: TcpStream, mut to: TcpStream, cut: &AtomicBool) {
+/// Copies `from` to `to` until `cut`, then reads and drops everything.
+fn swallow_once_cut(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>) {
     let mut buf = [0u8; 16384];
     loop {
         match from.read(&mut buf) {
