@@ -179,3 +179,20 @@ fn a_waiter_whose_place_was_released_queues_again() {
     let l = ctx.status_json(&["p"])["locks"][0].clone();
     assert_eq!(l["token_id"], &tok[..8], "{l}");
 }
+
+#[test]
+fn a_waiter_ended_by_a_signal_takes_its_place_with_it() {
+    let ctx = Ctx::new(Etcd::shared());
+    let holder = ctx.acquire("s", "60s");
+    let queued = || ctx.status_json(&["s"])["locks"][0]["queued"].as_u64();
+    let mut waiter = spawn(ctx.cmd(&["acquire", "s", "--wait", "60s"]));
+    wait_until("the waiter to queue", Duration::from_secs(10), || {
+        queued() == Some(1)
+    });
+    signal(waiter.id(), libc::SIGTERM);
+    let st = wait_child(&mut waiter, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(143));
+    // Gone before dlock exited, not when its lease runs out 3 s later.
+    assert_eq!(queued(), Some(0));
+    assert_eq!(code(&ctx.run(&["release", "s", "--token", &holder])), 0);
+}

@@ -54,6 +54,9 @@ pub struct Taking<'a> {
     pub queued: bool,
     /// After a grant: the holder lease and the revision of the granting write.
     pub holding: Option<(i64, i64)>,
+    /// The cleanup that takes this request out of the queue if a signal
+    /// ends dlock while it waits (`signals::at_exit`).
+    leave_on_exit: Option<u64>,
 }
 
 /// What an attempt came to.
@@ -120,6 +123,7 @@ impl<'a> Taking<'a> {
             waiter: None,
             queued: false,
             holding: None,
+            leave_on_exit: None,
         }
     }
 
@@ -209,6 +213,7 @@ impl<'a> Taking<'a> {
         // The waiter lease has no key left and runs out within seconds: no
         // revoke (a write on the cluster) for it.
         self.waiter = None;
+        self.stay_on_signal();
         self.queued = false;
         self.holding = Some((lease.id, rev_of(r)));
         let g = Grant {
@@ -353,8 +358,33 @@ impl<'a> Taking<'a> {
             ])
             .or_else([get]);
         self.queued = true;
+        self.leave_on_signal(w);
         let r = self.txn("joining the queue", txn)?;
         Ok(view_of(&self.prefix, &r))
+    }
+
+    /// A signal that ends dlock while it waits takes its place out of the
+    /// queue on the way (the key, and the waiter lease `w` with it) rather
+    /// than leaving the waiter behind to wait for the lease to run out.
+    fn leave_on_signal(&mut self, w: i64) {
+        self.stay_on_signal();
+        let link = Arc::clone(&self.link);
+        self.leave_on_exit = Some(crate::signals::at_exit(Box::new(move || {
+            link.set_timeout(link.timeout().min(Duration::from_secs(2)));
+            // On a thread of its own: the signal thread's small stack cannot
+            // hold the client's futures.
+            let t = std::thread::Builder::new().spawn(move || revoke(&link, w));
+            if let Ok(t) = t {
+                let _ = t.join();
+            }
+        })));
+    }
+
+    /// No cleanup on a signal any more: the key holds, or is gone already.
+    fn stay_on_signal(&mut self) {
+        if let Some(id) = self.leave_on_exit.take() {
+            crate::signals::cancel_at_exit(id);
+        }
     }
 
     pub fn read(&self) -> Result<View> {
@@ -421,6 +451,7 @@ impl<'a> Taking<'a> {
     /// has: a grant whose answer was cut short) and its leases go, best
     /// effort within one timeout each.
     pub fn abandon(&mut self, all: bool) {
+        self.stay_on_signal();
         if self.queued || all {
             let key = self.key.clone();
             let _ = self.link.call("a cleanup", |mut c| {
