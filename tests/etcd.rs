@@ -196,3 +196,23 @@ fn a_waiter_ended_by_a_signal_takes_its_place_with_it() {
     assert_eq!(queued(), Some(0));
     assert_eq!(code(&ctx.run(&["release", "s", "--token", &holder])), 0);
 }
+
+#[test]
+fn a_holder_learns_of_a_forced_release_at_once() {
+    let ctx = Ctx::new(Etcd::shared());
+    let started = ctx.path("started");
+    let script = format!("touch '{}'; sleep 60", started.display());
+    let mut holder = spawn(ctx.cmd(&["exec", "--lease", "30s", "f", "--", "sh", "-c", &script]));
+    wait_for_file(&started, Duration::from_secs(10));
+    let broke = std::time::Instant::now();
+    let o = ctx.run(&["release", "f", "--force"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let st = wait_child(&mut holder, Duration::from_secs(20));
+    // Its key's deletion, watched, not its next renewal 10 s on.
+    assert_eq!(st.code(), Some(79));
+    assert!(
+        broke.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        broke.elapsed()
+    );
+}
