@@ -469,6 +469,14 @@ impl<'a> Taking<'a> {
     }
 }
 
+impl Drop for Taking<'_> {
+    /// A request given up on by the caller (out of time after failures)
+    /// leaves no cleanup behind for a signal to run later.
+    fn drop(&mut self) {
+        self.stay_on_signal();
+    }
+}
+
 /// Grants a lease of `ttl` seconds.
 pub fn grant(link: &Link, ttl: i64) -> Result<Lease> {
     let sent = Instant::now();
