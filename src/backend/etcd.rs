@@ -22,19 +22,23 @@
 //! grant or departure is the next event that can matter), or, when only
 //! holders are ahead, the deletions under the name; each watch starts at
 //! the revision after the read it decided on, so no release is missed, and
-//! nothing polls. Its key lives under a lease of [`take::WAITER_TTL`]
-//! seconds that it keeps alive every second, so a killed waiter leaves the
-//! queue within that time (and etcd's expiry check, half a second). On its
-//! grant the key is put again under a new lease with the holder's TTL;
-//! Put keeps the create revision, and so the place and the fence.
+//! nothing polls (`wait.rs`). Its key lives under a lease of
+//! [`take::WAITER_TTL`] seconds that it keeps alive every second, so a
+//! SIGKILLed waiter leaves the queue within that time (and etcd's expiry
+//! check, half a second); one ended by another signal revokes it on the way
+//! out. On its grant the key is put again under the holder lease (granted
+//! before the first try and kept alive through the wait); Put keeps the
+//! create revision, and so the place and the fence.
 //!
 //! Leases: the holder lease is a cluster object with an ID, found from the
 //! key (`P/NAME/T` carries it), so `renew` and `release --token` work from
-//! any process: renew is a keep-alive of that lease after checking the key
-//! (or a new lease for another length), release deletes the key in a
-//! transaction and revokes the lease. etcd counts TTLs in whole seconds and
-//! raises short ones to its minimum (2 s by default); the TTL it granted
-//! is the lease dlock's renewal deadline counts from.
+//! any process: renew is a keep-alive of that lease, then a linearizable
+//! read of the key (a leader cut off from the majority still answers
+//! keep-alives in etcd 3.4, not reads), or a new lease for another length;
+//! release deletes the key in a transaction and revokes the lease. etcd
+//! counts TTLs in whole seconds and raises short ones to its minimum (2 s
+//! by default); the TTL it granted is the lease dlock's renewal deadline
+//! counts from.
 
 mod keys;
 mod link;
@@ -42,6 +46,7 @@ mod queue;
 mod status;
 mod take;
 mod url;
+mod wait;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
