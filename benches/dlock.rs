@@ -1379,7 +1379,7 @@ fn run(opts: &Opts) {
     eprintln!("bench: 6/6 lock kinds");
     let kinds = backends
         .iter()
-        .filter(|b| b.kinds)
+        .filter(|b| b.kinds && std::env::var_os("BENCH_NO_KINDS").is_none())
         .map(|b| kinds::measure(b, dir.path(), &s))
         .collect();
 
