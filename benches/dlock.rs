@@ -107,8 +107,9 @@ impl Opts {
                 "--write" => write = Some(true),
                 "--no-write" => write = Some(false),
                 "--only" => {
-                    let v =
-                        value(&mut it).ok_or("--only needs a list: redis,mysql,postgres,sqlite")?;
+                    let v = value(&mut it).ok_or(
+                        "--only needs a list: redis,redlock,cluster,mysql,postgres,etcd,sqlite,zookeeper",
+                    )?;
                     o.only = Some(backend_list(v)?);
                 }
                 "--dlock" => {
@@ -196,7 +197,9 @@ const BACKENDS: &[(&str, Starter)] = &[
     ("cluster", start_cluster),
     ("mysql", start_mysql),
     ("postgres", start_postgres),
+    ("etcd", start_etcd),
     ("sqlite", start_sqlite),
+    ("zookeeper", start_zookeeper),
 ];
 
 fn start_redis(dir: &Path) -> Backend {
@@ -356,6 +359,88 @@ fn start_mysql(dir: &Path) -> Backend {
         wrapper: Some(("mariadb INSERT + DELETE".into(), script)),
         version: version_of("mariadbd", &["--version"]),
         server_pid: pid_listening("mariadbd", port),
+        kinds: true,
+        _server: Box::new(server),
+    }
+}
+
+fn start_etcd(dir: &Path) -> Backend {
+    let server = common::etcd::Etcd::cluster(1);
+    let url = server.url();
+    let port = server.members[0].client;
+    // Requests the server handled, per gRPC method, and its Raft writes, from /metrics.
+    let counters = move || {
+        let mut out = Counters::new();
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return out;
+        };
+        let req = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+        let mut text = String::new();
+        if s.write_all(req.as_bytes()).is_err() || s.read_to_string(&mut text).is_err() {
+            return out;
+        }
+        let mut total = 0;
+        for line in text.lines() {
+            let Some((metric, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let n = value.parse::<f64>().unwrap_or(0.0) as u64;
+            if metric.starts_with("grpc_server_handled_total{") {
+                let method = metric
+                    .split("grpc_method=\"")
+                    .nth(1)
+                    .and_then(|m| m.split('"').next())
+                    .unwrap_or("?");
+                *out.entry(method.to_ascii_lowercase()).or_default() += n;
+                total += n;
+            } else if metric == "etcd_server_proposals_committed_total" {
+                out.insert("raft writes".into(), n);
+            }
+        }
+        out.insert("total".into(), total);
+        out
+    };
+    let script = dir.join("etcd-lock.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "# etcd's own lock: etcdctl lock holds a session lease while the command runs.\n\
+             ETCDCTL_API=3 exec etcdctl --endpoints 127.0.0.1:{port} lock bench-etcdctl -- \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    Backend {
+        key: "etcd",
+        label: "etcd",
+        url,
+        counters: Some(Box::new(counters)),
+        wrapper: Some(("etcdctl lock".into(), script)),
+        version: version_of("etcd", &["--version"])
+            .and_then(|v| v.lines().next().map(String::from)),
+        server_pid: pid_listening("etcd", port),
+        kinds: true,
+        _server: Box::new(server),
+    }
+}
+
+/// A 3-server ensemble on loopback: every write is committed by two of them.
+fn start_zookeeper(_dir: &Path) -> Backend {
+    let server = Arc::new(common::zookeeper::ZooKeeper::ensemble(3));
+    let s = Arc::clone(&server);
+    let counters = move || {
+        let mut out = Counters::new();
+        out.insert("total".into(), s.packets_received());
+        out
+    };
+    let leader = server.leader();
+    Backend {
+        key: "zookeeper",
+        label: "ZooKeeper (3 servers)",
+        url: server.url(),
+        counters: Some(Box::new(counters)),
+        wrapper: None,
+        version: server.version(),
+        server_pid: leader.and_then(|i| server.pid(i)),
         kinds: true,
         _server: Box::new(server),
     }
@@ -985,13 +1070,17 @@ fn server_ops(tool: &Tool, dir: &Path, waiters: usize, per: usize) -> Option<Ops
         }
     }
     // Leave out the bench's own counting query (the second snapshot).
-    // (PostgreSQL's is counted in another database.)
-    let own: &[&str] = match b.key {
-        "redis" => &["total", "questions", "info"],
-        "postgres" => &[],
-        _ => &["total", "questions", "com_show_status"],
+    let own = if b.key == "redis" {
+        "info"
+    } else {
+        "com_show_status"
     };
-    for &k in own {
+    // etcd's counters come over HTTP, which its gRPC counts leave out;
+    // PostgreSQL's are read from another database.
+    for k in ["total", "questions", own]
+        .into_iter()
+        .filter(|_| !matches!(b.key, "etcd" | "postgres"))
+    {
         if let Some(v) = delta.get_mut(k) {
             *v -= 1;
         }
@@ -1096,6 +1185,7 @@ fn label_of(key: &str) -> &'static str {
         "mysql" => "MySQL (MariaDB)",
         "postgres" => "PostgreSQL",
         "sqlite" => "SQLite (embedded)",
+        "zookeeper" => "ZooKeeper (3 servers)",
         _ => "?",
     }
 }
@@ -1359,7 +1449,7 @@ fn run(opts: &Opts) {
     eprintln!("bench: 6/6 lock kinds");
     let kinds = backends
         .iter()
-        .filter(|b| b.kinds)
+        .filter(|b| b.kinds && std::env::var_os("BENCH_NO_KINDS").is_none())
         .map(|b| kinds::measure(b, dir.path(), &s))
         .collect();
 

@@ -20,7 +20,7 @@ use crate::signals;
 use serde_json::json;
 
 mod keeper;
-mod retry;
+pub(crate) mod retry;
 pub use keeper::Keeper;
 use retry::Trouble;
 
@@ -148,7 +148,7 @@ pub fn acquire(
             };
             trouble.unsure |= taken;
             trouble.give_up(backend, req);
-            std::process::exit(signals::exit_code(sig));
+            signals::exit(signals::exit_code(sig));
         }
         let busy = match result {
             Ok(Acquire::Acquired(g)) => return Ok(Taken::Held(trouble.grant(g), sent)),

@@ -39,6 +39,40 @@ enum Mode {
 
 static MODE: Mutex<Mode> = Mutex::new(Mode::Exit);
 
+/// Cleanups that must run however dlock exits on a signal (a waiter's
+/// place in a server-side queue, say), by id.
+type Hook = Box<dyn FnOnce() + Send>;
+static AT_EXIT: Mutex<Vec<(u64, Hook)>> = Mutex::new(Vec::new());
+
+/// Runs `f` if dlock exits through [`exit`] (every signal exit does) before
+/// [`cancel_at_exit`] is called with the id returned.
+pub fn at_exit(f: Hook) -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    AT_EXIT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, f));
+    id
+}
+
+/// Forgets the cleanup registered as `id` (it was done the ordinary way).
+pub fn cancel_at_exit(id: u64) {
+    AT_EXIT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(i, _)| *i != id);
+}
+
+/// Runs the registered cleanups, then exits with `code`.
+pub fn exit(code: i32) -> ! {
+    let hooks = std::mem::take(&mut *AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()));
+    for (_, f) in hooks {
+        f();
+    }
+    std::process::exit(code)
+}
+
 fn handled() -> SigSet {
     let mut set = SigSet::empty();
     for s in FORWARDED {
@@ -75,7 +109,7 @@ fn dispatch(sig: Signal) {
     match &mut *mode {
         Mode::Exit => {
             if STOPPING.contains(&sig) {
-                std::process::exit(128 + sig as i32);
+                exit(128 + sig as i32);
             }
         }
         Mode::InFlight(pending) => {

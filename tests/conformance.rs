@@ -410,4 +410,6 @@ backends! {
     sqlite => Arc::new(common::sqlite::Sqlite::new());
     mariadb => common::mariadb::MariaDb::shared();
     postgres => common::postgres::Postgres::shared();
+    etcd => common::etcd::Etcd::shared();
+    zookeeper => common::zookeeper::ZooKeeper::shared();
 }

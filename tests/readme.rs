@@ -5,7 +5,8 @@
 //!   under test first in PATH and stub scripts for the `./name.sh` it
 //!   mentions. The default SQLite file is the user's real one (HOME does not
 //!   move it), so each block gets a `DLOCK_PREFIX` of its own, removed after. `sh redis` also gets a private redis-server in place of
-//!   127.0.0.1:6379; `sh held=NAME` runs while another process holds NAME.
+//!   127.0.0.1:6379, `sh zookeeper` a private ZooKeeper in place of the
+//!   ensemble zk1:2181,zk2:2181,zk3:2181; `sh held=NAME` runs while another process holds NAME.
 //!   Every block must exit 0 and leave no lock held.
 //! - `sh setup`: the two set-up commands. The second must be exactly
 //!   `scripts/test` (what CI runs); the dlock part of the first is run here,
@@ -252,6 +253,14 @@ fn sh_blocks_run() {
             let port = redis().port;
             body = body.replace("127.0.0.1:6379", &format!("127.0.0.1:{port}"));
             url = Some(u);
+        }
+        if b.has("zookeeper") {
+            let port = common::zookeeper::ZooKeeper::shared().port(0);
+            body = body.replace("zk1:2181,zk2:2181,zk3:2181", &format!("127.0.0.1:{port}"));
+            url = body
+                .lines()
+                .find_map(|l| l.strip_prefix("export DLOCK_URL="))
+                .map(String::from);
         }
         for s in scripts_in(&body) {
             let stub = w.work().join(s.rsplit('/').next().unwrap());

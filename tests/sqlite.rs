@@ -293,6 +293,10 @@ fn bell_sleepers(wake_dir: &Path) -> i64 {
     let Ok(file) = std::fs::File::open(f.path()) else {
         return 0;
     };
+    // A bell that its creator has not sized yet: reading its mapping would fault (SIGBUS).
+    if file.metadata().map_or(true, |m| m.len() < 4) {
+        return 0;
+    }
     use std::os::fd::AsRawFd;
     // SAFETY: maps 4 bytes of the 4-byte bell read-only, futex-requeues waiters
     // from it onto itself (waking none), and unmaps it.

@@ -14,6 +14,7 @@ use crate::error::{fail, USAGE};
 use crate::holder::Holder;
 pub use kinds::{Kind, Mode};
 
+pub mod etcd;
 pub mod kinds;
 #[cfg(test)]
 pub mod memory;
@@ -24,6 +25,7 @@ pub mod redis;
 pub mod redlock;
 pub mod sql;
 pub mod sqlite;
+pub mod zookeeper;
 
 /// What a caller asks for when acquiring.
 pub struct Request<'a> {
@@ -255,11 +257,15 @@ const SCHEMES: &[(&str, Opener)] = &[
     ("mysql", open_mysql),
     ("postgres", open_postgres),
     ("postgresql", open_postgres),
+    ("etcd", open_etcd),
+    ("etcds", open_etcd),
     ("sqlite", open_sqlite),
+    ("zk", open_zookeeper),
 ];
 
-/// Accepted but not listed: the Redis driver's own name for `redis+unix`.
-const ALIASES: &[(&str, Opener)] = &[("unix", open_redis)];
+/// Accepted but not listed: the Redis driver's own name for `redis+unix`,
+/// and ZooKeeper's long name.
+const ALIASES: &[(&str, Opener)] = &[("unix", open_redis), ("zookeeper", open_zookeeper)];
 
 /// "redis://, rediss://, … or sqlite://", with `last` before the final one.
 pub fn scheme_list(last: &str) -> String {
@@ -314,6 +320,20 @@ fn open_postgres(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)
     let b = postgres::PgBackend::open(url, cfg)?;
     let loc = Location {
         backend: "postgres",
+        location: redact(url),
+    };
+    Ok((Box::new(b), loc))
+}
+
+fn open_etcd(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let (b, loc) = etcd::EtcdBackend::open(url, cfg)?;
+    Ok((Box::new(b), loc))
+}
+
+fn open_zookeeper(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = zookeeper::ZkBackend::open(url, cfg)?;
+    let loc = Location {
+        backend: "zookeeper",
         location: redact(url),
     };
     Ok((Box::new(b), loc))
@@ -388,21 +408,18 @@ pub fn redact(url: &str) -> String {
             if u.password().is_some() {
                 let _ = u.set_password(Some("***"));
             }
-            let secret = |k: &str| matches!(k, "pass" | "password");
-            // Rewritten only when it holds a secret: the rewrite percent-encodes
-            // paths (host=/run/postgresql) that read better as given.
-            if u.query_pairs().any(|(k, _)| secret(&k)) {
-                let pairs: Vec<(String, String)> = u
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let v = if secret(&k) {
-                            "***".into()
-                        } else {
-                            v.into_owned()
-                        };
-                        (k.into_owned(), v)
-                    })
-                    .collect();
+            let pairs: Vec<(String, String)> = u
+                .query_pairs()
+                .map(|(k, v)| {
+                    let secret = matches!(k.as_ref(), "pass" | "password");
+                    (
+                        k.into_owned(),
+                        if secret { "***".into() } else { v.into_owned() },
+                    )
+                })
+                .collect();
+            // Rewritten only when it hides something: rewriting re-encodes it.
+            if pairs.iter().any(|(_, v)| v == "***") {
                 u.query_pairs_mut().clear().extend_pairs(pairs);
             }
             let shown = u.to_string().replace("%2A%2A%2A", "***");
@@ -411,11 +428,41 @@ pub fn redact(url: &str) -> String {
                 None => shown,
             }
         }
-        // Unparsable: keep the scheme only, since we cannot tell where a password sits.
-        None => match url.split_once("://") {
-            Some((scheme, _)) => format!("{scheme}://…"),
-            None => "(unparsable URL)".into(),
+        None => match split_hosts(url) {
+            // A list of hosts (zk://a:1,b:2/x): only the password goes.
+            Some((head, Some(_), tail)) => format!("{head}:***@{tail}"),
+            Some(_) => url.to_string(),
+            // Unparsable: keep the scheme only, since we cannot tell where a password sits.
+            None => match url.split_once("://") {
+                Some((scheme, _)) => format!("{scheme}://…"),
+                None => "(unparsable URL)".into(),
+            },
         },
+    }
+}
+
+/// A URL whose authority lists several hosts, which the url crate cannot
+/// parse, split around its password: ("zk://user", Some("pass"),
+/// "host1,host2/path"), or None for other URLs. The Redis schemes with
+/// several hosts have a parser of their own (`multi_host`).
+fn split_hosts(url: &str) -> Option<(&str, Option<&str>, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    if !authority.contains(',') {
+        return None;
+    }
+    let Some(at) = authority.rfind('@') else {
+        return Some((url, None, ""));
+    };
+    let userinfo = &rest[..at];
+    let tail = &rest[at + 1..];
+    match userinfo.split_once(':') {
+        Some((user, pass)) => {
+            let head = &url[..scheme.len() + 3 + user.len()];
+            Some((head, Some(pass), tail))
+        }
+        None => Some((url, None, "")),
     }
 }
 
@@ -442,6 +489,12 @@ pub fn secrets(url: &str) -> Vec<String> {
             }
         }
     }
+    if let Some((_, Some(p), _)) = split_hosts(url) {
+        out.push(p.to_string());
+        if let Some((_, d)) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes()).next() {
+            out.push(d.into_owned());
+        }
+    }
     out.retain(|s| s.len() >= 3);
     out
 }
@@ -454,7 +507,7 @@ mod tests {
     fn the_scheme_list_reads_as_before() {
         assert_eq!(
             scheme_list(" or "),
-            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql:// or sqlite://"
+            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite:// or zk://"
         );
         assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
     }
@@ -522,6 +575,19 @@ mod tests {
         );
         let s = secrets("redlock://u:p%40w@a,b,c");
         assert!(s.contains(&"p@w".to_string()), "{s:?}");
+        assert_eq!(redact("zk://u:s3cret@a:1,b:2/ch"), "zk://u:***@a:1,b:2/ch");
+        assert_eq!(redact("zk://a:1,b:2/ch"), "zk://a:1,b:2/ch");
+        assert_eq!(redact("zk://u:pw@a:1/ch"), "zk://u:***@a:1/ch");
+        // A list of etcd members keeps its hosts, and a CA path stays readable.
+        assert_eq!(
+            redact("etcd://root:s%40cret@h1:2379,h2:2379/?cacert=/ca.pem"),
+            "etcd://root:***@h1:2379,h2:2379/?cacert=/ca.pem"
+        );
+        assert_eq!(redact("etcd://h1:2379,h2:2379"), "etcd://h1:2379,h2:2379");
+        assert_eq!(
+            redact("etcds://u:pw@h1:2379?cacert=/etc/ca.pem"),
+            "etcds://u:***@h1:2379?cacert=/etc/ca.pem"
+        );
     }
 
     #[test]
@@ -531,5 +597,9 @@ mod tests {
             s.contains(&"p%40ss".to_string()) && s.contains(&"p@ss".to_string()),
             "{s:?}"
         );
+        let s = secrets("zk://u:p%40ss@a:1,b:2");
+        assert!(s.contains(&"p@ss".to_string()), "{s:?}");
+        let s = secrets("etcd://root:s%40cret@h1:2379,h2:2379");
+        assert!(s.contains(&"s@cret".to_string()), "{s:?}");
     }
 }

@@ -104,7 +104,7 @@ impl Trouble {
             let ((), pending) = signals::in_flight(|| std::thread::sleep(step));
             if let Some(sig) = pending {
                 self.give_up(backend, req);
-                std::process::exit(signals::exit_code(sig));
+                signals::exit(signals::exit_code(sig));
             }
         } else {
             std::thread::sleep(step);

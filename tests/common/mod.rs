@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
+pub mod etcd;
 pub mod mariadb;
 pub mod postgres;
 pub mod proxy;
@@ -10,6 +11,7 @@ pub mod redis;
 pub mod redlock;
 pub mod sentinel;
 pub mod sqlite;
+pub mod zookeeper;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

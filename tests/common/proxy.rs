@@ -70,3 +70,61 @@ fn pump(mut from: TcpStream, mut to: TcpStream, mut before: impl FnMut(&[u8])) {
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
 }
+
+/// A TCP proxy that forwards both ways until it is cut: from then on it
+/// swallows everything on open connections and forwards nothing on new
+/// ones, as a network partition between its clients and the server would.
+pub struct Cuttable {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl Cuttable {
+    pub fn start(upstream: u16) -> Cuttable {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let c = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if c.load(Ordering::SeqCst) {
+                    // Held open, never answered: the client times out.
+                    std::mem::forget(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (cut_up, cut_down) = (c.clone(), c.clone());
+                std::thread::spawn(move || swallow_once_cut(c2, s2, cut_up));
+                std::thread::spawn(move || swallow_once_cut(server, client, cut_down));
+            }
+        });
+        Cuttable { port, cut }
+    }
+
+    /// Partitions the proxy's clients from the server.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until `cut`, then reads and drops everything.
+fn swallow_once_cut(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>) {
+    let mut buf = [0u8; 16384];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) if cut.load(Ordering::SeqCst) => {}
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    if !cut.load(Ordering::SeqCst) {
+        let _ = to.shutdown(Shutdown::Both);
+    }
+}

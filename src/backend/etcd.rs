@@ -1,0 +1,452 @@
+//! etcd backend: every request is a key with a lease of its own, the queue
+//! is the keys' create-revision order, and the fence is the holder key's
+//! create revision.
+//!
+//! Layout: a request of token T for lock NAME under prefix P is the key
+//! `P/NAME/T` (see `keys.rs`), whose JSON value says whether it holds or
+//! waits, its kind, slot and holder. A name's keys sorted by create
+//! revision are its queue; the lock kinds' rules (`kinds.rs`) read them as
+//! holders and tickets, so that --shared, --slots and the mismatch errors
+//! behave as on every backend. On etcd every waiter queues, so waiting is
+//! always first come, first served (`--fair` changes nothing).
+//!
+//! Taking: one transaction puts the key as holder when the name has no keys
+//! (the free-lock path: a lease grant and one write); otherwise the request
+//! decides from the queue (`queue.rs`) and either takes the lock with a
+//! write guarded on what it read, or joins the queue. A request goes only
+//! when no waiter is ahead of it, so grants follow create-revision order
+//! and every fence is greater than all earlier ones for the name, across
+//! leader changes (revisions are the cluster's, replicated by Raft).
+//!
+//! Waiting: a waiter watches only the key just ahead of it (that waiter's
+//! grant or departure is the next event that can matter), or, when only
+//! holders are ahead, the deletions under the name; each watch starts at
+//! the revision after the read it decided on, so no release is missed, and
+//! nothing polls (`wait.rs`). Its key lives under a lease of
+//! [`take::WAITER_TTL`] seconds that it keeps alive every second, so a
+//! SIGKILLed waiter leaves the queue within that time (and etcd's expiry
+//! check, half a second); one ended by another signal revokes it on the way
+//! out. On its grant the key is put again under the holder lease (granted
+//! before the first try and kept alive through the wait); Put keeps the
+//! create revision, and so the place and the fence.
+//!
+//! Leases: the holder lease is a cluster object with an ID, found from the
+//! key (`P/NAME/T` carries it), so `renew` and `release --token` work from
+//! any process: renew is a keep-alive of that lease, then a linearizable
+//! read of the key (a leader cut off from the majority still answers
+//! keep-alives in etcd 3.4, not reads), or a new lease for another length;
+//! release deletes the key in a transaction and revokes the lease. etcd
+//! counts TTLs in whole seconds and raises short ones to its minimum (2 s
+//! by default); the TTL it granted is the lease dlock's renewal deadline
+//! counts from.
+
+mod keys;
+mod link;
+mod queue;
+mod status;
+mod take;
+mod url;
+mod wait;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+
+use super::{Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Waiter};
+use crate::backend::kinds;
+use crate::error::{code_of, fail, unsent, INTERNAL, UNAVAILABLE};
+use crate::lease::retry::Trouble;
+use keys::Node;
+use link::Link;
+use take::{by_create, nodes_of, ttl_secs, Step, Taking};
+
+pub struct EtcdBackend {
+    link: Arc<Link>,
+    prefix: String,
+    /// The last grant made (or renewed) by this process, so that its
+    /// renewals need no lookup and a watch for its breaking can start right
+    /// after it.
+    mine: Option<Mine>,
+}
+
+struct Mine {
+    name: String,
+    token: String,
+    lease: i64,
+    /// The revision of the grant.
+    rev: i64,
+    /// The TTL of the lease in seconds, as asked and as granted.
+    ttls: [i64; 2],
+}
+
+impl EtcdBackend {
+    pub fn open(url: &str, cfg: &Config) -> Result<(EtcdBackend, Location)> {
+        let shown = super::redact(url);
+        let target = url::parse(url, &shown)?;
+        let location = Location {
+            backend: "etcd",
+            location: shown.clone(),
+        };
+        let link = Link::new(&target, shown, cfg.timeout)?;
+        let b = EtcdBackend {
+            link: Arc::new(link),
+            prefix: cfg.prefix.clone(),
+            mine: None,
+        };
+        Ok((b, location))
+    }
+
+    fn key(&self, name: &str, token: &str) -> String {
+        keys::key(&self.prefix, name, token)
+    }
+
+    fn read(&self, range: &str) -> Result<take::View> {
+        let (range, prefix) = (range.to_string(), self.prefix.clone());
+        self.link.call("a read", move |mut c| {
+            let (range, prefix) = (range.clone(), prefix.clone());
+            async move {
+                let r = c.get(range, Some(by_create())).await?;
+                Ok(take::View {
+                    nodes: nodes_of(&prefix, r.kvs()),
+                    rev: r.header().map_or(0, |h| h.revision()),
+                })
+            }
+        })
+    }
+
+    /// The acquisition loop: attempts until granted, busy at the deadline,
+    /// or out of time after failures (backing off between them).
+    fn take(&mut self, req: &Request, deadline: Option<Instant>) -> Result<(Acquire, Instant)> {
+        let mut trouble = Trouble::new(self.link.timeout());
+        let mut t = Taking::new(Arc::clone(&self.link), &self.prefix, req);
+        loop {
+            let attempt = (|| {
+                let mut step = t.first_try()?;
+                loop {
+                    match step {
+                        Step::Done(a, sent) => return Ok((a, sent)),
+                        Step::Again(v) => step = t.decide(v, deadline)?,
+                    }
+                }
+            })();
+            match attempt {
+                Ok((Acquire::Acquired(g), sent)) => {
+                    trouble.recovered(req.name);
+                    if let Some((lease, rev)) = t.holding {
+                        self.mine = Some(Mine {
+                            name: req.name.into(),
+                            token: req.token.into(),
+                            lease,
+                            rev,
+                            ttls: [ttl_secs(req.lease), ttl_secs(g.lease)],
+                        });
+                    }
+                    return Ok((Acquire::Acquired(trouble.grant(g)), sent));
+                }
+                Ok(other) => return Ok(other),
+                Err(e) if code_of(&e) != UNAVAILABLE => return Err(e),
+                Err(e) => {
+                    trouble.unsure |= !unsent(&e);
+                    trouble.queued = t.queued;
+                    trouble.failed(self, req, e, deadline)?;
+                }
+            }
+        }
+    }
+
+    /// The answer for a token that holds nothing on `name` by the kinds'
+    /// rules (a renewal's: a release decides from what it deleted).
+    fn not_mine(&self, name: &str, token: &str, lease: Duration) -> Result<Check> {
+        let v = self.read(&keys::of_name(&self.prefix, name))?;
+        let mut st = keys::state(&v.nodes);
+        let (check, _) = kinds::plan_renew(0, &mut st, name, token, lease);
+        Ok(self.with_ttl(&v.nodes, check))
+    }
+
+    /// A refusal naming the other holder gets that holder's time left.
+    fn with_ttl(&self, nodes: &[Node], check: Check) -> Check {
+        match check {
+            Check::HeldByOther(i) => Check::HeldByOther(take::with_ttl(&self.link, nodes, i)),
+            other => other,
+        }
+    }
+
+    /// `token`'s key on `name`, read now.
+    fn get_mine(&self, name: &str, token: &str) -> Result<Option<Node>> {
+        let key = self.key(name, token);
+        let prefix = self.prefix.clone();
+        self.link.call("a read", move |mut c| {
+            let (key, prefix) = (key.clone(), prefix.clone());
+            async move {
+                let r = c.get(key, None).await?;
+                Ok(nodes_of(&prefix, r.kvs()).into_iter().next())
+            }
+        })
+    }
+
+    /// A keep-alive of lease `id`: true while it lives.
+    fn keep_alive(&self, id: i64) -> Result<bool> {
+        self.link.call("a renewal", move |mut c| async move {
+            keep_alive_once(&mut c, id).await
+        })
+    }
+
+    /// Moves `n` to a new lease of `ttl` seconds (a renewal of another length).
+    fn relet(&self, n: &Node, ttl: i64) -> Result<bool> {
+        let lease = take::grant(&self.link, ttl)?;
+        let mut e = n.entry.clone();
+        (e.ask, e.ttl) = (ttl, lease.granted);
+        let key = String::from_utf8_lossy(&n.key).into_owned();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                n.mod_rev,
+            )])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                e.encode(),
+                Some(PutOptions::new().with_lease(lease.id)),
+            )]);
+        let r = self.link.call("a renewal", |mut c| {
+            let t = txn.clone();
+            async move { c.txn(t).await }
+        })?;
+        let old = if r.succeeded() { n.lease } else { lease.id };
+        take::revoke(&self.link, old);
+        Ok(r.succeeded())
+    }
+}
+
+/// One keep-alive of lease `id`: true while it lives. (Opening the stream
+/// sends one and reads its answer; a lease that is gone is an error there.)
+async fn keep_alive_once(c: &mut etcd_client::Client, id: i64) -> Result<bool, etcd_client::Error> {
+    match c.lease_keep_alive(id).await {
+        Ok(_) => Ok(true),
+        Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+impl Backend for EtcdBackend {
+    fn acquire(&mut self, req: &Request) -> Result<Acquire> {
+        self.take(req, Some(Instant::now())).map(|(a, _)| a)
+    }
+
+    fn acquire_waiting(
+        &mut self,
+        req: &Request,
+        deadline: Option<Instant>,
+    ) -> Option<Result<(Acquire, Instant)>> {
+        Some(self.take(req, deadline))
+    }
+
+    fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
+        let ttl = ttl_secs(lease);
+        let known = self
+            .mine
+            .as_ref()
+            .filter(|m| m.name == name && m.token == token && m.ttls.contains(&ttl))
+            .map(|m| m.lease);
+        let id = match known {
+            Some(id) => Some(id),
+            None => match self.get_mine(name, token)? {
+                Some(n) if n.entry.held && n.entry.renews_as(ttl) => Some(n.lease),
+                Some(n) if n.entry.held => {
+                    // Another length: the key moves to a new lease.
+                    self.mine = None;
+                    if self.relet(&n, ttl)? {
+                        return Ok(Check::Done);
+                    }
+                    None
+                }
+                _ => None,
+            },
+        };
+        if let Some(id) = id {
+            // The keep-alive, then a linearizable read of the key: the read
+            // proves that the member that renewed still leads (etcd 3.4 lets
+            // a leader cut off from the majority renew until it steps down)
+            // and that the key is still this token's.
+            if self.keep_alive(id)? {
+                let mine = self.get_mine(name, token)?;
+                if let Some(n) = mine.filter(|n| n.entry.held && n.lease == id) {
+                    let rev = self.mine.as_ref().map_or(n.mod_rev, |m| m.rev);
+                    self.mine = Some(Mine {
+                        name: name.into(),
+                        token: token.into(),
+                        lease: id,
+                        rev,
+                        ttls: [n.entry.ask, n.entry.ttl],
+                    });
+                    return Ok(Check::Done);
+                }
+            }
+        }
+        self.not_mine(name, token, lease)
+    }
+
+    fn release(&mut self, name: &str, token: &str) -> Result<Check> {
+        let key = self.key(name, token);
+        let range = keys::of_name(&self.prefix, name);
+        let get = TxnOp::get(range.as_str(), Some(by_create()));
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.as_str(),
+                CompareOp::Greater,
+                0,
+            )])
+            .and_then([
+                TxnOp::delete(
+                    key.as_str(),
+                    Some(etcd_client::DeleteOptions::new().with_prev_key()),
+                ),
+                get.clone(),
+            ])
+            .or_else([get]);
+        let r = self.link.call("a release", |mut c| {
+            let t = txn.clone();
+            async move { c.txn(t).await }
+        })?;
+        // The plan decides from the name as it was: what is left, and what went.
+        let mut nodes = Vec::new();
+        for op in r.op_responses() {
+            match op {
+                TxnOpResponse::Delete(d) => nodes.extend(nodes_of(&self.prefix, d.prev_kvs())),
+                TxnOpResponse::Get(g) => nodes.extend(nodes_of(&self.prefix, g.kvs())),
+                _ => {}
+            }
+        }
+        if let Some(n) = nodes.iter().find(|n| n.token == token && n.lease != 0) {
+            take::revoke(&self.link, n.lease);
+        }
+        let mut st = keys::state(&nodes);
+        let (check, _) = kinds::plan_release(0, &mut st, name, token);
+        Ok(self.with_ttl(&nodes, check))
+    }
+
+    fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
+        let range = keys::of_name(&self.prefix, name);
+        for _ in 0..10 {
+            let v = self.read(&range)?;
+            let mut st = keys::state(&v.nodes);
+            let (broken, _) = kinds::plan_force(0, &mut st, name, only);
+            let victims: Vec<&Node> = v
+                .nodes
+                .iter()
+                .filter(|n| n.entry.held && broken.iter().any(|b| b.fence == n.create_rev as u64))
+                .collect();
+            if victims.is_empty() {
+                return Ok(Vec::new());
+            }
+            let broken: Vec<LockInfo> = broken
+                .into_iter()
+                .map(|i| take::with_ttl(&self.link, &v.nodes, i))
+                .collect();
+            let unchanged: Vec<Compare> = victims
+                .iter()
+                .map(|n| Compare::mod_revision(n.key.clone(), CompareOp::Equal, n.mod_rev))
+                .collect();
+            let deletes: Vec<TxnOp> = victims
+                .iter()
+                .map(|n| TxnOp::delete(n.key.clone(), None))
+                .collect();
+            let txn = Txn::new().when(unchanged).and_then(deletes);
+            let r = self.link.call("a forced release", |mut c| {
+                let t = txn.clone();
+                async move { c.txn(t).await }
+            })?;
+            if r.succeeded() {
+                for n in victims {
+                    take::revoke(&self.link, n.lease);
+                }
+                return Ok(broken);
+            }
+        }
+        Err(fail(
+            UNAVAILABLE,
+            format!("lock '{name}' kept changing while breaking it; try again"),
+        ))
+    }
+
+    fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
+        let mut nodes = Vec::new();
+        match names {
+            Some(names) => {
+                for n in names {
+                    nodes.extend(self.read(&keys::of_name(&self.prefix, n))?.nodes);
+                }
+            }
+            None => nodes = self.read(&keys::all(&self.prefix))?.nodes,
+        }
+        status::infos(&self.link, nodes)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
+    }
+
+    /// Never asked for: this backend takes every wait in `acquire_waiting`,
+    /// where a waiter watches the key ahead of it in the queue.
+    fn waiter(&mut self, _name: &str) -> Result<Box<dyn Waiter>> {
+        Err(fail(
+            INTERNAL,
+            "the etcd backend waits in its queue, not on a release notice",
+        ))
+    }
+
+    fn reconnect(&mut self) -> Result<()> {
+        // A failed request has moved on to the next member already.
+        Ok(())
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.link.set_timeout(timeout);
+        Ok(())
+    }
+
+    fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
+        let Some(rev) = self
+            .mine
+            .as_ref()
+            .filter(|m| m.name == name && m.token == token)
+            .map(|m| m.rev)
+        else {
+            return;
+        };
+        status::watch_breaks(
+            Arc::clone(&self.link),
+            self.key(name, token),
+            rev,
+            name.to_string(),
+            on_break,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::USAGE;
+
+    #[test]
+    fn ttls_round_up_to_whole_seconds() {
+        assert_eq!(ttl_secs(Duration::from_millis(400)), 1);
+        assert_eq!(ttl_secs(Duration::from_secs(30)), 30);
+        assert_eq!(ttl_secs(Duration::from_millis(30_001)), 31);
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn a_bad_url_is_a_usage_error_before_any_connection() {
+        let cfg = Config {
+            url: None,
+            prefix: "dlock".into(),
+            timeout: Duration::from_secs(1),
+        };
+        let e = EtcdBackend::open("etcd://a:notaport", &cfg).err().unwrap();
+        assert_eq!(code_of(&e), USAGE);
+    }
+}

@@ -1,0 +1,142 @@
+//! What `status` shows, and the holder's watch for its own key being broken.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use etcd_client::{EventType, WatchFilterType, WatchOptions};
+
+use super::keys::{self, Node};
+use super::link::Link;
+use crate::backend::LockInfo;
+
+/// The holders among `nodes` (one entry each, by name then fence), with the
+/// time left on each one's lease; a lease that is gone by now is left out.
+pub fn infos(link: &Arc<Link>, nodes: Vec<Node>) -> Result<Vec<LockInfo>> {
+    let mut by_name: BTreeMap<String, Vec<Node>> = BTreeMap::new();
+    for n in nodes {
+        by_name.entry(n.name.clone()).or_default().push(n);
+    }
+    let mut out = Vec::new();
+    let mut leases = Vec::new();
+    for (name, nodes) in &by_name {
+        for info in keys::state(nodes).infos(name, 0) {
+            let lease = nodes
+                .iter()
+                .find(|n| n.entry.held && n.create_rev as u64 == info.fence)
+                .map_or(0, |n| n.lease);
+            leases.push(lease);
+            out.push(info);
+        }
+    }
+    let ttls = time_left(link, &leases)?;
+    let mut kept = Vec::new();
+    for (mut info, ttl) in out.into_iter().zip(ttls) {
+        if let Some(ttl) = ttl {
+            info.ttl = ttl;
+            kept.push(info);
+        }
+    }
+    Ok(kept)
+}
+
+/// The time left on each lease, asked all at once; None for one that is gone.
+fn time_left(link: &Arc<Link>, leases: &[i64]) -> Result<Vec<Option<Duration>>> {
+    let l = Arc::clone(link);
+    let ids = leases.to_vec();
+    link.block_on(async move {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, id) in ids.into_iter().enumerate() {
+            let l = Arc::clone(&l);
+            set.spawn(async move {
+                let r = l
+                    .call_async("a lease lookup", |mut c| async move {
+                        c.lease_time_to_live(id, None).await
+                    })
+                    .await;
+                (i, r.map(|r| r.ttl()))
+            });
+        }
+        let mut out = vec![None; set.len()];
+        while let Some(done) = set.join_next().await {
+            let (i, ttl) = done.map_err(|e| anyhow::anyhow!("a lease lookup failed: {e}"))?;
+            let ttl = ttl?;
+            out[i] = (ttl >= 0).then(|| Duration::from_secs(ttl as u64));
+        }
+        Ok(out)
+    })
+}
+
+/// Calls `on_break` once when the holder's key is deleted by anyone but
+/// this process after revision `rev`: `release --force`, or its lease
+/// running out (which the renewal deadline has then stopped the command for).
+pub fn watch_breaks(
+    link: Arc<Link>,
+    key: String,
+    rev: i64,
+    name: String,
+    on_break: Box<dyn FnOnce(String) + Send>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("etcd-watch".into())
+        .spawn(move || {
+            let mut from = rev + 1;
+            loop {
+                match deleted_after(&link, &key, from) {
+                    Ok(None) => continue,
+                    Ok(Some(_)) => break,
+                    Err(next) => {
+                        from = next.max(from);
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                }
+            }
+            on_break(format!(
+                "lock '{name}' was taken away on the server (broken with release --force, or its lease ran out)"
+            ));
+        });
+    let _ = spawned;
+}
+
+/// Watches `key` from revision `from` for its deletion: Some(revision) when
+/// it happened, None when the watch ended without it (read again), Err with
+/// the revision to resume from when the member failed.
+fn deleted_after(link: &Link, key: &str, from: i64) -> std::result::Result<Option<i64>, i64> {
+    link.block_on(async {
+        let opts = WatchOptions::new()
+            .with_start_revision(from)
+            .with_filters([WatchFilterType::NoPut]);
+        let mut w = link
+            .call_async("a watch", |mut c| {
+                let (k, o) = (key.to_string(), opts.clone());
+                async move { c.watch(k, Some(o)).await }
+            })
+            .await
+            .map_err(|_| from)?;
+        let mut seen = from;
+        loop {
+            match w.message().await {
+                Ok(Some(m)) => {
+                    if let Some(h) = m.header() {
+                        seen = seen.max(h.revision());
+                    }
+                    if let Some(e) = m
+                        .events()
+                        .iter()
+                        .find(|e| e.event_type() == EventType::Delete)
+                    {
+                        return Ok(Some(e.kv().map_or(seen, |kv| kv.mod_revision())));
+                    }
+                    if m.canceled() {
+                        return Err(m.compact_revision().max(from));
+                    }
+                }
+                _ => {
+                    link.next_member();
+                    return Err(from);
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,523 @@
+//! Taking a lock, waiting included: see the module comment of `etcd.rs`
+//! for the design. One [`Taking`] is one `acquire`/`exec` call's request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use etcd_client::{
+    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    TxnResponse, WatchFilterType, WatchOptions,
+};
+
+use super::keys::{self, Entry, Node};
+use super::link::Link;
+use super::queue::{self, Behind, Decision};
+use super::wait::{watch_until, Target};
+use crate::backend::{Acquire, Grant, LockInfo, Request};
+use crate::error::{fail, UNAVAILABLE};
+
+/// A waiter's key lives under a lease this long, kept alive every
+/// `kinds::TICKET_REFRESH`: a waiter killed with SIGKILL leaves the queue within it.
+pub const WAITER_TTL: i64 = 3;
+
+/// A lease granted for a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Lease {
+    pub id: i64,
+    /// What etcd granted, in seconds (it may raise a short TTL to its minimum).
+    pub granted: i64,
+    /// Sent before the grant: the lease runs until at least `sent + granted`.
+    pub sent: Instant,
+}
+
+/// One read of a name's keys.
+pub struct View {
+    pub nodes: Vec<Node>,
+    /// The store's revision at the read: a watch from the next one misses nothing.
+    pub rev: i64,
+}
+
+pub struct Taking<'a> {
+    pub link: Arc<Link>,
+    pub prefix: String,
+    req: &'a Request<'a>,
+    key: String,
+    name_range: String,
+    /// The TTL asked for, in whole seconds.
+    ttl: i64,
+    /// The holder lease, granted before the first try and again after a wait.
+    lease: Option<Lease>,
+    /// The waiter lease, while this request waits in the queue.
+    waiter: Option<i64>,
+    /// This request has a key in the queue.
+    pub queued: bool,
+    /// After a grant: the holder lease and the revision of the granting write.
+    pub holding: Option<(i64, i64)>,
+    /// The cleanup that takes this request out of the queue if a signal
+    /// ends dlock while it waits (`signals::at_exit`).
+    leave_on_exit: Option<u64>,
+}
+
+/// What an attempt came to.
+pub enum Step {
+    Done(Acquire, Instant),
+    /// A guarded write lost a race: decide again from this read.
+    Again(View),
+}
+
+pub fn ttl_secs(d: Duration) -> i64 {
+    (d.as_nanos().div_ceil(1_000_000_000) as i64).max(1)
+}
+
+/// The nodes of a range read (keys that are not dlock's are skipped).
+pub fn nodes_of(prefix: &str, kvs: &[etcd_client::KeyValue]) -> Vec<Node> {
+    kvs.iter()
+        .filter_map(|kv| {
+            keys::node(
+                prefix,
+                kv.key(),
+                kv.value(),
+                (kv.create_revision(), kv.mod_revision()),
+                kv.lease(),
+            )
+        })
+        .collect()
+}
+
+/// The revision a response was answered at.
+fn rev_of(r: &TxnResponse) -> i64 {
+    r.header().map_or(0, |h| h.revision())
+}
+
+/// The view in the last range response of a transaction.
+fn view_of(prefix: &str, r: &TxnResponse) -> View {
+    let mut nodes = Vec::new();
+    for op in r.op_responses() {
+        if let TxnOpResponse::Get(g) = op {
+            nodes = nodes_of(prefix, g.kvs());
+        }
+    }
+    View {
+        nodes,
+        rev: rev_of(r),
+    }
+}
+
+pub fn by_create() -> GetOptions {
+    GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+}
+
+impl<'a> Taking<'a> {
+    pub fn new(link: Arc<Link>, prefix: &str, req: &'a Request<'a>) -> Taking<'a> {
+        Taking {
+            link,
+            prefix: prefix.to_string(),
+            req,
+            key: keys::key(prefix, req.name, req.token),
+            name_range: keys::of_name(prefix, req.name),
+            ttl: ttl_secs(req.lease),
+            lease: None,
+            waiter: None,
+            queued: false,
+            holding: None,
+            leave_on_exit: None,
+        }
+    }
+
+    /// A holder lease recent enough that the grant it backs leaves the
+    /// keeper most of it: one older than a third of its TTL gets a
+    /// keep-alive first (no write on the cluster), a new one if it is gone.
+    fn fresh_lease(&mut self) -> Result<Lease> {
+        if let Some(mut l) = self.lease {
+            if l.sent.elapsed() < Duration::from_secs(l.granted as u64) / 3 {
+                return Ok(l);
+            }
+            let sent = Instant::now();
+            let id = l.id;
+            let alive = self.link.call("a keep-alive", move |mut c| async move {
+                match c.lease_keep_alive(id).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })?;
+            if alive {
+                l.sent = sent;
+                self.lease = Some(l);
+                return Ok(l);
+            }
+            self.lease = None;
+        }
+        let l = grant(&self.link, self.ttl)?;
+        self.lease = Some(l);
+        Ok(l)
+    }
+
+    fn mine<'v>(&self, v: &'v View) -> Option<&'v Node> {
+        v.nodes.iter().find(|n| n.token == self.req.token)
+    }
+
+    /// The value of this request's key; a holder's records its lease's TTLs.
+    fn entry(&self, held: bool, slot: u32, granted: i64) -> Vec<u8> {
+        let ttls = (self.ttl, granted);
+        Entry::new(held, &self.req.kind, slot, self.req.holder, ttls).encode()
+    }
+
+    fn txn(&self, what: &str, txn: Txn) -> Result<TxnResponse> {
+        self.link.call(what, |mut c| {
+            let t = txn.clone();
+            async move { c.txn(t).await }
+        })
+    }
+
+    /// The free-lock fast path in one transaction: take it if nobody is
+    /// queued for the name, else read the queue.
+    pub fn first_try(&mut self) -> Result<Step> {
+        let lease = self.fresh_lease()?;
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(self.key.as_str(), CompareOp::Equal, 0),
+                Compare::create_revision(self.name_range.as_str(), CompareOp::Equal, 0)
+                    .with_prefix(),
+            ])
+            .and_then([TxnOp::put(
+                self.key.as_str(),
+                self.entry(true, 0, lease.granted),
+                Some(PutOptions::new().with_lease(lease.id)),
+            )])
+            .or_else([TxnOp::get(self.name_range.as_str(), Some(by_create()))]);
+        let r = self.taking(|t| t.txn("an acquire", txn))?;
+        if r.succeeded() {
+            return Ok(self.granted(&r, rev_of(&r), 0, false));
+        }
+        Ok(Step::Again(view_of(&self.prefix, &r)))
+    }
+
+    /// A request that may grant the lock, with a stopping signal held back
+    /// until it is answered: a grant nobody would know the token of must
+    /// not be left behind.
+    fn taking<T>(&mut self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
+        let (r, pending) = crate::signals::in_flight(|| f(self));
+        if let Some(sig) = pending {
+            self.abandon(true);
+            std::process::exit(crate::signals::exit_code(sig));
+        }
+        r
+    }
+
+    fn granted(&mut self, r: &TxnResponse, fence: i64, slot: u32, extended: bool) -> Step {
+        let lease = self.lease.expect("a grant is made under the holder lease");
+        // The waiter lease has no key left and runs out within seconds: no
+        // revoke (a write on the cluster) for it.
+        self.waiter = None;
+        self.stay_on_signal();
+        self.queued = false;
+        self.holding = Some((lease.id, rev_of(r)));
+        let g = Grant {
+            fence: fence.max(0) as u64,
+            server_now_us: keys::now_us(),
+            extended,
+            lease: Duration::from_secs(lease.granted as u64),
+            slot: (self.req.kind.slots > 1).then_some(slot),
+        };
+        Step::Done(Acquire::Acquired(g), lease.sent)
+    }
+
+    /// Decides once from `v` and acts: grant, extend, or wait for the next
+    /// change (until `deadline`).
+    pub fn decide(&mut self, v: View, deadline: Option<Instant>) -> Result<Step> {
+        let (decision, info) = match queue::decide(&v.nodes, self.req) {
+            Ok(d) => d,
+            Err(e) => {
+                self.abandon(false);
+                return Err(e);
+            }
+        };
+        match decision {
+            Decision::Extend => self.extend(&v),
+            Decision::Take { slot } => self.take_now(&v, slot),
+            Decision::Wait(behind) => {
+                if deadline.is_some_and(|d| d <= Instant::now()) {
+                    self.abandon(false);
+                    let info = info.map(|i| with_ttl(&self.link, &v.nodes, i));
+                    return Ok(Step::Done(Acquire::Busy(info), Instant::now()));
+                }
+                if self.mine(&v).is_none() {
+                    if self.queued {
+                        // Its key went, and so, most likely, did the lease it was on
+                        // (a release of this token revokes it): join with a new one.
+                        self.waiter = None;
+                    }
+                    // Said when the request joins the queue, as the shared wait loop says it.
+                    crate::output::event(
+                        crate::output::Level::Debug,
+                        "waiting",
+                        Some(self.req.name),
+                        &format!("lock '{}' is busy; waiting", self.req.name),
+                        serde_json::json!({ "holder": info.as_ref().map(|b| &b.holder) }),
+                    );
+                    return self.enqueue().map(Step::Again);
+                }
+                self.wait(&behind, v.rev, deadline)?;
+                self.read().map(Step::Again)
+            }
+        }
+    }
+
+    /// The token holds the lock already: the key moves to the new lease
+    /// (Put keeps its create revision, so the fence stays).
+    fn extend(&mut self, v: &View) -> Result<Step> {
+        let Some(n) = self.mine(v).cloned() else {
+            return self.read().map(Step::Again);
+        };
+        let lease = self.fresh_lease()?;
+        let mut e = n.entry.clone();
+        (e.ask, e.ttl) = (self.ttl, lease.granted);
+        let txn = self.put_if_unchanged(&n, e.encode(), lease.id);
+        let r = self.taking(|t| t.txn("an acquire", txn))?;
+        if !r.succeeded() {
+            return Ok(Step::Again(view_of(&self.prefix, &r)));
+        }
+        if n.lease != lease.id && n.lease != 0 {
+            revoke(&self.link, n.lease);
+        }
+        Ok(self.granted(&r, n.create_rev, e.slot, true))
+    }
+
+    fn put_if_unchanged(&self, n: &Node, value: Vec<u8>, lease: i64) -> Txn {
+        Txn::new()
+            .when([Compare::mod_revision(
+                self.key.as_str(),
+                CompareOp::Equal,
+                n.mod_rev,
+            )])
+            .and_then([TxnOp::put(
+                self.key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(self.name_range.as_str(), Some(by_create()))])
+    }
+
+    /// Takes the lock: the waiting key becomes the holder's under the
+    /// holder lease, or a new key is put if nothing changed since `v`.
+    fn take_now(&mut self, v: &View, slot: u32) -> Result<Step> {
+        let lease = self.fresh_lease()?;
+        let value = self.entry(true, slot, lease.granted);
+        let mine = self.mine(v).cloned();
+        let txn = match &mine {
+            Some(n) => self.put_if_unchanged(n, value, lease.id),
+            None => Txn::new()
+                .when([
+                    Compare::create_revision(self.key.as_str(), CompareOp::Equal, 0),
+                    Compare::mod_revision(self.name_range.as_str(), CompareOp::Less, v.rev + 1)
+                        .with_prefix(),
+                ])
+                .and_then([TxnOp::put(
+                    self.key.as_str(),
+                    value,
+                    Some(PutOptions::new().with_lease(lease.id)),
+                )])
+                .or_else([TxnOp::get(self.name_range.as_str(), Some(by_create()))]),
+        };
+        let r = self.taking(|t| t.txn("an acquire", txn))?;
+        if !r.succeeded() {
+            return Ok(Step::Again(view_of(&self.prefix, &r)));
+        }
+        let fence = mine.map_or(rev_of(&r), |n| n.create_rev);
+        Ok(self.granted(&r, fence, slot, false))
+    }
+
+    /// Joins the queue: a key of its own under a short waiter lease.
+    fn enqueue(&mut self) -> Result<View> {
+        let w = match self.waiter {
+            Some(w) => w,
+            None => {
+                let l = grant(&self.link, WAITER_TTL)?;
+                self.waiter = Some(l.id);
+                l.id
+            }
+        };
+        let get = TxnOp::get(self.name_range.as_str(), Some(by_create()));
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([
+                TxnOp::put(
+                    self.key.as_str(),
+                    self.entry(false, 0, 0),
+                    Some(PutOptions::new().with_lease(w)),
+                ),
+                get.clone(),
+            ])
+            .or_else([get]);
+        self.queued = true;
+        self.leave_on_signal(w);
+        let r = self.txn("joining the queue", txn)?;
+        Ok(view_of(&self.prefix, &r))
+    }
+
+    /// A signal that ends dlock while it waits takes its place out of the
+    /// queue on the way (the key, and the waiter lease `w` with it) rather
+    /// than leaving the waiter behind to wait for the lease to run out.
+    fn leave_on_signal(&mut self, w: i64) {
+        self.stay_on_signal();
+        let link = Arc::clone(&self.link);
+        self.leave_on_exit = Some(crate::signals::at_exit(Box::new(move || {
+            link.set_timeout(link.timeout().min(Duration::from_secs(2)));
+            // On a thread of its own: the signal thread's small stack cannot
+            // hold the client's futures.
+            let t = std::thread::Builder::new().spawn(move || revoke(&link, w));
+            if let Ok(t) = t {
+                let _ = t.join();
+            }
+        })));
+    }
+
+    /// No cleanup on a signal any more: the key holds, or is gone already.
+    fn stay_on_signal(&mut self) {
+        if let Some(id) = self.leave_on_exit.take() {
+            crate::signals::cancel_at_exit(id);
+        }
+    }
+
+    pub fn read(&self) -> Result<View> {
+        let (range, prefix) = (self.name_range.clone(), self.prefix.clone());
+        self.link.call("a read", move |mut c| {
+            let (range, prefix) = (range.clone(), prefix.clone());
+            async move {
+                let r = c.get(range, Some(by_create())).await?;
+                Ok(View {
+                    nodes: nodes_of(&prefix, r.kvs()),
+                    rev: r.header().map_or(0, |h| h.revision()),
+                })
+            }
+        })
+    }
+
+    /// Blocks until something `behind` names changes after revision `rev`,
+    /// this request's own key goes, or the deadline; keeps the waiter lease
+    /// alive meanwhile.
+    fn wait(&mut self, behind: &Behind, rev: i64, deadline: Option<Instant>) -> Result<()> {
+        let target = match behind {
+            Behind::Waiter(k) => Target {
+                key: String::from_utf8_lossy(k).into_owned(),
+                options: WatchOptions::new().with_start_revision(rev + 1),
+                wanted: vec![k.clone()],
+                deletes_only: false,
+            },
+            Behind::Holders(ks) => Target {
+                key: self.name_range.clone(),
+                options: WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1)
+                    .with_filters([WatchFilterType::NoPut]),
+                wanted: ks
+                    .iter()
+                    .cloned()
+                    .chain([self.key.clone().into_bytes()])
+                    .collect(),
+                deletes_only: true,
+            },
+        };
+        let far = Instant::now() + Duration::from_secs(3600);
+        let until = deadline.unwrap_or(far).min(far);
+        let link = Arc::clone(&self.link);
+        // The holder lease, granted before the first try, lives on through
+        // the wait too, so that the grant needs no new one.
+        let leases: Vec<i64> = self
+            .waiter
+            .into_iter()
+            .chain(self.lease.map(|l| l.id))
+            .collect();
+        let gone = link.block_on(watch_until(&link, target, &leases, until))?;
+        // A lease found gone is replaced when next needed (the waiter's key went with its lease).
+        if gone.is_some() && gone == self.waiter {
+            self.waiter = None;
+        }
+        if gone.is_some() && gone == self.lease.map(|l| l.id) {
+            self.lease = None;
+        }
+        Ok(())
+    }
+
+    /// Gives up: this request's waiting key (with `all`, whatever key it
+    /// has: a grant whose answer was cut short) and its leases go, best
+    /// effort within one timeout each.
+    pub fn abandon(&mut self, all: bool) {
+        self.stay_on_signal();
+        if self.queued || all {
+            let key = self.key.clone();
+            let _ = self.link.call("a cleanup", |mut c| {
+                let k = key.clone();
+                async move { c.delete(k, None).await }
+            });
+        }
+        self.queued = false;
+        for id in [self.waiter.take(), self.lease.take().map(|l| l.id)]
+            .into_iter()
+            .flatten()
+        {
+            revoke(&self.link, id);
+        }
+    }
+}
+
+impl Drop for Taking<'_> {
+    /// A request given up on by the caller (out of time after failures)
+    /// leaves no cleanup behind for a signal to run later.
+    fn drop(&mut self) {
+        self.stay_on_signal();
+    }
+}
+
+/// Grants a lease of `ttl` seconds.
+pub fn grant(link: &Link, ttl: i64) -> Result<Lease> {
+    let sent = Instant::now();
+    let r = link.call("a lease grant", |mut c| async move {
+        c.lease_grant(ttl, None).await
+    })?;
+    if !r.error().is_empty() || r.ttl() <= 0 {
+        return Err(fail(
+            UNAVAILABLE,
+            format!("etcd at {} refused a lease: {}", link.shown, r.error()),
+        ));
+    }
+    Ok(Lease {
+        id: r.id(),
+        granted: r.ttl(),
+        sent,
+    })
+}
+
+/// Revokes a lease and waits for the answer (its keys go with it).
+pub fn revoke(link: &Link, id: i64) {
+    let _ = link.call(
+        "a lease revoke",
+        |mut c| async move { c.lease_revoke(id).await },
+    );
+}
+
+/// The holder `info` with its time left, asked of its lease.
+pub fn with_ttl(link: &Link, nodes: &[Node], mut info: LockInfo) -> LockInfo {
+    let lease = nodes
+        .iter()
+        .find(|n| n.create_rev as u64 == info.fence && n.entry.held)
+        .map(|n| n.lease);
+    if let Some(id) = lease.filter(|id| *id != 0) {
+        let ttl = link
+            .call("a lease lookup", |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
+            .map(|r| r.ttl())
+            .unwrap_or(0);
+        info.ttl = Duration::from_secs(ttl.max(0) as u64);
+    }
+    info
+}

@@ -1,0 +1,206 @@
+//! One ZooKeeper session per dlock process: opened on first use, opened
+//! again after it expired, and closed (its close answered) when dlock is
+//! done with it, so that nothing it created outlives dlock by a session
+//! timeout.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError};
+
+use super::address::Address;
+use super::run::{self, Tasks};
+use crate::error::{fail, mark_unsent, INTERNAL, UNAVAILABLE};
+
+/// The session timeout dlock asks for. Only waiters' queue nodes live in
+/// the session (leases do not), so it bounds how long a killed waiter holds
+/// up the next one; the server keeps it within 2 to 20 ticks (4–40 s with
+/// the default tickTime of 2 s).
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+/// Longest wait for a session's close to be answered when dlock is done.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+struct Session {
+    client: Client,
+    tasks: Arc<Tasks>,
+}
+
+/// A lazily opened session and the settings to open it.
+pub struct Conn {
+    addr: Address,
+    /// The redacted URL, for messages.
+    pub shown: String,
+    timeout: Mutex<Duration>,
+    session: Mutex<Option<Session>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Conn {
+    pub fn new(addr: Address, shown: String, timeout: Duration) -> Conn {
+        Conn {
+            addr,
+            shown,
+            timeout: Mutex::new(timeout),
+            session: Mutex::new(None),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        *lock(&self.timeout)
+    }
+
+    pub fn set_timeout(&self, t: Duration) {
+        *lock(&self.timeout) = t.max(Duration::from_millis(1));
+    }
+
+    /// Nodes dlock creates: readable and writable by anyone, or only by the
+    /// URL's digest user when it names one.
+    pub fn options(&self, mode: CreateMode) -> CreateOptions<'static> {
+        if self.addr.digest.is_some() {
+            mode.with_acls(Acls::creator_all())
+        } else {
+            mode.with_acls(Acls::anyone_all())
+        }
+    }
+
+    /// The live session's client, opening a session if there is none or the
+    /// last one ended (expired, closed, refused).
+    pub fn client(&self) -> Result<Client> {
+        let mut s = lock(&self.session);
+        if let Some(cur) = s.as_ref() {
+            if !cur.client.state().is_terminated() {
+                return Ok(cur.client.clone());
+            }
+        }
+        if let Some(old) = s.take() {
+            drop(old.client);
+        }
+        let fresh = self.open().map_err(mark_unsent)?;
+        let client = fresh.client.clone();
+        *s = Some(fresh);
+        Ok(client)
+    }
+
+    /// Connects to the first server that serves, trying them all again
+    /// (an election, a restart) until the timeout runs out.
+    fn open(&self) -> Result<Session> {
+        let timeout = self.timeout();
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let tasks = Arc::new(Tasks::default());
+            let mut connector = Client::connector()
+                .with_session_timeout(SESSION_TIMEOUT)
+                .with_fail_eagerly();
+            if let Some(d) = &self.addr.digest {
+                connector = connector.with_auth("digest", d.as_bytes());
+            }
+            let hosts = self.addr.hosts.as_str();
+            let r = tasks.enter(|| run::until(deadline, connector.connect(hosts)));
+            let left = deadline.saturating_duration_since(Instant::now());
+            match r {
+                Some(Ok(client)) => return Ok(Session { client, tasks }),
+                Some(Err(ZkError::NoHosts)) if left > pause => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Some(Err(e)) if e != ZkError::NoHosts => {
+                    return Err(self.error(&e, "connecting"))
+                }
+                _ => {
+                    return Err(fail(
+                        UNAVAILABLE,
+                        format!(
+                            "no ZooKeeper server at {} served within {} (refused, down, or without a quorum)",
+                            self.shown,
+                            crate::duration::format(timeout)
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The live session's client, if there is one: what a cleanup of this
+    /// session's ephemeral nodes needs (an ended session took them along).
+    pub fn current(&self) -> Option<Client> {
+        let s = lock(&self.session);
+        let c = &s.as_ref()?.client;
+        (!c.state().is_terminated()).then(|| c.clone())
+    }
+
+    /// Drops the session (after a transport error); the next request opens a new one.
+    pub fn reset(&self) {
+        lock(&self.session).take();
+    }
+
+    /// Closes the session and waits (briefly) until the server answered the
+    /// close: its ephemeral nodes are gone when this returns.
+    pub fn close(&self) {
+        if let Some(s) = lock(&self.session).take() {
+            drop(s.client);
+            s.tasks.finish(CLOSE_WAIT.min(self.timeout()));
+        }
+    }
+
+    /// Awaits a request made with a client from [`Conn::client`], within
+    /// the timeout, with the client's error turned into dlock's.
+    pub fn wait<T>(&self, what: &str, fut: impl Future<Output = Result<T, ZkError>>) -> Result<T> {
+        self.wait_raw(fut)?.map_err(|e| self.error(&e, what))
+    }
+
+    /// Awaits `fut` within the timeout; an error only when it did not finish.
+    pub fn wait_raw<T>(&self, fut: impl Future<Output = T>) -> Result<T> {
+        let timeout = self.timeout();
+        run::within(timeout, fut).ok_or_else(|| {
+            fail(
+                UNAVAILABLE,
+                format!(
+                    "ZooKeeper at {} did not answer within {}",
+                    self.shown,
+                    crate::duration::format(timeout)
+                ),
+            )
+        })
+    }
+
+    /// One line for a client error, with the exit code its kind calls for.
+    pub fn error(&self, e: &ZkError, what: &str) -> anyhow::Error {
+        let shown = &self.shown;
+        match e {
+            ZkError::NoAuth | ZkError::AuthFailed => fail(
+                UNAVAILABLE,
+                format!(
+                    "ZooKeeper at {shown} refused {what}: not authorized; dlock's nodes belong to \
+                     another user, so give that user's credentials in the URL (zk://user:pass@…)"
+                ),
+            ),
+            ZkError::ConnectionLoss
+            | ZkError::SessionExpired
+            | ZkError::SessionMoved
+            | ZkError::ClientClosed
+            | ZkError::NoHosts
+            | ZkError::Timeout
+            | ZkError::Throttled
+            | ZkError::NotReadOnly => fail(
+                UNAVAILABLE,
+                format!("ZooKeeper at {shown} failed {what}: {e}"),
+            ),
+            _ => fail(
+                INTERNAL,
+                format!("ZooKeeper at {shown} answered {what} with an error: {e}"),
+            ),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,197 @@
+//! ZooKeeper backend: locks on a replicated ensemble, which keep working
+//! while a majority of its servers does.
+//!
+//! Design. A dlock lease must outlive the process that took it (`acquire`
+//! here, `release --token` there), so it cannot be an ephemeral node, which
+//! dies with its session. Instead each name has one persistent node,
+//! `/<chroot>/<prefix>/locks/<name>`, holding the name's `kinds::State` as
+//! JSON: its holders, each with a token, fence and expiry, and the queue of
+//! `--fair` tickets. Every change is read → plan (`backend::kinds`, the
+//! rules all backends share) → `setData` checked against the version read
+//! (`create` when absent); a write that lost to another client's is planned
+//! again. Expiry is judged by the leader's clock: each read goes out with a
+//! write to `<prefix>/clock`, whose Stat's mtime is the leader's wall clock
+//! when it ordered that write, so no client's clock matters. That instant
+//! follows the one the request was sent at, so a lease written as `now +
+//! lease` lasts at least `lease` from the sending, which is what the
+//! renewal deadline of `exec` counts on: the command is stopped before the
+//! lease could expire on the ensemble, whatever the session says.
+//!
+//! Sessions carry only waiters: see `queue.rs` (ephemeral sequential nodes,
+//! each watching the one before it, so a release wakes one waiter). A
+//! `release --force` records who broke which token in the node, which a
+//! live `exec` holder watches (`watch.rs`).
+//!
+//! Fences are the kinds rule, max(last fence + 1, leader's clock in µs),
+//! kept in the state node, which is never deleted: they grow across leader
+//! changes (the node is replicated) and, should the ensemble's data be
+//! wiped, go on from the leader's clock, above every earlier fence unless
+//! that clock was set back.
+//!
+//! Limits: the leaders' clocks must agree (NTP) to well within a tenth of
+//! the lease, since a new leader judges leases written under the old one;
+//! a name's state node holds at most jute.maxbuffer (1 MB) of holders.
+
+mod address;
+mod conn;
+mod queue;
+mod run;
+mod store;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::kinds::{self as rules, Effects};
+use super::{Acquire, Backend, Broken, Capabilities, Check, Config, LockInfo, Request, Waiter};
+use crate::holder::Holder;
+use conn::Conn;
+use store::{Paths, Store, Stored};
+
+pub struct ZkBackend {
+    store: Arc<Store>,
+    seen: queue::Seen,
+}
+
+impl ZkBackend {
+    /// Checks the URL and connects (so that a bad address fails here, once).
+    pub fn open(url: &str, cfg: &Config) -> Result<ZkBackend> {
+        let shown = super::redact(url);
+        let addr = address::parse(url, &shown)?;
+        let paths = Paths::new(&addr.chroot, &cfg.prefix);
+        let conn = Conn::new(addr, shown, cfg.timeout);
+        conn.client()?;
+        Ok(ZkBackend {
+            store: Arc::new(Store { conn, paths }),
+            seen: Default::default(),
+        })
+    }
+
+    /// Remembers the state node as this process's last attempt left it.
+    fn saw(&self, name: &str, mzxid: Option<i64>) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), mzxid);
+    }
+
+    /// A renew or release that did not find the token says who broke it, if a record does.
+    fn checked(
+        &self,
+        name: &str,
+        token: &str,
+        plan: impl Fn(i64, &mut rules::State) -> (Check, Effects),
+    ) -> Result<Check> {
+        let (check, seen) = self
+            .store
+            .change(name, |seen, st| Ok(plan(seen.now, &mut st.state)))?;
+        let by = seen.stored.broken_by(token);
+        Ok(match (check, by) {
+            (Check::NotHeld, Some(by)) => Check::Broken(Broken { by, now: None }),
+            (Check::HeldByOther(i), Some(by)) => Check::Broken(Broken { by, now: Some(i) }),
+            (check, _) => check,
+        })
+    }
+}
+
+impl Backend for ZkBackend {
+    fn acquire(&mut self, req: &Request) -> Result<Acquire> {
+        let (out, seen) = self.store.change(req.name, |seen, st| {
+            let (out, fx) = rules::plan_acquire(seen.now, &mut st.state, req)?;
+            st.breaks
+                .retain(|b| b.token != req.token || out_is_busy(&out));
+            Ok((out, fx))
+        })?;
+        self.saw(req.name, seen.mzxid);
+        Ok(out)
+    }
+
+    fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
+        self.checked(name, token, |now, st| {
+            rules::plan_renew(now, st, name, token, lease)
+        })
+    }
+
+    fn release(&mut self, name: &str, token: &str) -> Result<Check> {
+        self.checked(name, token, |now, st| {
+            rules::plan_release(now, st, name, token)
+        })
+    }
+
+    fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
+        let me = Holder::new(std::process::id(), String::new());
+        let by = format!("{}@{} (pid {})", me.user, me.host, me.pid);
+        let (broken, _) = self.store.change(name, |seen, st: &mut Stored| {
+            let before: Vec<(String, i64)> = st
+                .state
+                .holders
+                .iter()
+                .map(|h| (h.token.clone(), h.expires_us))
+                .collect();
+            let (broken, fx) = rules::plan_force(seen.now, &mut st.state, name, only);
+            let gone: Vec<(String, i64)> = before
+                .into_iter()
+                .filter(|(t, e)| *e > seen.now && st.state.holders.iter().all(|h| &h.token != t))
+                .collect();
+            Store::record_breaks(st, &gone, &by);
+            Ok((broken, fx))
+        })?;
+        Ok(broken)
+    }
+
+    fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
+        let names = match names {
+            Some(n) => n.to_vec(),
+            None => self.store.names()?,
+        };
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (now, states) = self.store.read_all(&names)?;
+        let mut out = Vec::new();
+        for (n, st) in names.iter().zip(states) {
+            out.extend(st.state.infos(n, now));
+        }
+        out.sort_by(|a, b| (&a.name, a.fence).cmp(&(&b.name, b.fence)));
+        Ok(out)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
+    }
+
+    fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
+        let w = queue::ZkWaiter::join(Arc::clone(&self.store), name, Arc::clone(&self.seen))?;
+        Ok(Box::new(w))
+    }
+
+    fn reconnect(&mut self) -> Result<()> {
+        self.store.conn.reset();
+        self.store.conn.client().map(|_| ())
+    }
+
+    fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
+        self.store.conn.set_timeout(timeout);
+        Ok(())
+    }
+
+    fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
+        let store = Arc::clone(&self.store);
+        watch::listen(store, name.to_string(), token.to_string(), on_break);
+    }
+}
+
+/// A grant clears an old break record of the token (a `--token` reused
+/// after its lease was broken); a busy answer keeps it.
+fn out_is_busy(out: &Acquire) -> bool {
+    !matches!(out, Acquire::Acquired(_))
+}
+
+impl Drop for ZkBackend {
+    fn drop(&mut self) {
+        // The waiters hold the store too; they are gone by now, so this closes the session.
+        self.store.conn.close();
+    }
+}

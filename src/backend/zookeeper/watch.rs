@@ -1,0 +1,71 @@
+//! What an `exec` holder learns besides its renewals' answers: a break of
+//! its lease with `release --force`, which writes a record naming the
+//! breaker into the lock's node; a watch on that node hears of it at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use zookeeper_client::Error as ZkError;
+
+use super::run;
+use super::store::{Store, Stored};
+use crate::output;
+
+/// Watches `name`'s node on a thread of its own and calls `on_break` once
+/// when a break record names `token`. Ends quietly when the token no longer
+/// holds the lock for another reason (a renewal reports that).
+pub fn listen(
+    store: Arc<Store>,
+    name: String,
+    token: String,
+    on_break: Box<dyn FnOnce(String) + Send>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("break-notices".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match wait_for_break(&store, &name, &token) {
+                    Ok(Some(by)) => {
+                        on_break(format!("lock '{name}' was broken with --force by {by}"));
+                        return;
+                    }
+                    Ok(None) => return,
+                    Err(()) => {
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        });
+    if spawned.is_err() {
+        output::verbose("cannot start the break listener; renewals will notice a break");
+    }
+}
+
+/// Who broke `token`'s lease once a change of the node says so; None when
+/// the token is simply no longer a holder; Err on a transport failure.
+fn wait_for_break(store: &Store, name: &str, token: &str) -> Result<Option<String>, ()> {
+    let path = store.paths.lock(name);
+    loop {
+        let client = store.conn.client().map_err(|_| ())?;
+        let watch = client.get_and_watch_data(&path);
+        let reply = run::within(store.conn.timeout(), watch).ok_or(())?;
+        let (data, _, watcher) = match reply {
+            Ok(r) => r,
+            Err(ZkError::NoNode) => return Ok(None),
+            Err(_) => return Err(()),
+        };
+        let stored: Stored = serde_json::from_slice(&data).map_err(|_| ())?;
+        if let Some(by) = stored.broken_by(token) {
+            return Ok(Some(by));
+        }
+        if stored.state.holders.iter().all(|h| h.token != token) {
+            return Ok(None);
+        }
+        drop(client);
+        // A session event (disconnected, expired) also ends the wait: look again.
+        async_io::block_on(watcher.changed());
+    }
+}

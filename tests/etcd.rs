@@ -1,0 +1,218 @@
+//! What is specific to the etcd backend: TLS with a private CA, etcd's own
+//! users (the password never printed), failover past a member that is down,
+//! and the keys it keeps. The shared scenarios are in tests/conformance.rs
+//! and tests/kinds.rs, the faults in tests/etcd_faults.rs.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::etcd::Etcd;
+use common::*;
+
+/// The cluster under a URL chosen by the test.
+struct At(String);
+
+impl Server for At {
+    fn url(&self) -> String {
+        self.0.clone()
+    }
+}
+
+fn one_line_error(o: &std::process::Output, want_code: i32, want: &str, secret: &str) {
+    let err = stderr(o);
+    assert_eq!(code(o), want_code, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(want), "expected '{want}' in: {err}");
+    assert!(!err.contains(secret), "the password was printed: {err}");
+}
+
+#[test]
+fn tls_users_and_failover_past_a_member_that_is_down() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let e = Etcd::with_tls(certs.path());
+    let (pw, root) = ("s3cret-Pw", "--user=root:root-Pw");
+    let ctx = Ctx::new(Arc::new(At(String::new())));
+    for args in [
+        vec!["user", "add", "root:root-Pw"],
+        vec!["user", "add", &format!("bob:{pw}")],
+        vec!["role", "add", "locks"],
+        vec![
+            "role",
+            "grant-permission",
+            "locks",
+            "--prefix=true",
+            "readwrite",
+            &ctx.prefix,
+        ],
+        vec!["user", "grant-role", "bob", "locks"],
+        vec!["auth", "enable"],
+    ] {
+        assert!(e.ctl(None, &args).is_some(), "etcdctl {args:?}");
+    }
+    let ca = certs.path().join("ca.crt");
+    // The first member listed is down: dlock goes on to the next one.
+    let url = |pass: &str, query: &str| {
+        format!(
+            "etcds://bob:{pass}@127.0.0.1:{},{}{query}",
+            free_port(),
+            e.endpoints()
+        )
+    };
+    let good = url(pw, &format!("?cacert={}", ca.display()));
+    let run = |u: &str, args: &[&str]| {
+        let mut c = dlock(u);
+        c.env("DLOCK_PREFIX", &ctx.prefix).args(args);
+        run(c)
+    };
+    let o = run(
+        &good,
+        &["exec", "j", "--", "sh", "-c", "printf %s \"$DLOCK_FENCE\""],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).parse::<u64>().unwrap() > 0);
+    let tok = stdout(&run(&good, &["acquire", "j"])).trim().to_string();
+    let o = run(&good, &["status"]);
+    assert!(stdout(&o).contains("bob:***@"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains(pw), "{}", stdout(&o));
+    // etcd's own tool sees the key, under the role's prefix.
+    let keys = e
+        .ctl(None, &[root, "get", "--prefix", "--keys-only", &ctx.prefix])
+        .unwrap();
+    assert!(keys.contains(&format!("{}/j/{tok}", ctx.prefix)), "{keys}");
+    assert_eq!(code(&run(&good, &["release", "j", "--token", &tok])), 0);
+
+    let wrong = url("wrong-Pw", &format!("?cacert={}", ca.display()));
+    one_line_error(
+        &run(&wrong, &["status"]),
+        69,
+        "authentication failed",
+        "wrong-Pw",
+    );
+    // Without the private CA the server's certificate is not trusted.
+    one_line_error(&run(&url(pw, ""), &["status"]), 69, "certificate", pw);
+    // Plain text to a TLS member fails too, without hanging.
+    let plain = format!("etcd://bob:{pw}@{}", e.endpoints());
+    let o = run(&plain, &["--connect-timeout", "2s", "status"]);
+    one_line_error(&o, 69, "etcd at etcd://bob:***@", pw);
+}
+
+#[test]
+fn a_bad_url_is_a_usage_error_that_names_the_form() {
+    for (url, want) in [
+        ("etcd://h1:2379,,h2", "empty host"),
+        ("etcd://h1:notaport", "not a port"),
+        (
+            "etcds://h1?cacert=/nonexistent/ca.pem",
+            "cannot read the CA file",
+        ),
+        ("etcd://h1?cacert=/ca.pem", "use etcds://"),
+    ] {
+        let o = run({
+            let mut c = dlock(url);
+            c.args(["status"]);
+            c
+        });
+        one_line_error(&o, 2, want, "never");
+    }
+}
+
+#[test]
+fn a_waiter_watches_instead_of_polling() {
+    let e = Etcd::shared();
+    let ctx = Ctx::new(e.clone());
+    let tok = ctx.acquire("w", "60s");
+    let mut waiter = spawn(ctx.cmd(&["acquire", "w", "--wait", "60s"]));
+    wait_until("the waiter to queue", Duration::from_secs(10), || {
+        ctx.status_json(&["w"])["locks"][0]["queued"].as_u64() == Some(1)
+    });
+    // While it waits, the name's keys do not change: no polling writes.
+    let rev = |e: &Etcd| -> u64 {
+        let out = e
+            .ctl(None, &["get", "--prefix", &ctx.prefix, "-w", "json"])
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let kvs = v["kvs"].as_array().cloned().unwrap_or_default();
+        kvs.iter()
+            .map(|kv| kv["mod_revision"].as_u64().unwrap())
+            .max()
+            .unwrap()
+    };
+    let before = rev(&e);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(rev(&e), before, "the queue was written while nobody moved");
+    assert!(waiter.try_wait().unwrap().is_none());
+    assert_eq!(code(&ctx.run(&["release", "w", "--token", &tok])), 0);
+    let st = wait_child(&mut waiter, Duration::from_secs(20));
+    assert!(st.success());
+}
+
+#[test]
+fn a_waiter_whose_place_was_released_queues_again() {
+    let e = Etcd::shared();
+    let ctx = Ctx::new(e.clone());
+    let holder = ctx.acquire("p", "60s");
+    let tok = "waiter-token-1";
+    let mut waiter = spawn(ctx.cmd(&["acquire", "p", "--wait", "30s", "--token", tok]));
+    // The create revision of the waiter's key: its place in the queue.
+    let place = || -> Option<u64> {
+        let key = format!("{}/p/{tok}", ctx.prefix);
+        let out = e.ctl(None, &["get", &key, "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["kvs"][0]["create_revision"].as_u64()
+    };
+    let mut first = None;
+    wait_until("the waiter's place", Duration::from_secs(10), || {
+        first = place();
+        first.is_some()
+    });
+    assert_eq!(code(&ctx.run(&["release", "p", "--token", tok])), 3);
+    // Its place went with its lease; the waiter, still waiting, takes a new one.
+    wait_until("a new place", Duration::from_secs(10), || {
+        place().is_some_and(|p| Some(p) > first)
+    });
+    assert!(waiter.try_wait().unwrap().is_none(), "the waiter gave up");
+    assert_eq!(code(&ctx.run(&["release", "p", "--token", &holder])), 0);
+    assert!(wait_child(&mut waiter, Duration::from_secs(20)).success());
+    let l = ctx.status_json(&["p"])["locks"][0].clone();
+    assert_eq!(l["token_id"], &tok[..8], "{l}");
+}
+
+#[test]
+fn a_waiter_ended_by_a_signal_takes_its_place_with_it() {
+    let ctx = Ctx::new(Etcd::shared());
+    let holder = ctx.acquire("s", "60s");
+    let queued = || ctx.status_json(&["s"])["locks"][0]["queued"].as_u64();
+    let mut waiter = spawn(ctx.cmd(&["acquire", "s", "--wait", "60s"]));
+    wait_until("the waiter to queue", Duration::from_secs(10), || {
+        queued() == Some(1)
+    });
+    signal(waiter.id(), libc::SIGTERM);
+    let st = wait_child(&mut waiter, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(143));
+    // Gone before dlock exited, not when its lease runs out 3 s later.
+    assert_eq!(queued(), Some(0));
+    assert_eq!(code(&ctx.run(&["release", "s", "--token", &holder])), 0);
+}
+
+#[test]
+fn a_holder_learns_of_a_forced_release_at_once() {
+    let ctx = Ctx::new(Etcd::shared());
+    let started = ctx.path("started");
+    let script = format!("touch '{}'; sleep 60", started.display());
+    let mut holder = spawn(ctx.cmd(&["exec", "--lease", "30s", "f", "--", "sh", "-c", &script]));
+    wait_for_file(&started, Duration::from_secs(10));
+    let broke = std::time::Instant::now();
+    let o = ctx.run(&["release", "f", "--force"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let st = wait_child(&mut holder, Duration::from_secs(20));
+    // Its key's deletion, watched, not its next renewal 10 s on.
+    assert_eq!(st.code(), Some(79));
+    assert!(
+        broke.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        broke.elapsed()
+    );
+}
