@@ -366,10 +366,10 @@ impl RedisBackend {
         let mut keys = Vec::new();
         if self.link.is_cluster() {
             for node in self.link.primaries()? {
-                keys.extend(self.scan(Route::Node(&node), &pattern)?);
+                keys.extend(self.link.scan(Route::Node(&node), &pattern)?);
             }
         } else {
-            keys = self.scan(Route::Key(&pattern), &pattern)?;
+            keys = self.link.scan(Route::Key(&pattern), &pattern)?;
         }
         let mut names: Vec<String> = keys
             .iter()
@@ -378,28 +378,6 @@ impl RedisBackend {
         names.sort();
         names.dedup();
         Ok(names)
-    }
-
-    /// Every key matching `pattern` on one server.
-    fn scan(&self, route: Route, pattern: &str) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = self.link.with_con(route, |con| {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(con)
-            })?;
-            keys.extend(batch);
-            if next == 0 {
-                return Ok(keys);
-            }
-            cursor = next;
-        }
     }
 }
 

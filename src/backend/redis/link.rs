@@ -178,6 +178,28 @@ impl Link {
     /// needed, and follows a cluster's MOVED and ASK. Any other error drops
     /// the connection, because a late reply to a timed-out request would
     /// otherwise be read as the next one's answer.
+    /// Every key matching `pattern` on the server `route` leads to, by SCAN.
+    pub fn scan(&self, route: Route, pattern: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self.with_con(route, |con| {
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(con)
+            })?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
     pub fn with_con<T>(
         &self,
         route: Route,

@@ -13,24 +13,7 @@ use crate::backend::LockInfo;
 
 /// Every key matching `pattern` on one node.
 pub fn scan(n: &Node, pattern: &str) -> Result<Vec<String>> {
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = n.link.with_con(Route::Key(pattern), |con| {
-            redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(con)
-        })?;
-        keys.extend(batch);
-        if next == 0 {
-            return Ok(keys);
-        }
-        cursor = next;
-    }
+    n.link.scan(Route::Key(pattern), pattern)
 }
 
 /// The holders of `names`: each node's leases read in one round trip, all
