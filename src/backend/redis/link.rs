@@ -420,6 +420,25 @@ impl Link {
     }
 
     pub fn request_error(&self, e: &redis::RedisError) -> anyhow::Error {
+        let err = self.request_failure(e);
+        // The server answered with an error: the request did not run (a
+        // script is refused before it writes), so there is nothing that an
+        // unanswered request might have taken. Out of memory is the
+        // exception: an old server fails a script's write midway.
+        let answered = matches!(
+            e.kind(),
+            redis::ErrorKind::Server(_)
+                | redis::ErrorKind::Extension
+                | redis::ErrorKind::AuthenticationFailed
+        );
+        if answered && e.code() != Some("OOM") {
+            mark_unsent(err)
+        } else {
+            err
+        }
+    }
+
+    fn request_failure(&self, e: &redis::RedisError) -> anyhow::Error {
         let at = &self.shown;
         if is_auth_error(e) {
             fail(
