@@ -672,6 +672,20 @@ fn exec_leaves_nothing_for_the_reaper_of_its_orphans() {
     }
 }
 
+/// Writes a line to `fifo` once its reader opens it, or panics after
+/// `timeout` (its reader may have died).
+fn write_within(fifo: &Fifo, timeout: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.path.clone();
+    std::thread::spawn(move || tx.send(std::fs::write(path, "go\n").is_ok()));
+    let written = rx.recv_timeout(timeout).unwrap_or(false);
+    assert!(
+        written,
+        "nobody read {} within {timeout:?}",
+        fifo.path.display()
+    );
+}
+
 /// As a container's PID 1 (in a PID namespace of its own), dlock reaps the
 /// orphans its command leaves, while the command runs and after it (here
 /// while the release waits for a paused server), leaves no process of its
@@ -682,11 +696,12 @@ fn as_pid_1_exec_reaps_orphans_and_exits_with_the_commands_status() {
     let (done, go) = (ctx.path("done"), Fifo::new(ctx.dir.path(), "go"));
     let bye = Fifo::new(ctx.dir.path(), "bye");
     // An orphan in the command's group, and one in a session of its own
-    // that outlives the command until the test says.
+    // that outlives the command until the test says; that one says when it
+    // has left the group (else dlock would stop it with the group).
     let script = format!(
-        "sh -c 'sleep 0.1 &'; setsid sh -c \"read x < '{}'\" & touch '{}'; read x < '{}'; exit 7",
-        bye.path.display(),
+        "sh -c 'sleep 0.1 &'; setsid sh -c \"touch '{}'; read x < '{}'\" & read x < '{}'; exit 7",
         done.display(),
+        bye.path.display(),
         go.path.display()
     );
     let args = ["--connect-timeout", "20s", "exec", "--lease", "30s", "k"];
@@ -714,8 +729,8 @@ fn as_pid_1_exec_reaps_orphans_and_exits_with_the_commands_status() {
     wait_for_file(&done, Duration::from_secs(10));
     // The release will wait for the server: time to look at what is left.
     r.pause();
-    go.write_line("go");
-    bye.write_line("bye");
+    write_within(&go, Duration::from_secs(10));
+    write_within(&bye, Duration::from_secs(10));
     let by = Instant::now() + Duration::from_secs(3);
     let mut left = children_of(pid1);
     while !left.is_empty() && Instant::now() < by {
