@@ -310,6 +310,7 @@ pub struct Guard {
     /// Set once dlock has reaped it (it ended by itself): its pid may be
     /// another process's by then, so it is neither signalled nor waited for.
     pub reaped: bool,
+    dismissed: bool,
 }
 
 impl Guard {
@@ -344,15 +345,29 @@ impl Guard {
             write_fd: w,
             deadline: &args.deadline,
             reaped: false,
+            dismissed: false,
         })
     }
 
-    /// The job is over: dismiss the guard without letting it act, and reap
-    /// it, so that it is not left behind for dlock's parent (or PID 1) to reap
-    /// once dlock exits. SIGKILL cannot be refused, so the wait is short.
-    pub fn dismiss(self) {
-        if !self.reaped {
+    /// The job is over: the guard must not act any more. It dies of SIGKILL
+    /// as soon as the scheduler runs it, and is reaped when dropped.
+    pub fn dismiss(&mut self) {
+        if !self.reaped && !self.dismissed {
             let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        }
+        self.dismissed = true;
+    }
+}
+
+/// Reaps the guard, so that it is not left behind for dlock's parent (or
+/// PID 1) once dlock exits. Kept until then (after the release) rather than
+/// waited for at once: on a loaded host the killed guard may wait
+/// milliseconds for a CPU to die on. The signal thread may have reaped it
+/// meanwhile (then this wait finds no such child).
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.dismiss();
+        if !self.reaped {
             while let Err(Errno::EINTR) = waitpid(self.pid, None) {}
         }
     }

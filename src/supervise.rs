@@ -36,6 +36,8 @@ pub struct Job {
 
 /// How the job ended.
 pub struct End {
+    /// The dismissed guard, reaped when this is dropped (after the release).
+    _guard: Option<Guard>,
     /// The command's exit status as a shell reports it (128+N for signal N).
     pub status: i32,
     /// True when the lease was lost and the command was stopped for it.
@@ -105,9 +107,7 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
     let child = match spawn(job, tty, guard.as_ref()) {
         Ok(pid) => pid,
         Err(e) => {
-            if let Some(g) = guard {
-                g.dismiss();
-            }
+            drop(guard); // dismissed and reaped
             return Err(e);
         }
     };
@@ -152,13 +152,14 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    // Before signals leave the supervisor: from then on the signal thread
-    // reaps orphans, and might reap the guard after it ends by itself.
-    if let Some(g) = guard {
+    // While signals still come here: from then on the signal thread reaps
+    // orphans, and might reap a guard that had ended by itself.
+    if let Some(g) = &mut guard {
         g.dismiss();
     }
     signals::exit_on_signal();
     Ok(End {
+        _guard: guard,
         status: w.status.unwrap_or(crate::error::INTERNAL),
         lost: w.lost,
         timed_out: w.timed_out,
