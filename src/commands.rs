@@ -156,7 +156,13 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
             };
             match output::result(&format!("{text}\n")) {
                 Ok(()) => Ok(error::OK),
-                Err(why) => Err(token_unwritten(b.as_mut(), &a.name, &token, &grant, &why)),
+                Err(why) => Err(token_unwritten(
+                    b.as_mut(),
+                    &a.name,
+                    &token,
+                    &grant,
+                    &why.to_string(),
+                )),
             }
         }
         Taken::Busy(info) => {
@@ -324,12 +330,16 @@ pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
     } else {
         report::status_table(&loc, &g.prefix, &rows)
     };
-    output::result(&text).map_err(|why| {
-        fail(
-            error::OUTPUT,
-            format!("could not write the status to stdout ({why})"),
-        )
-    })?;
+    match output::result(&text) {
+        Err(why) if why.kind() == std::io::ErrorKind::BrokenPipe => output::die_of_broken_pipe(),
+        Err(why) => {
+            return Err(fail(
+                error::OUTPUT,
+                format!("could not write the status to stdout ({why})"),
+            ))
+        }
+        Ok(()) => {}
+    }
     Ok(if all_held { error::OK } else { error::FREE })
 }
 
