@@ -59,7 +59,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s v -l verbose -d 
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s h -l help -d 'Print help'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s V -l version -d 'Print version'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l token -d 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends' -r
-complete -c dlock -n "__fish_dlock_using_subcommand release" -l token-id -d 'With --force, break only the holder with this token id (the TOKEN column of `status`)' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l token-id -d 'With --force, break only the holder with this token id (the TOKEN column of `status`, or the whole token)' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r

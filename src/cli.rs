@@ -296,7 +296,8 @@ pub struct ReleaseArgs {
     #[arg(long, conflicts_with = "token")]
     pub force: bool,
 
-    /// With --force, break only the holder with this token id (the TOKEN column of `status`)
+    /// With --force, break only the holder with this token id (the TOKEN column of `status`,
+    /// or the whole token)
     #[arg(long, value_name = "ID", requires = "force")]
     pub token_id: Option<String>,
 }

@@ -76,26 +76,54 @@ fn describe(info: &LockInfo) -> String {
     s
 }
 
-fn report_busy(name: &str, info: &Option<LockInfo>, waited: crate::cli::Wait) {
+fn report_busy(b: &mut dyn Backend, name: &str, info: &Option<LockInfo>, waited: crate::cli::Wait) {
+    // A semaphore or shared lock has several holders; count them, since one
+    // of them alone does not say why the lock is busy.
+    let taken = info
+        .as_ref()
+        .filter(|i| i.slots > 1 || i.mode == backend::Mode::Shared)
+        .and_then(|_| b.status(Some(&[name.to_string()])).ok())
+        .map(|held| held.iter().filter(|l| l.name == name).count());
     output::event(
         Level::Info,
         "busy",
         Some(name),
-        &busy_message(name, info, waited),
-        json!({ "holder": info.as_ref().map(|i| &i.holder) }),
+        &busy_message(name, info, taken, waited),
+        json!({ "holder": info.as_ref().map(|i| &i.holder), "holders": taken }),
     );
 }
 
-fn busy_message(name: &str, info: &Option<LockInfo>, waited: crate::cli::Wait) -> String {
-    let who = info
-        .as_ref()
-        .map_or_else(|| "another holder".to_string(), describe);
+fn busy_message(
+    name: &str,
+    info: &Option<LockInfo>,
+    taken: Option<usize>,
+    waited: crate::cli::Wait,
+) -> String {
+    let (why, hint) = match (info, taken) {
+        (Some(i), Some(n)) if i.slots > 1 => {
+            let queued = match i.queued {
+                0 => String::new(),
+                q => format!(", {q} queued"),
+            };
+            let why = format!("{n} of {} slots taken{queued}", i.slots);
+            (why, "use --wait to wait for a slot")
+        }
+        (Some(i), Some(n)) if n > 1 => (
+            format!("held by {n} shared holders, one of them {}", describe(i)),
+            "use --wait to wait for it",
+        ),
+        (Some(i), _) => (
+            format!("held by {}", describe(i)),
+            "use --wait to wait for it",
+        ),
+        (None, _) => ("held by another holder".into(), "use --wait to wait for it"),
+    };
     match waited {
         crate::cli::Wait::For(d) if !d.is_zero() => format!(
-            "lock '{name}' is still busy after waiting {}: held by {who}",
+            "lock '{name}' is still busy after waiting {}: {why}",
             crate::duration::format(d)
         ),
-        _ => format!("lock '{name}' is busy: held by {who} (use --wait to wait for it)"),
+        _ => format!("lock '{name}' is busy: {why} ({hint})"),
     }
 }
 
@@ -166,7 +194,7 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
             }
         }
         Taken::Busy(info) => {
-            report_busy(&a.name, &info, a.lease.wait);
+            report_busy(b.as_mut(), &a.name, &info, a.lease.wait);
             Ok(error::BUSY)
         }
     }
@@ -229,7 +257,10 @@ pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> 
 /// `release --force`: breaks every holder, or the one with token id `only`,
 /// and says whom.
 fn force_release(b: &mut dyn Backend, name: &str, only: Option<&str>) -> Result<i32> {
-    let broken = b.force_release(name, only)?;
+    // The TOKEN column of `status` shows a token's first characters; the
+    // whole token names the same holder.
+    let only = only.map(names::token_id);
+    let broken = b.force_release(name, only.as_deref())?;
     for info in &broken {
         output::event(
             Level::Info,
@@ -377,7 +408,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     let (grant, sent) = match lease::acquire(b.as_mut(), &req, e.lease.wait, cfg.timeout)? {
         Taken::Held(grant, sent) => (grant, sent),
         Taken::Busy(info) => {
-            report_busy(&e.name, &info, e.lease.wait);
+            report_busy(b.as_mut(), &e.name, &info, e.lease.wait);
             return Ok(e.conflict_exit_code);
         }
     };
