@@ -325,7 +325,8 @@ pub struct ExecArgs {
     #[arg(
         required_unless_present = "shell",
         trailing_var_arg = true,
-        value_name = "CMD"
+        value_name = "CMD",
+        value_hint = clap::ValueHint::CommandWithArguments
     )]
     pub command: Vec<OsString>,
 
