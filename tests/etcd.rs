@@ -220,7 +220,8 @@ fn a_holder_learns_of_a_forced_release_at_once() {
 /// etcd counts a lease in whole seconds (a 400ms lease is raised to its
 /// minimum) and reports what is left rounded down: `status` showed LEFT 0ms
 /// for a lease that still held for most of a second. From `acquire` until
-/// the lease is gone, LEFT is what etcd granted at most and never 0.
+/// the lease is gone, LEFT (and the time left in a busy message) is what
+/// etcd granted at most and never 0.
 #[test]
 fn status_never_shows_a_live_short_lease_as_run_out() {
     let ctx = Ctx::new(Etcd::shared());
@@ -240,6 +241,21 @@ fn status_never_shows_a_live_short_lease_as_run_out() {
         assert!(
             std::time::Instant::now() < until,
             "the lease never ran out: {seen:?}"
+        );
+        // The busy message tells the same time left.
+        let o = ctx.run(&["acquire", "short"]);
+        if code(&o) == 0 {
+            let tok = stdout(&o);
+            assert_eq!(
+                code(&ctx.run(&["release", "short", "--token", tok.trim()])),
+                0
+            );
+            break;
+        }
+        let err = stderr(&o);
+        assert!(
+            err.contains("is busy") && !err.contains(" 0ms left"),
+            "{err}"
         );
     }
     assert!(!seen.is_empty(), "status ran too late to see the lease");

@@ -46,7 +46,7 @@ pub fn infos(link: &Arc<Link>, nodes: Vec<Node>) -> Result<Vec<LockInfo>> {
 /// for its last second, while it still holds (and its key stays until the
 /// leader revokes it, later still). Show the upper end, which the lease can
 /// never exceed: what it granted. None for a lease that is gone.
-fn left(ttl: i64, granted: i64) -> Option<Duration> {
+pub(super) fn left(ttl: i64, granted: i64) -> Option<Duration> {
     (ttl >= 0).then(|| Duration::from_secs((ttl + 1).min(granted.max(1)) as u64))
 }
 
