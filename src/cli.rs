@@ -7,6 +7,9 @@ use std::time::Duration;
 use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+mod usage;
+pub use usage::subcommand_error;
+
 use crate::backend::kinds::MAX_SLOTS;
 use crate::backend::{Kind, Mode};
 use crate::error;
@@ -90,43 +93,6 @@ pub struct Global {
     #[arg(long, env = "DLOCK_LOG_FORMAT", global = true, hide_env_values = true, value_enum,
           default_value_t = LogFormat::Text, value_name = "FORMAT")]
     pub log_format: LogFormat,
-}
-
-/// dlock's own line for a usage error about the subcommand, where clap's
-/// would name the hidden `keepalive` (in its list of subcommands, or as the
-/// tip for a typo); None to keep clap's.
-pub fn subcommand_error(e: &clap::Error) -> Option<String> {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    use clap::CommandFactory;
-    let cmd = Cli::command();
-    let visible = |s: &&clap::Command| !s.is_hide_set();
-    let names: Vec<&str> = cmd
-        .get_subcommands()
-        .filter(visible)
-        .map(|s| s.get_name())
-        .collect();
-    let list = names.join(", ");
-    match e.kind() {
-        ErrorKind::MissingSubcommand | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Some(
-            format!("error: a subcommand is required: {list} (see --help)"),
-        ),
-        ErrorKind::InvalidSubcommand => {
-            let Some(ContextValue::Strings(tips)) = e.get(ContextKind::SuggestedSubcommand) else {
-                return None;
-            };
-            if tips.iter().all(|t| names.contains(&t.as_str())) {
-                return None;
-            }
-            let given = match e.get(ContextKind::InvalidSubcommand) {
-                Some(ContextValue::String(s)) => s.as_str(),
-                _ => "",
-            };
-            Some(format!(
-                "error: unrecognized subcommand '{given}'; the subcommands are {list} (see --help)"
-            ))
-        }
-        _ => None,
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
