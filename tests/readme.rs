@@ -11,7 +11,8 @@
 //! - `sh setup`: the two set-up commands. The second must be exactly
 //!   `scripts/test` (what CI runs); the dlock part of the first is run here,
 //!   and scripts/check-readme runs the whole line verbatim.
-//! - `sh no-run`: install commands; run into a temporary root without sudo.
+//! - `sh no-run`: install commands; run as written into a temporary root,
+//!   with no sudo on PATH for root and a stand-in for anyone else.
 //! - `crontab`, `ini NAME` (systemd units), `json status|acquire`, `text`:
 //!   parsed with dlock's own clap definition and compared with real output.
 //! - `sql`: an illustration for the reader's own database; not run.
