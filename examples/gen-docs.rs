@@ -139,7 +139,7 @@ fn value_options(cmd: &Command) -> Vec<String> {
 }
 
 /// `words` as shell patterns for `case`, `sep` between them, wrapped before
-/// a line grows past 100 characters with `wrap` (which carries the indent).
+/// a line grows past 72 characters with `wrap` (which carries the indent).
 fn patterns(words: &[String], sep: &str, wrap: &str) -> String {
     let mut out = String::new();
     let mut line = 0;
