@@ -68,7 +68,7 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
         }
         'dlock;release' {
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends')
-            [CompletionResult]::new('--token-id', '--token-id', [CompletionResultType]::ParameterName, 'With --force, break only the holder with this token id (the TOKEN column of `status`)')
+            [CompletionResult]::new('--token-id', '--token-id', [CompletionResultType]::ParameterName, 'With --force, break only the holder with this token id (the TOKEN column of `status`, or the whole token)')
             [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]')
             [CompletionResult]::new('--url-file', '--url-file', [CompletionResultType]::ParameterName, 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)')
             [CompletionResult]::new('--prefix', '--prefix', [CompletionResultType]::ParameterName, 'Namespace for every key, table row and channel dlock uses')

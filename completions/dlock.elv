@@ -63,7 +63,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
         }
         &'dlock;release'= {
             cand --token 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends'
-            cand --token-id 'With --force, break only the holder with this token id (the TOKEN column of `status`)'
+            cand --token-id 'With --force, break only the holder with this token id (the TOKEN column of `status`, or the whole token)'
             cand --url 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]'
             cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
             cand --prefix 'Namespace for every key, table row and channel dlock uses'

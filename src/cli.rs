@@ -7,6 +7,9 @@ use std::time::Duration;
 use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+mod usage;
+pub use usage::subcommand_error;
+
 use crate::backend::kinds::MAX_SLOTS;
 use crate::backend::{Kind, Mode};
 use crate::error;
@@ -259,7 +262,8 @@ pub struct ReleaseArgs {
     #[arg(long, conflicts_with = "token")]
     pub force: bool,
 
-    /// With --force, break only the holder with this token id (the TOKEN column of `status`)
+    /// With --force, break only the holder with this token id (the TOKEN column of `status`,
+    /// or the whole token)
     #[arg(long, value_name = "ID", requires = "force")]
     pub token_id: Option<String>,
 }
@@ -287,7 +291,8 @@ pub struct ExecArgs {
     #[arg(
         required_unless_present = "shell",
         trailing_var_arg = true,
-        value_name = "CMD"
+        value_name = "CMD",
+        value_hint = clap::ValueHint::CommandWithArguments
     )]
     pub command: Vec<OsString>,
 

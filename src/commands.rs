@@ -20,7 +20,9 @@ use crate::report::{self, Row};
 use crate::signals;
 use crate::supervise::{self, Job};
 
+mod busy;
 mod keepalive;
+use busy::report_busy;
 pub use keepalive::keepalive;
 use keepalive::spawn_keepalive;
 
@@ -75,29 +77,6 @@ fn describe(info: &LockInfo) -> String {
         crate::duration::format_left(info.ttl)
     ));
     s
-}
-
-fn report_busy(name: &str, info: &Option<LockInfo>, waited: crate::cli::Wait) {
-    output::event(
-        Level::Info,
-        "busy",
-        Some(name),
-        &busy_message(name, info, waited),
-        json!({ "holder": info.as_ref().map(|i| &i.holder) }),
-    );
-}
-
-fn busy_message(name: &str, info: &Option<LockInfo>, waited: crate::cli::Wait) -> String {
-    let who = info
-        .as_ref()
-        .map_or_else(|| "another holder".to_string(), describe);
-    match waited {
-        crate::cli::Wait::For(d) if !d.is_zero() => format!(
-            "lock '{name}' is still busy after waiting {}: held by {who}",
-            crate::duration::format(d)
-        ),
-        _ => format!("lock '{name}' is busy: held by {who} (use --wait to wait for it)"),
-    }
 }
 
 pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> {
@@ -157,11 +136,17 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
             };
             match output::result(&format!("{text}\n")) {
                 Ok(()) => Ok(error::OK),
-                Err(why) => Err(token_unwritten(b.as_mut(), &a.name, &token, &grant, &why)),
+                Err(why) => Err(token_unwritten(
+                    b.as_mut(),
+                    &a.name,
+                    &token,
+                    &grant,
+                    &why.to_string(),
+                )),
             }
         }
         Taken::Busy(info) => {
-            report_busy(&a.name, &info, a.lease.wait);
+            report_busy(b.as_mut(), &a.name, &info, a.lease.wait);
             Ok(error::BUSY)
         }
     }
@@ -225,7 +210,10 @@ pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> 
 /// `release --force`: breaks every holder, or the one with token id `only`,
 /// and says whom.
 fn force_release(b: &mut dyn Backend, name: &str, only: Option<&str>) -> Result<i32> {
-    let broken = b.force_release(name, only)?;
+    // The TOKEN column of `status` shows a token's first characters; the
+    // whole token names the same holder.
+    let only = only.map(names::token_id);
+    let broken = b.force_release(name, only.as_deref())?;
     for info in &broken {
         output::event(
             Level::Info,
@@ -326,12 +314,16 @@ pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
     } else {
         report::status_table(&loc, &g.prefix, &rows)
     };
-    output::result(&text).map_err(|why| {
-        fail(
-            error::OUTPUT,
-            format!("could not write the status to stdout ({why})"),
-        )
-    })?;
+    match output::result(&text) {
+        Err(why) if why.kind() == std::io::ErrorKind::BrokenPipe => output::die_of_broken_pipe(),
+        Err(why) => {
+            return Err(fail(
+                error::OUTPUT,
+                format!("could not write the status to stdout ({why})"),
+            ))
+        }
+        Ok(()) => {}
+    }
     Ok(if all_held { error::OK } else { error::FREE })
 }
 
@@ -369,7 +361,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     let (grant, sent) = match lease::acquire(b.as_mut(), &req, e.lease.wait, cfg.timeout)? {
         Taken::Held(grant, sent) => (grant, sent),
         Taken::Busy(info) => {
-            report_busy(&e.name, &info, e.lease.wait);
+            report_busy(b.as_mut(), &e.name, &info, e.lease.wait);
             return Ok(e.conflict_exit_code);
         }
     };

@@ -104,9 +104,15 @@ fn parse() -> (cli::Cli, Option<anyhow::Error>) {
         Err(e) if !e.use_stderr() => {
             // --help and --version
             let written = match output::stdout_closed() {
-                true => Err("stdout is closed".to_string()),
-                false => e.print().map_err(|e| e.to_string()),
+                true => Err(std::io::Error::other("stdout is closed")),
+                false => e.print(),
             };
+            if written
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                output::die_of_broken_pipe();
+            }
             if let Err(why) = written {
                 output::stderr_line(&format!("dlock: error: could not write to stdout: {why}"));
                 std::process::exit(error::OUTPUT);
@@ -114,7 +120,9 @@ fn parse() -> (cli::Cli, Option<anyhow::Error>) {
             std::process::exit(error::OK);
         }
         Err(e) => {
-            let msg = output::cap_quotes(&one_line(&e.render().to_string()));
+            let msg =
+                cli::subcommand_error(&e).unwrap_or_else(|| one_line(&e.render().to_string()));
+            let msg = output::cap_quotes(&msg);
             if json_log_requested() {
                 output::init(false, 0, true, Vec::new());
                 output::event(

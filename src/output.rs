@@ -75,14 +75,29 @@ pub fn stdout_closed() -> bool {
 }
 
 /// Writes a command's result to stdout and flushes it, or says why it could not.
-pub fn result(text: &str) -> Result<(), String> {
+pub fn result(text: &str) -> std::io::Result<()> {
     if stdout_closed() {
-        return Err("stdout is closed".into());
+        return Err(std::io::Error::other("stdout is closed"));
     }
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| e.to_string())
+    out.write_all(text.as_bytes()).and_then(|()| out.flush())
+}
+
+/// Ends dlock as `ls | true` ends ls when the reader of its output has gone:
+/// killed by SIGPIPE, without a message, so that a shell sees 128+13 and
+/// `set -o pipefail` treats dlock like any other writer. For output whose
+/// loss harms nobody (help, status); a lost token is an error instead.
+pub fn die_of_broken_pipe() -> ! {
+    use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+    // SAFETY: SIG_DFL installs no handler code; Rust's start-up had set it to
+    // SIG_IGN only so that writes fail with EPIPE instead of killing dlock.
+    let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    let mut pipe = SigSet::empty();
+    pipe.add(Signal::SIGPIPE);
+    let _ = signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&pipe), None);
+    // raise() directs the signal at this thread, whose default action ends the process.
+    let _ = signal::raise(Signal::SIGPIPE);
+    std::process::exit(128 + Signal::SIGPIPE as i32)
 }
 
 /// A line on stderr that never panics: with stderr closed or its pipe gone,

@@ -242,3 +242,55 @@ fn a_port_that_is_not_etcd_fails_in_one_line_and_one_timeout() {
         }
     }
 }
+
+/// etcd counts a lease in whole seconds (a 400ms lease is raised to its
+/// minimum) and reports what is left rounded down: `status` showed LEFT 0ms
+/// for a lease that still held for most of a second. From `acquire` until
+/// the lease is gone, LEFT (and the time left in a busy message) is what
+/// etcd granted at most and never 0.
+#[test]
+fn status_never_shows_a_live_short_lease_as_run_out() {
+    let ctx = Ctx::new(Etcd::shared());
+    let o = ctx.run(&["acquire", "short", "--lease", "400ms", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let grant: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let granted = grant["lease_ms"].as_u64().unwrap();
+    assert!(granted >= 1000, "etcd leases are whole seconds: {grant}");
+    let mut seen = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(granted / 1000 + 10);
+    loop {
+        let l = ctx.status_json(&["short"])["locks"][0].clone();
+        if l["held"] != true {
+            break;
+        }
+        seen.push(l["ttl_ms"].as_u64().unwrap());
+        assert!(
+            std::time::Instant::now() < until,
+            "the lease never ran out: {seen:?}"
+        );
+        // The busy message tells the same time left.
+        let o = ctx.run(&["acquire", "short"]);
+        if code(&o) == 0 {
+            let tok = stdout(&o);
+            assert_eq!(
+                code(&ctx.run(&["release", "short", "--token", tok.trim()])),
+                0
+            );
+            break;
+        }
+        let err = stderr(&o);
+        assert!(
+            err.contains("is busy") && !err.contains(" 0ms left"),
+            "{err}"
+        );
+    }
+    assert!(!seen.is_empty(), "status ran too late to see the lease");
+    assert!(
+        seen[0] <= granted && seen[0] + 1000 >= granted,
+        "{seen:?}, granted {granted}"
+    );
+    assert!(
+        seen.iter().all(|&ms| ms > 0),
+        "LEFT 0ms while held: {seen:?}"
+    );
+}

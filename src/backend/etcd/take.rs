@@ -519,9 +519,9 @@ pub fn with_ttl(link: &Link, nodes: &[Node], mut info: LockInfo) -> LockInfo {
             .call("a lease lookup", |mut c| async move {
                 c.lease_time_to_live(id, None).await
             })
-            .map(|r| r.ttl())
-            .unwrap_or(0);
-        info.ttl = Duration::from_secs(ttl.max(0) as u64);
+            .ok()
+            .and_then(|r| super::status::left(r.ttl(), r.granted_ttl()));
+        info.ttl = ttl.unwrap_or_default();
     }
     info
 }
