@@ -174,7 +174,7 @@ impl EtcdBackend {
     /// A refusal naming the other holder gets that holder's time left.
     fn with_ttl(&self, nodes: &[Node], check: Check) -> Check {
         match check {
-            Check::HeldByOther(i) => Check::HeldByOther(take::with_ttl(&self.link, nodes, i)),
+            Check::HeldByOther(i) => Check::HeldByOther(status::with_ttl(&self.link, nodes, i)),
             other => other,
         }
     }
@@ -361,7 +361,7 @@ impl Backend for EtcdBackend {
             }
             let broken: Vec<LockInfo> = broken
                 .into_iter()
-                .map(|i| take::with_ttl(&self.link, &v.nodes, i))
+                .map(|i| status::with_ttl(&self.link, &v.nodes, i))
                 .collect();
             let unchanged: Vec<Compare> = victims
                 .iter()

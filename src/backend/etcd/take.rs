@@ -14,7 +14,7 @@ use super::keys::{self, Entry, Node};
 use super::link::Link;
 use super::queue::{self, Behind, Decision};
 use super::wait::{watch_until, Target};
-use crate::backend::{Acquire, Grant, LockInfo, Request};
+use crate::backend::{Acquire, Grant, Request};
 use crate::cancel::Cancel;
 use crate::error::{fail, UNAVAILABLE};
 
@@ -269,7 +269,7 @@ impl<'a> Taking<'a> {
             Decision::Wait(behind) => {
                 if deadline.is_some_and(|d| d <= Instant::now()) || self.cancel.is_fired() {
                     self.abandon(false);
-                    let info = info.map(|i| with_ttl(&self.link, &v.nodes, i));
+                    let info = info.map(|i| super::status::with_ttl(&self.link, &v.nodes, i));
                     return Ok(Step::Done(Acquire::Busy(info), Instant::now()));
                 }
                 if self.mine(&v).is_none() {
@@ -495,22 +495,4 @@ pub fn revoke(link: &Link, id: i64) {
         "a lease revoke",
         |mut c| async move { c.lease_revoke(id).await },
     );
-}
-
-/// The holder `info` with its time left, asked of its lease.
-pub fn with_ttl(link: &Link, nodes: &[Node], mut info: LockInfo) -> LockInfo {
-    let lease = nodes
-        .iter()
-        .find(|n| n.create_rev as u64 == info.fence && n.entry.held)
-        .map(|n| n.lease);
-    if let Some(id) = lease.filter(|id| *id != 0) {
-        let ttl = link
-            .call("a lease lookup", |mut c| async move {
-                c.lease_time_to_live(id, None).await
-            })
-            .map(|r| r.ttl())
-            .unwrap_or(0);
-        info.ttl = Duration::from_secs(ttl.max(0) as u64);
-    }
-    info
 }
