@@ -134,7 +134,7 @@ pub fn acquire(
         Wait::For(d) => Some(Instant::now() + d),
         Wait::Forever => None,
     };
-    let mut waiter: Option<Box<dyn Waiter>> = None;
+    let mut waiter: Option<Subscription> = None;
     let mut trouble = Trouble::new(timeout, deadline);
     loop {
         let (attempt, pending) =
@@ -235,6 +235,29 @@ impl Attempt {
     }
 }
 
+/// A waiter, with what it must undo registered to run if a signal ends
+/// dlock while it lives (the backend's waiter says what; this loop owns
+/// signals and exits).
+struct Subscription {
+    waiter: Box<dyn Waiter>,
+    at_exit: Option<u64>,
+}
+
+impl Subscription {
+    fn new(waiter: Box<dyn Waiter>) -> Subscription {
+        let at_exit = waiter.on_exit().map(signals::at_exit);
+        Subscription { waiter, at_exit }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(id) = self.at_exit.take() {
+            signals::cancel_at_exit(id);
+        }
+    }
+}
+
 /// Blocks until the busy lock may have been released, at most `left`:
 /// subscribes first (then returns at once, so that the caller tries again
 /// and no release between its try and the subscription is missed, unless
@@ -244,7 +267,7 @@ impl Attempt {
 fn wait_for_release(
     backend: &mut dyn Backend,
     req: &Request,
-    waiter: &mut Option<Box<dyn Waiter>>,
+    waiter: &mut Option<Subscription>,
     busy: &Option<crate::backend::LockInfo>,
     left: Duration,
     queued: bool,
@@ -259,8 +282,8 @@ fn wait_for_release(
                 &format!("lock '{}' is busy; waiting", req.name),
                 json!({ "holder": busy.as_ref().map(|b| &b.holder) }),
             );
-            let w = backend.waiter(req.name)?;
-            if !w.keeps_wakeups() {
+            let w = Subscription::new(backend.waiter(req.name)?);
+            if !w.waiter.keeps_wakeups() {
                 *waiter = Some(w);
                 return Ok(());
             }
@@ -274,7 +297,7 @@ fn wait_for_release(
     if queued {
         ttl = ttl.min(crate::backend::kinds::TICKET_REFRESH);
     }
-    w.wait(left.min(ttl))
+    w.waiter.wait(left.min(ttl))
 }
 
 #[cfg(test)]

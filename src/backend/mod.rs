@@ -165,6 +165,12 @@ pub trait Waiter: Send {
     fn keeps_wakeups(&self) -> bool {
         false
     }
+    /// What must be undone if dlock exits on a signal while this waiter
+    /// lives (its place in a server-side queue, say). The caller, which
+    /// owns signals and exits, runs it on such an exit; None by default.
+    fn on_exit(&self) -> Option<Box<dyn FnOnce() + Send>> {
+        None
+    }
 }
 
 pub trait Backend: Send {

@@ -64,8 +64,8 @@ pub struct Taking<'a> {
 pub struct Kept {
     pub name: String,
     pub token: String,
-    pub lease: Option<Lease>,
-    pub waiter: Option<i64>,
+    lease: Option<Lease>,
+    waiter: Option<i64>,
     queued: bool,
 }
 
