@@ -174,12 +174,13 @@ pub fn acquire(
                 continue;
             }
         };
+        let now = Instant::now();
         let left = match deadline {
-            Some(d) if d <= Instant::now() => {
+            Some(d) if d <= now => {
                 trouble.give_up(backend, req);
                 return Ok(Taken::Busy(busy));
             }
-            Some(d) => d - Instant::now(),
+            Some(d) => d - now,
             None => Duration::from_secs(3600),
         };
         if let Err(e) = wait_for_release(backend, req, &mut waiter, &busy, left, trouble.queued) {
