@@ -28,10 +28,11 @@
 //! check, half a second). A stopping signal cancels the wait (the caller,
 //! `lease::acquire`, owns signals and exits): the request leaves the queue
 //! and returns Busy, and the caller exits. A failure ends the call with an
-//! error; the caller backs off and calls again, and the next call takes over
-//! the leases and place that this one kept (`take::Kept`). On its grant the key is put again under the holder lease (granted
-//! before the first try and kept alive through the wait); Put keeps the
-//! create revision, and so the place and the fence.
+//! error; the caller backs off and calls again, and the next call takes
+//! over the leases and place that this one kept (`take::Kept`). On its
+//! grant the key is put again under the holder lease (granted before the
+//! first try and kept alive through the wait); Put keeps the create
+//! revision, and so the place and the fence.
 //!
 //! Leases: the holder lease is a cluster object with an ID, found from the
 //! key (`P/NAME/T` carries it), so `renew` and `release --token` work from
