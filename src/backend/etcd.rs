@@ -45,6 +45,7 @@
 //! counts from.
 
 mod keys;
+mod leases;
 mod link;
 mod queue;
 mod status;
@@ -202,7 +203,7 @@ impl EtcdBackend {
 
     /// Moves `n` to a new lease of `ttl` seconds (a renewal of another length).
     fn relet(&self, n: &Node, ttl: i64) -> Result<bool> {
-        let lease = take::grant(&self.link, ttl)?;
+        let lease = leases::grant(&self.link, ttl)?;
         let mut e = n.entry.clone();
         (e.ask, e.ttl) = (ttl, lease.granted);
         let key = String::from_utf8_lossy(&n.key).into_owned();
@@ -222,7 +223,7 @@ impl EtcdBackend {
             async move { c.txn(t).await }
         })?;
         let old = if r.succeeded() { n.lease } else { lease.id };
-        take::revoke(&self.link, old);
+        leases::revoke(&self.link, old);
         Ok(r.succeeded())
     }
 }
@@ -339,7 +340,7 @@ impl Backend for EtcdBackend {
         leases.sort_unstable();
         leases.dedup();
         for id in leases.into_iter().filter(|id| *id != 0) {
-            take::revoke(&self.link, id);
+            leases::revoke(&self.link, id);
         }
         let mut st = keys::state(&nodes);
         let (check, _) = kinds::plan_release(0, &mut st, name, token);
@@ -379,7 +380,7 @@ impl Backend for EtcdBackend {
             })?;
             if r.succeeded() {
                 for n in victims {
-                    take::revoke(&self.link, n.lease);
+                    leases::revoke(&self.link, n.lease);
                 }
                 return Ok(broken);
             }

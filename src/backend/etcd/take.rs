@@ -11,26 +11,16 @@ use etcd_client::{
 };
 
 use super::keys::{self, Entry, Node};
+use super::leases::{grant, revoke, Lease};
 use super::link::Link;
 use super::queue::{self, Behind, Decision};
 use super::wait::{watch_until, Target};
 use crate::backend::{Acquire, Grant, Request};
 use crate::cancel::Cancel;
-use crate::error::{fail, UNAVAILABLE};
 
 /// A waiter's key lives under a lease this long, kept alive every
 /// `kinds::TICKET_REFRESH`: a waiter killed with SIGKILL leaves the queue within it.
 pub const WAITER_TTL: i64 = 3;
-
-/// A lease granted for a request.
-#[derive(Clone, Copy, Debug)]
-pub struct Lease {
-    pub id: i64,
-    /// What etcd granted, in seconds (it may raise a short TTL to its minimum).
-    pub granted: i64,
-    /// Sent before the grant: the lease runs until at least `sent + granted`.
-    pub sent: Instant,
-}
 
 /// One read of a name's keys.
 pub struct View {
@@ -266,8 +256,9 @@ impl<'a> Taking<'a> {
         match decision {
             Decision::Extend => self.extend(&v),
             Decision::Take { slot } => self.take_now(&v, slot),
+            Decision::Wait(_) if self.cancel.is_fired() => Ok(self.cancelled()),
             Decision::Wait(behind) => {
-                if deadline.is_some_and(|d| d <= Instant::now()) || self.cancel.is_fired() {
+                if deadline.is_some_and(|d| d <= Instant::now()) {
                     self.abandon(false);
                     let info = info.map(|i| super::status::with_ttl(&self.link, &v.nodes, i));
                     return Ok(Step::Done(Acquire::Busy(info), Instant::now()));
@@ -289,9 +280,22 @@ impl<'a> Taking<'a> {
                     return self.enqueue().map(Step::Again);
                 }
                 self.wait(&behind, v.rev, deadline)?;
+                if self.cancel.is_fired() {
+                    return Ok(self.cancelled());
+                }
                 self.read().map(Step::Again)
             }
         }
+    }
+
+    /// The caller cancelled the wait (dlock is about to exit on a signal):
+    /// leave the queue at once, each request within a short timeout as
+    /// the exit is waiting, and answer Busy.
+    fn cancelled(&mut self) -> Step {
+        self.link
+            .set_timeout(self.link.timeout().min(Duration::from_secs(2)));
+        self.abandon(false);
+        Step::Done(Acquire::Busy(None), Instant::now())
     }
 
     /// The token holds the lock already: the key moves to the new lease
@@ -468,31 +472,4 @@ impl<'a> Taking<'a> {
             revoke(&self.link, id);
         }
     }
-}
-
-/// Grants a lease of `ttl` seconds.
-pub fn grant(link: &Link, ttl: i64) -> Result<Lease> {
-    let sent = Instant::now();
-    let r = link.call("a lease grant", |mut c| async move {
-        c.lease_grant(ttl, None).await
-    })?;
-    if !r.error().is_empty() || r.ttl() <= 0 {
-        return Err(fail(
-            UNAVAILABLE,
-            format!("etcd at {} refused a lease: {}", link.shown, r.error()),
-        ));
-    }
-    Ok(Lease {
-        id: r.id(),
-        granted: r.ttl(),
-        sent,
-    })
-}
-
-/// Revokes a lease and waits for the answer (its keys go with it).
-pub fn revoke(link: &Link, id: i64) {
-    let _ = link.call(
-        "a lease revoke",
-        |mut c| async move { c.lease_revoke(id).await },
-    );
 }
