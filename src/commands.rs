@@ -514,20 +514,12 @@ fn announce_acquired(name: &str, grant: &Grant) {
 
 /// --jitter: spreads hosts that a cron tick starts at the same second.
 fn sleep_jitter(limit: Duration) {
-    let delay = random_below(limit);
+    let delay = crate::backoff::random_below(limit);
     output::verbose(&format!(
         "jitter: sleeping {}",
         crate::duration::format_left(delay)
     ));
     std::thread::sleep(delay);
-}
-
-/// A uniformly random duration in [0, limit).
-fn random_below(limit: Duration) -> Duration {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the OS random source failed");
-    let nanos = limit.as_nanos().max(1) as u64;
-    Duration::from_nanos(u64::from_le_bytes(b) % nanos)
 }
 
 pub fn renew(g: &Global, url: Option<String>, r: &RenewArgs) -> Result<i32> {

@@ -4,6 +4,8 @@
 //! clap definition; the binary in main.rs only calls [`main`].
 
 mod backend;
+mod backoff;
+mod cancel;
 pub mod cli;
 mod commands;
 mod duration;

@@ -10,11 +10,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
+use crate::cancel::Cancel;
 use crate::event::Event;
 
 /// Forwarded to the command's process group while it runs.
@@ -38,9 +39,10 @@ const STOPPING: [Signal; 4] = [
 enum Mode {
     /// Between requests: a stopping signal ends dlock at once with 128+N.
     Exit,
-    /// A request that may take the lock is in flight: remember the signal and
+    /// A request that may take the lock (or a wait that holds a place in a
+    /// queue) is in flight: remember the signal, ask the wait to return, and
     /// let the caller undo the acquisition before it exits.
-    InFlight(Option<Signal>),
+    InFlight(Option<Signal>, Arc<Cancel>),
     /// A command runs: hand every signal to its supervisor.
     Forward(Sender<Event>),
 }
@@ -128,9 +130,10 @@ fn dispatch(sig: Signal) {
                 reap_if_asked();
             }
         }
-        Mode::InFlight(pending) => {
+        Mode::InFlight(pending, cancel) => {
             if STOPPING.contains(&sig) && pending.is_none() {
                 *pending = Some(sig);
+                cancel.fire();
             }
             if sig == Signal::SIGCHLD {
                 reap_if_asked();
@@ -143,14 +146,16 @@ fn dispatch(sig: Signal) {
 }
 
 /// Runs a request that may take the lock. A stopping signal that arrives
-/// meanwhile is returned instead of ending dlock, so the caller can release
+/// meanwhile fires the [`Cancel`] handed to `f` (a wait in `f` returns
+/// early) and is returned instead of ending dlock, so the caller can release
 /// what the request took before exiting with 128+N.
-pub fn in_flight<T>(f: impl FnOnce() -> T) -> (T, Option<Signal>) {
-    *MODE.lock().unwrap_or_else(|e| e.into_inner()) = Mode::InFlight(None);
-    let out = f();
+pub fn in_flight<T>(f: impl FnOnce(&Cancel) -> T) -> (T, Option<Signal>) {
+    let cancel = Arc::new(Cancel::new());
+    *MODE.lock().unwrap_or_else(|e| e.into_inner()) = Mode::InFlight(None, Arc::clone(&cancel));
+    let out = f(&cancel);
     let mut mode = MODE.lock().unwrap_or_else(|e| e.into_inner());
     let pending = match &*mode {
-        Mode::InFlight(p) => *p,
+        Mode::InFlight(p, _) => *p,
         _ => None,
     };
     *mode = Mode::Exit;

@@ -165,6 +165,12 @@ pub trait Waiter: Send {
     fn keeps_wakeups(&self) -> bool {
         false
     }
+    /// What must be undone if dlock exits on a signal while this waiter
+    /// lives (its place in a server-side queue, say). The caller, which
+    /// owns signals and exits, runs it on such an exit; None by default.
+    fn on_exit(&self) -> Option<Box<dyn FnOnce() + Send>> {
+        None
+    }
 }
 
 pub trait Backend: Send {
@@ -185,18 +191,22 @@ pub trait Backend: Send {
     fn capabilities(&self) -> Capabilities {
         Capabilities::MUTEX
     }
-    /// A backend that waits its own way (a queued node that the server
-    /// wakes, say) takes the whole wait here, until `deadline` (None:
-    /// forever), and answers Acquired (with the instant the granting request
-    /// was sent, which the renewal deadline counts from) or Busy; `None`
-    /// leaves it to the shared try/subscribe/retry loop of `lease::acquire`,
-    /// as every backend so far does.
+    /// A backend that waits its own way (a key queue whose watch wakes it,
+    /// say) takes the wait here, until `deadline` (None: forever) or until
+    /// `cancel` fires, and answers Acquired (with the instant the granting
+    /// request was sent, which the renewal deadline counts from) or Busy,
+    /// having left no place of its own behind. A failure is returned as an
+    /// error at once: the caller (`lease::acquire`) backs off and calls again
+    /// with the same request, which may find its place kept, and on giving
+    /// up releases the token. The caller owns signals and exits. `None`
+    /// leaves the wait to the shared try/subscribe loop, as most backends do.
     fn acquire_waiting(
         &mut self,
         req: &Request,
         deadline: Option<std::time::Instant>,
+        cancel: &crate::cancel::Cancel,
     ) -> Option<Result<(Acquire, std::time::Instant)>> {
-        let _ = (req, deadline);
+        let _ = (req, deadline, cancel);
         None
     }
     /// A subscription that reports releases of `name`.

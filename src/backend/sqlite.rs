@@ -62,7 +62,7 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
 use super::kinds::TICKET_REFRESH;
-use super::sql::{self, Backoff, Dialect, Exec, Leases, Val};
+use super::sql::{self, Dialect, Exec, Leases, Val};
 use super::{Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Waiter};
 use crate::error::{fail, NOT_HELD, UNAVAILABLE};
 use bell::Bell;
@@ -391,7 +391,7 @@ impl Backend for SqliteBackend {
             seen: bell.as_ref().map_or(0, Bell::value),
             bell,
             at: self.wake_file(name),
-            backoff: Backoff::new(),
+            backoff: sql::quiet_backoff(),
         }))
     }
 
@@ -423,7 +423,7 @@ struct SqliteWaiter {
     /// The bell's path: releases ring whatever file is there now.
     at: PathBuf,
     seen: u32,
-    backoff: Backoff,
+    backoff: crate::backoff::Backoff,
 }
 
 impl Waiter for SqliteWaiter {
@@ -442,7 +442,7 @@ impl Waiter for SqliteWaiter {
                 b.wait(self.seen, timeout);
                 self.seen = b.value();
             }
-            None => self.backoff.sleep(timeout),
+            None => std::thread::sleep(self.backoff.next_within(timeout)),
         }
         Ok(())
     }

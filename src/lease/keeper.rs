@@ -12,6 +12,7 @@ use serde_json::json;
 use super::own_release::OwnRelease;
 use super::Timing;
 use crate::backend::{Backend, Check};
+use crate::backoff::Backoff;
 use crate::error::{code_of, fail, INTERNAL, NOT_HELD, UNAVAILABLE};
 use crate::event::Event;
 use crate::guard::Deadline;
@@ -184,7 +185,7 @@ impl Renewer {
     fn renew_until_told(&mut self, rx: &mpsc::Receiver<Cmd>) -> Cmd {
         let mut p = Progress {
             next: self.acquired_sent + self.timing.period,
-            backoff: Progress::FIRST_BACKOFF,
+            backoff: Backoff::new(Progress::FIRST_BACKOFF, 2, self.timing.period),
             failures: 0,
         };
         loop {
@@ -227,7 +228,7 @@ impl Renewer {
                 drop(s);
                 log_renewed(name, timing.lease, p.failures);
                 p.failures = 0;
-                p.backoff = Progress::FIRST_BACKOFF;
+                p.backoff.reset();
                 p.next = sent + timing.period;
             }
             Ok(refused @ (Check::NotHeld | Check::HeldByOther(_) | Check::Broken(_))) => {
@@ -273,8 +274,7 @@ impl Renewer {
                 log_failure(name, &msg, p.failures, level);
                 let _ = self.backend.set_timeout(self.base_timeout.min(left));
                 let _ = self.backend.reconnect();
-                p.next = Instant::now() + p.backoff;
-                p.backoff = (p.backoff * 2).min(timing.period);
+                p.next = Instant::now() + p.backoff.next_within(timing.period);
             }
         }
         None
@@ -307,7 +307,7 @@ impl Renewer {
 /// Where the renewal loop stands between attempts.
 struct Progress {
     next: Instant,
-    backoff: Duration,
+    backoff: Backoff,
     failures: u32,
 }
 

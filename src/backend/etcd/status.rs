@@ -11,6 +11,24 @@ use super::keys::{self, Node};
 use super::link::Link;
 use crate::backend::LockInfo;
 
+/// The holder `info` with its time left, asked of its lease.
+pub fn with_ttl(link: &Link, nodes: &[Node], mut info: LockInfo) -> LockInfo {
+    let lease = nodes
+        .iter()
+        .find(|n| n.create_rev as u64 == info.fence && n.entry.held)
+        .map(|n| n.lease);
+    if let Some(id) = lease.filter(|id| *id != 0) {
+        let ttl = link
+            .call("a lease lookup", |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
+            .ok()
+            .and_then(|r| left(r.ttl(), r.granted_ttl()));
+        info.ttl = ttl.unwrap_or_default();
+    }
+    info
+}
+
 /// The holders among `nodes` (one entry each, by name then fence), with the
 /// time left on each one's lease; a lease that is gone by now is left out.
 pub fn infos(link: &Arc<Link>, nodes: Vec<Node>) -> Result<Vec<LockInfo>> {

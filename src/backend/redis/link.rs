@@ -9,22 +9,11 @@ use std::time::Duration;
 use anyhow::Result;
 use redis::{Client, Connection};
 
-use super::multi::Multi;
-use super::topo::{self, Addr, Cluster, Sentinel};
+use super::topo::{self, Addr, Cluster, Sentinel, Target};
 use crate::error::{fail, fail_unsent, mark_unsent, INTERNAL, UNAVAILABLE};
 
 /// Redirections followed for one request (a MOVED, then an ASK, then one spare).
 const MAX_REDIRECTS: usize = 3;
-
-/// What the URL names.
-pub enum Target {
-    /// One server.
-    Direct(Client),
-    /// The primary of a service, as its sentinels name it on each connect.
-    Sentinel(Sentinel),
-    /// The nodes of a cluster (the URL's hosts are seeds).
-    Cluster(Multi),
-}
 
 /// Where a request goes.
 #[derive(Clone, Copy)]

@@ -14,9 +14,18 @@ use std::time::Duration;
 use anyhow::Result;
 use redis::{Client, Connection, IntoConnectionInfo, RedisResult, Value};
 
-use super::link::Target;
 use super::multi::Multi;
 use crate::error::fail;
+
+/// What the URL names.
+pub enum Target {
+    /// One server.
+    Direct(Client),
+    /// The primary of a service, as its sentinels name it on each connect.
+    Sentinel(Sentinel),
+    /// The nodes of a cluster (the URL's hosts are seeds).
+    Cluster(Multi),
+}
 
 /// A server's host and port.
 pub type Addr = (String, u16);

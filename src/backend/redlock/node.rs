@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::Result;
 use redis::{Client, Value};
 
-use crate::backend::redis::link::{Link, Route, Target};
+use crate::backend::redis::link::{Link, Route};
 use crate::backend::redis::scripts::Lua;
+use crate::backend::redis::topo::Target;
 use crate::error::{fail, INTERNAL, USAGE};
 
 pub struct Node {

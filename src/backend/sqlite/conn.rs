@@ -13,6 +13,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::place::{file_id, FileId};
 use crate::backend::sql;
+use crate::backoff::Backoff;
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
 
 pub fn now_us() -> i64 {
@@ -98,14 +99,12 @@ pub fn has_moved(conn: &Connection) -> bool {
 /// timeout.
 pub fn connect(path: &Path, table: &str, timeout: Duration, set_up: bool) -> Result<Connection> {
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
+    let mut pause =
+        Backoff::new(Duration::from_millis(1), 2, Duration::from_millis(50)).until(deadline);
     loop {
         match try_connect(path, table, timeout, set_up) {
             Ok(c) => return Ok(c),
-            Err(e) if is_busy(&e) && Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
+            Err(e) if is_busy(&e) && pause.sleep() => {}
             Err(e) => return Err(db_error(path, timeout, e)),
         }
     }
