@@ -169,8 +169,9 @@ pub fn acquire(
             }
             Err(e) => {
                 trouble.unsure |= !crate::error::unsent(&e);
-                // A backend's own wait may keep its place for the next call.
-                trouble.queued |= attempt.waited;
+                // A backend's own wait may keep its place for the next call,
+                // unless it says that it left nothing on the server.
+                trouble.queued |= attempt.waited && !crate::error::unsent(&e);
                 trouble.failed(backend, req, e)?;
                 continue;
             }

@@ -159,7 +159,14 @@ impl EtcdBackend {
                 }
             }
             Ok(_) => {}
-            Err(_) => self.kept = Some(t.keep()),
+            Err(_) => {
+                let kept = t.keep();
+                if kept.holds_nothing() {
+                    // No lease, so no key: this call left nothing on the server.
+                    return attempt.map_err(crate::error::mark_unsent);
+                }
+                self.kept = Some(kept);
+            }
         }
         attempt
     }

@@ -64,6 +64,12 @@ impl Kept {
     pub fn leases(&self) -> impl Iterator<Item = i64> {
         self.waiter.into_iter().chain(self.lease.map(|l| l.id))
     }
+
+    /// No lease and no place: every key is put under a lease, so the request
+    /// that kept this holds nothing on the server.
+    pub fn holds_nothing(&self) -> bool {
+        self.lease.is_none() && self.waiter.is_none() && !self.queued
+    }
 }
 
 /// What an attempt came to.
