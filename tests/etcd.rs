@@ -102,7 +102,7 @@ fn tls_users_and_failover_past_a_member_that_is_down() {
 #[test]
 fn a_bad_url_is_a_usage_error_that_names_the_form() {
     for (url, want) in [
-        ("etcd://h1:2379,,h2", "empty host"),
+        ("etcd://h1:2379,,h2", "a host is empty"),
         ("etcd://h1:notaport", "not a port"),
         (
             "etcds://h1?cacert=/nonexistent/ca.pem",

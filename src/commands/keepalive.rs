@@ -68,7 +68,7 @@ pub(super) fn spawn_keepalive(
 }
 
 /// The hidden `keepalive` subcommand: renew while `pid` lives, then release.
-pub fn keepalive(g: &Global, url: Option<String>, k: &KeepaliveArgs) -> Result<i32> {
+pub fn keepalive(g: &Global, url: Option<crate::backend::Url>, k: &KeepaliveArgs) -> Result<i32> {
     let timing = Timing::new(k.lease, None)?;
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, k.pid as libc::pid_t, 0) } as i32;
     let (b, _loc, cfg) = connect(g, url)?;

@@ -8,6 +8,7 @@ use anyhow::Result;
 use mysql::consts::CapabilityFlags;
 use mysql::{Conn, Opts, OptsBuilder};
 
+use crate::backend::Url;
 use crate::error::{fail, INTERNAL, UNAVAILABLE, USAGE};
 
 pub(super) const ER_DBACCESS_DENIED: u16 = 1044;
@@ -36,14 +37,21 @@ pub(super) fn parse_bool(v: &str) -> Option<bool> {
 
 /// Driver options from the URL: dlock's own parameters taken out, its
 /// timeouts and session settings added.
-pub(super) fn options(url: &str, shown: &str, timeout: Duration) -> Result<(Opts, String)> {
+pub(super) fn options(url: &Url, timeout: Duration) -> Result<(Opts, String)> {
     let usage = |why: String| {
         fail(
             USAGE,
-            format!("invalid MySQL URL '{shown}': {why}; expected mysql://user:pass@host[:port]/database"),
+            format!(
+                "invalid MySQL URL '{}': {why}; expected mysql://user:pass@host[:port]/database",
+                url.shown()
+            ),
         )
     };
-    let mut u = ::url::Url::parse(url).map_err(|e| usage(e.to_string()))?;
+    if url.hosts.len() != 1 {
+        return Err(usage("it must name one host".into()));
+    }
+    // The driver reads a URL: give it the one checked above.
+    let mut u = ::url::Url::parse(url.as_str()).map_err(|e| usage(e.to_string()))?;
     let mut require_ssl = false;
     let mut prefer_socket_given = false;
     let mut kept = Vec::new();

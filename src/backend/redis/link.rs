@@ -9,7 +9,6 @@ use std::time::Duration;
 use anyhow::Result;
 use redis::{Client, Connection};
 
-use super::multi::Multi;
 use super::topo::{self, Addr, Cluster, Sentinel};
 use crate::error::{fail, fail_unsent, mark_unsent, INTERNAL, UNAVAILABLE};
 
@@ -23,7 +22,7 @@ pub enum Target {
     /// The primary of a service, as its sentinels name it on each connect.
     Sentinel(Sentinel),
     /// The nodes of a cluster (the URL's hosts are seeds).
-    Cluster(Multi),
+    Cluster(crate::backend::Url),
 }
 
 /// Where a request goes.
