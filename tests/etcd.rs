@@ -216,3 +216,16 @@ fn a_holder_learns_of_a_forced_release_at_once() {
         broke.elapsed()
     );
 }
+
+/// A user in the URL of an etcd that has no authentication is a refusal
+/// (69) that says so, not an internal error (70).
+#[test]
+fn a_user_for_an_etcd_without_auth_is_refused_plainly() {
+    let e = Etcd::shared();
+    let url = format!("etcd://bob:s3cret-Pw@{}", e.endpoints());
+    let mut c = dlock(&url);
+    c.args(["status"]);
+    let o = run(c);
+    one_line_error(&o, 69, "authentication", "s3cret-Pw");
+    assert!(stderr(&o).contains("remove the user"), "{}", stderr(&o));
+}
