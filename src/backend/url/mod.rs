@@ -19,8 +19,8 @@ pub enum Parts {
     Path,
 }
 
-/// A parsed backend URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed backend URL. Its `Debug` shows the redacted form only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Url {
     raw: String,
     pub scheme: String,
@@ -35,6 +35,12 @@ pub struct Url {
     /// The query's pairs, decoded as the drivers decode them.
     pub query: Vec<(String, String)>,
     shown: String,
+}
+
+impl std::fmt::Debug for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Url").field(&self.shown).finish()
+    }
 }
 
 /// Query parameters that hold a password.

@@ -34,6 +34,7 @@ fn splits_credentials_hosts_path_and_query() {
         "s://u%3Ax:***@h1:26379,h2,[::1]:26381/svc/2?wait_replicas=1&x=a+b"
     );
     assert!(u.secrets().contains(&"p@ss+w:rd".to_string()));
+    assert!(!format!("{u:?}").contains("p%40ss"), "{u:?}");
 }
 
 #[test]
