@@ -67,6 +67,7 @@ impl Url {
         if rest.contains('#') {
             return Err("it has a '#' (in a password, write it as %23)".into());
         }
+        let whole = rest;
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         let (userinfo, hosts_part) = match authority.rsplit_once('@') {
@@ -89,7 +90,13 @@ impl Url {
             hosts_part
                 .split(',')
                 .map(|h| host_port(h, default_port))
-                .collect::<Result<Vec<_>, String>>()?
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(|why| match whole[authority.len()..].contains('@') {
+                    // `u:pa/ss@host`: the authority ended inside the password.
+                    true => "a '/' or '?' in the user or password must be written %2F or %3F"
+                        .to_string(),
+                    false => why,
+                })?
         };
         let query: Vec<(String, String)> = ::url::form_urlencoded::parse(query.as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))

@@ -67,6 +67,8 @@ fn refuses_what_is_not_a_host_list() {
         ("s://a b", "' '"),
         ("s://u:p@w@h", "%40"),
         ("s://u:p#w@h", "%23"),
+        ("s://u:pa/ss@h", "%2F"),
+        ("s://u:pa?ss@h", "%3F"),
         ("s://u:%ff@h", "UTF-8"),
         ("nothing", "'://'"),
     ] {
