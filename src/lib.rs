@@ -135,7 +135,7 @@ fn parse() -> (cli::Cli, Option<anyhow::Error>) {
             std::process::exit(error::OK);
         }
         Err(e) => {
-            let msg = output::cap_quotes(&one_line(&e.render().to_string()));
+            let msg = output::cap_line(&output::cap_quotes(&one_line(&e.render().to_string())));
             if json_log_requested() {
                 output::init(false, 0, true, Vec::new());
                 output::event(

@@ -508,4 +508,10 @@ fn error_lines_are_capped() {
     assert_eq!(err.lines().count(), 1);
     assert!(err.len() <= 700, "{} bytes: {}", err.len(), &err[..600]);
     assert!(err.contains("127.0.0.1:1"), "{err}");
+    // clap's usage errors too: a subcommand of 3000 words.
+    let mut c = dlock("");
+    c.arg("a ".repeat(3000));
+    let o = run(c);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).len() <= 700, "{} bytes", stderr(&o).len());
 }
