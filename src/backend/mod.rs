@@ -257,8 +257,21 @@ pub struct Scheme {
     open: Opener,
 }
 
+/// A scheme whose URLs name hosts, on `port` unless they say otherwise
+/// (0: none, a socket's path).
 const fn hosts(name: &'static str, port: u16, form: &'static str, open: Opener) -> Scheme {
     let parts = Parts::Hosts { default_port: port };
+    Scheme {
+        name,
+        form,
+        parts,
+        open,
+    }
+}
+
+/// A scheme whose URLs name a file.
+const fn file(name: &'static str, form: &'static str, open: Opener) -> Scheme {
+    let parts = Parts::Path;
     Scheme {
         name,
         form,
@@ -272,7 +285,7 @@ const fn hosts(name: &'static str, port: u16, form: &'static str, open: Opener) 
 /// are made from them, so a new backend is its folder plus a line here.
 #[rustfmt::skip]
 pub const SCHEMES: &[Scheme] = &[
-    Scheme { name: "sqlite", form: "sqlite:///path/to/locks.db", parts: Parts::Path, open: sqlite::open },
+    file("sqlite", "sqlite:///path/to/locks.db", sqlite::open),
     hosts("redis", 6379, "redis://[user:pass@]host[:port][/db]", redis::open),
     hosts("rediss", 6379, "rediss://[user:pass@]host[:port][/db]", redis::open),
     hosts("redis+unix", 0, "redis+unix:///path/to/redis.sock[?db=N&user=…&pass=…]", redis::open),
@@ -342,7 +355,7 @@ pub fn parse_url(text: &str) -> Result<Url> {
 fn not_a_url(text: &str) -> String {
     let shown = url::shown_loosely(text);
     if let Some((scheme, rest)) = text.split_once(':') {
-        if SCHEMES.iter().any(|s| s.name == scheme) {
+        if self::scheme(scheme).is_some() {
             let rest = rest.trim_start_matches('/');
             return format!(
                 "malformed URL '{shown}': write two slashes after '{scheme}:', as in {scheme}://{}",
