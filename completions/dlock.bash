@@ -34,6 +34,9 @@ _dlock() {
             dlock,status)
                 cmd="dlock__subcmd__status"
                 ;;
+            dlock,urls)
+                cmd="dlock__subcmd__urls"
+                ;;
             dlock__subcmd__help,acquire)
                 cmd="dlock__subcmd__help__subcmd__acquire"
                 ;;
@@ -52,6 +55,9 @@ _dlock() {
             dlock__subcmd__help,status)
                 cmd="dlock__subcmd__help__subcmd__status"
                 ;;
+            dlock__subcmd__help,urls)
+                cmd="dlock__subcmd__help__subcmd__urls"
+                ;;
             *)
                 ;;
         esac
@@ -59,7 +65,7 @@ _dlock() {
 
     case "${cmd}" in
         dlock)
-            opts="-q -v -h -V --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version acquire release status exec renew help"
+            opts="-q -v -h -V --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version acquire release status exec renew urls help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -229,7 +235,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__help)
-            opts="acquire release status exec renew help"
+            opts="acquire release status exec renew urls help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -313,6 +319,20 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        dlock__subcmd__help__subcmd__urls)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -412,6 +432,40 @@ _dlock() {
             ;;
         dlock__subcmd__status)
             opts="-q -v -h -V --json --names-only --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --url-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        dlock__subcmd__urls)
+            opts="-q -v -h -V --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

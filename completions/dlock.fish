@@ -24,7 +24,7 @@ function __fish_dlock_using_subcommand
     contains -- $cmd[1] $argv
 end
 
-complete -c dlock -n "__fish_dlock_needs_command" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_needs_command" -l url -d 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]' -r
 complete -c dlock -n "__fish_dlock_needs_command" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
 complete -c dlock -n "__fish_dlock_needs_command" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
 complete -c dlock -n "__fish_dlock_needs_command" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
@@ -39,13 +39,14 @@ complete -c dlock -n "__fish_dlock_needs_command" -f -a "release" -d 'Release a 
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "status" -d 'Show who holds which lock (exit 1 when a named lock is free)'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "exec" -d 'Run a command while holding a lock, renewing the lease until it exits'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "renew" -d 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "urls" -d 'List the backend URL schemes, each as it is written'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l token -d 'Use this token instead of a random one; acquiring again with it extends the lease. Never taken from DLOCK_TOKEN, so an acquire inside `dlock exec` waits like any other' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l keepalive-pid -d 'Keep renewing the lease in a detached dlock while process PID lives (e.g. `$$`), and release it when PID exits' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l lease -d 'How long the lease lasts on the server without renewal' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l wait -d 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l slots -d 'Let up to N holders in at once (a counting semaphore); each has its own token, lease and fence, and `exec` sets DLOCK_SLOT to its slot number (0..N-1)' -r
-complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l url -d 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
@@ -60,7 +61,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s h -l help -d 'Pr
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s V -l version -d 'Print version'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l token -d 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l token-id -d 'With --force, break only the holder with this token id (the TOKEN column of `status`, or the whole token)' -r
-complete -c dlock -n "__fish_dlock_using_subcommand release" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l url -d 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
@@ -71,7 +72,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand release" -s q -l quiet -d 'P
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s h -l help -d 'Print help'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -s V -l version -d 'Print version'
-complete -c dlock -n "__fish_dlock_using_subcommand status" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand status" -l url -d 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
 complete -c dlock -n "__fish_dlock_using_subcommand status" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
@@ -102,7 +103,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -l max-runtime -d 'Stop the whole job (signal, then SIGKILL after --kill-after) when it runs longer; exit 124' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -l jitter -d 'Sleep a random time up to DUR before trying, to spread hosts started by the same cron tick' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -s c -l shell -d 'Run this string with /bin/sh -c instead of CMD' -r
-complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -l url -d 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
@@ -116,7 +117,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -s V -l version -d 'Print version'
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l token -d 'The token printed by `acquire`' -r
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l lease -d 'The new lease, counted from now' -r
-complete -c dlock -n "__fish_dlock_using_subcommand renew" -l url -d 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l url -d 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
@@ -126,12 +127,23 @@ complete -c dlock -n "__fish_dlock_using_subcommand renew" -s q -l quiet -d 'Pri
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -s h -l help -d 'Print help'
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -s V -l version -d 'Print version'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "acquire" -d 'Take a lock and print its token; the lease runs out unless renewed (`renew`, --keepalive-pid) or released'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "release" -d 'Release a lock held by a token'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "status" -d 'Show who holds which lock (exit 1 when a named lock is free)'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "exec" -d 'Run a command while holding a lock, renewing the lease until it exits'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "renew" -d 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c dlock -n "__fish_dlock_using_subcommand urls" -l url -d 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand urls" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand urls" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
+complete -c dlock -n "__fish_dlock_using_subcommand urls" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
+complete -c dlock -n "__fish_dlock_using_subcommand urls" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
+json\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand urls" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+complete -c dlock -n "__fish_dlock_using_subcommand urls" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
+complete -c dlock -n "__fish_dlock_using_subcommand urls" -s h -l help -d 'Print help'
+complete -c dlock -n "__fish_dlock_using_subcommand urls" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "acquire" -d 'Take a lock and print its token; the lease runs out unless renewed (`renew`, --keepalive-pid) or released'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "release" -d 'Release a lock held by a token'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "status" -d 'Show who holds which lock (exit 1 when a named lock is free)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "exec" -d 'Run a command while holding a lock, renewing the lease until it exits'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "renew" -d 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "urls" -d 'List the backend URL schemes, each as it is written'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 
 # Lock names for the NAME argument of acquire, release, exec and renew (and the
 # names of status), from `dlock status --names-only` with the --url, --url-file

@@ -44,9 +44,10 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Backend and output (any subcommand)")]
 pub struct Global {
+    /// Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists
+    /// every scheme) [default: embedded SQLite file]
     #[arg(
         long,
-        help = crate::backend::url_help(),
         env = "DLOCK_URL",
         global = true,
         hide_env_values = true,
@@ -118,6 +119,8 @@ pub enum Command {
     /// Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)
     #[command(after_help = RENEW_EXAMPLES)]
     Renew(RenewArgs),
+    /// List the backend URL schemes, each as it is written
+    Urls,
     /// Internal: the detached renewer started by `acquire --keepalive-pid`
     #[command(hide = true)]
     Keepalive(KeepaliveArgs),
@@ -132,6 +135,7 @@ impl Command {
             Command::Exec(e) => Some(&e.name),
             Command::Renew(r) => Some(&r.name),
             Command::Keepalive(k) => Some(&k.name),
+            Command::Urls => None,
             Command::Status(s) => match s.names.as_slice() {
                 [one] => Some(one),
                 _ => None,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::backend::{self, Backend, Check, Config, Grant, Location, LockInfo, Request};
+use crate::backend::{self, Backend, Check, Config, Grant, Location, LockInfo, Request, Url};
 use crate::cli::{AcquireArgs, ExecArgs, Global, ReleaseArgs, RenewArgs, StatusArgs};
 use crate::error::{self, fail};
 use crate::event::Event;
@@ -50,7 +50,7 @@ pub fn resolve_url(g: &Global) -> Result<Option<String>> {
     Ok(g.url.clone())
 }
 
-fn connect(g: &Global, url: Option<String>) -> Result<(Box<dyn Backend>, Location, Config)> {
+fn connect(g: &Global, url: Option<Url>) -> Result<(Box<dyn Backend>, Location, Config)> {
     let cfg = Config {
         url,
         prefix: g.prefix.clone(),
@@ -79,7 +79,7 @@ fn describe(info: &LockInfo) -> String {
     s
 }
 
-pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> {
+pub fn acquire(g: &Global, url: Option<Url>, a: &AcquireArgs) -> Result<i32> {
     if a.keepalive_pid.is_some() {
         // The detached renewer needs room for its schedule.
         Timing::new(a.lease.lease, None)?;
@@ -122,9 +122,14 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
             let expires_us = grant.server_now_us + grant.lease.as_micros() as i64;
             announce_acquired(&a.name, &grant);
             if let Some(pid) = a.keepalive_pid {
-                if let Err(e) =
-                    spawn_keepalive(g, url.as_deref(), &a.name, &token, grant.lease, pid)
-                {
+                if let Err(e) = spawn_keepalive(
+                    g,
+                    url.as_ref().map(Url::as_str),
+                    &a.name,
+                    &token,
+                    grant.lease,
+                    pid,
+                ) {
                     let _ = b.release(&a.name, &token);
                     return Err(e);
                 }
@@ -177,7 +182,7 @@ fn token_unwritten(
     )
 }
 
-pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> {
+pub fn release(g: &Global, url: Option<Url>, r: &ReleaseArgs) -> Result<i32> {
     names::check_name(&r.name)?;
     if r.token_from_env && inside_exec_of(&r.name) {
         // A job's `dlock release NAME` would otherwise free the lock that the
@@ -283,7 +288,7 @@ fn token_refused(name: &str, check: Check, hint_other: &str) -> i32 {
     }
 }
 
-pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
+pub fn status(g: &Global, url: Option<Url>, s: &StatusArgs) -> Result<i32> {
     for n in &s.names {
         names::check_name(n)?;
     }
@@ -327,7 +332,7 @@ pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
     Ok(if all_held { error::OK } else { error::FREE })
 }
 
-pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
+pub fn exec(g: &Global, url: Option<Url>, e: &ExecArgs) -> Result<i32> {
     names::check_name(&e.name)?;
     let timing = Timing::new(e.lease.lease, e.kill_after)?;
     let argv: Vec<OsString> = match &e.shell {
@@ -522,7 +527,7 @@ fn sleep_jitter(limit: Duration) {
     std::thread::sleep(delay);
 }
 
-pub fn renew(g: &Global, url: Option<String>, r: &RenewArgs) -> Result<i32> {
+pub fn renew(g: &Global, url: Option<Url>, r: &RenewArgs) -> Result<i32> {
     names::check_name(&r.name)?;
     names::check_token(&r.token)?;
     let (mut b, _loc, _) = connect(g, url)?;

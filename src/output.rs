@@ -156,6 +156,25 @@ pub fn cap_quotes(line: &str) -> String {
     out
 }
 
+/// Longest message a line carries; longer ones keep their start and end.
+const MAX_LINE: usize = 600;
+/// How much of the end a shortened message keeps (where advice usually is).
+const KEPT_END: usize = 160;
+
+/// Shortens a message longer than [`MAX_LINE`] characters to its start and
+/// its end with " … " between: a backend that lists what each of thousands
+/// of servers said would otherwise print one line of hundreds of KB. Done
+/// here, once, for every message.
+pub fn cap_line(msg: &str) -> String {
+    let n = msg.chars().count();
+    if n <= MAX_LINE {
+        return msg.to_string();
+    }
+    let head: String = msg.chars().take(MAX_LINE - KEPT_END - 3).collect();
+    let tail: String = msg.chars().skip(n - KEPT_END).collect();
+    format!("{head} … {tail}")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     /// A step report: text only with --verbose.
@@ -193,7 +212,7 @@ pub fn error_line(msg: &str) -> String {
 }
 
 fn render(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Value) -> String {
-    let msg = cap_quotes(&scrub(msg));
+    let msg = cap_line(&cap_quotes(&scrub(msg)));
     if JSON.load(Ordering::Relaxed) {
         let mut obj = json!({
             "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -240,5 +259,16 @@ mod tests {
             format!("bad '{}… fix {}…", "a".repeat(199), "a".repeat(200))
         );
         assert_eq!(cap_quotes("short words stay"), "short words stay");
+    }
+
+    #[test]
+    fn long_lines_keep_their_start_and_end() {
+        let long = format!("start {} end", "a b ".repeat(50_000));
+        let capped = cap_line(&long);
+        assert_eq!(capped.chars().count(), MAX_LINE);
+        assert!(capped.starts_with("start a b") && capped.ends_with("a b  end"));
+        assert!(capped.contains(" … "));
+        let short = "x ".repeat(MAX_LINE / 2);
+        assert_eq!(cap_line(&short), short);
     }
 }

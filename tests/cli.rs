@@ -460,3 +460,110 @@ fn arguments_that_are_not_utf8_are_usage_errors() {
         }
     }
 }
+/// dlock with `url` (and no other DLOCK_ setting), its exit code and stderr.
+fn with_url(url: &str, args: &[&str]) -> (i32, String) {
+    let mut c = dlock(url);
+    c.args(args).env("DLOCK_CONNECT_TIMEOUT", "2s");
+    let o = run(c);
+    (code(&o), stderr(&o))
+}
+
+/// Wrong URLs are usage errors (exit 2) in one line that echoes the input,
+/// without its password, and says what is wrong with it.
+#[test]
+fn a_wrong_url_says_what_is_wrong_and_what_to_write() {
+    for (url, want) in [
+        (
+            "127.0.0.1:6379",
+            &["'127.0.0.1:6379' is not a URL", "redis://127.0.0.1:6379"][..],
+        ),
+        ("redis:/host", &["write two slashes", "redis://host"]),
+        ("postgres://u@127.0.0.1:0/db", &["'0' is not a port"]),
+        ("postgres://,/db", &["malformed URL", "a host is empty"]),
+        (
+            "postgres://u:p@ss-s3cret@localhost/db",
+            &["malformed URL", "%40"],
+        ),
+        ("etcd://127.0.0.1:1?bogus=1", &["unknown option 'bogus'"]),
+        ("etcd://h\u{f6}st.example:2379", &["not ASCII"]),
+        ("zk://127.0.0.1:1/zookeeper", &["ZooKeeper's own tree"]),
+        (
+            "zk://127.0.0.1:1/zookeeper/quota",
+            &["ZooKeeper's own tree"],
+        ),
+        (
+            "mongodb://u:s3cret@h/d",
+            &["unsupported URL scheme 'mongodb'", "redis://"],
+        ),
+    ] {
+        let (code, err) = with_url(url, &["status"]);
+        assert_eq!(code, 2, "{url}: {err}");
+        assert_eq!(err.lines().count(), 1, "{url}: {err}");
+        for w in want {
+            assert!(err.contains(w), "{url}: wanted '{w}' in: {err}");
+        }
+        assert!(
+            !err.contains("s3cret") && !err.contains("unsupported URL '"),
+            "{url}: {err}"
+        );
+        assert!(
+            !err.contains("for TLS") && !err.contains("resolve"),
+            "{url}: {err}"
+        );
+    }
+}
+
+/// `dlock urls` lists every scheme from the registry, whatever URL is set;
+/// the generated help names none of them but its examples.
+#[test]
+fn dlock_urls_lists_every_scheme() {
+    let (code, _) = with_url("not a url", &["urls"]);
+    assert_eq!(code, 0);
+    let mut c = dlock("not a url");
+    c.arg("urls");
+    let out = stdout(&run(c));
+    for scheme in [
+        "sqlite",
+        "redis",
+        "redis+sentinel",
+        "redlock",
+        "mysql",
+        "postgres",
+        "etcds",
+        "zk",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{scheme}://"))),
+            "{scheme} missing from:\n{out}"
+        );
+    }
+    let mut c = dlock("");
+    c.arg("--help");
+    let help = stdout(&run(c));
+    assert!(
+        help.contains("dlock urls") && !help.contains("etcd://"),
+        "{help}"
+    );
+}
+
+/// An error line stays short however much a backend has to say: 5001
+/// unreachable sentinels once made one line of 188 KB.
+#[test]
+fn error_lines_are_capped() {
+    let hosts = vec!["127.0.0.1:1"; 5001].join(",");
+    let url = format!("redis+sentinel://{hosts}/svc");
+    let mut c = dlock(&url);
+    c.args(["status"]).env("DLOCK_CONNECT_TIMEOUT", "1s");
+    let o = run(c);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 69, "{}", &err[..err.len().min(600)]);
+    assert_eq!(err.lines().count(), 1);
+    assert!(err.len() <= 700, "{} bytes: {}", err.len(), &err[..600]);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    // clap's usage errors too: a subcommand of 3000 words.
+    let mut c = dlock("");
+    c.arg("a ".repeat(3000));
+    let o = run(c);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).len() <= 700, "{} bytes", stderr(&o).len());
+}

@@ -102,7 +102,7 @@ fn tls_users_and_failover_past_a_member_that_is_down() {
 #[test]
 fn a_bad_url_is_a_usage_error_that_names_the_form() {
     for (url, want) in [
-        ("etcd://h1:2379,,h2", "empty host"),
+        ("etcd://h1:2379,,h2", "a host is empty"),
         ("etcd://h1:notaport", "not a port"),
         (
             "etcds://h1?cacert=/nonexistent/ca.pem",
@@ -293,4 +293,17 @@ fn status_never_shows_a_live_short_lease_as_run_out() {
         seen.iter().all(|&ms| ms > 0),
         "LEFT 0ms while held: {seen:?}"
     );
+}
+
+/// A user in the URL of an etcd that has no authentication is a refusal
+/// (69) that says so, not an internal error (70).
+#[test]
+fn a_user_for_an_etcd_without_auth_is_refused_plainly() {
+    let e = Etcd::shared();
+    let url = format!("etcd://bob:s3cret-Pw@{}", e.endpoints());
+    let mut c = dlock(&url);
+    c.args(["status"]);
+    let o = run(c);
+    one_line_error(&o, 69, "authentication", "s3cret-Pw");
+    assert!(stderr(&o).contains("remove the user"), "{}", stderr(&o));
 }

@@ -59,7 +59,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 
-use super::{Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Waiter};
+use super::{
+    Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
+};
 use crate::backend::kinds;
 use crate::cancel::Cancel;
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
@@ -88,24 +90,20 @@ struct Mine {
     ttls: [i64; 2],
 }
 
-impl EtcdBackend {
-    pub fn open(url: &str, cfg: &Config) -> Result<(EtcdBackend, Location)> {
-        let shown = super::redact(url);
-        let target = url::parse(url, &shown)?;
-        let location = Location {
-            backend: "etcd",
-            location: shown.clone(),
-        };
-        let link = Link::new(&target, shown, cfg.timeout)?;
-        let b = EtcdBackend {
-            link: Arc::new(link),
-            prefix: cfg.prefix.clone(),
-            mine: None,
-            kept: None,
-        };
-        Ok((b, location))
-    }
+/// Opens `etcd://` or `etcds://`.
+pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let target = url::target(url)?;
+    let link = Link::new(&target, url.shown().to_string(), cfg.timeout)?;
+    let b = EtcdBackend {
+        link: Arc::new(link),
+        prefix: cfg.prefix.clone(),
+        mine: None,
+        kept: None,
+    };
+    Ok((Box::new(b), url.location("etcd")))
+}
 
+impl EtcdBackend {
     fn key(&self, name: &str, token: &str) -> String {
         keys::key(&self.prefix, name, token)
     }
@@ -473,7 +471,8 @@ mod tests {
             prefix: "dlock".into(),
             timeout: Duration::from_secs(1),
         };
-        let e = EtcdBackend::open("etcd://a:notaport", &cfg).err().unwrap();
+        let url = crate::backend::parse_url("etcd://a?cert=/c.pem").unwrap();
+        let e = open(&url, &cfg).err().unwrap();
         assert_eq!(code_of(&e), USAGE);
     }
 }

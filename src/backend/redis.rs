@@ -18,7 +18,6 @@
 
 mod kinds;
 pub(crate) mod link;
-pub mod multi;
 pub(crate) mod scripts;
 pub(crate) mod topo;
 mod watch;
@@ -32,7 +31,8 @@ use anyhow::{Context, Result};
 use redis::Value;
 
 use super::{
-    Acquire, Backend, Broken, Capabilities, Check, Config, Grant, Kind, LockInfo, Request, Waiter,
+    Acquire, Backend, Broken, Capabilities, Check, Config, Grant, Kind, Location, LockInfo,
+    Request, Url, Waiter,
 };
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
 use crate::holder::Holder;
@@ -63,27 +63,36 @@ enum By {
     Body,
 }
 
-impl RedisBackend {
-    pub fn open(url: &str, cfg: &Config) -> Result<RedisBackend> {
-        let shown = super::redact(url);
-        let scheme = url.split_once("://").map_or("", |(s, _)| s);
-        let (target, wait_replicas) = match scheme {
-            "redis+sentinel" => topo::sentinel_target(url, &shown)?,
-            "redis+cluster" => topo::cluster_target(url, &shown)?,
-            _ => (topo::direct_target(url, &shown)?, None),
-        };
-        let mut link = Link::new(target, cfg.timeout, shown);
-        link.wait_replicas = wait_replicas;
-        link.connect()?;
-        Ok(RedisBackend {
-            link: Arc::new(link),
-            prefix: cfg.prefix.clone(),
-            policy_checked: AtomicBool::new(false),
-            busy_wake: None,
-            tickets: HashSet::new(),
-        })
-    }
+pub use topo::{CLUSTER_FORM, SENTINEL_FORM};
 
+/// Opens `redis://`, `rediss://`, `redis+unix://`, `redis+sentinel://` or
+/// `redis+cluster://`.
+pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let (target, wait_replicas, backend) = match url.scheme.as_str() {
+        "redis+sentinel" => {
+            let (t, w) = topo::sentinel_target(url)?;
+            (t, w, "redis+sentinel")
+        }
+        "redis+cluster" => {
+            let (t, w) = topo::cluster_target(url)?;
+            (t, w, "redis+cluster")
+        }
+        _ => (topo::direct_target(url)?, None, "redis"),
+    };
+    let mut link = Link::new(target, cfg.timeout, url.shown().to_string());
+    link.wait_replicas = wait_replicas;
+    link.connect()?;
+    let b = RedisBackend {
+        link: Arc::new(link),
+        prefix: cfg.prefix.clone(),
+        policy_checked: AtomicBool::new(false),
+        busy_wake: None,
+        tickets: HashSet::new(),
+    };
+    Ok((Box::new(b), url.location(backend)))
+}
+
+impl RedisBackend {
     fn key(&self, name: &str, what: &str) -> String {
         key(&self.prefix, name, what)
     }

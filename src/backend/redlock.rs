@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use redis::Value;
 
-use super::redis::multi::Multi;
 use super::redis::scripts::{key, ACQUIRE_LUA, FORCE_LUA, RELEASE_LUA};
 use super::redis::{broken_by, int, lock_info, text, topo, BATON_TTL_MS};
 use super::{
-    Acquire, Backend, Broken, Capabilities, Check, Config, Grant, Kind, LockInfo, Request, Waiter,
+    Acquire, Backend, Broken, Capabilities, Check, Config, Grant, Kind, Location, LockInfo,
+    Request, Url, Waiter,
 };
 use crate::error::{fail, UNAVAILABLE, USAGE};
 use crate::holder::Holder;
@@ -46,7 +46,7 @@ use node::{on_all, Node};
 use quorum::{majority, majority_ttl, Verdict};
 use scripts::{EXTEND_LUA, HEAL_LUA, UNDO_LUA, WRITE_BACK_LUA};
 
-const FORM: &str = "redlock://[user:pass@]host:6379,host:6379,host:6379[/db] (an odd number of servers, at least 3)";
+pub const FORM: &str = "redlock://[user:pass@]host:6379,host:6379,host:6379[/db] (an odd number of servers, at least 3)";
 
 /// The per-node timeout when no lease says better (a release, a status).
 const NODE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -68,17 +68,24 @@ struct Took {
     extended: bool,
 }
 
+/// Opens `redlock://`.
+pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = RedlockBackend::open(url, cfg)?;
+    Ok((Box::new(b), url.location("redlock")))
+}
+
 impl RedlockBackend {
-    pub fn open(url: &str, cfg: &Config) -> Result<RedlockBackend> {
-        let shown = super::redact(url);
+    fn open(m: &Url, cfg: &Config) -> Result<RedlockBackend> {
+        let shown = m.shown();
         let bad = |why: String| {
             fail(
                 USAGE,
                 format!("invalid URL '{shown}': {why}; expected {FORM}"),
             )
         };
-        let m = Multi::parse(url, 6379).map_err(bad)?;
-        m.check_params(&[], &shown)?;
+        if let Some(k) = m.unknown_param(&[]) {
+            return Err(bad(format!("unknown parameter '{k}'")));
+        }
         let n = m.hosts.len();
         if n < 3 || n % 2 == 0 {
             return Err(bad(format!(
@@ -102,7 +109,7 @@ impl RedlockBackend {
                 spell(&m.hosts[j])
             )));
         }
-        let db = match m.path.as_slice() {
+        let db = match m.segments().as_slice() {
             [] => 0,
             [d] => d
                 .parse::<i64>()
@@ -118,7 +125,7 @@ impl RedlockBackend {
             .map(|(h, p)| {
                 let client =
                     topo::client_for(&m.node_url(h, *p, db)).map_err(|e| bad(e.to_string()))?;
-                Ok(Node::new(client, format!("{h}:{p}"), &shown, timeout))
+                Ok(Node::new(client, format!("{h}:{p}"), shown, timeout))
             })
             .collect::<Result<Vec<Node>>>()?;
         Ok(RedlockBackend {

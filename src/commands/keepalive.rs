@@ -81,7 +81,7 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 }
 
 /// The hidden `keepalive` subcommand: renew while `pid` lives, then release.
-pub fn keepalive(g: &Global, url: Option<String>, k: &KeepaliveArgs) -> Result<i32> {
+pub fn keepalive(g: &Global, url: Option<crate::backend::Url>, k: &KeepaliveArgs) -> Result<i32> {
     let timing = Timing::new(k.lease, None)?;
     let pidfd = pidfd_open(k.pid);
     let (b, _loc, cfg) = connect(g, url)?;

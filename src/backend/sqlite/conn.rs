@@ -1,8 +1,8 @@
 //! Opening the SQLite file, and what its errors mean.
 
-use std::fs::{DirBuilder, File};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -61,20 +61,16 @@ pub fn open_file(
     timeout: Duration,
 ) -> Result<(Connection, Option<u32>, Option<FileId>)> {
     let (ready, mode) = wal_header(path);
-    if let Some(dir) = path.parent().filter(|_| !ready) {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                fail(
-                    UNAVAILABLE,
-                    format!("cannot create the directory {}: {e}", dir.display()),
-                )
-            })?;
-    }
+    super::place::check_dir(path)?;
     let conn = connect(path, table, timeout, !ready)?;
     Ok((conn, mode, file_id(path)))
+}
+
+/// An empty database in memory with the lease table: what a file that
+/// does not exist holds.
+pub fn in_memory(table: &str, timeout: Duration) -> Result<Connection> {
+    let path = Path::new(":memory:");
+    try_connect(path, table, timeout, true).map_err(|e| db_error(path, timeout, e))
 }
 
 /// SQLite's own check that the path still names the file it has open
