@@ -71,11 +71,13 @@ fn describe(info: &LockInfo) -> String {
     if !info.holder.command.is_empty() {
         s.push_str(&format!(" running '{}'", info.holder.command));
     }
-    s.push_str(&format!(
-        ", fence {}, {} left",
-        info.fence,
-        crate::duration::format_left(info.ttl)
-    ));
+    // Zero: the lease ran out between reading the holder and asking its
+    // time left (etcd's lease lookup); "0ms left" would read as a bug.
+    let left = match info.ttl.is_zero() {
+        true => "its lease just ran out".to_string(),
+        false => format!("{} left", crate::duration::format_left(info.ttl)),
+    };
+    s.push_str(&format!(", fence {}, {left}", info.fence));
     s
 }
 
