@@ -2,7 +2,7 @@
 //! each reached only through its URL. A new backend joins by adding one line
 //! to the `backends!` list at the bottom.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! killed while it waits. The figures (how long after the loss the command
 //! was stopped, against its lease) are printed for the README.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! invariant that matters: no two holders' commands ever run at once while
 //! the backend is healthy, and a command never outlives its lease.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! the real binary only: the contract in KINDS-SPEC (issue 14). A new backend
 //! joins by adding one line to the `backends!` list at the bottom.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Child;

@@ -3,7 +3,7 @@
 //! is specific to this backend (its table, case-sensitive names, waiting
 //! server-side). Tests that kill or pause a server start their own.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

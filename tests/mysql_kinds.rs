@@ -2,7 +2,7 @@
 //! semaphore slots are woken (tests/kinds.rs has the common contract), and
 //! tables made by a dlock from before the kinds.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! privileges it needs, unix sockets, TLS by sslmode, one-line errors, and
 //! waiting inside the server rather than polling.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! table and schema, waiting server-side, TLS, one-line errors). Tests that
 //! kill or pause a server start their own.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

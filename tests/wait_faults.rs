@@ -3,7 +3,7 @@
 //! server that stops answering as the job ends. Each case starts its own
 //! servers, since it breaks them.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::Arc;
