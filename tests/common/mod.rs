@@ -2,6 +2,7 @@
 //! helpers to run the real dlock binary.
 #![allow(dead_code, unused_imports)]
 
+pub mod backends;
 pub mod cluster;
 pub mod etcd;
 pub mod mariadb;
