@@ -18,6 +18,7 @@ mod durations;
 mod etcd;
 mod etcd_faults;
 mod exec_faults;
+mod faults;
 mod help;
 mod json_log;
 mod kinds;

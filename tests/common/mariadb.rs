@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::backends::Faults;
 use super::{free_port, require, wait_until, Ctx, Server};
 
 pub const USER: &str = "dlock";
@@ -216,6 +217,42 @@ fn tail(s: &str, n: usize) -> String {
 impl Server for MariaDb {
     fn url(&self) -> String {
         self.url_with(USER, PASSWORD, DATABASE)
+    }
+}
+
+impl Faults for MariaDb {
+    fn kill(&self) {
+        MariaDb::kill(self)
+    }
+    fn restart(&self) {
+        MariaDb::restart(self)
+    }
+    fn pause(&self) {
+        MariaDb::pause(self)
+    }
+    fn resume(&self) {
+        MariaDb::resume(self)
+    }
+    fn expires_us(&self, ctx: &Ctx, name: &str) -> i64 {
+        self.sql(&format!(
+            "SELECT expires_us FROM {DATABASE}.`{}_leases` WHERE name = '{name}'",
+            ctx.prefix
+        ))
+        .parse()
+        .unwrap()
+    }
+    fn end_sessions(&self) -> usize {
+        let ids = self.sql(&format!(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{USER}'"
+        ));
+        for id in ids.lines() {
+            self.sql(&format!("KILL {id}"));
+        }
+        ids.lines().count()
+    }
+    fn wake_holder(&self, ctx: &Ctx, name: &str) -> Option<String> {
+        let c = self.sql(&format!("SELECT IS_USED_LOCK('{}')", wake_lock(ctx, name)));
+        (c != "NULL").then_some(c)
     }
 }
 

@@ -91,6 +91,24 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A failed run that said what failed in one line, with the exit code `want_code`.
+pub fn one_line_error(o: &Output, want_code: i32, want: &str) {
+    let err = stderr(o);
+    assert_eq!(code(o), want_code, "{err}");
+    assert!(err.contains(want), "expected '{want}' in: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("dlock: "), "{err}");
+}
+
+/// What a spawned process wrote on its piped stderr, up to its end.
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut s);
+    }
+    s
+}
+
 /// Spawns dlock in the background with stdio captured.
 pub fn spawn(mut c: Command) -> Child {
     c.stdin(Stdio::null())

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::backends::Faults;
 use super::{free_port, wait_until, Ctx, Server};
 
 pub const USER: &str = "dlock";
@@ -299,6 +300,47 @@ fn tail(s: &str, n: usize) -> String {
 impl Server for Postgres {
     fn url(&self) -> String {
         self.url_with(USER, PASSWORD, DATABASE)
+    }
+}
+
+impl Faults for Postgres {
+    fn kill(&self) {
+        Postgres::kill(self)
+    }
+    fn restart(&self) {
+        Postgres::restart(self)
+    }
+    fn pause(&self) {
+        Postgres::pause(self)
+    }
+    fn resume(&self) {
+        Postgres::resume(self)
+    }
+    fn expires_us(&self, ctx: &Ctx, name: &str) -> i64 {
+        self.sql(&format!(
+            "SELECT expires_us FROM {}_leases WHERE name = '{name}'",
+            ctx.prefix
+        ))
+        .parse()
+        .unwrap()
+    }
+    fn end_sessions(&self) -> usize {
+        self.sql(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{USER}'"
+        ))
+        .parse()
+        .unwrap()
+    }
+    /// The server process holding the name's advisory wake lock.
+    fn wake_holder(&self, ctx: &Ctx, name: &str) -> Option<String> {
+        let k = wake_key(ctx, name) as u64;
+        let pid = self.sql(&format!(
+            "SELECT coalesce(max(pid), 0) FROM pg_locks WHERE locktype = 'advisory' \
+             AND granted AND classid = {} AND objid = {} AND objsubid = 1",
+            k >> 32,
+            k & 0xffff_ffff
+        ));
+        (pid != "0").then_some(pid)
     }
 }
 
