@@ -41,8 +41,12 @@ macro_rules! table {
             postgres {$crate::common::postgres::Postgres::shared()}
                 {$crate::common::postgres::Postgres::start()}
                 [kinds restart durable pause sessions];
-            etcd {$crate::common::etcd::Etcd::shared()} {} [kinds notices];
-            zookeeper {$crate::common::zookeeper::ZooKeeper::shared()} {} [kinds notices];
+            etcd {$crate::common::etcd::Etcd::shared()}
+                {$crate::common::etcd::Etcd::cluster(1)}
+                [kinds notices restart pause];
+            zookeeper {$crate::common::zookeeper::ZooKeeper::shared()}
+                {$crate::common::zookeeper::ZooKeeper::ensemble(1)}
+                [kinds notices restart pause];
         }
     };
 }
