@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::backends::Faults;
+use super::daemon;
 use super::{free_port, require, wait_until, Ctx, Server};
 
 pub const USER: &str = "dlock";
@@ -164,9 +165,7 @@ impl MariaDb {
 /// Starts mariadbd on `port` (or a free one) and waits until it accepts connections.
 fn launch(dir: &Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
     let bin = require("mariadbd", "mariadb-server");
-    // A free port may be taken before the server binds it; try a few.
-    for _ in 0..5 {
-        let port = port.unwrap_or_else(free_port);
+    let command = |port: u16| {
         let mut cmd = Command::new(&bin);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
@@ -187,31 +186,17 @@ fn launch(dir: &Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = super::spawn_tied(cmd).expect("start mariadbd");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return (child, port);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let log = std::fs::read_to_string(dir.join("err.log")).unwrap_or_default();
-    panic!(
-        "mariadbd did not start; its log ends with:\n{}",
-        tail(&log, 20)
-    );
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+        cmd
+    };
+    let ready = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    daemon::launch(
+        "mariadbd",
+        port,
+        &dir.join("err.log"),
+        command,
+        ready,
+        Duration::from_millis(200),
+    )
 }
 
 impl Server for MariaDb {
@@ -269,64 +254,34 @@ fn template() -> &'static Path {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
         let bin = require("mariadbd", "mariadb-server");
-        let meta = std::fs::metadata(&bin).expect("stat mariadbd");
-        let stamp = format!(
-            "{}-{}",
-            meta.len(),
-            meta.modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs())
-        );
         let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let done = base.join(format!("mariadb-template-{stamp}"));
-        if done.join("ready").exists() {
-            return done;
-        }
-        let work = base.join(format!("mariadb-template-{stamp}.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).unwrap();
-        let install = require("mariadb-install-db", "mariadb-server");
-        let out = Command::new(install)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", work.join("data").display()))
-            .arg(format!("--tmpdir={}", work.display()))
-            .args([
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                "--skip-name-resolve",
-                "--innodb-log-file-size=4M",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run mariadb-install-db");
-        assert!(
-            out.status.success(),
-            "mariadb-install-db failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(work.join("ready"), "").unwrap();
-        // Another test process may have won the race: then use its copy.
-        if std::fs::rename(&work, &done).is_err() {
-            let _ = std::fs::remove_dir_all(&work);
-        }
-        done
+        daemon::template(base, "mariadb-template", &bin, |work| {
+            let install = require("mariadb-install-db", "mariadb-server");
+            let out = Command::new(install)
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", work.join("data").display()))
+                .arg(format!("--tmpdir={}", work.display()))
+                .args([
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    "--skip-name-resolve",
+                    "--innodb-log-file-size=4M",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run mariadb-install-db");
+            assert!(
+                out.status.success(),
+                "mariadb-install-db failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
     })
 }
 
 fn copy_template(data: &Path) {
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(template().join("data"))
-        .arg(data)
-        .output()
-        .expect("run cp");
-    assert!(
-        out.status.success(),
-        "copy the MariaDB template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    daemon::copy_data(template(), data);
 }
 
 /// A number a test command wrote to a file.

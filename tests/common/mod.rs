@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod cluster;
+pub mod daemon;
 pub mod etcd;
 pub mod mariadb;
 pub mod postgres;
