@@ -193,6 +193,63 @@ fn an_unresponsive_server_times_out_in_one_line(rig: &Rig) {
     }
 }
 
+/// The server stops answering right after a renewal, when the lease is as
+/// long as it gets: the command is stopped before the lease could end on the
+/// server, dlock exits 79 saying why, and once the lease has run out a
+/// contender gets the lock.
+fn paused_server_stops_the_command_before_the_lease_expires(rig: &Rig) {
+    let ready = Fifo::new(rig.dir.path(), "ready");
+    let script = format!("echo $$ > '{}'; exec sleep 60", ready.path.display());
+    let mut dlock = spawn(rig.cmd(&[
+        "-v", "exec", "--lease", "2s", "p", "--", "sh", "-c", &script,
+    ]));
+    let mut lines = Lines::of(&mut dlock);
+    let child: i32 = ready.read_line(Duration::from_secs(10)).parse().unwrap();
+    lines.expect("renewed", Duration::from_secs(5));
+    // The server's end of the lease, or a little before it: the time left
+    // is counted from before the status request.
+    let asked = now_ms();
+    let ttl = rig.status_json(&["p"])["locks"][0]["ttl_ms"].as_i64();
+    let expires_at = asked + ttl.expect("status --json gives the time left");
+    let paused = Instant::now();
+    rig.server.pause();
+    assert!(
+        wait_pid_exit(child, Duration::from_secs(5)),
+        "the command kept running without a lease"
+    );
+    let dead_ms = now_ms();
+    let stopped_after = paused.elapsed();
+    assert!(
+        dead_ms < expires_at,
+        "the command died at {dead_ms}, after the server-side expiry at {expires_at}"
+    );
+    eprintln!(
+        "command stopped {stopped_after:?} after the server paused; lease 2s, {} ms before the server-side expiry",
+        expires_at - dead_ms
+    );
+    let st = wait_child(&mut dlock, Duration::from_secs(10));
+    assert_eq!(st.code(), Some(79), "lost-lease exit code");
+    let err = lines.rest();
+    assert!(err.contains("lost: no renewal succeeded since"), "{err}");
+    // The renewal's timeout was cut to the deadline; its message stays readable.
+    assert!(err.contains("did not answer within"), "{err}");
+    let sub_ms = |w: &str| {
+        w.starts_with(|c: char| c.is_ascii_digit()) && (w.ends_with("us") || w.ends_with("ns"))
+    };
+    assert!(!err.split_whitespace().any(sub_ms), "{err}");
+    // Kept paused past the expiry, then a contender must get the lock.
+    let wait_ms = (expires_at - now_ms()).max(0) as u64 + 100;
+    std::thread::sleep(Duration::from_millis(wait_ms)); // the pause must outlast the lease
+    rig.server.resume();
+    let o = rig.run(&["acquire", "p", "--wait", "5s"]);
+    assert_eq!(
+        code(&o),
+        0,
+        "a second contender gets the lock after SIGCONT: {}",
+        stderr(&o)
+    );
+}
+
 /// The server stops answering while a short job runs: dlock gives up
 /// releasing after one --connect-timeout, in one line, and exits.
 fn release_at_exit_takes_at_most_one_timeout(rig: &Rig) {
@@ -258,5 +315,14 @@ mod pause {
         pause,
         own: an_unresponsive_server_times_out_in_one_line,
         release_at_exit_takes_at_most_one_timeout,
+    );
+}
+
+/// It must know when the lease ends on the server.
+mod pause_exact {
+    use super::*;
+    scenarios!(
+        pause + exact_ttl,
+        own: paused_server_stops_the_command_before_the_lease_expires,
     );
 }

@@ -3,7 +3,8 @@
 //! has the capability it needs. A new backend joins every scenario it can run
 //! with one row in `table!`.
 //!
-//! Capabilities (a row lists those it has; `any` matches every row):
+//! Capabilities (a row lists those it has; `any` matches every row; a
+//! scenario may need several: `scenarios!(pause + exact_ttl, own: …)`):
 //! - `kinds`: the lock kinds --shared, --slots and --fair.
 //! - `notices`: `release --force` reaches a live holder at once (pushed notice).
 //! - `restart`: its harness kills a server of the test's own and starts it
@@ -12,7 +13,10 @@
 //!   reads a name's stored expiry (`Faults::expires_us`).
 //! - `pause`: its harness stops the server (SIGSTOP) and resumes it.
 //! - `sessions`: its harness ends every client session at the server and
-//!   names the session holding a name's wake-up lock.
+//!   names the session holding a name's wake-up lock (and has `durable`).
+//! - `exact_ttl`: `status --json` gives the time a lease has left to the
+//!   millisecond (etcd's leases count whole seconds), so a test can tell
+//!   when the lease ends on the server. Listed where a scenario checked it.
 
 // benches/dlock.rs includes this harness too, without the tests' macros.
 #![allow(unused_macros)]
@@ -30,23 +34,23 @@ macro_rules! table {
         $crate::common::backends::pick! { [$($what)*]
             redis {std::sync::Arc::new($crate::common::redis::Redis::start())}
                 {$crate::common::redis::Redis::start()}
-                [kinds notices restart pause];
+                [kinds notices restart pause exact_ttl];
             redis_sentinel {$crate::common::sentinel::SentinelSet::shared()} {} [kinds notices];
             redis_cluster {$crate::common::cluster::ClusterSet::shared()} {} [kinds notices];
             redlock {$crate::common::redlock::RedlockSet::shared()} {} [];
             sqlite {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds];
             mariadb {$crate::common::mariadb::MariaDb::shared()}
                 {$crate::common::mariadb::MariaDb::start()}
-                [kinds restart durable pause sessions];
+                [kinds restart durable pause sessions exact_ttl];
             postgres {$crate::common::postgres::Postgres::shared()}
                 {$crate::common::postgres::Postgres::start()}
-                [kinds restart durable pause sessions];
+                [kinds restart durable pause sessions exact_ttl];
             etcd {$crate::common::etcd::Etcd::shared()}
                 {$crate::common::etcd::Etcd::cluster(1)}
                 [kinds notices restart pause];
             zookeeper {$crate::common::zookeeper::ZooKeeper::shared()}
                 {$crate::common::zookeeper::ZooKeeper::ensemble(1)}
-                [kinds notices restart pause];
+                [kinds notices restart pause exact_ttl];
         }
     };
 }
@@ -58,24 +62,35 @@ pub(crate) use table;
 /// instead, which the scenario may break. The modules are named after the
 /// rows, so a caller that has two lists wraps each in a module of its own.
 macro_rules! scenarios {
-    ($cap:ident, $mode:ident: $($f:ident),* $(,)?) => {
-        $crate::common::backends::table! { $cap $mode [$($f)*] }
+    ($cap:ident $(+ $more:ident)*, $mode:ident: $($f:ident),* $(,)?) => {
+        $crate::common::backends::table! { [$cap $($more)*] $mode [$($f)*] }
     };
 }
 pub(crate) use scenarios;
 
-/// Walks the rows, keeping those that have the capability.
+/// Walks the rows, keeping those that have every capability asked for.
 macro_rules! pick {
-    ([$cap:ident $mode:ident $fns:tt]) => {};
-    ([$cap:ident $mode:ident $fns:tt]
-     $name:ident $shared:tt $own:tt [$($c:ident)*]; $($rest:tt)*) => {
-        $crate::common::backends::has! { $cap [$($c)*] =>
+    ([$caps:tt $mode:ident $fns:tt]) => {};
+    ([$caps:tt $mode:ident $fns:tt]
+     $name:ident $shared:tt $own:tt $row:tt; $($rest:tt)*) => {
+        $crate::common::backends::has_all! { $caps $row =>
             $crate::common::backends::emit! { $name $mode $shared $own $fns }
         }
-        $crate::common::backends::pick! { [$cap $mode $fns] $($rest)* }
+        $crate::common::backends::pick! { [$caps $mode $fns] $($rest)* }
     };
 }
 pub(crate) use pick;
+
+/// The tokens after `=>` if the row has each of the capabilities.
+macro_rules! has_all {
+    ([] $row:tt => $($e:tt)*) => { $($e)* };
+    ([$cap:ident $($more:ident)*] $row:tt => $($e:tt)*) => {
+        $crate::common::backends::has! { $cap $row =>
+            $crate::common::backends::has_all! { [$($more)*] $row => $($e)* }
+        }
+    };
+}
+pub(crate) use has_all;
 
 /// The tokens after `=>` if the capability is in the list (one literal arm
 /// per capability: macro_rules cannot compare two identifiers it was given).
@@ -87,6 +102,7 @@ macro_rules! has {
     (durable [durable $($c:ident)*] => $($e:tt)*) => { $($e)* };
     (pause [pause $($c:ident)*] => $($e:tt)*) => { $($e)* };
     (sessions [sessions $($c:ident)*] => $($e:tt)*) => { $($e)* };
+    (exact_ttl [exact_ttl $($c:ident)*] => $($e:tt)*) => { $($e)* };
     ($cap:ident [$other:ident $($c:ident)*] => $($e:tt)*) => {
         $crate::common::backends::has! { $cap [$($c)*] => $($e)* }
     };
