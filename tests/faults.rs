@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 use common::backends::{scenarios, Rig};
-use common::mariadb::{read_i64, recorder};
 use common::*;
 
 /// `dlock exec --lease LEASE job -- sh -c RECORDER(tag)` in the background.

@@ -9,7 +9,7 @@ use crate::common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mariadb::{recorder, MariaDb, DATABASE, PASSWORD, USER};
+use common::mariadb::{MariaDb, DATABASE, PASSWORD, USER};
 use common::*;
 
 #[test]

@@ -7,7 +7,6 @@ use crate::common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mariadb::recorder;
 use common::postgres::{give_to_server_user, Postgres, DATABASE, PASSWORD, USER};
 use common::*;
 

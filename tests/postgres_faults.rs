@@ -9,7 +9,6 @@ use crate::common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mariadb::recorder;
 use common::postgres::Postgres;
 use common::*;
 

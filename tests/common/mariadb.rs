@@ -284,29 +284,6 @@ fn copy_template(data: &Path) {
     daemon::copy_data(template(), data);
 }
 
-/// A number a test command wrote to a file.
-pub fn read_i64(path: &std::path::Path) -> i64 {
-    let s = std::fs::read_to_string(path).unwrap();
-    s.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{}: {s:?}", path.display()))
-}
-
-/// A command that records when it starts (µs) and its fence, and runs until
-/// `stop` appears; on SIGTERM it records when it stopped.
-pub fn recorder(ctx: &Ctx, tag: &str) -> String {
-    let p = |f: &str| ctx.path(&format!("{tag}.{f}")).display().to_string();
-    format!(
-        "printf %s \"$DLOCK_FENCE\" > '{fence}'; date +%s%6N > '{start}.tmp'; mv '{start}.tmp' '{start}'; \
-         trap 'date +%s%6N > \"{end}\"; exit 0' TERM; \
-         while [ ! -e '{stop}' ]; do sleep 0.02; done; date +%s%6N > '{end}'",
-        fence = p("fence"),
-        start = p("start"),
-        end = p("end"),
-        stop = p("stop"),
-    )
-}
-
 /// FNV-1a 128 as dlock computes wake-up lock names (see src/backend/sql/mod.rs).
 pub fn wake_lock(ctx: &Ctx, name: &str) -> String {
     let mut h: u128 = 0x6c62272e07bb014262b821756295c58d;

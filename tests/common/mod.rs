@@ -110,6 +110,29 @@ pub fn stderr_of(child: &mut Child) -> String {
     s
 }
 
+/// A number a test command wrote to a file.
+pub fn read_i64(path: &std::path::Path) -> i64 {
+    let s = std::fs::read_to_string(path).unwrap();
+    s.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}: {s:?}", path.display()))
+}
+
+/// A command that records when it starts (µs) and its fence, and runs until
+/// `stop` appears; on SIGTERM it records when it stopped.
+pub fn recorder(ctx: &Ctx, tag: &str) -> String {
+    let p = |f: &str| ctx.path(&format!("{tag}.{f}")).display().to_string();
+    format!(
+        "printf %s \"$DLOCK_FENCE\" > '{fence}'; date +%s%6N > '{start}.tmp'; mv '{start}.tmp' '{start}'; \
+         trap 'date +%s%6N > \"{end}\"; exit 0' TERM; \
+         while [ ! -e '{stop}' ]; do sleep 0.02; done; date +%s%6N > '{end}'",
+        fence = p("fence"),
+        start = p("start"),
+        end = p("end"),
+        stop = p("stop"),
+    )
+}
+
 /// Spawns dlock in the background with stdio captured.
 pub fn spawn(mut c: Command) -> Child {
     c.stdin(Stdio::null())
