@@ -1,6 +1,6 @@
 //! Faults every backend can meet, written once: the server killed and
 //! started again, stopped (SIGSTOP) and resumed, the holder's session ended
-//! at the server. Each runs on every backend whose row in
+//! at the server, its connections closed between dlock and the server. Each runs on every backend whose row in
 //! tests/common/backends.rs has the hook it needs, on a server of the test's
 //! own (it breaks it).
 
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::common;
 use common::backends::{scenarios, Rig};
+use common::proxy::Resetting;
 use common::*;
 
 /// `dlock exec --lease LEASE job -- sh -c RECORDER(tag)` in the background.
@@ -176,6 +177,50 @@ fn killed_session_is_replaced_and_renewals_go_on(rig: &Rig) {
     assert_eq!(st.code(), Some(0), "the command ran to its end: {err}");
 }
 
+/// Every connection between dlock and the server closes under an `exec`
+/// holder (a proxy in between closes them): dlock connects again, renewals
+/// go on, nobody else gets the lock, and the command runs to its end.
+fn closed_connections_are_replaced_and_renewals_go_on(rig: &Rig) {
+    let port = rig.server.port();
+    let proxy = Resetting::start(port);
+    let via = rig.url().replace(
+        &format!("127.0.0.1:{port}"),
+        &format!("127.0.0.1:{}", proxy.port),
+    );
+    assert_ne!(via, rig.url(), "the URL names 127.0.0.1:{port}");
+    let mut c = rig.cmd(&[
+        "-v",
+        "exec",
+        "--lease",
+        "2s",
+        "job",
+        "--",
+        "sh",
+        "-c",
+        &recorder(rig, "a"),
+    ]);
+    c.env("DLOCK_URL", &via);
+    let mut a = spawn(c);
+    let mut lines = Lines::of(&mut a);
+    wait_for_file(&rig.path("a.start"), Duration::from_secs(20));
+    lines.expect("renewed", Duration::from_secs(10));
+    assert!(
+        proxy.reset() > 0,
+        "dlock's connections go through the proxy"
+    );
+    // Two more: one may have been on its way before the reset.
+    for _ in 0..2 {
+        lines.expect("renewed", Duration::from_secs(10));
+    }
+    let busy = rig.run(&["acquire", "job"]);
+    assert_eq!(code(&busy), 75, "{}", stderr(&busy));
+    std::fs::write(rig.path("a.stop"), "").unwrap();
+    let st = wait_child(&mut a, Duration::from_secs(20));
+    let err = lines.rest();
+    assert_eq!(st.code(), Some(0), "the command ran to its end: {err}");
+    assert!(!rig.is_held("job"));
+}
+
 /// A server that accepts connections but answers nothing: one line after
 /// --connect-timeout, without the password. (The words differ: "did not
 /// answer within 1s" on Redis and SQL, "did not answer a read within 1s" on
@@ -306,6 +351,11 @@ mod durable {
 mod sessions {
     use super::*;
     scenarios!(sessions, own: killed_session_is_replaced_and_renewals_go_on);
+}
+
+mod reset {
+    use super::*;
+    scenarios!(reset, own: closed_connections_are_replaced_and_renewals_go_on);
 }
 
 mod pause {

@@ -14,6 +14,8 @@
 //! - `pause`: its harness stops the server (SIGSTOP) and resumes it.
 //! - `sessions`: its harness ends every client session at the server and
 //!   names the session holding a name's wake-up lock (and has `durable`).
+//! - `reset`: one TCP address that the harness tells (`Faults::port`), so
+//!   that a proxy in front of it can close dlock's connections.
 //! - `exact_ttl`: `status --json` gives the time a lease has left to the
 //!   millisecond (etcd's leases count whole seconds), so a test can tell
 //!   when the lease ends on the server. Listed where a scenario checked it.
@@ -34,23 +36,23 @@ macro_rules! table {
         $crate::common::backends::pick! { [$($what)*]
             redis {std::sync::Arc::new($crate::common::redis::Redis::start())}
                 {$crate::common::redis::Redis::start()}
-                [kinds notices restart pause exact_ttl];
+                [kinds notices restart pause exact_ttl reset];
             redis_sentinel {$crate::common::sentinel::SentinelSet::shared()} {} [kinds notices];
             redis_cluster {$crate::common::cluster::ClusterSet::shared()} {} [kinds notices];
             redlock {$crate::common::redlock::RedlockSet::shared()} {} [];
             sqlite {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds];
             mariadb {$crate::common::mariadb::MariaDb::shared()}
                 {$crate::common::mariadb::MariaDb::start()}
-                [kinds restart durable pause sessions exact_ttl];
+                [kinds restart durable pause sessions exact_ttl reset];
             postgres {$crate::common::postgres::Postgres::shared()}
                 {$crate::common::postgres::Postgres::start()}
-                [kinds restart durable pause sessions exact_ttl];
+                [kinds restart durable pause sessions exact_ttl reset];
             etcd {$crate::common::etcd::Etcd::shared()}
                 {$crate::common::etcd::Etcd::cluster(1)}
-                [kinds notices restart pause];
+                [kinds notices restart pause reset];
             zookeeper {$crate::common::zookeeper::ZooKeeper::shared()}
                 {$crate::common::zookeeper::ZooKeeper::ensemble(1)}
-                [kinds notices restart pause exact_ttl];
+                [kinds notices restart pause exact_ttl reset];
         }
     };
 }
@@ -103,6 +105,7 @@ macro_rules! has {
     (pause [pause $($c:ident)*] => $($e:tt)*) => { $($e)* };
     (sessions [sessions $($c:ident)*] => $($e:tt)*) => { $($e)* };
     (exact_ttl [exact_ttl $($c:ident)*] => $($e:tt)*) => { $($e)* };
+    (reset [reset $($c:ident)*] => $($e:tt)*) => { $($e)* };
     ($cap:ident [$other:ident $($c:ident)*] => $($e:tt)*) => {
         $crate::common::backends::has! { $cap [$($c)*] => $($e)* }
     };
@@ -146,6 +149,10 @@ pub trait Faults: Server {
     }
     fn resume(&self) {
         missing("resume")
+    }
+    /// `reset`: the port of its one TCP address on 127.0.0.1, which its URL names.
+    fn port(&self) -> u16 {
+        missing("port")
     }
     /// `durable`: the stored expiry of `name` under the test's prefix, in µs
     /// by the server's clock.

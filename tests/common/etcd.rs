@@ -272,6 +272,10 @@ impl Faults for Etcd {
     fn pause(&self) {
         self.signal_all(libc::SIGSTOP);
     }
+    fn port(&self) -> u16 {
+        assert_eq!(self.members.len(), 1, "one address: a cluster of one");
+        self.members[0].client
+    }
     fn resume(&self) {
         self.signal_all(libc::SIGCONT);
     }

@@ -215,6 +215,9 @@ impl Faults for MariaDb {
     fn pause(&self) {
         MariaDb::pause(self)
     }
+    fn port(&self) -> u16 {
+        self.port
+    }
     fn resume(&self) {
         MariaDb::resume(self)
     }

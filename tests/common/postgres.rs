@@ -302,6 +302,9 @@ impl Faults for Postgres {
     fn pause(&self) {
         Postgres::pause(self)
     }
+    fn port(&self) -> u16 {
+        self.port
+    }
     fn resume(&self) {
         Postgres::resume(self)
     }

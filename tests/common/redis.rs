@@ -203,6 +203,9 @@ impl Faults for Redis {
     fn pause(&self) {
         Redis::pause(self)
     }
+    fn port(&self) -> u16 {
+        self.port
+    }
     fn resume(&self) {
         Redis::resume(self)
     }

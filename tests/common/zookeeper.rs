@@ -281,6 +281,10 @@ impl Faults for ZooKeeper {
     fn pause(&self) {
         self.signal_all(libc::SIGSTOP);
     }
+    fn port(&self) -> u16 {
+        assert_eq!(self.members.len(), 1, "one address: an ensemble of one");
+        ZooKeeper::port(self, 0)
+    }
     fn resume(&self) {
         self.signal_all(libc::SIGCONT);
     }
