@@ -1,7 +1,7 @@
 //! The subcommands, each a function from parsed arguments to an exit code.
 
 use std::ffi::OsString;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -12,6 +12,7 @@ use crate::cli::{AcquireArgs, ExecArgs, Global, ReleaseArgs, RenewArgs, StatusAr
 use crate::error::{self, fail};
 use crate::event::Event;
 use crate::holder::Holder;
+use crate::lease::own_release::{self, OwnRelease};
 use crate::lease::{self, Keeper, Taken, Timing};
 use crate::names;
 use crate::output::{self, Level};
@@ -211,6 +212,7 @@ pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> 
     }
     let token = r.token.as_deref().context("--token is required")?;
     names::check_token(token)?;
+    own_release::announce(&r.name, token);
     match b.release(&r.name, token)? {
         Check::Done => {
             output::verbose(&format!("released '{}'", r.name));
@@ -377,11 +379,16 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     signals::forward_to(tx.clone());
     // Beside the command, not before it: the listener connects on its own thread.
     let lost = tx.clone();
+    let own = Arc::new(OwnRelease::open(&token));
+    let own_seen = Arc::clone(&own);
     b.watch_breaks(
         &e.name,
         &token,
         Box::new(move |why| {
-            let _ = lost.send(Event::Lost(why));
+            // The lease's end that the command itself asked for is no loss.
+            if !own_seen.seen() {
+                let _ = lost.send(Event::Lost(why));
+            }
         }),
     );
     let keeper = Keeper::new(
@@ -393,11 +400,13 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         cfg.timeout,
         tx,
     );
+    keeper.allow_own_release(Arc::clone(&own));
     let mut env = vec![
         ("DLOCK_NAME".into(), e.name.clone()),
         ("DLOCK_TOKEN".into(), token),
         ("DLOCK_HELD".into(), "1".into()),
     ];
+    env.extend(own.env());
     if fences {
         env.push(("DLOCK_FENCE".into(), grant.fence.to_string()));
     }
@@ -416,7 +425,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     // --min-hold: a job that ended early keeps the lock until min-hold after
     // acquisition, so a late host's identical cron tick finds it busy.
     let hold_left = match (&end, e.min_hold) {
-        (Ok(end), Some(min)) if !end.lost => min.checked_sub(sent.elapsed()),
+        (Ok(end), Some(min)) if !end.lost && !own.seen() => min.checked_sub(sent.elapsed()),
         _ => None,
     };
     let released = match hold_left {
@@ -424,7 +433,12 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         None => keeper.release(),
     };
     let end = end?;
-    report_release(&e.name, released, hold_left, end.lost);
+    if own.seen() {
+        // Released on purpose; a release of ours found only what came after.
+        own.tell(&e.name);
+    } else {
+        report_release(&e.name, released, hold_left, end.lost);
+    }
     Ok(if end.lost {
         error::LOST
     } else if end.timed_out {

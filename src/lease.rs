@@ -20,6 +20,7 @@ use crate::signals;
 use serde_json::json;
 
 mod keeper;
+pub mod own_release;
 pub(crate) mod retry;
 pub use keeper::Keeper;
 use retry::Trouble;

@@ -135,7 +135,12 @@ fn parse() -> (cli::Cli, Option<anyhow::Error>) {
 /// Whether --log-format json (or DLOCK_LOG_FORMAT=json) was asked for, read
 /// from the raw arguments: a usage error means clap could not parse them.
 fn json_log_requested() -> bool {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // args_os: an argument that is not UTF-8 is what clap just refused, and
+    // std::env::args() would panic on it.
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let mut from_args = None;
     for (i, a) in args.iter().enumerate() {
         if a == "--" {

@@ -407,3 +407,42 @@ fn huge_input_is_not_echoed_whole() {
         assert!(err.contains('…'), "{err}");
     }
 }
+
+/// An argument that is not UTF-8 is a usage error in one line, never a panic,
+/// in text and JSON log modes alike.
+#[test]
+fn arguments_that_are_not_utf8_are_usage_errors() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let ctx = sqlite_ctx();
+    let bad = |b: &[u8]| OsString::from_vec(b.to_vec());
+    let utf8 = "invalid UTF-8";
+    let cases: Vec<(Vec<OsString>, &str)> = vec![
+        (vec!["acquire".into(), bad(b"\xff\xfe")], utf8),
+        (vec!["status".into(), bad(b"\xff")], utf8),
+        (vec!["--prefix".into(), bad(b"\xff"), "status".into()], utf8),
+        (
+            vec!["release".into(), "x".into(), "--token".into(), bad(b"\xff")],
+            utf8,
+        ),
+        (
+            vec!["--url".into(), bad(b"redis://h/\xff"), "status".into()],
+            utf8,
+        ),
+        (vec![bad(b"\xff")], "unrecognized subcommand"),
+    ];
+    for json in [false, true] {
+        for (args, says) in &cases {
+            let mut c = ctx.cmd(&[]);
+            c.args(args);
+            if json {
+                c.env("DLOCK_LOG_FORMAT", "json");
+            }
+            let o = run(c);
+            let err = one_line(&o);
+            assert_eq!(code(&o), 2, "{args:?} (json {json}): {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            assert!(err.contains(says), "{args:?} names the problem: {err}");
+        }
+    }
+}

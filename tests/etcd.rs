@@ -216,3 +216,29 @@ fn a_holder_learns_of_a_forced_release_at_once() {
         broke.elapsed()
     );
 }
+
+/// A port that speaks another protocol (here Redis) is a definite failure:
+/// one line, within one --connect-timeout, and no clean-up of a request
+/// that "went unanswered" (nothing can have been taken).
+#[test]
+fn a_port_that_is_not_etcd_fails_in_one_line_and_one_timeout() {
+    let r = Redis::start();
+    for scheme in ["etcd", "etcds"] {
+        let url = format!("{scheme}://127.0.0.1:{}", r.port);
+        for args in [&["acquire", "x"][..], &["exec", "x", "--", "true"]] {
+            let mut c = dlock(&url);
+            c.args(["--connect-timeout", "1s"]).args(args);
+            let t = std::time::Instant::now();
+            let o = run(c);
+            let took = t.elapsed();
+            let err = stderr(&o);
+            assert_eq!(code(&o), 69, "{url} {args:?}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{url} {args:?}: {err}");
+            assert!(!err.contains("unanswered"), "{url} {args:?}: {err}");
+            assert!(
+                took < Duration::from_millis(1800),
+                "{url} {args:?}: {took:?}"
+            );
+        }
+    }
+}

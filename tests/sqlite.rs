@@ -459,3 +459,51 @@ fn an_immutable_shm_file_is_one_line_and_exit_69_not_sigbus() {
         "the command outlived dlock"
     );
 }
+
+/// A file that dlock may not write is a definite refusal: one line, exit
+/// 69, and no clean-up of a request that "went unanswered".
+#[test]
+fn a_read_only_file_fails_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Root writes read-only files anyway: run as nobody then, from a copy
+    // of the binary that nobody can reach.
+    let root = nix::unistd::geteuid().is_root();
+    let bin = dir.path().join("dlock");
+    std::fs::copy(dlock_bin(), &bin).unwrap();
+    let url = format!("sqlite://{}/l.db", dir.path().display());
+    let dlock_as = |args: &[&str]| {
+        let mut c = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        c.args(args)
+            .env("DLOCK_URL", &url)
+            .env_remove("DLOCK_PREFIX");
+        run(c)
+    };
+    let o = dlock_as(&["acquire", "a", "--lease", "1m"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let p = f.unwrap().path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("l.db"))
+        {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+        }
+    }
+    for args in [
+        &["acquire", "b", "--lease", "2s"][..],
+        &["exec", "b", "--", "true"],
+    ] {
+        let o = dlock_as(args);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 69, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("readonly"), "{args:?}: {err}");
+    }
+}

@@ -480,9 +480,13 @@ impl Drop for Taking<'_> {
 /// Grants a lease of `ttl` seconds.
 pub fn grant(link: &Link, ttl: i64) -> Result<Lease> {
     let sent = Instant::now();
-    let r = link.call("a lease grant", |mut c| async move {
-        c.lease_grant(ttl, None).await
-    })?;
+    // A lease alone holds no key: whatever became of this request, it took
+    // no lock, so there is nothing to clean up after it.
+    let r = link
+        .call("a lease grant", |mut c| async move {
+            c.lease_grant(ttl, None).await
+        })
+        .map_err(crate::error::mark_unsent)?;
     if !r.error().is_empty() || r.ttl() <= 0 {
         return Err(fail(
             UNAVAILABLE,

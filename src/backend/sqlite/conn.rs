@@ -180,7 +180,13 @@ pub fn add_state_column(conn: &Connection, table: &str) -> rusqlite::Result<()> 
     }
 }
 
+/// A failed SQLite transaction changed nothing (it is rolled back), so
+/// every one of these errors is a definite answer, never an unanswered request.
 pub fn db_error(path: &Path, timeout: Duration, e: rusqlite::Error) -> anyhow::Error {
+    crate::error::mark_unsent(db_failure(path, timeout, e))
+}
+
+fn db_failure(path: &Path, timeout: Duration, e: rusqlite::Error) -> anyhow::Error {
     let at = path.display();
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => fail(
