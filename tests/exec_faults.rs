@@ -584,13 +584,22 @@ fn exec_leaves_nothing_for_the_reaper_of_its_orphans() {
     if std::env::var_os(INNER).is_none() {
         // Alone in a process of its own: as a subreaper, this test process
         // would also inherit the orphans of the tests that kill dlock.
-        let name = "exec_leaves_nothing_for_the_reaper_of_its_orphans";
-        let st = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        // libtest names it by its module path without the crate's name.
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        let name = format!("{module}::exec_leaves_nothing_for_the_reaper_of_its_orphans");
+        let o = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &name, "--nocapture", "--test-threads=1"])
             .env(INNER, "1")
-            .status()
+            .output()
             .unwrap();
-        assert!(st.success(), "the test failed in its subreaper process");
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "the test failed in its subreaper process: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        // Not a filter that matched nothing.
+        assert!(out.contains("test result: ok. 1 passed"), "{out}");
         return;
     }
     nix::sys::prctl::set_child_subreaper(true).unwrap();
