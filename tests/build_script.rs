@@ -2,9 +2,9 @@
 
 #[allow(dead_code)] // its `main` is cargo's entry point, not called here
 #[path = "../build.rs"]
-mod build_script;
+mod build_rs;
 
-use build_script::link_args;
+use build_rs::link_args;
 
 #[test]
 fn a_dynamic_linux_build_links_without_pie() {

@@ -2,7 +2,7 @@
 //! dlock may use, output that cannot be written, and what messages and the
 //! holder record may quote.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! The shell completions offer held lock names and signal names, tried in
 //! real bash, fish and zsh with the real binary on PATH.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,12 +1,12 @@
 //! The backend-agnostic contract: the same scenarios against every backend,
-//! each reached only through its URL. A new backend joins by adding one line
-//! to the `backends!` list at the bottom.
+//! each reached only through its URL. A new backend joins by its row in the
+//! table of tests/common/backends.rs.
 
-mod common;
+use crate::common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::backends::scenarios;
 use common::*;
 
 /// N workers × K `dlock exec` read-increment-write sections on one counter
@@ -403,40 +403,20 @@ fn longest_durations_work(ctx: &Ctx) {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
 }
 
-macro_rules! backends {
-    ($($backend:ident => $server:expr;)*) => {$(
-        mod $backend {
-            use super::*;
-            fn ctx() -> Ctx {
-                let server: Arc<dyn Server> = $server;
-                Ctx::new(server)
-            }
-            #[test] fn counter_is_exact() { super::counter_is_exact(&ctx()) }
-            #[test] fn longest_durations_work() { super::longest_durations_work(&ctx()) }
-            #[test] fn release_checks_the_token() { super::release_checks_the_token(&ctx()) }
-            #[test] fn force_release_says_whom_it_broke() { super::force_release_says_whom_it_broke(&ctx()) }
-            #[test] fn leases_expire() { super::leases_expire(&ctx()) }
-            #[test] fn same_token_extends_without_counting() { super::same_token_extends_without_counting(&ctx()) }
-            #[test] fn waiters_wake_on_release() { super::waiters_wake_on_release(&ctx()) }
-            #[test] fn fences_strictly_increase() { super::fences_strictly_increase(&ctx()) }
-            #[test] fn status_lists_and_exit_codes() { super::status_lists_and_exit_codes(&ctx()) }
-            #[test] fn names_are_literal() { super::names_are_literal(&ctx()) }
-            #[test] fn bad_input_is_one_clear_line() { super::bad_input_is_one_clear_line(&ctx()) }
-            #[test] fn exec_passes_status_and_environment() { super::exec_passes_status_and_environment(&ctx()) }
-            #[test] fn exec_conflict_exit_code() { super::exec_conflict_exit_code(&ctx()) }
-            #[test] fn exec_command_releases_early() { super::exec_command_releases_early(&ctx()) }
-        }
-    )*};
-}
-
-backends! {
-    redis => Arc::new(Redis::start());
-    redis_sentinel => common::sentinel::SentinelSet::shared();
-    redis_cluster => common::cluster::ClusterSet::shared();
-    redlock => common::redlock::RedlockSet::shared();
-    sqlite => Arc::new(common::sqlite::Sqlite::new());
-    mariadb => common::mariadb::MariaDb::shared();
-    postgres => common::postgres::Postgres::shared();
-    etcd => common::etcd::Etcd::shared();
-    zookeeper => common::zookeeper::ZooKeeper::shared();
-}
+scenarios!(
+    any,
+    shared: counter_is_exact,
+    longest_durations_work,
+    release_checks_the_token,
+    force_release_says_whom_it_broke,
+    leases_expire,
+    same_token_extends_without_counting,
+    waiters_wake_on_release,
+    fences_strictly_increase,
+    status_lists_and_exit_codes,
+    names_are_literal,
+    bad_input_is_one_clear_line,
+    exec_passes_status_and_environment,
+    exec_conflict_exit_code,
+    exec_command_releases_early,
+);

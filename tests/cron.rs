@@ -1,7 +1,7 @@
 //! Cron and script ergonomics: --min-hold, --max-runtime, renew,
 //! --keepalive-pid, --shell, --jitter and JSON logs, against a private Redis.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

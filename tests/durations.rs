@@ -1,6 +1,6 @@
 //! Durations on the command line and in messages, through the real binary.
 
-mod common;
+use crate::common;
 
 use common::sqlite::Sqlite;
 use common::{code, dlock, run, stderr, stdout, Server};

@@ -3,7 +3,7 @@
 //! and the keys it keeps. The shared scenarios are in tests/conformance.rs
 //! and tests/kinds.rs, the faults in tests/etcd_faults.rs.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,35 +3,13 @@
 //! killed while it waits, a waiter's member killed while it waits. The figures (how long after the loss the command
 //! was stopped, against its lease) are printed for the README.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use common::*;
-
-/// A command that records its fence and when it starts (µs), and runs until
-/// `stop` appears; on SIGTERM it records when it stopped.
-fn recorder(ctx: &Ctx, tag: &str) -> String {
-    let p = |f: &str| ctx.path(&format!("{tag}.{f}")).display().to_string();
-    format!(
-        "printf %s \"$DLOCK_FENCE\" > '{fence}'; date +%s%6N > '{start}.tmp'; mv '{start}.tmp' '{start}'; \
-         trap 'date +%s%6N > \"{end}\"; exit 0' TERM; \
-         while [ ! -e '{stop}' ]; do sleep 0.02; done; date +%s%6N > '{end}'",
-        fence = p("fence"),
-        start = p("start"),
-        end = p("end"),
-        stop = p("stop"),
-    )
-}
-
-fn read_i64(path: &std::path::Path) -> i64 {
-    let s = std::fs::read_to_string(path).unwrap();
-    s.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{}: {s:?}", path.display()))
-}
 
 fn now_us() -> i64 {
     now_ms() * 1000

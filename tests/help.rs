@@ -1,7 +1,7 @@
 //! `--help` as an operator reads it: options grouped by what they are for,
 //! and no half-printed environment values.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

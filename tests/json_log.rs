@@ -3,7 +3,7 @@
 //! timestamp. Each event of the documented list is produced here by the real
 //! binary.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

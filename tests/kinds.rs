@@ -1,20 +1,21 @@
 //! The lock kinds (--slots, --shared, --fair) against every backend, through
-//! the real binary only: the contract in KINDS-SPEC (issue 14). A new backend
-//! joins by adding one line to the `backends!` list at the bottom.
+//! the real binary only: the contract in KINDS-SPEC (issue 14), on every
+//! backend whose row in tests/common/backends.rs has `kinds`.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Child;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use common::backends::scenarios;
 use common::*;
 
 #[path = "kinds/queue.rs"]
 mod queue;
+use queue::{fair_order, fair_order_survives_a_killed_waiter, releasing_a_ticket_is_not_held};
 
 /// `acquire --json --lease 30s EXTRA NAME`: the grant (token, fence, slot).
 pub fn take(ctx: &Ctx, name: &str, extra: &[&str]) -> Value {
@@ -464,35 +465,16 @@ fn status_table_rows(ctx: &Ctx) {
     assert_eq!(free["holders"], Value::Array(vec![]), "{free}");
 }
 
-macro_rules! backends {
-    ($($backend:ident => $server:expr;)*) => {$(
-        mod $backend {
-            use super::*;
-            fn ctx() -> Ctx {
-                let server: Arc<dyn Server> = $server;
-                Ctx::new(server)
-            }
-            #[test] fn semaphore_3_slots_8_workers() { super::semaphore_3_slots_8_workers(&ctx()) }
-            #[test] fn shared_holders_overlap_and_exclusive_waits() { super::shared_holders_overlap_and_exclusive_waits(&ctx()) }
-            #[test] fn writer_not_starved() { super::writer_not_starved(&ctx()) }
-            #[test] fn fair_order() { super::queue::fair_order(&ctx()) }
-            #[test] fn fair_order_survives_a_killed_waiter() { super::queue::fair_order_survives_a_killed_waiter(&ctx()) }
-            #[test] fn releasing_a_ticket_is_not_held() { super::queue::releasing_a_ticket_is_not_held(&ctx()) }
-            #[test] fn mismatched_kinds_exit_2() { super::mismatched_kinds_exit_2(&ctx()) }
-            #[test] fn per_holder_release_and_force() { super::per_holder_release_and_force(&ctx()) }
-            #[test] fn semaphore_fences_strictly_increase() { super::semaphore_fences_strictly_increase(&ctx()) }
-            #[test] fn status_table_rows() { super::status_table_rows(&ctx()) }
-        }
-    )*};
-}
-
-backends! {
-    redis => Arc::new(Redis::start());
-    redis_sentinel => common::sentinel::SentinelSet::shared();
-    redis_cluster => common::cluster::ClusterSet::shared();
-    sqlite => Arc::new(common::sqlite::Sqlite::new());
-    mariadb => common::mariadb::MariaDb::shared();
-    postgres => common::postgres::Postgres::shared();
-    etcd => common::etcd::Etcd::shared();
-    zookeeper => common::zookeeper::ZooKeeper::shared();
-}
+scenarios!(
+    kinds,
+    shared: semaphore_3_slots_8_workers,
+    shared_holders_overlap_and_exclusive_waits,
+    writer_not_starved,
+    fair_order,
+    fair_order_survives_a_killed_waiter,
+    releasing_a_ticket_is_not_held,
+    mismatched_kinds_exit_2,
+    per_holder_release_and_force,
+    semaphore_fences_strictly_increase,
+    status_table_rows,
+);

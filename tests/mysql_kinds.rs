@@ -2,12 +2,12 @@
 //! semaphore slots are woken (tests/kinds.rs has the common contract), and
 //! tables made by a dlock from before the kinds.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::mariadb::{read_i64, recorder, wake_lock, MariaDb, DATABASE};
+use common::mariadb::{wake_lock, MariaDb, DATABASE};
 use common::*;
 
 /// Statements blocked in GET_LOCK on `key` (as dlock writes it: a hex literal).

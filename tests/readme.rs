@@ -17,7 +17,7 @@
 //!   parsed with dlock's own clap definition and compared with real output.
 //! - `sql`: an illustration for the reader's own database; not run.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fs;

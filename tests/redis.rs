@@ -1,7 +1,7 @@
 //! Redis-specific behaviour: URL forms, TLS, authentication, timeouts,
 //! renewal across dropped connections, and where the lock kinds are stored.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

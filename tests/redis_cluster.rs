@@ -1,7 +1,7 @@
 //! Redis Cluster: names on every primary, `status` across them all, and a
 //! slot that moves (MOVED) or is moving (ASK) under a holder.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

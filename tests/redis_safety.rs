@@ -2,7 +2,7 @@
 //! guessing: forced breaks, stale fence counters, a lost script cache, keys
 //! shared between prefixes, eviction, refused writes and TLS to a plain port.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::Child;

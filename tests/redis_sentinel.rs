@@ -1,7 +1,7 @@
 //! Redis behind Sentinel: a failover while a lock is held, the
 //! asynchronous-replication window, and the `wait_replicas` option.
 
-mod common;
+use crate::common;
 
 use std::process::Child;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Redlock over five redis-servers: nodes killed, stopped and restarted
 //! empty under a holder, and fences across all of it.
 
-mod common;
+use crate::common;
 
 use std::process::Child;
 use std::sync::Arc;

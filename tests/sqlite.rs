@@ -1,7 +1,7 @@
 //! The embedded SQLite backend: the default without a URL, many processes
 //! on one file, and processes killed at any point.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

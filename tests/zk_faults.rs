@@ -5,7 +5,7 @@
 //! that the timings they print are not two ensembles' elections fighting for
 //! the CPU.
 
-mod common;
+use crate::common;
 
 use std::process::Child;
 use std::sync::{Arc, Mutex, MutexGuard};

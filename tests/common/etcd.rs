@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use super::backends::Faults;
 use super::{free_port, require, wait_until, Server};
 
 pub struct Etcd {
@@ -248,6 +249,45 @@ impl Etcd {
 impl Server for Etcd {
     fn url(&self) -> String {
         format!("etcd://{}", self.endpoints())
+    }
+}
+
+/// Every member at once: a cluster of one (`Etcd::cluster(1)`) is a server.
+impl Faults for Etcd {
+    fn kill(&self) {
+        for i in 0..self.members.len() {
+            Etcd::kill(self, i);
+        }
+    }
+    fn restart(&self) {
+        for i in 0..self.members.len() {
+            self.start(i);
+        }
+        assert!(
+            self.await_healthy(Duration::from_secs(30)),
+            "etcd did not come back; see the logs in {}",
+            self.dir.display()
+        );
+    }
+    fn pause(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+    fn port(&self) -> u16 {
+        assert_eq!(self.members.len(), 1, "one address: a cluster of one");
+        self.members[0].client
+    }
+    fn resume(&self) {
+        self.signal_all(libc::SIGCONT);
+    }
+}
+
+impl Etcd {
+    fn signal_all(&self, sig: i32) {
+        for i in 0..self.members.len() {
+            if let Some(pid) = self.pid(i) {
+                unsafe { libc::kill(pid as i32, sig) };
+            }
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::backends::Faults;
+use super::daemon;
 use super::{free_port, require, wait_until, Ctx, Server};
 
 pub const USER: &str = "dlock";
@@ -163,9 +165,7 @@ impl MariaDb {
 /// Starts mariadbd on `port` (or a free one) and waits until it accepts connections.
 fn launch(dir: &Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
     let bin = require("mariadbd", "mariadb-server");
-    // A free port may be taken before the server binds it; try a few.
-    for _ in 0..5 {
-        let port = port.unwrap_or_else(free_port);
+    let command = |port: u16| {
         let mut cmd = Command::new(&bin);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
@@ -186,36 +186,61 @@ fn launch(dir: &Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = super::spawn_tied(cmd).expect("start mariadbd");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return (child, port);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let log = std::fs::read_to_string(dir.join("err.log")).unwrap_or_default();
-    panic!(
-        "mariadbd did not start; its log ends with:\n{}",
-        tail(&log, 20)
-    );
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+        cmd
+    };
+    let ready = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    daemon::launch(
+        "mariadbd",
+        port,
+        &dir.join("err.log"),
+        command,
+        ready,
+        Duration::from_millis(200),
+    )
 }
 
 impl Server for MariaDb {
     fn url(&self) -> String {
         self.url_with(USER, PASSWORD, DATABASE)
+    }
+}
+
+impl Faults for MariaDb {
+    fn kill(&self) {
+        MariaDb::kill(self)
+    }
+    fn restart(&self) {
+        MariaDb::restart(self)
+    }
+    fn pause(&self) {
+        MariaDb::pause(self)
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn resume(&self) {
+        MariaDb::resume(self)
+    }
+    fn expires_us(&self, ctx: &Ctx, name: &str) -> i64 {
+        self.sql(&format!(
+            "SELECT expires_us FROM {DATABASE}.`{}_leases` WHERE name = '{name}'",
+            ctx.prefix
+        ))
+        .parse()
+        .unwrap()
+    }
+    fn end_sessions(&self) -> usize {
+        let ids = self.sql(&format!(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = '{USER}'"
+        ));
+        for id in ids.lines() {
+            self.sql(&format!("KILL {id}"));
+        }
+        ids.lines().count()
+    }
+    fn wake_holder(&self, ctx: &Ctx, name: &str) -> Option<String> {
+        let c = self.sql(&format!("SELECT IS_USED_LOCK('{}')", wake_lock(ctx, name)));
+        (c != "NULL").then_some(c)
     }
 }
 
@@ -232,87 +257,34 @@ fn template() -> &'static Path {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
         let bin = require("mariadbd", "mariadb-server");
-        let meta = std::fs::metadata(&bin).expect("stat mariadbd");
-        let stamp = format!(
-            "{}-{}",
-            meta.len(),
-            meta.modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs())
-        );
         let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let done = base.join(format!("mariadb-template-{stamp}"));
-        if done.join("ready").exists() {
-            return done;
-        }
-        let work = base.join(format!("mariadb-template-{stamp}.{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).unwrap();
-        let install = require("mariadb-install-db", "mariadb-server");
-        let out = Command::new(install)
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", work.join("data").display()))
-            .arg(format!("--tmpdir={}", work.display()))
-            .args([
-                "--user=root",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                "--skip-name-resolve",
-                "--innodb-log-file-size=4M",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run mariadb-install-db");
-        assert!(
-            out.status.success(),
-            "mariadb-install-db failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(work.join("ready"), "").unwrap();
-        // Another test process may have won the race: then use its copy.
-        if std::fs::rename(&work, &done).is_err() {
-            let _ = std::fs::remove_dir_all(&work);
-        }
-        done
+        daemon::template(base, "mariadb-template", &bin, |work| {
+            let install = require("mariadb-install-db", "mariadb-server");
+            let out = Command::new(install)
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", work.join("data").display()))
+                .arg(format!("--tmpdir={}", work.display()))
+                .args([
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    "--skip-name-resolve",
+                    "--innodb-log-file-size=4M",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run mariadb-install-db");
+            assert!(
+                out.status.success(),
+                "mariadb-install-db failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
     })
 }
 
 fn copy_template(data: &Path) {
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(template().join("data"))
-        .arg(data)
-        .output()
-        .expect("run cp");
-    assert!(
-        out.status.success(),
-        "copy the MariaDB template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A number a test command wrote to a file.
-pub fn read_i64(path: &std::path::Path) -> i64 {
-    let s = std::fs::read_to_string(path).unwrap();
-    s.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{}: {s:?}", path.display()))
-}
-
-/// A command that records when it starts (µs) and its fence, and runs until
-/// `stop` appears; on SIGTERM it records when it stopped.
-pub fn recorder(ctx: &Ctx, tag: &str) -> String {
-    let p = |f: &str| ctx.path(&format!("{tag}.{f}")).display().to_string();
-    format!(
-        "printf %s \"$DLOCK_FENCE\" > '{fence}'; date +%s%6N > '{start}.tmp'; mv '{start}.tmp' '{start}'; \
-         trap 'date +%s%6N > \"{end}\"; exit 0' TERM; \
-         while [ ! -e '{stop}' ]; do sleep 0.02; done; date +%s%6N > '{end}'",
-        fence = p("fence"),
-        start = p("start"),
-        end = p("end"),
-        stop = p("stop"),
-    )
+    daemon::copy_data(template(), data);
 }
 
 /// FNV-1a 128 as dlock computes wake-up lock names (see src/backend/sql/mod.rs).

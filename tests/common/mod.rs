@@ -2,7 +2,9 @@
 //! helpers to run the real dlock binary.
 #![allow(dead_code, unused_imports)]
 
+pub mod backends;
 pub mod cluster;
+pub mod daemon;
 pub mod etcd;
 pub mod mariadb;
 pub mod postgres;
@@ -88,6 +90,47 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failed run that said what failed in one line, with the exit code `want_code`.
+pub fn one_line_error(o: &Output, want_code: i32, want: &str) {
+    let err = stderr(o);
+    assert_eq!(code(o), want_code, "{err}");
+    assert!(err.contains(want), "expected '{want}' in: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.starts_with("dlock: "), "{err}");
+}
+
+/// What a spawned process wrote on its piped stderr, up to its end.
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut s);
+    }
+    s
+}
+
+/// A number a test command wrote to a file.
+pub fn read_i64(path: &std::path::Path) -> i64 {
+    let s = std::fs::read_to_string(path).unwrap();
+    s.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}: {s:?}", path.display()))
+}
+
+/// A command that records when it starts (µs) and its fence, and runs until
+/// `stop` appears; on SIGTERM it records when it stopped.
+pub fn recorder(ctx: &Ctx, tag: &str) -> String {
+    let p = |f: &str| ctx.path(&format!("{tag}.{f}")).display().to_string();
+    format!(
+        "printf %s \"$DLOCK_FENCE\" > '{fence}'; date +%s%6N > '{start}.tmp'; mv '{start}.tmp' '{start}'; \
+         trap 'date +%s%6N > \"{end}\"; exit 0' TERM; \
+         while [ ! -e '{stop}' ]; do sleep 0.02; done; date +%s%6N > '{end}'",
+        fence = p("fence"),
+        start = p("start"),
+        end = p("end"),
+        stop = p("stop"),
+    )
 }
 
 /// Spawns dlock in the background with stdio captured.

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::backends::Faults;
+use super::daemon;
 use super::{free_port, wait_until, Ctx, Server};
 
 pub const USER: &str = "dlock";
@@ -240,8 +242,7 @@ impl Postgres {
 /// Starts postgres on `port` (or a free one) and waits until it accepts connections.
 fn launch(dir: &Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
     let bin = bin_dir().join("postgres");
-    for _ in 0..5 {
-        let port = port.unwrap_or_else(free_port);
+    let command = |port: u16| {
         let log = std::fs::File::create(dir.join("log")).unwrap();
         give_to_server_user(&dir.join("log"));
         let mut cmd = Command::new(&bin);
@@ -267,38 +268,71 @@ fn launch(dir: &Path, port: Option<u16>, extra: &[String]) -> (Child, u16) {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         as_server_user(&mut cmd);
-        let mut child = super::spawn_tied(cmd).expect("start postgres");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let sock = dir.join(format!(".s.PGSQL.{port}"));
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if sock.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return (child, port);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        // Backends of a killed server may still hold its shared memory.
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-    panic!(
-        "postgres did not start; its log ends with:\n{}",
-        tail(&log, 20)
-    );
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+        cmd
+    };
+    let ready = |port: u16| {
+        dir.join(format!(".s.PGSQL.{port}")).exists()
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    };
+    // Backends of a killed server may still hold its shared memory: 300 ms
+    // before the next try.
+    daemon::launch(
+        "postgres",
+        port,
+        &dir.join("log"),
+        command,
+        ready,
+        Duration::from_millis(300),
+    )
 }
 
 impl Server for Postgres {
     fn url(&self) -> String {
         self.url_with(USER, PASSWORD, DATABASE)
+    }
+}
+
+impl Faults for Postgres {
+    fn kill(&self) {
+        Postgres::kill(self)
+    }
+    fn restart(&self) {
+        Postgres::restart(self)
+    }
+    fn pause(&self) {
+        Postgres::pause(self)
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn resume(&self) {
+        Postgres::resume(self)
+    }
+    fn expires_us(&self, ctx: &Ctx, name: &str) -> i64 {
+        self.sql(&format!(
+            "SELECT expires_us FROM {}_leases WHERE name = '{name}'",
+            ctx.prefix
+        ))
+        .parse()
+        .unwrap()
+    }
+    fn end_sessions(&self) -> usize {
+        self.sql(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{USER}'"
+        ))
+        .parse()
+        .unwrap()
+    }
+    /// The server process holding the name's advisory wake lock.
+    fn wake_holder(&self, ctx: &Ctx, name: &str) -> Option<String> {
+        let k = wake_key(ctx, name) as u64;
+        let pid = self.sql(&format!(
+            "SELECT coalesce(max(pid), 0) FROM pg_locks WHERE locktype = 'advisory' \
+             AND granted AND classid = {} AND objid = {} AND objsubid = 1",
+            k >> 32,
+            k & 0xffff_ffff
+        ));
+        (pid != "0").then_some(pid)
     }
 }
 
@@ -314,71 +348,39 @@ fn template() -> &'static Path {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
         let initdb = bin_dir().join("initdb");
-        let meta = std::fs::metadata(&initdb).expect("stat initdb");
-        let stamp = format!(
-            "{}-{}",
-            meta.len(),
-            meta.modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs())
-        );
-        let base = std::env::temp_dir();
+        // SAFETY: geteuid has no preconditions and cannot fail.
         let uid = unsafe { libc::geteuid() };
-        let done = base.join(format!("dlock-pg-template-{uid}-{stamp}"));
-        if done.join("ready").exists() {
-            return done;
-        }
-        let work = base.join(format!(
-            "dlock-pg-template-{uid}-{stamp}.{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).unwrap();
-        give_to_server_user(&work);
-        let mut cmd = Command::new(initdb);
-        cmd.arg("-D")
-            .arg(work.join("data"))
-            .args([
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                "--auth-host=scram-sha-256",
-                "--no-sync",
-                "--no-instructions",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ])
-            .stdin(Stdio::null());
-        as_server_user(&mut cmd);
-        let out = cmd.output().expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(work.join("ready"), "").unwrap();
-        // Another test process may have won the race: then use its copy.
-        if std::fs::rename(&work, &done).is_err() {
-            let _ = std::fs::remove_dir_all(&work);
-        }
-        done
+        let name = format!("dlock-pg-template-{uid}");
+        daemon::template(&std::env::temp_dir(), &name, &initdb, |work| {
+            give_to_server_user(work);
+            let mut cmd = Command::new(&initdb);
+            cmd.arg("-D")
+                .arg(work.join("data"))
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--no-sync",
+                    "--no-instructions",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ])
+                .stdin(Stdio::null());
+            as_server_user(&mut cmd);
+            let out = cmd.output().expect("run initdb");
+            assert!(
+                out.status.success(),
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        })
     })
 }
 
 fn copy_template(data: &Path) {
-    let out = Command::new("cp")
-        .arg("-a")
-        .arg(template().join("data"))
-        .arg(data)
-        .output()
-        .expect("run cp");
-    assert!(
-        out.status.success(),
-        "copy the PostgreSQL template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    daemon::copy_data(template(), data);
 }
 
 /// The advisory key dlock uses as the wake lock of `name` (see

@@ -128,3 +128,42 @@ fn swallow_once_cut(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>
         let _ = to.shutdown(Shutdown::Both);
     }
 }
+
+/// A TCP proxy that forwards both ways and, on `reset`, closes every
+/// connection open through it, as a server that ended its clients' sessions
+/// or a firewall that dropped them would; new connections go through.
+pub struct Resetting {
+    pub port: u16,
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Resetting {
+    pub fn start(upstream: u16) -> Resetting {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let o = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                o.lock().unwrap().push(client.try_clone().unwrap());
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || pump(c2, s2, |_| {}));
+                std::thread::spawn(move || pump(server, client, |_| {}));
+            }
+        });
+        Resetting { port, open }
+    }
+
+    /// Closes every connection made through the proxy so far; how many
+    /// (some may have been closed already by their ends).
+    pub fn reset(&self) -> usize {
+        let mut open = self.open.lock().unwrap();
+        for c in open.iter() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        open.drain(..).count()
+    }
+}

@@ -5,6 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::backends::Faults;
 use super::{free_port, require, wait_until, Server};
 
 pub struct Redis {
@@ -188,6 +189,25 @@ impl Server for Redis {
             Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
             None => format!("redis://127.0.0.1:{}/0", self.port),
         }
+    }
+}
+
+/// No persistence: a restart loses every key (no `durable`).
+impl Faults for Redis {
+    fn kill(&self) {
+        self.stop()
+    }
+    fn restart(&self) {
+        self.restart_empty()
+    }
+    fn pause(&self) {
+        Redis::pause(self)
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn resume(&self) {
+        Redis::resume(self)
     }
 }
 

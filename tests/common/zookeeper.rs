@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::backends::Faults;
 use super::{free_port, require, Server};
 
 const JAR: &str = "/usr/share/java/zookeeper.jar";
@@ -261,6 +262,41 @@ impl Server for ZooKeeper {
     fn url(&self) -> String {
         let ports: Vec<u16> = self.members.iter().map(|m| m.client).collect();
         ZooKeeper::url_of(&ports)
+    }
+}
+
+/// Every member at once: an ensemble of one (`ZooKeeper::ensemble(1)`) is a server.
+impl Faults for ZooKeeper {
+    fn kill(&self) {
+        for i in 0..self.members.len() {
+            ZooKeeper::kill(self, i);
+        }
+    }
+    fn restart(&self) {
+        for i in 0..self.members.len() {
+            self.start(i);
+        }
+        self.await_quorum(Duration::from_secs(60));
+    }
+    fn pause(&self) {
+        self.signal_all(libc::SIGSTOP);
+    }
+    fn port(&self) -> u16 {
+        assert_eq!(self.members.len(), 1, "one address: an ensemble of one");
+        ZooKeeper::port(self, 0)
+    }
+    fn resume(&self) {
+        self.signal_all(libc::SIGCONT);
+    }
+}
+
+impl ZooKeeper {
+    fn signal_all(&self, sig: i32) {
+        for i in 0..self.members.len() {
+            if let Some(pid) = self.pid(i) {
+                unsafe { libc::kill(pid as i32, sig) };
+            }
+        }
     }
 }
 
