@@ -76,6 +76,9 @@ struct Db {
     timeout: Duration,
     /// The wake locks held, and what to block on.
     wakes: Wakes,
+    /// Whether a statement may create (or alter) the lease table: not
+    /// while `status` reads.
+    read_only: bool,
 }
 
 impl MysqlBackend {
@@ -92,6 +95,7 @@ impl MysqlBackend {
             table: table.clone(),
             timeout,
             wakes: Wakes::default(),
+            read_only: false,
         };
         match db.establish() {
             Ok(conn) => db.conn = Some(conn),
@@ -170,14 +174,14 @@ fn from_value(v: Value) -> Val {
 }
 
 impl Db {
-    /// Connects with `read` as the limit on each read while connecting.
-    fn try_connect(&self, read: Duration) -> mysql::Result<Conn> {
-        // Near a renewal deadline the timeout is shorter than when the options were made.
-        let t = Some(self.timeout);
+    /// Connects within `limit` for the TCP connection, with `read` as the
+    /// limit on each read while connecting.
+    fn try_connect(&self, limit: Duration, read: Duration) -> mysql::Result<Conn> {
         let opts = OptsBuilder::from_opts(self.opts.clone())
-            .tcp_connect_timeout(t)
+            .tcp_connect_timeout(Some(limit.max(Duration::from_millis(1))))
             .read_timeout(Some(read))
-            .write_timeout(t);
+            // Near a renewal deadline the timeout is shorter than when the options were made.
+            .write_timeout(Some(self.timeout));
         let conn = Conn::new(opts)?;
         set_socket_timeout(&conn, self.timeout);
         Ok(conn)
@@ -186,32 +190,40 @@ impl Db {
     /// Connects; a server that has not greeted within [`GREETING_WAIT`] is
     /// asked what it speaks, so that a wrong port fails at once in one clear
     /// line. A MySQL server that is merely slow gets a second attempt with
-    /// the rest of the timeout.
+    /// the rest of the timeout: the two attempts share one timeout.
     fn establish(&self) -> std::result::Result<Conn, Unconnected> {
         let started = std::time::Instant::now();
         if self.timeout <= GREETING_WAIT || self.opts.get_socket().is_some() {
-            return self.try_connect(self.timeout).map_err(Unconnected::Driver);
+            return self
+                .try_connect(self.timeout, self.timeout)
+                .map_err(Unconnected::Driver);
         }
-        match self.try_connect(GREETING_WAIT) {
-            Err(e) if timed_out(&e) => {}
+        let first = match self.try_connect(self.timeout, GREETING_WAIT) {
+            Err(e) if timed_out(&e) => e,
             done => return done.map_err(Unconnected::Driver),
-        }
+        };
         let left = self.timeout.saturating_sub(started.elapsed());
+        if left < Duration::from_millis(50) {
+            // The TCP connection itself took the time (a host that drops
+            // packets): nothing answered to ask, and no time is left.
+            return Err(Unconnected::Driver(first));
+        }
         let (host, port) = (self.opts.get_ip_or_hostname(), self.opts.get_tcp_port());
         let other = super::probe::speaks(&host, port, left.min(GREETING_WAIT));
-        if let Some(other) = other.filter(|p| *p != "MySQL/MariaDB") {
-            return Err(Unconnected::Elsewhere(fail(
-                UNAVAILABLE,
-                format!(
-                    "the server at {host}:{port} does not speak the MySQL protocol: \
-                     it answers as {other} does; is the port in {} right?",
-                    self.shown
-                ),
-            )));
+        if let Some(other) = other.filter(|p| *p != super::probe::Proto::Mysql) {
+            let msg = super::probe::wrong_port(
+                (&host, port),
+                &self.shown,
+                "MySQL",
+                other,
+                // MySQL's TLS begins inside its own protocol, never on a bare TLS port.
+                None,
+            );
+            return Err(Unconnected::Elsewhere(fail(UNAVAILABLE, msg)));
         }
         let left = self.timeout.saturating_sub(started.elapsed());
-        self.try_connect(left.max(Duration::from_millis(1)))
-            .map_err(Unconnected::Driver)
+        let left = left.max(Duration::from_millis(1));
+        self.try_connect(left, left).map_err(Unconnected::Driver)
     }
 
     fn explain(&self, e: Unconnected) -> anyhow::Error {
@@ -249,6 +261,11 @@ impl Db {
             let r = f(self.connection()?);
             match r {
                 Ok(v) => return Ok(v),
+                Err(mysql::Error::MySqlError(m))
+                    if m.code == ER_NO_SUCH_TABLE && self.read_only =>
+                {
+                    return Err(anyhow::Error::new(sql::NoTable));
+                }
                 Err(mysql::Error::MySqlError(m)) if m.code == ER_NO_SUCH_TABLE && !created => {
                     created = true;
                     let ddl = sql::create_table(&DIALECT, &self.table);
@@ -256,6 +273,9 @@ impl Db {
                     if let Err(e) = r {
                         return Err(self.fail(e));
                     }
+                }
+                Err(mysql::Error::MySqlError(m)) if is_no_state(&m) && self.read_only => {
+                    return Err(self.older_table());
                 }
                 Err(mysql::Error::MySqlError(m)) if is_no_state(&m) && !altered => {
                     altered = true;
@@ -273,17 +293,23 @@ impl Db {
         match self.connection()?.query_drop(ddl) {
             Ok(()) => Ok(()),
             Err(mysql::Error::MySqlError(m)) if m.code == ER_DUP_FIELDNAME => Ok(()),
-            Err(mysql::Error::MySqlError(m)) if is_denied(m.code) => Err(fail(
-                UNAVAILABLE,
-                format!(
-                    "table {t} was made by an older dlock and this user may not add the \
-                     column that lock kinds need: run ALTER TABLE {t} ADD COLUMN state \
-                     LONGBLOB NULL once as a user with the ALTER privilege",
-                    t = DIALECT.ident(&self.table)
-                ),
-            )),
+            Err(mysql::Error::MySqlError(m)) if is_denied(m.code) => Err(self.older_table()),
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// A table without the `state` column that this user, or this read,
+    /// may not add.
+    fn older_table(&self) -> anyhow::Error {
+        fail(
+            UNAVAILABLE,
+            format!(
+                "table {t} was made by an older dlock and this user may not add the \
+                 column that lock kinds need: run ALTER TABLE {t} ADD COLUMN state \
+                 LONGBLOB NULL once as a user with the ALTER privilege",
+                t = DIALECT.ident(&self.table)
+            ),
+        )
     }
 
     fn fail(&mut self, e: mysql::Error) -> anyhow::Error {
@@ -358,7 +384,12 @@ impl Backend for MysqlBackend {
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
-        self.leases.status(&mut *self.db(), names)
+        // A look changes nothing: no table means no locks.
+        let mut db = self.db();
+        db.read_only = true;
+        let r = self.leases.status(&mut *db, names);
+        db.read_only = false;
+        sql::none_without_table(r)
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {

@@ -18,6 +18,7 @@
 
 mod kinds;
 pub(crate) mod link;
+mod misplaced;
 pub mod multi;
 pub(crate) mod scripts;
 pub(crate) mod topo;
@@ -126,8 +127,14 @@ impl RedisBackend {
             self.link.with_con(Route::Key(&keys[0]), |con| {
                 let replies = pipe.query::<Vec<Value>>(con)?;
                 // A cluster's redirection is the link's to follow.
+                // So is a refusal that may show a server of the wrong kind.
                 match replies.first() {
-                    Some(Value::ServerError(e)) if matches!(e.code(), "MOVED" | "ASK") => {
+                    Some(Value::ServerError(e))
+                        if matches!(e.code(), "MOVED" | "ASK" | "CROSSSLOT")
+                            || (e.code() == "CLUSTERDOWN" && !self.link.is_cluster())
+                            || e.details()
+                                .is_some_and(|d| d.starts_with("unknown command")) =>
+                    {
                         Err(e.clone().into())
                     }
                     _ => Ok(replies),
@@ -369,6 +376,7 @@ impl RedisBackend {
                 keys.extend(self.link.scan(Route::Node(&node), &pattern)?);
             }
         } else {
+            self.link.refuse_cluster_node(&pattern)?;
             keys = self.link.scan(Route::Key(&pattern), &pattern)?;
         }
         let mut names: Vec<String> = keys

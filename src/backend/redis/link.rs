@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::Result;
 use redis::{Client, Connection};
 
+use super::misplaced;
 use super::multi::Multi;
 use super::topo::{self, Addr, Cluster, Sentinel};
+use crate::backend::probe::{self, Proto};
 use crate::error::{fail, fail_unsent, mark_unsent, INTERNAL, UNAVAILABLE};
 
 /// Redirections followed for one request (a MOVED, then an ASK, then one spare).
@@ -227,6 +229,14 @@ impl Link {
                 }
                 Err(e) => e,
             };
+            if used == Used::One {
+                // A Cluster node or a Sentinel behind a single-server URL.
+                let shown = &self.shown;
+                if let Some(wrong) = misplaced::kind_error(con, &e, shown, self.addr.as_ref()) {
+                    g.one = None;
+                    return Err(wrong);
+                }
+            }
             if let Some((to, ask)) = topo::redirection(&e).filter(|_| hop < MAX_REDIRECTS) {
                 if !ask {
                     // The slots moved: read the map again for the requests after this one.
@@ -362,7 +372,7 @@ impl Link {
                 crate::duration::format(timeout)
             )
         } else {
-            format!("cannot connect to {at}: {e}")
+            format!("cannot connect to {at}: {}", misplaced::text(e))
         };
         fail(UNAVAILABLE, msg)
     }
@@ -372,39 +382,72 @@ impl Link {
     fn no_handshake(&self) -> anyhow::Error {
         let at = &self.shown;
         let within = crate::duration::format(self.timeout());
-        let plain = self.speaks() == Some("Redis");
+        let plain = self.speaks() == Some(Proto::Redis);
         let msg = if plain {
             format!("{at} did not complete a TLS handshake within {within}: that port speaks plain Redis; use redis:// instead of rediss://")
         } else {
             format!("{at} did not complete a TLS handshake within {within}: is it a plain Redis port (then use redis://)? Otherwise check host, port and firewall, or raise --connect-timeout")
         };
-        fail(UNAVAILABLE, msg)
+        // No request goes before the handshake: nothing was sent.
+        fail_unsent(UNAVAILABLE, msg)
     }
 
     /// What the server at this URL's host and port speaks, by a short look
     /// on a connection of its own (at most a second).
-    fn speaks(&self) -> Option<&'static str> {
+    fn speaks(&self) -> Option<Proto> {
         let (host, port) = self.addr.as_ref()?;
-        super::super::probe::speaks(host, *port, self.timeout().min(Duration::from_secs(1)))
+        probe::speaks(host, *port, self.timeout().min(Duration::from_secs(1)))
     }
 
-    /// A first reply that is not Redis protocol: say what answers there
-    /// instead (MySQL greets first, and its greeting reads as garbage).
+    /// A first reply that is not Redis protocol, or a connection closed
+    /// before any answer: say what answers there instead (MySQL greets
+    /// first, and its greeting reads as garbage; most others hang up).
     fn not_redis(&self, e: &redis::RedisError) -> Option<anyhow::Error> {
-        if e.kind() != redis::ErrorKind::Parse || self.tls {
+        let garbled = e.kind() == redis::ErrorKind::Parse;
+        let closed = (e.is_io_error() || e.is_connection_dropped())
+            && !e.is_connection_refusal()
+            && !e.is_timeout();
+        if !garbled && !closed {
             return None;
         }
         let (host, port) = self.addr.as_ref()?;
-        let other = self.speaks().filter(|p| *p != "Redis");
-        let found = other.map_or("it answers in something else".to_string(), |p| {
-            format!("it answers as {p} does")
-        });
-        Some(fail_unsent(
-            UNAVAILABLE,
-            format!(
-                "the server at {host}:{port} does not speak the Redis protocol: {found}; is the port in {} right?",
+        let at = (host.as_str(), *port);
+        let msg = match (self.speaks(), self.tls) {
+            (Some(Proto::Redis), true) => format!(
+                "{} did not complete a TLS handshake: that port speaks plain Redis; use redis:// instead of rediss://",
                 self.shown
             ),
+            (Some(Proto::Redis), false) | (Some(Proto::Tls), true) | (None, true) => return None,
+            (Some(other), _) => probe::wrong_port(at, &self.shown, "Redis", other, Some("rediss://")),
+            (None, false) if garbled => format!(
+                "the server at {host}:{port} does not speak the Redis protocol: it answers in something else; is the port in {} right?",
+                self.shown
+            ),
+            (None, false) => return None,
+        };
+        Some(fail_unsent(UNAVAILABLE, msg))
+    }
+
+    /// Refuses a Cluster node behind a single-server URL, where SCAN would
+    /// see only that node's keys (and so too few locks); one request, made
+    /// only by a listing `status`.
+    pub fn refuse_cluster_node(&self, key: &str) -> Result<()> {
+        if !matches!(self.target, Target::Direct(_)) {
+            return Ok(());
+        }
+        let info: String = self.with_con(Route::Key(key), |con| {
+            redis::cmd("INFO").arg("cluster").query(con)
+        })?;
+        if !misplaced::cluster_enabled(&info) {
+            return Ok(());
+        }
+        let at = self
+            .addr
+            .as_ref()
+            .map_or_else(|| "HOST:PORT".to_string(), |(h, p)| format!("{h}:{p}"));
+        Err(fail_unsent(
+            UNAVAILABLE,
+            misplaced::cluster_node(&self.shown, &at),
         ))
     }
 
@@ -447,9 +490,15 @@ impl Link {
                 ),
             )
         } else if e.is_io_error() || e.is_connection_dropped() {
-            fail(UNAVAILABLE, format!("lost connection to {at}: {e}"))
+            fail(
+                UNAVAILABLE,
+                format!("lost connection to {at}: {}", misplaced::text(e)),
+            )
         } else {
-            fail(INTERNAL, format!("unexpected reply from {at}: {e}"))
+            fail(
+                INTERNAL,
+                format!("unexpected reply from {at}: {}", misplaced::text(e)),
+            )
         }
     }
 }
