@@ -93,10 +93,15 @@ fn tls_users_and_failover_past_a_member_that_is_down() {
     );
     // Without the private CA the server's certificate is not trusted.
     one_line_error(&run(&url(pw, ""), &["status"]), 69, "certificate", pw);
-    // Plain text to a TLS member fails too, without hanging.
+    // Plain text to a TLS member fails too, without hanging, and says so.
     let plain = format!("etcd://bob:{pw}@{}", e.endpoints());
     let o = run(&plain, &["--connect-timeout", "2s", "status"]);
-    one_line_error(&o, 69, "etcd at etcd://bob:***@", pw);
+    one_line_error(
+        &o,
+        69,
+        "it answers as TLS does; for a TLS port use etcds://",
+        pw,
+    );
 }
 
 #[test]

@@ -149,7 +149,7 @@ pub fn speaks(host: &str, port: u16, within: Duration) -> Option<Proto> {
         // Each look ends by its own deadline; nobody waits for the slow ones.
         let _ = std::thread::Builder::new()
             .name("probe".into())
-            .stack_size(64 * 1024)
+            .stack_size(128 * 1024)
             .spawn(move || {
                 let _ = tx.send(look(addr, i, end));
             });

@@ -167,7 +167,9 @@ impl Link {
                     (e, unsent)
                 })
             };
-            let r = self.first_look(until, &member, attempt).await?;
+            // On the heap: a request's future is large, and renewals run on
+            // a thread with a small stack.
+            let r = self.first_look(until, &member, Box::pin(attempt)).await?;
             let err = match r {
                 Ok(Ok(v)) => {
                     self.state().answered = true;
@@ -213,9 +215,8 @@ impl Link {
         &self,
         until: Instant,
         member: &str,
-        attempt: impl Future<Output = T>,
+        mut attempt: std::pin::Pin<Box<impl Future<Output = T>>>,
     ) -> Result<Result<T, tokio::time::error::Elapsed>> {
-        let mut attempt = std::pin::pin!(attempt);
         let left = until.saturating_duration_since(Instant::now());
         let quiet = left.min(QUIET);
         if self.state().answered || quiet >= left {
