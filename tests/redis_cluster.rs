@@ -243,3 +243,18 @@ fn a_redis_url_at_one_cluster_node_says_use_redis_cluster() {
         );
     }
 }
+
+/// The other way round: `redis+cluster://` at a server without cluster
+/// mode said "ResponseError: This instance has cluster support disabled".
+#[test]
+fn a_cluster_url_at_a_plain_server_says_use_redis() {
+    let r = Redis::start();
+    let mut c = dlock(&format!("redis+cluster://127.0.0.1:{}", r.port));
+    c.args(["status"]);
+    let o = run(c);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 69, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let want = format!("is not in cluster mode; use redis://127.0.0.1:{}", r.port);
+    assert!(err.contains(&want), "{err}");
+}

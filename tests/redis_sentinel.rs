@@ -240,3 +240,21 @@ fn a_redis_url_at_a_sentinel_says_use_redis_sentinel() {
         );
     }
 }
+
+/// The other way round: `redis+sentinel://` at a plain server printed its
+/// refusal of SENTINEL with the arguments it echoed.
+#[test]
+fn a_sentinel_url_at_a_plain_server_says_so() {
+    let r = Redis::start();
+    let mut c = dlock(&format!("redis+sentinel://127.0.0.1:{}/svc", r.port));
+    c.args(["status"]);
+    let o = run(c);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 69, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("are not Sentinels") && err.contains("redis://HOST:PORT"),
+        "{err}"
+    );
+    assert!(!err.contains("args"), "{err}");
+}

@@ -326,6 +326,12 @@ impl Link {
     fn primary_connection(&self, s: &Sentinel, timeout: Duration) -> Result<Connection> {
         let at = &self.shown;
         let addr = s.primary(timeout).map_err(|why| {
+            if why.contains("unknown command 'SENTINEL'") {
+                return fail_unsent(
+                    UNAVAILABLE,
+                    format!("{at} names Redis servers that are not Sentinels (they know no SENTINEL command); for a single server use redis://HOST:PORT"),
+                );
+            }
             fail_unsent(
                 UNAVAILABLE,
                 format!(
@@ -362,6 +368,17 @@ impl Link {
             format!("authentication to {at} failed: check the user and password in the URL")
         } else if e.is_connection_refusal() {
             format!("cannot connect to {at}: connection refused; is redis-server running and listening there?")
+        } else if self.is_cluster()
+            && e.detail()
+                .is_some_and(|d| d.contains("cluster support disabled"))
+        {
+            let one = self
+                .first_addr()
+                .map_or_else(|| "HOST:PORT".to_string(), |(h, p)| format!("{h}:{p}"));
+            return fail_unsent(
+                UNAVAILABLE,
+                format!("{at} names a Redis server that is not in cluster mode; use redis://{one} for it"),
+            );
         } else if e.is_timeout() && self.tls {
             return self.no_handshake();
         } else if let Some(other) = self.not_redis(e) {
@@ -395,8 +412,16 @@ impl Link {
     /// What the server at this URL's host and port speaks, by a short look
     /// on a connection of its own (at most a second).
     fn speaks(&self) -> Option<Proto> {
-        let (host, port) = self.addr.as_ref()?;
+        let (host, port) = self.first_addr()?;
         probe::speaks(host, *port, self.timeout().min(Duration::from_secs(1)))
+    }
+
+    /// The server's address, or a cluster's first seed.
+    fn first_addr(&self) -> Option<&(String, u16)> {
+        match &self.target {
+            Target::Cluster(seeds) => seeds.hosts.first(),
+            _ => self.addr.as_ref(),
+        }
     }
 
     /// A first reply that is not Redis protocol, or a connection closed
@@ -410,7 +435,7 @@ impl Link {
         if !garbled && !closed {
             return None;
         }
-        let (host, port) = self.addr.as_ref()?;
+        let (host, port) = self.first_addr()?;
         let at = (host.as_str(), *port);
         let msg = match (self.speaks(), self.tls) {
             (Some(Proto::Redis), true) => format!(
