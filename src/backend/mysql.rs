@@ -27,13 +27,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder, Value};
+use mysql::{Conn, Opts, Value};
 
 mod conn;
 mod wake;
 use conn::{
     breaks_connection, describe, is_denied, is_full, is_no_state, options, set_socket_timeout,
-    timed_out, Unconnected, ER_DUP_FIELDNAME, ER_NO_SUCH_TABLE, GREETING_WAIT,
+    Unconnected, ER_DUP_FIELDNAME, ER_NO_SUCH_TABLE,
 };
 
 use super::sql::{self, Dialect, Exec, Leases, Val};
@@ -174,58 +174,6 @@ fn from_value(v: Value) -> Val {
 }
 
 impl Db {
-    /// Connects within `limit` for the TCP connection, with `read` as the
-    /// limit on each read while connecting.
-    fn try_connect(&self, limit: Duration, read: Duration) -> mysql::Result<Conn> {
-        let opts = OptsBuilder::from_opts(self.opts.clone())
-            .tcp_connect_timeout(Some(limit.max(Duration::from_millis(1))))
-            .read_timeout(Some(read))
-            // Near a renewal deadline the timeout is shorter than when the options were made.
-            .write_timeout(Some(self.timeout));
-        let conn = Conn::new(opts)?;
-        set_socket_timeout(&conn, self.timeout);
-        Ok(conn)
-    }
-
-    /// Connects; a server that has not greeted within [`GREETING_WAIT`] is
-    /// asked what it speaks, so that a wrong port fails at once in one clear
-    /// line. A MySQL server that is merely slow gets a second attempt with
-    /// the rest of the timeout: the two attempts share one timeout.
-    fn establish(&self) -> std::result::Result<Conn, Unconnected> {
-        let started = std::time::Instant::now();
-        if self.timeout <= GREETING_WAIT || self.opts.get_socket().is_some() {
-            return self
-                .try_connect(self.timeout, self.timeout)
-                .map_err(Unconnected::Driver);
-        }
-        let first = match self.try_connect(self.timeout, GREETING_WAIT) {
-            Err(e) if timed_out(&e) => e,
-            done => return done.map_err(Unconnected::Driver),
-        };
-        let left = self.timeout.saturating_sub(started.elapsed());
-        if left < Duration::from_millis(50) {
-            // The TCP connection itself took the time (a host that drops
-            // packets): nothing answered to ask, and no time is left.
-            return Err(Unconnected::Driver(first));
-        }
-        let (host, port) = (self.opts.get_ip_or_hostname(), self.opts.get_tcp_port());
-        let other = super::probe::speaks(&host, port, left.min(GREETING_WAIT));
-        if let Some(other) = other.filter(|p| *p != super::probe::Proto::Mysql) {
-            let msg = super::probe::wrong_port(
-                (&host, port),
-                &self.shown,
-                "MySQL",
-                other,
-                // MySQL's TLS begins inside its own protocol, never on a bare TLS port.
-                None,
-            );
-            return Err(Unconnected::Elsewhere(fail(UNAVAILABLE, msg)));
-        }
-        let left = self.timeout.saturating_sub(started.elapsed());
-        let left = left.max(Duration::from_millis(1));
-        self.try_connect(left, left).map_err(Unconnected::Driver)
-    }
-
     fn explain(&self, e: Unconnected) -> anyhow::Error {
         match e {
             Unconnected::Driver(e) => describe(&e, &self.shown, &self.database, self.timeout),

@@ -18,7 +18,7 @@
 
 mod kinds;
 pub(crate) mod link;
-mod misplaced;
+pub(crate) mod misplaced;
 pub mod multi;
 pub(crate) mod scripts;
 pub(crate) mod topo;
@@ -161,7 +161,11 @@ impl RedisBackend {
             Some(Value::ServerError(e)) => Err(self.link.request_error(&e.into())),
             other => Err(fail(
                 INTERNAL,
-                format!("unexpected reply from {}: {other:?}", self.link.shown),
+                format!(
+                    "unexpected reply from {}: {} where a script's list was due",
+                    self.link.shown,
+                    misplaced::shape(other.as_ref())
+                ),
             )),
         }
     }

@@ -75,6 +75,21 @@ fn host_port(host: &str, port: u16) -> String {
     }
 }
 
+/// What kind of reply `v` is, for an error line: never its contents, which
+/// may hold a token.
+pub(crate) fn shape(v: Option<&Value>) -> &'static str {
+    match v {
+        None => "no reply",
+        Some(Value::Nil) => "nil",
+        Some(Value::Int(_)) => "an integer",
+        Some(Value::BulkString(_) | Value::SimpleString(_) | Value::VerbatimString { .. }) => {
+            "a string"
+        }
+        Some(Value::Okay) => "OK",
+        Some(_) => "another kind of value",
+    }
+}
+
 /// Whether `INFO cluster` says the server runs in cluster mode.
 pub fn cluster_enabled(info: &str) -> bool {
     info.lines().any(|l| l.trim_end() == "cluster_enabled:1")
