@@ -237,7 +237,12 @@ fn greeting_or_redis(b: &[u8]) -> Seen {
 }
 
 fn zookeeper(b: &[u8]) -> Seen {
-    const ANSWERS: [&[u8]; 2] = [b"Zookeeper version", b"srvr is not executed"];
+    // Serving, refusing four-letter words, or in an election.
+    const ANSWERS: [&[u8]; 3] = [
+        b"Zookeeper version",
+        b"srvr is not executed",
+        b"This ZooKeeper instance is not currently serving",
+    ];
     for a in ANSWERS {
         if b.starts_with(a) {
             return Seen::Is(Proto::ZooKeeper);
@@ -307,6 +312,8 @@ mod tests {
             Some(Proto::ZooKeeper)
         );
         assert!(matches!(zookeeper(b"Zoo"), Seen::More));
+        let electing = b"This ZooKeeper instance is not currently serving requests\n";
+        assert_eq!(is(zookeeper(electing)), Some(Proto::ZooKeeper));
         assert_eq!(is(postgres(b"N")), Some(Proto::Postgres));
         assert!(matches!(postgres(b"-ERR x"), Seen::Not));
         let settings = b"\x00\x00\x0c\x04\x00\x00\x00\x00\x00";
