@@ -93,10 +93,15 @@ fn tls_users_and_failover_past_a_member_that_is_down() {
     );
     // Without the private CA the server's certificate is not trusted.
     one_line_error(&run(&url(pw, ""), &["status"]), 69, "certificate", pw);
-    // Plain text to a TLS member fails too, without hanging.
+    // Plain text to a TLS member fails too, without hanging, and says so.
     let plain = format!("etcd://bob:{pw}@{}", e.endpoints());
     let o = run(&plain, &["--connect-timeout", "2s", "status"]);
-    one_line_error(&o, 69, "etcd at etcd://bob:***@", pw);
+    one_line_error(
+        &o,
+        69,
+        "it answers as TLS does; for a TLS port use etcds://",
+        pw,
+    );
 }
 
 #[test]
@@ -306,4 +311,51 @@ fn a_user_for_an_etcd_without_auth_is_refused_plainly() {
     let o = run(c);
     one_line_error(&o, 69, "authentication", "s3cret-Pw");
     assert!(stderr(&o).contains("remove the user"), "{}", stderr(&o));
+}
+
+/// Runs `args` against `url`; the one error line, its code and how long it took.
+fn failure(url: &str, args: &[&str]) -> (i32, String, Duration) {
+    let mut c = dlock(url);
+    c.args(["--connect-timeout", "10s"]).args(args);
+    let started = std::time::Instant::now();
+    let o = run(c);
+    let took = started.elapsed();
+    let err = stderr(&o);
+    assert_eq!(err.trim_end().lines().count(), 1, "{url}: {err}");
+    (code(&o), err, took)
+}
+
+/// A wrong port fails at once and says what answers there: nothing
+/// ("tcp connect error" before), Redis ("h2 protocol error"), a plain etcd
+/// port under etcds:// ("tls handshake eof"); and `redis://` at etcd's port
+/// ("Connection reset by peer").
+#[test]
+fn wrong_ports_say_what_answers() {
+    let e = Etcd::shared();
+    let etcd = e.members[0].client;
+    let redis = Redis::start();
+    let closed = free_port();
+    let cases = [
+        (format!("etcd://127.0.0.1:{closed}"), "connection refused"),
+        (
+            format!("etcd://127.0.0.1:{}", redis.port),
+            "it answers as Redis does; for Redis use redis://",
+        ),
+        (
+            format!("etcds://127.0.0.1:{etcd}"),
+            "does not speak TLS: it answers in plain HTTP/2 (gRPC); for a plain etcd port use etcd://",
+        ),
+        (
+            format!("redis://127.0.0.1:{etcd}"),
+            "it answers as HTTP/2 (gRPC) does; for etcd use etcd://",
+        ),
+    ];
+    for (url, want) in cases {
+        for args in [&["status"][..], &["exec", "x", "--", "true"]] {
+            let (code, err, took) = failure(&url, args);
+            assert_eq!(code, 69, "{url}: {err}");
+            assert!(err.contains(want), "{url}: expected '{want}' in: {err}");
+            assert!(took < Duration::from_secs(4), "{url}: took {took:?}");
+        }
+    }
 }

@@ -265,3 +265,61 @@ fn a_redis_url_at_a_mysql_port_says_what_answers() {
         );
     }
 }
+
+/// `status` only reads: a user without the CREATE privilege learns that no
+/// lock is held (it got exit 69 before), and no table appears.
+#[test]
+fn status_creates_nothing() {
+    let db = MariaDb::shared();
+    let ctx = Ctx::new(db.clone());
+    let reader = format!("r_{}", ctx.prefix);
+    let reader = &reader[..reader.len().min(32)];
+    db.sql(&format!(
+        "CREATE USER '{reader}'@'%' IDENTIFIED BY 'pw-reader'; \
+         GRANT SELECT ON `{DATABASE}`.* TO '{reader}'@'%'"
+    ));
+    let url = db.url_with(reader, "pw-reader", DATABASE);
+    // A listing with nothing held is success; a named lock that is free, 1.
+    for (names, want) in [(&[][..], 0), (&["job"], 1)] {
+        let mut args = vec!["--url", &url, "status"];
+        args.extend(names);
+        let o = ctx.run(&args);
+        assert_eq!(code(&o), want, "{names:?}: {}", stderr(&o));
+        assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+        if names.is_empty() {
+            assert!(stdout(&o).contains("no locks held"), "{}", stdout(&o));
+        }
+    }
+    // The owner's status creates nothing either.
+    assert_eq!(code(&ctx.run(&["status", "job"])), 1);
+    let tables = db.sql(&format!(
+        "SHOW TABLES FROM `{DATABASE}` LIKE '{}\\_leases'",
+        ctx.prefix
+    ));
+    assert!(tables.trim().is_empty(), "status created {tables}");
+}
+
+/// A host that drops connection attempts (a listener whose accept queue is
+/// full) costs one --connect-timeout, not two, and the error says so.
+#[test]
+fn a_silent_host_costs_one_timeout() {
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // SAFETY: listen(2) on a socket this test owns; a backlog of 0 keeps
+    // one connection queued and drops the SYNs of any more.
+    assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 0) }, 0);
+    let port = l.local_addr().unwrap().port();
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            queued.push(s);
+        }
+    }
+    let url = format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{port}/{DATABASE}");
+    let started = Instant::now();
+    let o = at(&url, &["--connect-timeout", "2s", "status"]);
+    let took = started.elapsed();
+    one_line_error(&o, 69, "did not answer within 2s");
+    assert!(took < Duration::from_millis(3500), "took {took:?}");
+}

@@ -264,7 +264,7 @@ fn privileges_needed_are_named() {
     one_line_error(&o, 69, "may not create table");
     assert!(stderr(&o).contains("CREATE on schema"), "{}", stderr(&o));
     // The owner makes the table (its first use) and grants the three rights.
-    assert_eq!(code(&ctx.run(&["status", "job"])), 1);
+    assert_eq!(code(&ctx.run(&["exec", "job", "--", "true"])), 0);
     db.sql(&format!(
         "GRANT SELECT, INSERT, UPDATE ON {}_leases TO {plain}",
         ctx.prefix
@@ -376,4 +376,67 @@ fn behind_pgbouncer_in_transaction_mode_locks_stay_correct() {
         .parse()
         .unwrap();
     assert_eq!(n, workers * each, "lost updates: sections overlapped");
+}
+
+/// `status` only reads: a role that may not create tables learns that no
+/// lock is held (it got exit 69 before), and the table (and a `?schema=`
+/// one) still does not exist afterwards.
+#[test]
+fn status_creates_nothing() {
+    let db = Postgres::shared();
+    let ctx = Ctx::new(db.clone());
+    let reader = format!("reader_{}", ctx.prefix);
+    db.sql(&format!("CREATE USER {reader} PASSWORD '{PASSWORD}'"));
+    let table = format!("{}_leases", ctx.prefix);
+    for url in [
+        db.url_with(&reader, PASSWORD, DATABASE),
+        format!("{}&schema=s_{}", db.url(), ctx.prefix),
+    ] {
+        // A listing with nothing held is success; a named lock that is free, 1.
+        for (args, want) in [(&["status"][..], 0), (&["status", "job"], 1)] {
+            let mut c = dlock(&url);
+            c.env("DLOCK_PREFIX", &ctx.prefix).args(args);
+            let o = run(c);
+            assert_eq!(code(&o), want, "{args:?}: {}", stderr(&o));
+            assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+        }
+        let mut c = dlock(&url);
+        c.env("DLOCK_PREFIX", &ctx.prefix).arg("status");
+        assert!(stdout(&run(c)).contains("no locks held"));
+    }
+    let found = db.sql(&format!(
+        "SELECT count(*) FROM pg_class WHERE relname = '{table}'"
+    ));
+    assert_eq!(found.trim(), "0", "status created {table}");
+    let schemas = db.sql(&format!(
+        "SELECT count(*) FROM pg_namespace WHERE nspname = 's_{}'",
+        ctx.prefix
+    ));
+    assert_eq!(schemas.trim(), "0", "status created the schema");
+}
+
+/// postgres:// at a Redis port: Redis waits for a newline that the
+/// start-up message never sends, so dlock waited out the timeout and said
+/// "did not answer"; it now says what answers there, at once.
+#[test]
+fn a_postgres_url_at_a_redis_port_says_what_answers() {
+    let redis = Redis::start();
+    let url = format!(
+        "postgres://{USER}:{PASSWORD}@127.0.0.1:{}/{DATABASE}?sslmode=disable",
+        redis.port
+    );
+    for args in [&["status"][..], &["exec", "x", "--", "true"]] {
+        let started = Instant::now();
+        let mut all = vec!["--connect-timeout", "10s"];
+        all.extend(args);
+        let o = at(&url, &all);
+        let took = started.elapsed();
+        one_line_error(
+            &o,
+            69,
+            "does not speak the PostgreSQL protocol: it answers as Redis does; for Redis use redis://",
+        );
+        assert!(!stderr(&o).contains(PASSWORD), "{}", stderr(&o));
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+    }
 }

@@ -210,3 +210,51 @@ fn cluster_urls_are_checked() {
     assert_eq!(code(&o), 69, "{}", stderr(&o));
     assert!(stderr(&o).contains("connection refused"), "{}", stderr(&o));
 }
+
+/// `redis://` at one node of a cluster: that node holds only some slots, so
+/// names elsewhere got MOVED (exit 70, a false "went unanswered" line) and
+/// `status` saw only that node's keys. dlock names the cluster instead.
+#[test]
+fn a_redis_url_at_one_cluster_node_says_use_redis_cluster() {
+    let set = ClusterSet::shared();
+    let port = set.nodes[0].port;
+    let url = format!("redis://127.0.0.1:{port}/0");
+    // A name whose slot another node owns.
+    let name = (0..100)
+        .map(|i| format!("elsewhere-{i}"))
+        .find(|n| set.owner_port(&format!("dlock:{{{n}}}:lease")) != port)
+        .unwrap();
+    for args in [
+        vec!["status"],
+        vec!["status", name.as_str()],
+        vec!["exec", name.as_str(), "--", "true"],
+        vec!["acquire", name.as_str()],
+    ] {
+        let mut c = dlock(&url);
+        c.args(&args);
+        let o = run(c);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 69, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("is a Redis Cluster node")
+                && err.contains(&format!("redis+cluster://127.0.0.1:{port}")),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// The other way round: `redis+cluster://` at a server without cluster
+/// mode said "ResponseError: This instance has cluster support disabled".
+#[test]
+fn a_cluster_url_at_a_plain_server_says_use_redis() {
+    let r = Redis::start();
+    let mut c = dlock(&format!("redis+cluster://127.0.0.1:{}", r.port));
+    c.args(["status"]);
+    let o = run(c);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 69, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let want = format!("is not in cluster mode; use redis://127.0.0.1:{}", r.port);
+    assert!(err.contains(&want), "{err}");
+}

@@ -374,3 +374,42 @@ fn rediss_to_a_plain_port_says_to_use_redis() {
         "{err}"
     );
 }
+
+/// `redis://` at a TLS port: the server hangs up on plain text ("Connection
+/// reset by peer" before); dlock says it speaks TLS and to use rediss://.
+#[test]
+fn redis_to_a_tls_port_says_to_use_rediss() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let r = Redis::with_tls(certs.path());
+    for args in [&["status", "x"][..], &["exec", "x", "--", "true"]] {
+        let mut c = dlock(&format!("redis://127.0.0.1:{}/0", r.port));
+        c.args(args);
+        let o = run(c);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 69, "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("it answers as TLS does") && err.contains("use rediss://"),
+            "{err}"
+        );
+    }
+}
+
+/// `rediss://` at a plain port: `exec` waits one --connect-timeout for the
+/// handshake and stops, without a second wait to clean up after a request
+/// that was never sent.
+#[test]
+fn rediss_to_a_plain_port_waits_one_timeout() {
+    let r = Redis::start();
+    let mut c = dlock(&format!("rediss://127.0.0.1:{}/0", r.port));
+    c.args(["--connect-timeout", "1s", "exec", "x", "--", "true"]);
+    let started = Instant::now();
+    let o = run(c);
+    let took = started.elapsed();
+    let err = stderr(&o);
+    assert_eq!(code(&o), 69, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("plain Redis"), "{err}");
+    assert!(took < Duration::from_millis(1900), "took {took:?}");
+}

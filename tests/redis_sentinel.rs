@@ -208,3 +208,53 @@ fn sentinel_urls_are_checked_and_redacted() {
         assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
     }
 }
+
+/// `redis://` at a Sentinel's port: the server knows no EVALSHA, and its
+/// refusal echoed most of the request's token. dlock says it is a Sentinel
+/// and which URL to write, and never prints a token fragment.
+#[test]
+fn a_redis_url_at_a_sentinel_says_use_redis_sentinel() {
+    let set = SentinelSet::shared();
+    let port = set.ports[0];
+    let url = format!("redis://127.0.0.1:{port}");
+    let token = "0123456789abcdef0123456789abcdef";
+    for args in [
+        vec!["status"],
+        vec!["exec", "y", "--", "true"],
+        vec!["release", "y", "--token", token],
+    ] {
+        let mut c = dlock(&url);
+        c.args(&args);
+        let o = run(c);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 69, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        let want = format!(
+            "is a Redis Sentinel, not a Redis server; use redis+sentinel://127.0.0.1:{port}/{}",
+            common::sentinel::SERVICE
+        );
+        assert!(err.contains(&want), "{args:?}: {err}");
+        assert!(
+            !err.contains("456789ab") && !err.contains("args"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// The other way round: `redis+sentinel://` at a plain server printed its
+/// refusal of SENTINEL with the arguments it echoed.
+#[test]
+fn a_sentinel_url_at_a_plain_server_says_so() {
+    let r = Redis::start();
+    let mut c = dlock(&format!("redis+sentinel://127.0.0.1:{}/svc", r.port));
+    c.args(["status"]);
+    let o = run(c);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 69, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("are not Sentinels") && err.contains("redis://HOST:PORT"),
+        "{err}"
+    );
+    assert!(!err.contains("args"), "{err}");
+}

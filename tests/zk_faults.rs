@@ -414,3 +414,34 @@ fn fences_grow_after_the_ensemble_lost_its_data() {
     eprintln!("fences {a}, {b}; after the wipe {c}");
     assert!(c > b, "fence {c} after {b}");
 }
+
+/// A refused port fails at once (it was retried until --connect-timeout),
+/// and a port that speaks another protocol is named at once (it waited out
+/// the timeout in silence).
+#[test]
+fn wrong_ports_fail_at_once_and_say_what_answers() {
+    let redis = Redis::start();
+    let closed = free_port();
+    let cases = [
+        (format!("zk://127.0.0.1:{closed}"), "connection refused", 1),
+        (
+            format!("zk://127.0.0.1:{}", redis.port),
+            "does not speak the ZooKeeper protocol: it answers as Redis does",
+            3,
+        ),
+    ];
+    for (url, want, within) in cases {
+        for args in [&["status"][..], &["exec", "x", "--", "true"]] {
+            let mut c = dlock(&url);
+            c.args(["--connect-timeout", "10s"]).args(args);
+            let started = Instant::now();
+            let o = run(c);
+            let took = started.elapsed();
+            let err = stderr(&o);
+            assert_eq!(code(&o), 69, "{url}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{url}: {err}");
+            assert!(err.contains(want), "{url}: expected '{want}' in: {err}");
+            assert!(took < Duration::from_secs(within), "{url}: took {took:?}");
+        }
+    }
+}

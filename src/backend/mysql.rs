@@ -27,13 +27,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 use mysql::prelude::Queryable;
-use mysql::{Conn, Opts, OptsBuilder, Value};
+use mysql::{Conn, Opts, Value};
 
 mod conn;
 mod wake;
 use conn::{
     breaks_connection, describe, is_denied, is_full, is_no_state, options, set_socket_timeout,
-    timed_out, Unconnected, ER_DUP_FIELDNAME, ER_NO_SUCH_TABLE, GREETING_WAIT,
+    Unconnected, ER_DUP_FIELDNAME, ER_NO_SUCH_TABLE,
 };
 
 use super::sql::{self, Dialect, Exec, Leases, Val};
@@ -78,6 +78,9 @@ struct Db {
     timeout: Duration,
     /// The wake locks held, and what to block on.
     wakes: Wakes,
+    /// Whether a statement may create (or alter) the lease table: not
+    /// while `status` reads.
+    read_only: bool,
 }
 
 /// Opens `mysql://`.
@@ -100,6 +103,7 @@ impl MysqlBackend {
             table: table.clone(),
             timeout,
             wakes: Wakes::default(),
+            read_only: false,
         };
         match db.establish() {
             Ok(conn) => db.conn = Some(conn),
@@ -178,50 +182,6 @@ fn from_value(v: Value) -> Val {
 }
 
 impl Db {
-    /// Connects with `read` as the limit on each read while connecting.
-    fn try_connect(&self, read: Duration) -> mysql::Result<Conn> {
-        // Near a renewal deadline the timeout is shorter than when the options were made.
-        let t = Some(self.timeout);
-        let opts = OptsBuilder::from_opts(self.opts.clone())
-            .tcp_connect_timeout(t)
-            .read_timeout(Some(read))
-            .write_timeout(t);
-        let conn = Conn::new(opts)?;
-        set_socket_timeout(&conn, self.timeout);
-        Ok(conn)
-    }
-
-    /// Connects; a server that has not greeted within [`GREETING_WAIT`] is
-    /// asked what it speaks, so that a wrong port fails at once in one clear
-    /// line. A MySQL server that is merely slow gets a second attempt with
-    /// the rest of the timeout.
-    fn establish(&self) -> std::result::Result<Conn, Unconnected> {
-        let started = std::time::Instant::now();
-        if self.timeout <= GREETING_WAIT || self.opts.get_socket().is_some() {
-            return self.try_connect(self.timeout).map_err(Unconnected::Driver);
-        }
-        match self.try_connect(GREETING_WAIT) {
-            Err(e) if timed_out(&e) => {}
-            done => return done.map_err(Unconnected::Driver),
-        }
-        let left = self.timeout.saturating_sub(started.elapsed());
-        let (host, port) = (self.opts.get_ip_or_hostname(), self.opts.get_tcp_port());
-        let other = super::probe::speaks(&host, port, left.min(GREETING_WAIT));
-        if let Some(other) = other.filter(|p| *p != "MySQL/MariaDB") {
-            return Err(Unconnected::Elsewhere(fail(
-                UNAVAILABLE,
-                format!(
-                    "the server at {host}:{port} does not speak the MySQL protocol: \
-                     it answers as {other} does; is the port in {} right?",
-                    self.shown
-                ),
-            )));
-        }
-        let left = self.timeout.saturating_sub(started.elapsed());
-        self.try_connect(left.max(Duration::from_millis(1)))
-            .map_err(Unconnected::Driver)
-    }
-
     fn explain(&self, e: Unconnected) -> anyhow::Error {
         match e {
             Unconnected::Driver(e) => describe(&e, &self.shown, &self.database, self.timeout),
@@ -257,6 +217,11 @@ impl Db {
             let r = f(self.connection()?);
             match r {
                 Ok(v) => return Ok(v),
+                Err(mysql::Error::MySqlError(m))
+                    if m.code == ER_NO_SUCH_TABLE && self.read_only =>
+                {
+                    return Err(anyhow::Error::new(sql::NoTable));
+                }
                 Err(mysql::Error::MySqlError(m)) if m.code == ER_NO_SUCH_TABLE && !created => {
                     created = true;
                     let ddl = sql::create_table(&DIALECT, &self.table);
@@ -264,6 +229,9 @@ impl Db {
                     if let Err(e) = r {
                         return Err(self.fail(e));
                     }
+                }
+                Err(mysql::Error::MySqlError(m)) if is_no_state(&m) && self.read_only => {
+                    return Err(self.older_table());
                 }
                 Err(mysql::Error::MySqlError(m)) if is_no_state(&m) && !altered => {
                     altered = true;
@@ -281,17 +249,23 @@ impl Db {
         match self.connection()?.query_drop(ddl) {
             Ok(()) => Ok(()),
             Err(mysql::Error::MySqlError(m)) if m.code == ER_DUP_FIELDNAME => Ok(()),
-            Err(mysql::Error::MySqlError(m)) if is_denied(m.code) => Err(fail(
-                UNAVAILABLE,
-                format!(
-                    "table {t} was made by an older dlock and this user may not add the \
-                     column that lock kinds need: run ALTER TABLE {t} ADD COLUMN state \
-                     LONGBLOB NULL once as a user with the ALTER privilege",
-                    t = DIALECT.ident(&self.table)
-                ),
-            )),
+            Err(mysql::Error::MySqlError(m)) if is_denied(m.code) => Err(self.older_table()),
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// A table without the `state` column that this user, or this read,
+    /// may not add.
+    fn older_table(&self) -> anyhow::Error {
+        fail(
+            UNAVAILABLE,
+            format!(
+                "table {t} was made by an older dlock and this user may not add the \
+                 column that lock kinds need: run ALTER TABLE {t} ADD COLUMN state \
+                 LONGBLOB NULL once as a user with the ALTER privilege",
+                t = DIALECT.ident(&self.table)
+            ),
+        )
     }
 
     fn fail(&mut self, e: mysql::Error) -> anyhow::Error {
@@ -366,7 +340,12 @@ impl Backend for MysqlBackend {
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
-        self.leases.status(&mut *self.db(), names)
+        // A look changes nothing: no table means no locks.
+        let mut db = self.db();
+        db.read_only = true;
+        let r = self.leases.status(&mut *db, names);
+        db.read_only = false;
+        sql::none_without_table(r)
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {

@@ -79,6 +79,9 @@ struct Db {
     timeout: Duration,
     /// The wake locks held, and what to block on.
     wakes: Wakes,
+    /// Whether a statement may create the schema and lease table: not
+    /// while `status` reads.
+    read_only: bool,
 }
 
 pub const FORM: &str =
@@ -112,8 +115,9 @@ impl PgBackend {
             table: table.clone(),
             timeout,
             wakes: Wakes::default(),
+            read_only: false,
         };
-        match Link::connect(&db.rt, &db.config, db.tls.as_ref(), timeout) {
+        match db.connect() {
             Ok(l) => db.link = Some(l),
             // Full for now (max_connections): the first request connects
             // again, and fails then if it must; a waiter retries it with
@@ -143,7 +147,22 @@ impl Db {
         match e {
             Failed::Pg(e) => describe(&e, &self.shown, &self.database, self.timeout),
             Failed::TimedOut => silent(&self.shown, self.timeout),
+            Failed::Elsewhere(e) => e,
         }
+    }
+
+    /// Opens a connection; a port that answers in another protocol is named.
+    fn connect(&self) -> link::Answer<Link> {
+        let look = |e: Option<&tokio_postgres::Error>, within| {
+            conn::elsewhere(&self.config, &self.shown, e, within)
+        };
+        Link::connect(
+            &self.rt,
+            &self.config,
+            self.tls.as_ref(),
+            self.timeout,
+            &look,
+        )
     }
 
     /// Connects unless connected.
@@ -152,7 +171,8 @@ impl Db {
             self.drop_connection();
         }
         if self.link.is_none() {
-            let l = Link::connect(&self.rt, &self.config, self.tls.as_ref(), self.timeout)
+            let l = self
+                .connect()
                 // A failure sent no request, so it changed nothing.
                 .map_err(|e| crate::error::mark_unsent(self.explain(e)))?;
             self.link = Some(l);
@@ -175,7 +195,7 @@ impl Db {
     fn fail(&mut self, e: Failed) -> anyhow::Error {
         let broken = match &e {
             Failed::Pg(e) => breaks_connection(e),
-            Failed::TimedOut => true,
+            Failed::TimedOut | Failed::Elsewhere(_) => true,
         };
         let err = self.explain(e);
         if broken {
@@ -196,6 +216,9 @@ impl Db {
             let r = f(self.connected(), &self.rt, t);
             match r {
                 Ok(v) => return Ok(v),
+                Err(Failed::Pg(e)) if self.read_only && missing(&e) => {
+                    return Err(anyhow::Error::new(sql::NoTable));
+                }
                 Err(Failed::Pg(e)) if !created && missing(&e) => {
                     created = true;
                     // The statement found no table, so it changed nothing.
@@ -359,7 +382,12 @@ impl Backend for PgBackend {
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
-        self.leases.status(&mut *self.db(), names)
+        // A look changes nothing: no table means no locks.
+        let mut db = self.db();
+        db.read_only = true;
+        let r = self.leases.status(&mut *db, names);
+        db.read_only = false;
+        sql::none_without_table(r)
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {

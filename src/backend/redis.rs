@@ -18,6 +18,7 @@
 
 mod kinds;
 pub(crate) mod link;
+pub(crate) mod misplaced;
 pub(crate) mod scripts;
 pub(crate) mod topo;
 mod watch;
@@ -135,8 +136,14 @@ impl RedisBackend {
             self.link.with_con(Route::Key(&keys[0]), |con| {
                 let replies = pipe.query::<Vec<Value>>(con)?;
                 // A cluster's redirection is the link's to follow.
+                // So is a refusal that may show a server of the wrong kind.
                 match replies.first() {
-                    Some(Value::ServerError(e)) if matches!(e.code(), "MOVED" | "ASK") => {
+                    Some(Value::ServerError(e))
+                        if matches!(e.code(), "MOVED" | "ASK" | "CROSSSLOT")
+                            || (e.code() == "CLUSTERDOWN" && !self.link.is_cluster())
+                            || e.details()
+                                .is_some_and(|d| d.starts_with("unknown command")) =>
+                    {
                         Err(e.clone().into())
                     }
                     _ => Ok(replies),
@@ -163,7 +170,11 @@ impl RedisBackend {
             Some(Value::ServerError(e)) => Err(self.link.request_error(&e.into())),
             other => Err(fail(
                 INTERNAL,
-                format!("unexpected reply from {}: {other:?}", self.link.shown),
+                format!(
+                    "unexpected reply from {}: {} where a script's list was due",
+                    self.link.shown,
+                    misplaced::shape(other.as_ref())
+                ),
             )),
         }
     }
@@ -378,6 +389,7 @@ impl RedisBackend {
                 keys.extend(self.link.scan(Route::Node(&node), &pattern)?);
             }
         } else {
+            self.link.refuse_cluster_node(&pattern)?;
             keys = self.link.scan(Route::Key(&pattern), &pattern)?;
         }
         let mut names: Vec<String> = keys

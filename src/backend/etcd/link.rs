@@ -17,6 +17,7 @@ use anyhow::Result;
 use etcd_client::{Certificate, Client, ConnectOptions, Error, Identity, TlsOptions};
 
 use super::url::Target;
+use crate::backend::probe::{self, Proto};
 use crate::error::{fail, fail_unsent, INTERNAL, UNAVAILABLE, USAGE};
 
 pub struct Link {
@@ -32,7 +33,14 @@ struct State {
     member: usize,
     client: Option<Client>,
     timeout: Duration,
+    /// Whether any member has answered a request yet.
+    answered: bool,
 }
+
+/// How long a first request may go unanswered before dlock looks at what
+/// listens at the member's port (`etcds://` at a plain Redis port waits
+/// for a TLS handshake that never comes).
+const QUIET: Duration = Duration::from_millis(500);
 
 impl Link {
     pub fn new(target: &Target, shown: String, timeout: Duration) -> Result<Link> {
@@ -78,6 +86,7 @@ impl Link {
                 member: 0,
                 client: None,
                 timeout,
+                answered: false,
             }),
         })
     }
@@ -150,7 +159,7 @@ impl Link {
         let until = Instant::now() + timeout;
         let mut tries = self.members.len();
         loop {
-            let left = until.saturating_duration_since(Instant::now());
+            let member = self.member();
             let attempt = async {
                 let c = self.client(until).await.map_err(|e| (e, true))?;
                 f(c).await.map_err(|e| {
@@ -158,8 +167,14 @@ impl Link {
                     (e, unsent)
                 })
             };
-            let err = match tokio::time::timeout(left, attempt).await {
-                Ok(Ok(v)) => return Ok(v),
+            // On the heap: a request's future is large, and renewals run on
+            // a thread with a small stack.
+            let r = self.first_look(until, &member, Box::pin(attempt)).await?;
+            let err = match r {
+                Ok(Ok(v)) => {
+                    self.state().answered = true;
+                    return Ok(v);
+                }
                 Ok(Err((e, unsent))) => {
                     if let Some(refusal) = self.refusal(&e, what) {
                         return Err(refusal);
@@ -168,6 +183,12 @@ impl Link {
                     tries -= 1;
                     if unsent && tries > 0 && Instant::now() < until {
                         continue;
+                    }
+                    // Before any answer, the port may not be etcd's at all.
+                    if !self.state().answered {
+                        if let Some(other) = Self::look(&member, &self.shown, until).await {
+                            return Err(other);
+                        }
                     }
                     self.unavailable(&e, what, unsent)
                 }
@@ -185,6 +206,41 @@ impl Link {
             };
             return Err(err);
         }
+    }
+
+    /// Awaits `attempt` until `until`; before any member has answered, one
+    /// that keeps silent for [`QUIET`] is looked at, and named when it
+    /// speaks another protocol.
+    async fn first_look<T>(
+        &self,
+        until: Instant,
+        member: &str,
+        mut attempt: std::pin::Pin<Box<impl Future<Output = T>>>,
+    ) -> Result<Result<T, tokio::time::error::Elapsed>> {
+        let left = until.saturating_duration_since(Instant::now());
+        let quiet = left.min(QUIET);
+        if self.state().answered || quiet >= left {
+            return Ok(tokio::time::timeout(left, attempt).await);
+        }
+        if let Ok(r) = tokio::time::timeout(quiet, attempt.as_mut()).await {
+            return Ok(Ok(r));
+        }
+        if let Some(other) = Self::look(member, &self.shown, until).await {
+            return Err(other);
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        Ok(tokio::time::timeout(left, attempt).await)
+    }
+
+    /// Why `member` cannot serve, when a look at its port shows it: the
+    /// connection is refused, or another protocol answers there.
+    async fn look(member: &str, shown: &str, until: Instant) -> Option<anyhow::Error> {
+        let (member, shown) = (member.to_string(), shown.to_string());
+        let within = until.saturating_duration_since(Instant::now()).min(QUIET);
+        let msg = tokio::task::spawn_blocking(move || elsewhere(&member, &shown, within))
+            .await
+            .ok()??;
+        Some(fail_unsent(UNAVAILABLE, msg))
     }
 
     /// A refusal that another member would repeat: bad credentials, a
@@ -240,6 +296,43 @@ impl Link {
             fail(UNAVAILABLE, msg)
         }
     }
+}
+
+/// What answers at `member` (`http[s]://host:port`) if not etcd, or that
+/// nothing does, as the line to print.
+fn elsewhere(member: &str, shown: &str, within: Duration) -> Option<String> {
+    let (tls, at) = match member.split_once("://") {
+        Some(("https", at)) => (true, at),
+        Some((_, at)) => (false, at),
+        None => (false, member),
+    };
+    let (host, port) = at.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().ok()?;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .ok()?
+        .next()?;
+    let refused = std::net::TcpStream::connect_timeout(&addr, within.max(Duration::from_millis(1)))
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+    if refused {
+        return Some(format!(
+            "cannot connect to {shown}: connection refused at {at}; is etcd running and listening there?"
+        ));
+    }
+    let other = probe::speaks(host, port, within)?;
+    Some(match (other, tls) {
+        (Proto::Http2, false) | (Proto::Tls, true) => return None,
+        (Proto::Http2, true) => format!(
+            "the server at {at} does not speak TLS: it answers in plain HTTP/2 (gRPC); \
+             for a plain etcd port use etcd://; otherwise fix the port in {shown}"
+        ),
+        (other, false) => {
+            probe::wrong_port((host, port), shown, "etcd (gRPC)", other, Some("etcds://"))
+        }
+        (other, true) => {
+            probe::wrong_port((host, port), shown, "etcd (gRPC over TLS)", other, None)
+        }
+    })
 }
 
 /// The client's error in one line: its own words and their causes.

@@ -277,3 +277,57 @@ pub(super) fn timed_out(e: &mysql::Error) -> bool {
         _ => io_error(e).is_some_and(|io| matches!(io.kind(), TimedOut | WouldBlock)),
     }
 }
+
+impl super::Db {
+    /// Connects within `limit` for the TCP connection, with `read` as the
+    /// limit on each read while connecting.
+    fn try_connect(&self, limit: Duration, read: Duration) -> mysql::Result<Conn> {
+        let opts = OptsBuilder::from_opts(self.opts.clone())
+            .tcp_connect_timeout(Some(limit.max(Duration::from_millis(1))))
+            .read_timeout(Some(read))
+            // Near a renewal deadline the timeout is shorter than when the options were made.
+            .write_timeout(Some(self.timeout));
+        let conn = Conn::new(opts)?;
+        set_socket_timeout(&conn, self.timeout);
+        Ok(conn)
+    }
+
+    /// Connects; a server that has not greeted within [`GREETING_WAIT`] is
+    /// asked what it speaks, so that a wrong port fails at once in one clear
+    /// line. A MySQL server that is merely slow gets a second attempt with
+    /// the rest of the timeout: the two attempts share one timeout.
+    pub(super) fn establish(&self) -> std::result::Result<Conn, Unconnected> {
+        let started = std::time::Instant::now();
+        if self.timeout <= GREETING_WAIT || self.opts.get_socket().is_some() {
+            return self
+                .try_connect(self.timeout, self.timeout)
+                .map_err(Unconnected::Driver);
+        }
+        let first = match self.try_connect(self.timeout, GREETING_WAIT) {
+            Err(e) if timed_out(&e) => e,
+            done => return done.map_err(Unconnected::Driver),
+        };
+        let left = self.timeout.saturating_sub(started.elapsed());
+        if left < Duration::from_millis(50) {
+            // The TCP connection itself took the time (a host that drops
+            // packets): nothing answered to ask, and no time is left.
+            return Err(Unconnected::Driver(first));
+        }
+        let (host, port) = (self.opts.get_ip_or_hostname(), self.opts.get_tcp_port());
+        let other = crate::backend::probe::speaks(&host, port, left.min(GREETING_WAIT));
+        if let Some(other) = other.filter(|p| *p != crate::backend::probe::Proto::Mysql) {
+            let msg = crate::backend::probe::wrong_port(
+                (&host, port),
+                &self.shown,
+                "MySQL",
+                other,
+                // MySQL's TLS begins inside its own protocol, never on a bare TLS port.
+                None,
+            );
+            return Err(Unconnected::Elsewhere(fail(UNAVAILABLE, msg)));
+        }
+        let left = self.timeout.saturating_sub(started.elapsed());
+        let left = left.max(Duration::from_millis(1));
+        self.try_connect(left, left).map_err(Unconnected::Driver)
+    }
+}

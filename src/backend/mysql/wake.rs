@@ -410,6 +410,7 @@ mod tests {
             table: "dlock_leases".into(),
             timeout: Duration::from_secs(1),
             wakes: Wakes::default(),
+            read_only: false,
         };
         let k = db.wake_key(&"é".repeat(127));
         assert!(k.len() <= 64 && k == k.to_ascii_lowercase(), "{k}");

@@ -15,6 +15,7 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 
+use crate::backend::probe::{self, Proto};
 use crate::backend::Url;
 use crate::error::{fail, INTERNAL, UNAVAILABLE, USAGE};
 
@@ -416,4 +417,38 @@ fn io_error(e: &tokio_postgres::Error) -> Option<&std::io::Error> {
         cur = err.source();
     }
     None
+}
+
+/// What listens at the first TCP host of `config` instead of PostgreSQL,
+/// as the line to print, when a connection failed in a way another
+/// protocol explains (`e`), or is slow (None). A server's own refusal, and a
+/// TCP connection that failed, are PostgreSQL's to explain.
+pub(super) fn elsewhere(
+    config: &tokio_postgres::Config,
+    shown: &str,
+    e: Option<&tokio_postgres::Error>,
+    within: Duration,
+) -> Option<anyhow::Error> {
+    if let Some(e) = e {
+        if e.as_db_error().is_some() || e.to_string().starts_with("error connecting") {
+            return None;
+        }
+    }
+    let i = config
+        .get_hosts()
+        .iter()
+        .position(|h| matches!(h, tokio_postgres::config::Host::Tcp(_)))?;
+    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[i] else {
+        return None;
+    };
+    let port = config
+        .get_ports()
+        .get(i)
+        .or(config.get_ports().first())
+        .copied()
+        .unwrap_or(5432);
+    let other = probe::speaks(host, port, within).filter(|p| *p != Proto::Postgres)?;
+    // PostgreSQL's TLS begins inside its own protocol, never on a bare TLS port.
+    let msg = probe::wrong_port((host, port), shown, "PostgreSQL", other, None);
+    Some(crate::error::fail_unsent(UNAVAILABLE, msg))
 }

@@ -4,7 +4,7 @@
 //! collected by the task that reads the connection.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -22,7 +22,18 @@ pub(super) enum Failed {
     Pg(tokio_postgres::Error),
     /// No answer within the timeout; the connection is closed.
     TimedOut,
+    /// The port speaks another protocol (the error says which).
+    Elsewhere(anyhow::Error),
 }
+
+/// How long a connection may take before dlock looks at what listens
+/// there: a Redis or ZooKeeper port never answers the start-up message.
+pub(super) const QUIET: Duration = Duration::from_millis(500);
+
+/// What a connection attempt that failed (with the driver's error) or is
+/// slow (None) met instead of PostgreSQL, looked at within the time given.
+pub(super) type Look<'a> =
+    &'a dyn Fn(Option<&tokio_postgres::Error>, Duration) -> Option<anyhow::Error>;
 
 impl From<tokio_postgres::Error> for Failed {
     fn from(e: tokio_postgres::Error) -> Failed {
@@ -92,16 +103,50 @@ where
     })
 }
 
+/// Awaits a connection for at most `limit`, asking `look` what answers
+/// when it fails or is still unanswered after [`QUIET`]; the attempt goes on
+/// (within the same limit) unless `look` names another protocol.
+fn staged<T>(
+    rt: &Runtime,
+    limit: Duration,
+    fut: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    look: Look,
+) -> Answer<T> {
+    let _guard = rt.enter();
+    let started = Instant::now();
+    let left = || limit.saturating_sub(started.elapsed());
+    let mut fut = std::pin::pin!(fut);
+    let first = limit.min(QUIET);
+    let r = match rt.block_on(tokio::time::timeout(first, fut.as_mut())) {
+        Ok(r) => r,
+        Err(_) if first >= limit => return Err(Failed::TimedOut),
+        Err(_) => {
+            if let Some(e) = look(None, left().min(QUIET)) {
+                return Err(Failed::Elsewhere(e));
+            }
+            match rt.block_on(tokio::time::timeout(left(), fut)) {
+                Ok(r) => r,
+                Err(_) => return Err(Failed::TimedOut),
+            }
+        }
+    };
+    r.map_err(|e| match look(Some(&e), left().min(QUIET)) {
+        Some(other) => Failed::Elsewhere(other),
+        None => Failed::Pg(e),
+    })
+}
+
 impl Link {
     pub(super) fn connect(
         rt: &Runtime,
         config: &Config,
         tls: Option<&MakeRustlsConnect>,
         limit: Duration,
+        look: Look,
     ) -> Answer<Link> {
         match tls {
-            None => bounded(rt, limit, open(config, NoTls)),
-            Some(t) => bounded(rt, limit, open(config, t.clone())),
+            None => staged(rt, limit, open(config, NoTls), look),
+            Some(t) => staged(rt, limit, open(config, t.clone()), look),
         }
     }
 

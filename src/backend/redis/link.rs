@@ -9,8 +9,12 @@ use std::time::Duration;
 use anyhow::Result;
 use redis::{Client, Connection};
 
+use super::misplaced;
 use super::topo::{self, Addr, Cluster, Sentinel, Target};
-use crate::error::{fail, fail_unsent, mark_unsent, INTERNAL, UNAVAILABLE};
+
+mod explain;
+use crate::error::{fail, fail_unsent, mark_unsent, UNAVAILABLE};
+pub use explain::is_auth_error;
 
 /// Redirections followed for one request (a MOVED, then an ASK, then one spare).
 const MAX_REDIRECTS: usize = 3;
@@ -225,6 +229,14 @@ impl Link {
                 }
                 Err(e) => e,
             };
+            if used == Used::One {
+                // A Cluster node or a Sentinel behind a single-server URL.
+                let shown = &self.shown;
+                if let Some(wrong) = misplaced::kind_error(con, &e, shown, self.addr.as_ref()) {
+                    g.one = None;
+                    return Err(wrong);
+                }
+            }
             if let Some((to, ask)) = topo::redirection(&e).filter(|_| hop < MAX_REDIRECTS) {
                 if !ask {
                     // The slots moved: read the map again for the requests after this one.
@@ -316,6 +328,12 @@ impl Link {
     fn primary_connection(&self, s: &Sentinel, timeout: Duration) -> Result<Connection> {
         let at = &self.shown;
         let addr = s.primary(timeout).map_err(|why| {
+            if why.contains("unknown command 'SENTINEL'") {
+                return fail_unsent(
+                    UNAVAILABLE,
+                    format!("{at} names Redis servers that are not Sentinels (they know no SENTINEL command); for a single server use redis://HOST:PORT"),
+                );
+            }
             fail_unsent(
                 UNAVAILABLE,
                 format!(
@@ -345,137 +363,4 @@ impl Link {
             Err(e) => Err(mark_unsent(self.request_error(&e))),
         }
     }
-
-    fn connect_error(&self, e: &redis::RedisError, timeout: Duration) -> anyhow::Error {
-        let at = &self.shown;
-        let msg = if is_auth_error(e) {
-            format!("authentication to {at} failed: check the user and password in the URL")
-        } else if e.is_connection_refusal() {
-            format!("cannot connect to {at}: connection refused; is redis-server running and listening there?")
-        } else if e.is_timeout() && self.tls {
-            return self.no_handshake();
-        } else if let Some(other) = self.not_redis(e) {
-            return other;
-        } else if e.is_timeout() {
-            format!(
-                "cannot connect to {at}: no answer within {}; check host, port and firewall, or raise --connect-timeout",
-                crate::duration::format(timeout)
-            )
-        } else {
-            format!("cannot connect to {at}: {e}")
-        };
-        fail(UNAVAILABLE, msg)
-    }
-
-    /// A `rediss://` server that never finished the TLS handshake; a plain
-    /// Redis port waits for a line that TLS never sends, so ask it in plain text.
-    fn no_handshake(&self) -> anyhow::Error {
-        let at = &self.shown;
-        let within = crate::duration::format(self.timeout());
-        let plain = self.speaks() == Some("Redis");
-        let msg = if plain {
-            format!("{at} did not complete a TLS handshake within {within}: that port speaks plain Redis; use redis:// instead of rediss://")
-        } else {
-            format!("{at} did not complete a TLS handshake within {within}: is it a plain Redis port (then use redis://)? Otherwise check host, port and firewall, or raise --connect-timeout")
-        };
-        fail(UNAVAILABLE, msg)
-    }
-
-    /// What the server at this URL's host and port speaks, by a short look
-    /// on a connection of its own (at most a second).
-    fn speaks(&self) -> Option<&'static str> {
-        let (host, port) = self.addr.as_ref()?;
-        super::super::probe::speaks(host, *port, self.timeout().min(Duration::from_secs(1)))
-    }
-
-    /// A first reply that is not Redis protocol: say what answers there
-    /// instead (MySQL greets first, and its greeting reads as garbage).
-    fn not_redis(&self, e: &redis::RedisError) -> Option<anyhow::Error> {
-        if e.kind() != redis::ErrorKind::Parse || self.tls {
-            return None;
-        }
-        let (host, port) = self.addr.as_ref()?;
-        let other = self.speaks().filter(|p| *p != "Redis");
-        let found = other.map_or("it answers in something else".to_string(), |p| {
-            format!("it answers as {p} does")
-        });
-        Some(fail_unsent(
-            UNAVAILABLE,
-            format!(
-                "the server at {host}:{port} does not speak the Redis protocol: {found}; is the port in {} right?",
-                self.shown
-            ),
-        ))
-    }
-
-    pub fn request_error(&self, e: &redis::RedisError) -> anyhow::Error {
-        let err = self.request_failure(e);
-        // The server answered with an error: the request did not run (a
-        // script is refused before it writes), so there is nothing that an
-        // unanswered request might have taken. Out of memory is the
-        // exception: an old server fails a script's write midway.
-        let answered = matches!(
-            e.kind(),
-            redis::ErrorKind::Server(_)
-                | redis::ErrorKind::Extension
-                | redis::ErrorKind::AuthenticationFailed
-        );
-        if answered && e.code() != Some("OOM") {
-            mark_unsent(err)
-        } else {
-            err
-        }
-    }
-
-    fn request_failure(&self, e: &redis::RedisError) -> anyhow::Error {
-        let at = &self.shown;
-        if is_auth_error(e) {
-            fail(
-                UNAVAILABLE,
-                format!("authentication to {at} failed: check the user and password in the URL"),
-            )
-        } else if e.code() == Some("OOM") {
-            fail(
-                UNAVAILABLE,
-                format!("{at} refused the write: it is out of memory (maxmemory reached); free memory on the server or raise its maxmemory"),
-            )
-        } else if e.code() == Some("TRYAGAIN") {
-            // Refused before the script ran: nothing was taken.
-            fail_unsent(
-                UNAVAILABLE,
-                format!("{at} is moving this lock's slot between nodes and cannot serve its keys until the move is done; try again"),
-            )
-        } else if e.code() == Some("CLUSTERDOWN") {
-            fail_unsent(
-                UNAVAILABLE,
-                format!("{at} refused the request: the cluster is down (a slot has no live node)"),
-            )
-        } else if e.code() == Some("READONLY") {
-            fail(
-                UNAVAILABLE,
-                format!(
-                    "{at} refused the write: it is a read-only replica; point dlock at the primary"
-                ),
-            )
-        } else if e.is_timeout() {
-            fail(
-                UNAVAILABLE,
-                format!(
-                    "{at} did not answer within {}",
-                    crate::duration::format(self.timeout())
-                ),
-            )
-        } else if e.is_io_error() || e.is_connection_dropped() {
-            fail(UNAVAILABLE, format!("lost connection to {at}: {e}"))
-        } else {
-            fail(INTERNAL, format!("unexpected reply from {at}: {e}"))
-        }
-    }
-}
-
-pub fn is_auth_error(e: &redis::RedisError) -> bool {
-    matches!(e.kind(), redis::ErrorKind::AuthenticationFailed)
-        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
-        || e.to_string().contains("WRONGPASS")
-        || e.to_string().contains("NOAUTH")
 }

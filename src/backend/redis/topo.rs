@@ -115,7 +115,8 @@ pub fn short(e: &redis::RedisError) -> String {
     } else if e.is_timeout() {
         "no answer in time".into()
     } else {
-        e.to_string()
+        // Cut before any arguments the server echoes.
+        super::misplaced::text(e)
     }
 }
 

@@ -92,7 +92,11 @@ impl Node {
             Some(Value::ServerError(e)) => Err(self.link.request_error(&e.into())),
             other => Err(fail(
                 INTERNAL,
-                format!("unexpected reply from {}: {other:?}", self.link.shown),
+                format!(
+                    "unexpected reply from {}: {} where a script's list was due",
+                    self.link.shown,
+                    crate::backend::redis::misplaced::shape(other.as_ref())
+                ),
             )),
         }
     }

@@ -38,7 +38,9 @@ use crate::error::{fail, INTERNAL};
 #[cfg(test)]
 pub use row::MARKER;
 use row::{bad_reply, int, parse_row, state_of, Row};
-pub use schema::{add_state_column, create_table, create_table_in, Dialect, COLUMNS};
+pub use schema::{
+    add_state_column, create_table, create_table_in, none_without_table, Dialect, NoTable, COLUMNS,
+};
 
 /// A value passed to or read from a statement.
 #[derive(Debug, Clone, PartialEq)]

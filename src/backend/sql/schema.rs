@@ -43,6 +43,28 @@ impl Dialect {
     }
 }
 
+/// What a read finds when the lease table (or its schema) does not exist:
+/// nothing was ever locked there. Only reads that may not create it
+/// (`status`) see it; the backend answers "no locks" for it.
+#[derive(Debug)]
+pub struct NoTable;
+
+impl std::fmt::Display for NoTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the lease table does not exist")
+    }
+}
+
+impl std::error::Error for NoTable {}
+
+/// The answer of a read-only listing: no table means no locks.
+pub fn none_without_table<T: Default>(r: anyhow::Result<T>) -> anyhow::Result<T> {
+    match r {
+        Err(e) if e.is::<NoTable>() => Ok(T::default()),
+        r => r,
+    }
+}
+
 /// The columns every statement reads and writes, in this order.
 pub const COLUMNS: &str = "name, token, fence, holder_host, holder_pid, holder_user, \
                            holder_command, acquired_us, expires_us, version, state";

@@ -12,14 +12,18 @@ use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError
 
 use super::address::Address;
 use super::run::{self, Tasks};
+use crate::backend::probe::{self, Proto};
 use crate::backoff::Backoff;
-use crate::error::{fail, mark_unsent, INTERNAL, UNAVAILABLE};
+use crate::error::{fail, fail_unsent, mark_unsent, INTERNAL, UNAVAILABLE};
 
 /// The session timeout dlock asks for. Only waiters' queue nodes live in
 /// the session (leases do not), so it bounds how long a killed waiter holds
 /// up the next one; the server keeps it within 2 to 20 ticks (4–40 s with
 /// the default tickTime of 2 s).
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long a session may take to open before dlock looks at what listens
+/// at the URL's ports.
+const QUIET: Duration = Duration::from_millis(500);
 /// Longest wait for a session's close to be answered when dlock is done.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
@@ -88,12 +92,14 @@ impl Conn {
     }
 
     /// Connects to the first server that serves, trying them all again
-    /// (an election, a restart) until the timeout runs out.
+    /// (an election, a restart) until the timeout runs out; unless no host
+    /// even accepts a connection, or one speaks another protocol.
     fn open(&self) -> Result<Session> {
         let timeout = self.timeout();
         let deadline = Instant::now() + timeout;
         let mut pause =
             Backoff::new(Duration::from_millis(50), 2, Duration::from_millis(500)).until(deadline);
+        let mut looked = false;
         loop {
             let tasks = Arc::new(Tasks::default());
             let mut connector = Client::connector()
@@ -103,13 +109,38 @@ impl Conn {
                 connector = connector.with_auth("digest", d.as_bytes());
             }
             let hosts = self.addr.hosts.as_str();
-            let r = tasks.enter(|| run::until(deadline, connector.connect(hosts)));
+            let r = tasks.enter(|| {
+                let mut fut = std::pin::pin!(connector.connect(hosts));
+                let quiet = deadline.min(Instant::now() + QUIET);
+                match run::until(quiet, fut.as_mut()) {
+                    None if !looked && quiet < deadline => {
+                        // Still no session: a port that never answers ZooKeeper's
+                        // hello (Redis, PostgreSQL) would keep it so till the end.
+                        looked = true;
+                        if let Some(e) = self.elsewhere(deadline) {
+                            return Err(e);
+                        }
+                        Ok(run::until(deadline, fut))
+                    }
+                    None => Ok(run::until(deadline, fut)),
+                    done => Ok(done),
+                }
+            })?;
+            if matches!(r, Some(Err(ZkError::NoHosts))) && !looked {
+                // Refused everywhere: say so now if another protocol answers.
+                looked = true;
+                if let Some(e) = self.elsewhere(deadline) {
+                    return Err(e);
+                }
+            }
             match r {
                 Some(Ok(client)) => return Ok(Session { client, tasks }),
                 // Not one server answered: try them all again after a pause, in time.
                 Some(Err(ZkError::NoHosts)) if pause.sleep() => {}
                 Some(Err(e)) if e != ZkError::NoHosts => {
-                    return Err(self.error(&e, "connecting"))
+                    let auth = matches!(e, ZkError::NoAuth | ZkError::AuthFailed);
+                    let other = (!auth).then(|| self.elsewhere(deadline)).flatten();
+                    return Err(other.unwrap_or_else(|| self.error(&e, "connecting")));
                 }
                 _ => {
                     return Err(fail(
@@ -123,6 +154,38 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Why no host of the URL can serve, when a quick look shows it: every
+    /// one refuses connections, or one speaks another protocol (and none
+    /// ZooKeeper). None when some host may yet serve.
+    fn elsewhere(&self, deadline: Instant) -> Option<anyhow::Error> {
+        let hosts = host_ports(&self.addr.hosts);
+        let mut refused = 0;
+        let mut other = None;
+        for (host, port) in &hosts {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if refuses(host, *port, left.min(QUIET)) {
+                refused += 1;
+                continue;
+            }
+            match probe::speaks(host, *port, left.min(QUIET)) {
+                Some(Proto::ZooKeeper) => return None,
+                Some(p) => other = other.or(Some((host.as_str(), *port, p))),
+                None => {}
+            }
+        }
+        let msg = match other {
+            Some((host, port, p)) => {
+                probe::wrong_port((host, port), &self.shown, "ZooKeeper", p, None)
+            }
+            None if refused > 0 && refused == hosts.len() => format!(
+                "cannot connect to {}: connection refused; is ZooKeeper running and listening there?",
+                self.shown
+            ),
+            None => return None,
+        };
+        Some(fail_unsent(UNAVAILABLE, msg))
     }
 
     /// The live session's client, if there is one: what a cleanup of this
@@ -196,6 +259,35 @@ impl Conn {
             ),
         }
     }
+}
+
+/// `host:port` pairs of a connect string (`a:2181,[::1]:2182`).
+fn host_ports(hosts: &str) -> Vec<(String, u16)> {
+    hosts
+        .split(',')
+        .filter_map(|h| {
+            let (host, port) = h.rsplit_once(':')?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            Some((host.to_string(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Whether every address of `host` refuses a TCP connection at once.
+fn refuses(host: &str, port: u16, within: Duration) -> bool {
+    let Ok(addrs) = std::net::ToSocketAddrs::to_socket_addrs(&(host, port)) else {
+        return false;
+    };
+    let within = within.max(Duration::from_millis(1));
+    let mut any = false;
+    for a in addrs {
+        any = true;
+        match std::net::TcpStream::connect_timeout(&a, within) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            _ => return false,
+        }
+    }
+    any
 }
 
 impl Drop for Conn {
