@@ -14,7 +14,8 @@
 //! failover); the other scripts go by hash and fall back to the body once.
 //!
 //! Plain mutexes keep to those one-script fast paths; the other lock kinds
-//! (and a mutex that meets them) go the generic way in `kinds.rs`.
+//! (and a mutex that meets them) go through the engine's loop
+//! (`backend::engine`) over the store in `kinds.rs`.
 
 mod kinds;
 pub(crate) mod link;
@@ -31,12 +32,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use redis::Value;
 
+use super::engine;
+use super::kinds as rules;
 use super::{
-    Acquire, Backend, Broken, Capabilities, Check, Config, Grant, Kind, LockInfo, Request, Waiter,
+    Acquire, Backend, Broken, Capabilities, Check, Config, Grant, LockInfo, Request, Waiter,
 };
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
-use crate::holder::Holder;
 use crate::names::token_id;
+use kinds::Keys;
 use link::{Link, Route};
 use scripts::{key, Lua, ACQUIRE_LUA, FORCE_LUA, RELEASE_LUA, RENEW_LUA};
 
@@ -186,23 +189,25 @@ impl RedisBackend {
         ))
     }
 
-    fn check_reply(&self, name: &str, items: &[Value]) -> Result<Check> {
+    /// A fast script's answer; None (3) leaves it to the engine.
+    fn check_reply(&self, name: &str, items: &[Value]) -> Result<Option<Check>> {
         match int(items.first()) {
-            Some(1) => Ok(Check::Done),
-            Some(0) => Ok(match broken_by(items.get(1)) {
+            Some(1) => Ok(Some(Check::Done)),
+            Some(0) => Ok(Some(match broken_by(items.get(1)) {
                 Some(by) => Check::Broken(Broken { by, now: None }),
                 None => Check::NotHeld,
-            }),
+            })),
             Some(2) => {
                 let other = lock_info(name, items.get(1), items.get(2));
-                Ok(match broken_by(items.get(3)) {
+                Ok(Some(match broken_by(items.get(3)) {
                     Some(by) => Check::Broken(Broken {
                         by,
                         now: Some(other),
                     }),
                     None => Check::HeldByOther(other),
-                })
+                }))
             }
+            Some(3) => Ok(None),
             _ => Err(fail(
                 INTERNAL,
                 format!("unexpected script reply from {}", self.link.shown),
@@ -211,18 +216,10 @@ impl RedisBackend {
     }
 }
 
-impl Backend for RedisBackend {
-    fn acquire(&mut self, req: &Request) -> Result<Acquire> {
-        // The first acquisition of a process also asks whether the server may
-        // evict keys, in the same round trip.
-        let ask = !self.policy_checked.swap(true, Ordering::Relaxed);
-        // A mutex request that holds a ticket must refresh it: only the generic way can.
-        let queued = self
-            .tickets
-            .contains(&kinds::ticket_key(req.name, req.token));
-        if req.kind != Kind::MUTEX || queued {
-            return self.acquire_generic(req, ask);
-        }
+/// The one-script fast paths of a plain mutex (see `scripts.rs`): None
+/// when a state key beside the lease leaves the decision to the engine.
+impl RedisBackend {
+    fn acquire_mutex(&self, req: &Request, ask: bool) -> Result<Option<Acquire>> {
         let keys = [
             self.key(req.name, "lease"),
             self.key(req.name, "fence"),
@@ -241,19 +238,19 @@ impl Backend for RedisBackend {
             watch::warn_if_evicting(&info, &self.link.shown);
         }
         match int(items.first()) {
-            Some(1) => Ok(Acquire::Acquired(Grant {
+            Some(1) => Ok(Some(Acquire::Acquired(Grant {
                 fence: int(items.get(1)).context("fence missing from reply")? as u64,
                 server_now_us: int(items.get(2)).unwrap_or(0),
                 extended: int(items.get(3)) == Some(1),
                 lease: req.lease,
                 slot: None,
-            })),
-            Some(0) => Ok(Acquire::Busy(Some(lock_info(
+            }))),
+            Some(0) => Ok(Some(Acquire::Busy(Some(lock_info(
                 req.name,
                 items.get(1),
                 items.get(2),
-            )))),
-            Some(3) => self.acquire_generic(req, false),
+            ))))),
+            Some(3) => Ok(None),
             _ => Err(fail(
                 INTERNAL,
                 format!("unexpected acquire reply from {}", self.link.shown),
@@ -261,7 +258,7 @@ impl Backend for RedisBackend {
         }
     }
 
-    fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
+    fn renew_mutex(&self, name: &str, token: &str, lease: Duration) -> Result<Option<Check>> {
         let ms = lease.as_millis().max(1).to_string();
         let keys = [
             self.key(name, "lease"),
@@ -269,13 +266,10 @@ impl Backend for RedisBackend {
             self.key(name, "state"),
         ];
         let items = self.run(&RENEW_LUA, By::Body, &keys, &[token, &ms])?;
-        if int(items.first()) == Some(3) {
-            return self.renew_generic(name, token, lease, broken_by(items.get(1)));
-        }
         self.check_reply(name, &items)
     }
 
-    fn release(&mut self, name: &str, token: &str) -> Result<Check> {
+    fn release_mutex(&self, name: &str, token: &str) -> Result<Option<Check>> {
         let keys = [
             self.key(name, "lease"),
             self.key(name, "wake"),
@@ -283,18 +277,20 @@ impl Backend for RedisBackend {
             self.key(name, "state"),
         ];
         let items = self.run(&RELEASE_LUA, By::Hash, &keys, &[token, BATON_TTL_MS])?;
-        if int(items.first()) == Some(3) {
-            return self.release_generic(name, token, broken_by(items.get(1)));
-        }
         self.check_reply(name, &items)
     }
 
-    fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
+    fn force_mutex(
+        &self,
+        name: &str,
+        only: Option<&str>,
+        by: &str,
+    ) -> Result<Option<Vec<LockInfo>>> {
         // A token id is at most 8 characters: a longer or empty one names nobody.
         let id = only.unwrap_or_default();
         let chars = id.chars().count();
         if only.is_some() && (chars == 0 || chars > 8) {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let keys = [
             self.key(name, "lease"),
@@ -302,17 +298,69 @@ impl Backend for RedisBackend {
             self.key(name, "broken"),
             self.key(name, "state"),
         ];
-        let me = Holder::new(std::process::id(), String::new());
-        let by = format!("{}@{} (pid {})", me.user, me.host, me.pid);
         // A full id matches as a prefix of the token; a shorter one, only a token that short.
         let full = if chars == 8 { "1" } else { "0" };
-        let args = [BATON_TTL_MS, &by, &keys[2], id, full];
+        let args = [BATON_TTL_MS, by, &keys[2], id, full];
         let items = self.run(&FORCE_LUA, By::Hash, &keys, &args)?;
         Ok(match int(items.first()) {
-            Some(1) => vec![lock_info(name, items.get(1), items.get(2))],
-            Some(3) => self.force_generic(name, only, &by)?,
-            _ => Vec::new(),
+            Some(1) => Some(vec![lock_info(name, items.get(1), items.get(2))]),
+            Some(3) => None,
+            _ => Some(Vec::new()),
         })
+    }
+
+    /// The engine's store for one request.
+    fn keys(&self, by: By, ask: bool, queued: bool) -> Keys<'_> {
+        Keys {
+            b: self,
+            by,
+            ask,
+            queued,
+        }
+    }
+}
+
+impl Backend for RedisBackend {
+    fn acquire(&mut self, req: &Request) -> Result<Acquire> {
+        // The first acquisition of a process also asks whether the server may
+        // evict keys, in the same round trip.
+        let ask = !self.policy_checked.swap(true, Ordering::Relaxed);
+        // A mutex request that holds a ticket must refresh it: only the engine can.
+        let ticket = kinds::ticket_key(req.name, req.token);
+        let queued = self.tickets.contains(&ticket);
+        // A busy attempt that owes a wake-up to a waiter ahead of it passes
+        // one on at most once per ticket refresh, so that live waiters cannot
+        // wake each other in a loop while a dead waiter's ticket runs out.
+        let due = self
+            .busy_wake
+            .is_none_or(|t| t.elapsed() >= rules::TICKET_REFRESH);
+        let (out, fx) = engine::acquire(&mut self.keys(By::Hash, ask, queued), req, due)?;
+        let granted = matches!(out, Acquire::Acquired(_));
+        if !granted && fx.wake {
+            self.busy_wake = Some(Instant::now());
+        }
+        if matches!(out, Acquire::Queued(_)) {
+            self.tickets.insert(ticket);
+        } else {
+            self.tickets.remove(&ticket);
+        }
+        Ok(out)
+    }
+
+    fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
+        let mut keys = self.keys(By::Body, false, false);
+        Ok(engine::renew(&mut keys, name, token, lease)?.0)
+    }
+
+    fn release(&mut self, name: &str, token: &str) -> Result<Check> {
+        self.tickets.remove(&kinds::ticket_key(name, token));
+        let mut keys = self.keys(By::Hash, false, false);
+        Ok(engine::release(&mut keys, name, token)?.0)
+    }
+
+    fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
+        let mut keys = self.keys(By::Hash, false, false);
+        Ok(engine::force(&mut keys, name, only)?.0)
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {

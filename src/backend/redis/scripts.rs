@@ -138,12 +138,13 @@ redis.pcall('PUBLISH', ARGV[3], string.sub(tok, 1, 8) .. '\n' .. ARGV[2])
 return {1, ttl, cur}
 ";
 
-/// The generic path's read: server time (µs), lease, its PTTL, state and
-/// fence counter, as one snapshot. Absent keys read as ''.
+/// The generic path's read: server time (µs), lease, its PTTL, state,
+/// fence counter and break record (KEYS[4]), as one snapshot. Absent keys
+/// read as ''.
 const READ: &str = r"
 local t = redis.call('TIME')
 local function get(k) return redis.call('GET', k) or '' end
-return {t[1] .. string.format('%06d', tonumber(t[2])), get(KEYS[1]), redis.call('PTTL', KEYS[1]), get(KEYS[2]), get(KEYS[3])}
+return {t[1] .. string.format('%06d', tonumber(t[2])), get(KEYS[1]), redis.call('PTTL', KEYS[1]), get(KEYS[2]), get(KEYS[3]), get(KEYS[4])}
 ";
 
 /// The generic path's compare-and-set. KEYS: lease, state, fence, wake,
