@@ -55,13 +55,18 @@ pub struct Write<'a> {
     pub until: Option<i64>,
     /// Leases this write breaks (`release --force`): token and expiry.
     pub broken: &'a [(String, i64)],
-    /// Who breaks them: "user@host (pid N)".
+    /// Who breaks them: "user@host (pid N)" (empty unless the store
+    /// records breaks).
     pub by: &'a str,
 }
 
 /// Where a backend keeps one versioned value per name.
 pub trait Store {
     type Version;
+
+    /// Whether the store keeps who broke a lease (and so needs to be told):
+    /// naming this process costs a user lookup, spared where unused.
+    const RECORDS_BREAKS: bool = false;
 
     /// `name`'s state (the default state when it has none yet), with the
     /// server's clock and what the write will compare.
@@ -306,7 +311,11 @@ pub fn force<S: Store>(
     name: &str,
     only: Option<&str>,
 ) -> Result<(Vec<LockInfo>, Effects)> {
-    let by = breaker();
+    let by = if S::RECORDS_BREAKS {
+        breaker()
+    } else {
+        String::new()
+    };
     if let Some(broken) = s.fast_force(name, only, &by)? {
         let fx = Effects {
             write: !broken.is_empty(),

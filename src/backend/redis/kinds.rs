@@ -198,6 +198,7 @@ pub(super) struct Keys<'a> {
 
 impl engine::Store for Keys<'_> {
     type Version = Seen;
+    const RECORDS_BREAKS: bool = true;
 
     fn read(&mut self, name: &str) -> Result<Snapshot<Seen>> {
         let seen = self.b.read(name, self.by, std::mem::take(&mut self.ask))?;

@@ -284,6 +284,7 @@ pub struct Node<'a> {
 
 impl engine::Store for Node<'_> {
     type Version = Seen;
+    const RECORDS_BREAKS: bool = true;
 
     fn read(&mut self, name: &str) -> Result<Snapshot<Seen>> {
         let seen = self.store.read(name)?;
