@@ -52,7 +52,7 @@ pub struct RedisBackend {
     policy_checked: AtomicBool,
     /// When a busy attempt of this process last passed a wake-up on.
     busy_wake: Option<Instant>,
-    /// "name\ntoken" of requests that hold a ticket: they go the generic way.
+    /// "name\ntoken" of requests that hold a ticket: they skip the fast scripts.
     tickets: HashSet<String>,
 }
 

@@ -23,9 +23,10 @@
 //! Two paths. The fast one is today's mutex: ACQUIRE, RENEW, RELEASE and
 //! FORCE each answer in one script while no state key exists, and answer 3
 //! ("take the generic path") when one does and they cannot decide alone. The
-//! generic one (`kinds.rs`) serves every other kind: READ the keys, plan in
-//! Rust with `backend::kinds`, then WRITE, which writes only if lease, state
-//! and fence still read as they did (else the caller plans again).
+//! generic one is the engine's loop (`backend::engine`) over the store in
+//! `kinds.rs`, for every other kind: READ the keys, plan in Rust with
+//! `backend::kinds`, then WRITE, which writes only if lease, state and fence
+//! still read as they did (else the engine plans again).
 //!
 //! Scripts keep their calls few, since each one is a server operation:
 //! a busy attempt is GET + PTTL, an acquisition GET + GET + TIME + INCR (+ SET),
