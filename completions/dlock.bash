@@ -34,6 +34,9 @@ _dlock() {
             dlock,status)
                 cmd="dlock__subcmd__status"
                 ;;
+            dlock,urls)
+                cmd="dlock__subcmd__urls"
+                ;;
             dlock__subcmd__help,acquire)
                 cmd="dlock__subcmd__help__subcmd__acquire"
                 ;;
@@ -52,6 +55,9 @@ _dlock() {
             dlock__subcmd__help,status)
                 cmd="dlock__subcmd__help__subcmd__status"
                 ;;
+            dlock__subcmd__help,urls)
+                cmd="dlock__subcmd__help__subcmd__urls"
+                ;;
             *)
                 ;;
         esac
@@ -59,7 +65,7 @@ _dlock() {
 
     case "${cmd}" in
         dlock)
-            opts="-q -v -h -V --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version acquire release status exec renew help"
+            opts="-q -v -h -V --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version acquire release status exec renew urls help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -229,7 +235,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__help)
-            opts="acquire release status exec renew help"
+            opts="acquire release status exec renew urls help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -313,6 +319,20 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__help__subcmd__status)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        dlock__subcmd__help__subcmd__urls)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -444,6 +464,40 @@ _dlock() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        dlock__subcmd__urls)
+            opts="-q -v -h -V --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --url-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
     esac
 }
 
@@ -451,55 +505,107 @@ _dlock() {
 # Lock names for the NAME argument of acquire, release, exec and renew (and the
 # names of status), from `dlock status --names-only` with the --url, --url-file
 # and --prefix typed on the line; DLOCK_* in the environment apply as usual.
-# Appended to clap's completion by examples/gen-docs.rs.
+# Exec's command completes as a command of its own. Appended to clap's
+# completion by examples/gen-docs.rs, which fills in the options that take a
+# value from the clap definition.
 
-# Prints the options to list names with, one per line, when the word being
-# completed is a lock name; fails otherwise.
-_dlock_name_args() {
-    local line=${COMP_LINE:0:COMP_POINT} words=() i w sub="" skip="" given=0
+# Sets _dlock_at to what the word being completed is: "name" (a lock name;
+# _dlock_args gets the --url, --url-file and --prefix words to list names
+# with) or "command" (exec's command; _dlock_cmd is the index in COMP_WORDS
+# of its first word); empty where clap's completion applies.
+_dlock_locate() {
+    local line=${COMP_LINE:0:COMP_POINT} words=() i w sub="" skip="" given=0 ended="" shell=""
     read -ra words <<<"$line"
     local last=$((${#words[@]} - 1))
     [[ $line == *[[:space:]] ]] && last=${#words[@]}
+    _dlock_at="" _dlock_args=() _dlock_cmd=0
     for ((i = 1; i < last; i++)); do
         w=${words[i]}
         if [[ -n $skip ]]; then
-            [[ $skip == keep ]] && printf '%s\n' "$w"
+            [[ $skip == keep ]] && _dlock_args+=("$w")
             skip=""
             continue
         fi
-        case $w in
-        --) return 1 ;;
-        --url | --url-file | --prefix) printf '%s\n' "$w"; skip=keep ;;
-        --url=* | --url-file=* | --prefix=*) printf '%s\n' "$w" ;;
-        --lease | --wait | -E | --conflict-exit-code | --on-lost-signal | --kill-after | \
-            --min-hold | --max-runtime | --jitter | -c | --shell | --connect-timeout | \
-            --log-format | --token | --keepalive-pid) skip=drop ;;
-        -*) ;;
-        *) if [[ -z $sub ]]; then sub=$w; else given=$((given + 1)); fi ;;
-        esac
+        if [[ -z $ended ]]; then
+            case $w in
+            --)
+                [[ $sub == exec ]] || return 0
+                ended=1
+                continue
+                ;;
+            --url | --url-file | --prefix) _dlock_args+=("$w"); skip=keep; continue ;;
+            --url=* | --url-file=* | --prefix=*) _dlock_args+=("$w"); continue ;;
+            -c | --shell) shell=1; skip=drop; continue ;;
+            --shell=*) shell=1; continue ;;
+            --conflict-exit-code | --connect-timeout | --jitter | --keepalive-pid | \
+                --kill-after | --lease | --log-format | --max-runtime | --min-hold | \
+                --on-lost-signal | --prefix | --shell | --slots | --token | --token-id | \
+                --url | --url-file | --wait | -E | -c) skip=drop; continue ;;
+            -*) continue ;;
+            esac
+        fi
+        if [[ -z $sub ]]; then
+            sub=$w
+            continue
+        fi
+        given=$((given + 1))
+        if [[ $sub == exec && -z $shell ]] && ((given == 2)); then
+            _dlock_at=command _dlock_cmd=$((COMP_CWORD - (last - i)))
+            return 0
+        fi
     done
-    [[ -z $skip ]] || return 1
+    [[ -z $skip ]] || return 0
+    # A dash starts one of dlock's own options, until `--`.
+    [[ -n $ended || ${words[last]-} != -* ]] || return 0
     case $sub in
-    acquire | release | exec | renew) ((given == 0)) ;;
-    status) return 0 ;;
-    *) return 1 ;;
+    exec)
+        if ((given == 0)); then
+            _dlock_at=name
+        elif ((given == 1)) && [[ -z $shell ]]; then
+            _dlock_at=command _dlock_cmd=$COMP_CWORD
+        fi
+        ;;
+    acquire | release | renew) ((given == 0)) && _dlock_at=name ;;
+    status) _dlock_at=name ;;
     esac
+    return 0
+}
+
+# Completes exec's command, which starts at COMP_WORDS index $1: with
+# bash-completion loaded, as that command's own completion would; without
+# it, command names for its first word and file names after that.
+_dlock_command() {
+    local cur=${COMP_WORDS[COMP_CWORD]}
+    if declare -F _command_offset >/dev/null; then
+        _command_offset "$1"
+    elif ((COMP_CWORD == $1)); then
+        mapfile -t COMPREPLY < <(compgen -c -- "$cur" | sort -u)
+    else
+        mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+        compopt -o filenames 2>/dev/null
+    fi
+    return 0
 }
 
 _dlock_with_names() {
-    local cur=${COMP_WORDS[COMP_CWORD]} opts names name
-    if [[ $cur != -* ]] && opts=$(_dlock_name_args); then
-        local args=()
-        [[ -z $opts ]] || mapfile -t args <<<"$opts"
-        names=$("${COMP_WORDS[0]}" "${args[@]}" --connect-timeout 1s status --names-only 2>/dev/null)
-        if [[ -n $names ]]; then
-            COMPREPLY=()
-            while IFS= read -r name; do
-                [[ $name == "$cur"* ]] && COMPREPLY+=("$(printf '%q' "$name")")
-            done <<<"$names"
-            return 0
-        fi
-    fi
+    local cur=${COMP_WORDS[COMP_CWORD]} _dlock_at _dlock_args _dlock_cmd names name
+    _dlock_locate
+    case $_dlock_at in
+    command)
+        _dlock_command "$_dlock_cmd"
+        return 0
+        ;;
+    name)
+        COMPREPLY=()
+        names=$("${COMP_WORDS[0]}" "${_dlock_args[@]}" --connect-timeout 1s status --names-only 2>/dev/null)
+        while IFS= read -r name; do
+            [[ -n $name && $name == "$cur"* ]] && COMPREPLY+=("$(printf '%q' "$name")")
+        done <<<"$names"
+        # A lock name goes here: neither dlock's options nor file names.
+        compopt +o default +o bashdefault 2>/dev/null
+        return 0
+        ;;
+    esac
     _dlock "$@"
 }
 if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERSINFO[0]}" -gt 4 ]]; then

@@ -18,7 +18,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
     }
     var completions = [
         &'dlock'= {
-            cand --url 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]'
+            cand --url 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]'
             cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
             cand --prefix 'Namespace for every key, table row and channel dlock uses'
             cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
@@ -36,6 +36,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand status 'Show who holds which lock (exit 1 when a named lock is free)'
             cand exec 'Run a command while holding a lock, renewing the lease until it exits'
             cand renew 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+            cand urls 'List the backend URL schemes, each as it is written'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'dlock;acquire'= {
@@ -44,7 +45,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand --lease 'How long the lease lasts on the server without renewal'
             cand --wait 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit'
             cand --slots 'Let up to N holders in at once (a counting semaphore); each has its own token, lease and fence, and `exec` sets DLOCK_SLOT to its slot number (0..N-1)'
-            cand --url 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]'
+            cand --url 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]'
             cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
             cand --prefix 'Namespace for every key, table row and channel dlock uses'
             cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
@@ -63,8 +64,8 @@ set edit:completion:arg-completer[dlock] = {|@words|
         }
         &'dlock;release'= {
             cand --token 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends'
-            cand --token-id 'With --force, break only the holder with this token id (the TOKEN column of `status`)'
-            cand --url 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]'
+            cand --token-id 'With --force, break only the holder with this token id (the TOKEN column of `status`, or the whole token)'
+            cand --url 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]'
             cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
             cand --prefix 'Namespace for every key, table row and channel dlock uses'
             cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
@@ -80,7 +81,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand --version 'Print version'
         }
         &'dlock;status'= {
-            cand --url 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]'
+            cand --url 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]'
             cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
             cand --prefix 'Namespace for every key, table row and channel dlock uses'
             cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
@@ -109,7 +110,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand --jitter 'Sleep a random time up to DUR before trying, to spread hosts started by the same cron tick'
             cand -c 'Run this string with /bin/sh -c instead of CMD'
             cand --shell 'Run this string with /bin/sh -c instead of CMD'
-            cand --url 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]'
+            cand --url 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]'
             cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
             cand --prefix 'Namespace for every key, table row and channel dlock uses'
             cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
@@ -128,7 +129,22 @@ set edit:completion:arg-completer[dlock] = {|@words|
         &'dlock;renew'= {
             cand --token 'The token printed by `acquire`'
             cand --lease 'The new lease, counted from now'
-            cand --url 'Backend URL: redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite://, zk:// [default: embedded SQLite file]'
+            cand --url 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]'
+            cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
+            cand --prefix 'Namespace for every key, table row and channel dlock uses'
+            cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
+            cand --log-format 'Format of messages on stderr: text, or one JSON event per line for log shippers'
+            cand -q 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand --quiet 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand -v 'Report each step (acquired, renewed, released) on stderr'
+            cand --verbose 'Report each step (acquired, renewed, released) on stderr'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'dlock;urls'= {
+            cand --url 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]'
             cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
             cand --prefix 'Namespace for every key, table row and channel dlock uses'
             cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
@@ -148,6 +164,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand status 'Show who holds which lock (exit 1 when a named lock is free)'
             cand exec 'Run a command while holding a lock, renewing the lease until it exits'
             cand renew 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+            cand urls 'List the backend URL schemes, each as it is written'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'dlock;help;acquire'= {
@@ -159,6 +176,8 @@ set edit:completion:arg-completer[dlock] = {|@words|
         &'dlock;help;exec'= {
         }
         &'dlock;help;renew'= {
+        }
+        &'dlock;help;urls'= {
         }
         &'dlock;help;help'= {
         }

@@ -60,10 +60,11 @@ pub fn generate(root: &Path) -> io::Result<Vec<PathBuf>> {
 
     let mut cmd = visible(&dlock::cli::Cli::command());
     let bin = cmd.get_name().to_string();
+    let takes_value = value_options(&cmd);
     for &shell in Shell::value_variants() {
         let path = clap_complete::generate_to(shell, &mut cmd, &bin, root.join("completions"))?;
         let text = fs::read_to_string(&path)?;
-        fs::write(&path, with_lock_names(shell, text))?;
+        fs::write(&path, with_lock_names(shell, text, &takes_value))?;
         written.push(relative(root, &path));
     }
 
@@ -116,29 +117,90 @@ fn visible(cmd: &Command) -> Command {
     out
 }
 
-/// Adds the completion of lock names (from `dlock status --names-only`) to
-/// what clap generates, which knows only static values. Elvish and PowerShell
+/// Every option that takes a value ("--lease", "-E", ...), in any visible
+/// subcommand: the hand-written completion skips their values when it looks
+/// for the lock name and exec's command.
+fn value_options(cmd: &Command) -> Vec<String> {
+    fn walk(cmd: &Command, out: &mut std::collections::BTreeSet<String>) {
+        for a in cmd.get_arguments() {
+            if a.is_positional() || !a.get_action().takes_values() {
+                continue;
+            }
+            out.extend(a.get_long().map(|l| format!("--{l}")));
+            out.extend(a.get_short().map(|s| format!("-{s}")));
+        }
+        for s in cmd.get_subcommands() {
+            walk(s, out);
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(cmd, &mut out);
+    out.into_iter().collect()
+}
+
+/// `words` as shell patterns for `case`, `sep` between them, wrapped before
+/// a line grows past 72 characters with `wrap` (which carries the indent).
+fn patterns(words: &[String], sep: &str, wrap: &str) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for (i, w) in words.iter().enumerate() {
+        if i > 0 {
+            if line + sep.len() + w.len() > 72 {
+                out.push_str(wrap);
+                line = 0;
+            } else {
+                out.push_str(sep);
+                line += sep.len();
+            }
+        }
+        out.push_str(w);
+        line += w.len();
+    }
+    out
+}
+
+/// Adds the completion of lock names (from `dlock status --names-only`) and
+/// of exec's command to what clap generates, which knows only static values
+/// and lists dlock's options where the command goes. Elvish and PowerShell
 /// keep clap's completion alone.
-fn with_lock_names(shell: Shell, text: String) -> String {
+fn with_lock_names(shell: Shell, text: String, takes_value: &[String]) -> String {
     match shell {
         Shell::Bash => {
             let (head, tail) = text
                 .split_once("\nif [[ \"${BASH_VERSINFO[0]}\"")
                 .expect("clap's bash script ends with its `complete` lines");
+            let names = include_str!("completions/names.bash").replace(
+                "@VALUE_OPTIONS@",
+                &patterns(takes_value, " | ", " | \\\n                "),
+            );
             format!(
                 "{head}\n{}\nif [[ \"${{BASH_VERSINFO[0]}}\"{}",
-                include_str!("completions/names.bash").trim_end(),
+                names.trim_end(),
                 tail.replace("complete -F _dlock ", "complete -F _dlock_with_names ")
             )
         }
-        Shell::Fish => text + include_str!("completions/names.fish"),
+        Shell::Fish => {
+            // clap's exec options apply up to the command, not inside it.
+            let exec = "-n \"__fish_dlock_using_subcommand exec\"";
+            let exec_options = "-n \"__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command\"";
+            let names = include_str!("completions/names.fish").replace(
+                "@VALUE_OPTIONS@",
+                &patterns(takes_value, " ", " \\\n                    "),
+            );
+            text.replace(exec, exec_options) + &names
+        }
         Shell::Zsh => {
             let names_arg = |l: &str| l.starts_with("':name -- ") || l.starts_with("'*::names -- ");
             let body: Vec<String> = text
                 .lines()
                 .map(|l| match names_arg(l) {
                     true => l.replace(":_default'", ":_dlock_lock_names'"),
-                    false => l.to_string(),
+                    // `*:::` hands the command's own words alone to
+                    // _cmdambivalent (clap's `*::` starts them at the lock name).
+                    false => match l.strip_prefix("'*::command -- ") {
+                        Some(rest) => format!("'*:::command -- {rest}"),
+                        None => l.to_string(),
+                    },
                 })
                 .collect();
             let body = body.join("\n") + "\n";

@@ -7,6 +7,9 @@ use std::time::Duration;
 use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+mod usage;
+pub use usage::subcommand_error;
+
 use crate::backend::kinds::MAX_SLOTS;
 use crate::backend::{Kind, Mode};
 use crate::error;
@@ -41,9 +44,10 @@ pub struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Backend and output (any subcommand)")]
 pub struct Global {
+    /// Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists
+    /// every scheme) [default: embedded SQLite file]
     #[arg(
         long,
-        help = crate::backend::url_help(),
         env = "DLOCK_URL",
         global = true,
         hide_env_values = true,
@@ -115,6 +119,8 @@ pub enum Command {
     /// Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)
     #[command(after_help = RENEW_EXAMPLES)]
     Renew(RenewArgs),
+    /// List the backend URL schemes, each as it is written
+    Urls,
     /// Internal: the detached renewer started by `acquire --keepalive-pid`
     #[command(hide = true)]
     Keepalive(KeepaliveArgs),
@@ -129,6 +135,7 @@ impl Command {
             Command::Exec(e) => Some(&e.name),
             Command::Renew(r) => Some(&r.name),
             Command::Keepalive(k) => Some(&k.name),
+            Command::Urls => None,
             Command::Status(s) => match s.names.as_slice() {
                 [one] => Some(one),
                 _ => None,
@@ -259,7 +266,8 @@ pub struct ReleaseArgs {
     #[arg(long, conflicts_with = "token")]
     pub force: bool,
 
-    /// With --force, break only the holder with this token id (the TOKEN column of `status`)
+    /// With --force, break only the holder with this token id (the TOKEN column of `status`,
+    /// or the whole token)
     #[arg(long, value_name = "ID", requires = "force")]
     pub token_id: Option<String>,
 }
@@ -287,7 +295,8 @@ pub struct ExecArgs {
     #[arg(
         required_unless_present = "shell",
         trailing_var_arg = true,
-        value_name = "CMD"
+        value_name = "CMD",
+        value_hint = clap::ValueHint::CommandWithArguments
     )]
     pub command: Vec<OsString>,
 

@@ -1,17 +1,18 @@
 //! The subcommands, each a function from parsed arguments to an exit code.
 
 use std::ffi::OsString;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::backend::{self, Backend, Check, Config, Grant, Location, LockInfo, Request};
+use crate::backend::{self, Backend, Check, Config, Grant, Location, LockInfo, Request, Url};
 use crate::cli::{AcquireArgs, ExecArgs, Global, ReleaseArgs, RenewArgs, StatusArgs};
 use crate::error::{self, fail};
 use crate::event::Event;
 use crate::holder::Holder;
+use crate::lease::own_release::{self, OwnRelease};
 use crate::lease::{self, Keeper, Taken, Timing};
 use crate::names;
 use crate::output::{self, Level};
@@ -19,7 +20,9 @@ use crate::report::{self, Row};
 use crate::signals;
 use crate::supervise::{self, Job};
 
+mod busy;
 mod keepalive;
+use busy::report_busy;
 pub use keepalive::keepalive;
 use keepalive::spawn_keepalive;
 
@@ -47,7 +50,7 @@ pub fn resolve_url(g: &Global) -> Result<Option<String>> {
     Ok(g.url.clone())
 }
 
-fn connect(g: &Global, url: Option<String>) -> Result<(Box<dyn Backend>, Location, Config)> {
+fn connect(g: &Global, url: Option<Url>) -> Result<(Box<dyn Backend>, Location, Config)> {
     let cfg = Config {
         url,
         prefix: g.prefix.clone(),
@@ -76,30 +79,7 @@ fn describe(info: &LockInfo) -> String {
     s
 }
 
-fn report_busy(name: &str, info: &Option<LockInfo>, waited: crate::cli::Wait) {
-    output::event(
-        Level::Info,
-        "busy",
-        Some(name),
-        &busy_message(name, info, waited),
-        json!({ "holder": info.as_ref().map(|i| &i.holder) }),
-    );
-}
-
-fn busy_message(name: &str, info: &Option<LockInfo>, waited: crate::cli::Wait) -> String {
-    let who = info
-        .as_ref()
-        .map_or_else(|| "another holder".to_string(), describe);
-    match waited {
-        crate::cli::Wait::For(d) if !d.is_zero() => format!(
-            "lock '{name}' is still busy after waiting {}: held by {who}",
-            crate::duration::format(d)
-        ),
-        _ => format!("lock '{name}' is busy: held by {who} (use --wait to wait for it)"),
-    }
-}
-
-pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> {
+pub fn acquire(g: &Global, url: Option<Url>, a: &AcquireArgs) -> Result<i32> {
     if a.keepalive_pid.is_some() {
         // The detached renewer needs room for its schedule.
         Timing::new(a.lease.lease, None)?;
@@ -142,9 +122,14 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
             let expires_us = grant.server_now_us + grant.lease.as_micros() as i64;
             announce_acquired(&a.name, &grant);
             if let Some(pid) = a.keepalive_pid {
-                if let Err(e) =
-                    spawn_keepalive(g, url.as_deref(), &a.name, &token, grant.lease, pid)
-                {
+                if let Err(e) = spawn_keepalive(
+                    g,
+                    url.as_ref().map(Url::as_str),
+                    &a.name,
+                    &token,
+                    grant.lease,
+                    pid,
+                ) {
                     let _ = b.release(&a.name, &token);
                     return Err(e);
                 }
@@ -156,11 +141,17 @@ pub fn acquire(g: &Global, url: Option<String>, a: &AcquireArgs) -> Result<i32> 
             };
             match output::result(&format!("{text}\n")) {
                 Ok(()) => Ok(error::OK),
-                Err(why) => Err(token_unwritten(b.as_mut(), &a.name, &token, &grant, &why)),
+                Err(why) => Err(token_unwritten(
+                    b.as_mut(),
+                    &a.name,
+                    &token,
+                    &grant,
+                    &why.to_string(),
+                )),
             }
         }
         Taken::Busy(info) => {
-            report_busy(&a.name, &info, a.lease.wait);
+            report_busy(b.as_mut(), &a.name, &info, a.lease.wait);
             Ok(error::BUSY)
         }
     }
@@ -191,7 +182,7 @@ fn token_unwritten(
     )
 }
 
-pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> {
+pub fn release(g: &Global, url: Option<Url>, r: &ReleaseArgs) -> Result<i32> {
     names::check_name(&r.name)?;
     if r.token_from_env && inside_exec_of(&r.name) {
         // A job's `dlock release NAME` would otherwise free the lock that the
@@ -211,6 +202,7 @@ pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> 
     }
     let token = r.token.as_deref().context("--token is required")?;
     names::check_token(token)?;
+    own_release::announce(&r.name, token);
     match b.release(&r.name, token)? {
         Check::Done => {
             output::verbose(&format!("released '{}'", r.name));
@@ -223,7 +215,10 @@ pub fn release(g: &Global, url: Option<String>, r: &ReleaseArgs) -> Result<i32> 
 /// `release --force`: breaks every holder, or the one with token id `only`,
 /// and says whom.
 fn force_release(b: &mut dyn Backend, name: &str, only: Option<&str>) -> Result<i32> {
-    let broken = b.force_release(name, only)?;
+    // The TOKEN column of `status` shows a token's first characters; the
+    // whole token names the same holder.
+    let only = only.map(names::token_id);
+    let broken = b.force_release(name, only.as_deref())?;
     for info in &broken {
         output::event(
             Level::Info,
@@ -293,7 +288,7 @@ fn token_refused(name: &str, check: Check, hint_other: &str) -> i32 {
     }
 }
 
-pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
+pub fn status(g: &Global, url: Option<Url>, s: &StatusArgs) -> Result<i32> {
     for n in &s.names {
         names::check_name(n)?;
     }
@@ -324,16 +319,20 @@ pub fn status(g: &Global, url: Option<String>, s: &StatusArgs) -> Result<i32> {
     } else {
         report::status_table(&loc, &g.prefix, &rows)
     };
-    output::result(&text).map_err(|why| {
-        fail(
-            error::OUTPUT,
-            format!("could not write the status to stdout ({why})"),
-        )
-    })?;
+    match output::result(&text) {
+        Err(why) if why.kind() == std::io::ErrorKind::BrokenPipe => output::die_of_broken_pipe(),
+        Err(why) => {
+            return Err(fail(
+                error::OUTPUT,
+                format!("could not write the status to stdout ({why})"),
+            ))
+        }
+        Ok(()) => {}
+    }
     Ok(if all_held { error::OK } else { error::FREE })
 }
 
-pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
+pub fn exec(g: &Global, url: Option<Url>, e: &ExecArgs) -> Result<i32> {
     names::check_name(&e.name)?;
     let timing = Timing::new(e.lease.lease, e.kill_after)?;
     let argv: Vec<OsString> = match &e.shell {
@@ -367,7 +366,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     let (grant, sent) = match lease::acquire(b.as_mut(), &req, e.lease.wait, cfg.timeout)? {
         Taken::Held(grant, sent) => (grant, sent),
         Taken::Busy(info) => {
-            report_busy(&e.name, &info, e.lease.wait);
+            report_busy(b.as_mut(), &e.name, &info, e.lease.wait);
             return Ok(e.conflict_exit_code);
         }
     };
@@ -377,11 +376,16 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     signals::forward_to(tx.clone());
     // Beside the command, not before it: the listener connects on its own thread.
     let lost = tx.clone();
+    let own = Arc::new(OwnRelease::open(&token));
+    let own_seen = Arc::clone(&own);
     b.watch_breaks(
         &e.name,
         &token,
         Box::new(move |why| {
-            let _ = lost.send(Event::Lost(why));
+            // The lease's end that the command itself asked for is no loss.
+            if !own_seen.seen() {
+                let _ = lost.send(Event::Lost(why));
+            }
         }),
     );
     let keeper = Keeper::new(
@@ -393,11 +397,13 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         cfg.timeout,
         tx,
     );
+    keeper.allow_own_release(Arc::clone(&own));
     let mut env = vec![
         ("DLOCK_NAME".into(), e.name.clone()),
         ("DLOCK_TOKEN".into(), token),
         ("DLOCK_HELD".into(), "1".into()),
     ];
+    env.extend(own.env());
     if fences {
         env.push(("DLOCK_FENCE".into(), grant.fence.to_string()));
     }
@@ -416,7 +422,7 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
     // --min-hold: a job that ended early keeps the lock until min-hold after
     // acquisition, so a late host's identical cron tick finds it busy.
     let hold_left = match (&end, e.min_hold) {
-        (Ok(end), Some(min)) if !end.lost => min.checked_sub(sent.elapsed()),
+        (Ok(end), Some(min)) if !end.lost && !own.seen() => min.checked_sub(sent.elapsed()),
         _ => None,
     };
     let released = match hold_left {
@@ -424,7 +430,12 @@ pub fn exec(g: &Global, url: Option<String>, e: &ExecArgs) -> Result<i32> {
         None => keeper.release(),
     };
     let end = end?;
-    report_release(&e.name, released, hold_left, end.lost);
+    if own.seen() {
+        // Released on purpose; a release of ours found only what came after.
+        own.tell(&e.name);
+    } else {
+        report_release(&e.name, released, hold_left, end.lost);
+    }
     Ok(if end.lost {
         error::LOST
     } else if end.timed_out {
@@ -508,7 +519,7 @@ fn announce_acquired(name: &str, grant: &Grant) {
 
 /// --jitter: spreads hosts that a cron tick starts at the same second.
 fn sleep_jitter(limit: Duration) {
-    let delay = random_below(limit);
+    let delay = crate::backoff::random_below(limit);
     output::verbose(&format!(
         "jitter: sleeping {}",
         crate::duration::format_left(delay)
@@ -516,15 +527,7 @@ fn sleep_jitter(limit: Duration) {
     std::thread::sleep(delay);
 }
 
-/// A uniformly random duration in [0, limit).
-fn random_below(limit: Duration) -> Duration {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the OS random source failed");
-    let nanos = limit.as_nanos().max(1) as u64;
-    Duration::from_nanos(u64::from_le_bytes(b) % nanos)
-}
-
-pub fn renew(g: &Global, url: Option<String>, r: &RenewArgs) -> Result<i32> {
+pub fn renew(g: &Global, url: Option<Url>, r: &RenewArgs) -> Result<i32> {
     names::check_name(&r.name)?;
     names::check_token(&r.token)?;
     let (mut b, _loc, _) = connect(g, url)?;

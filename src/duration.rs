@@ -123,18 +123,19 @@ pub fn format(d: Duration) -> String {
     out
 }
 
-/// Short human duration: 850ms, 12.3s, 4m05s, 2h10m.
+/// A time left, written as [`format`] writes durations but only as fine as
+/// people read one: milliseconds under a second, tenths under a minute,
+/// seconds under an hour, then minutes ("850ms", "12.3s", "30s", "4m5s",
+/// "2h10m"). Rounded down, so that a time left is never overstated.
 pub fn format_left(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else if ms < 3_600_000 {
-        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
-    } else {
-        format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60)
-    }
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let step = match ms {
+        0..1_000 => 1,
+        1_000..60_000 => 100,
+        60_000..3_600_000 => 1_000,
+        _ => 60_000,
+    };
+    format(Duration::from_millis(ms - ms % step))
 }
 
 #[cfg(test)]
@@ -197,10 +198,20 @@ mod tests {
     }
 
     #[test]
-    fn durations_read_well() {
-        assert_eq!(format_left(Duration::from_millis(850)), "850ms");
-        assert_eq!(format_left(Duration::from_millis(12_340)), "12.3s");
-        assert_eq!(format_left(Duration::from_secs(245)), "4m05s");
-        assert_eq!(format_left(Duration::from_secs(7800)), "2h10m");
+    fn times_left_read_well_and_parse_back() {
+        assert_eq!(format_left(ms(850)), "850ms");
+        assert_eq!(format_left(ms(12_340)), "12.3s");
+        assert_eq!(format_left(ms(30_000)), "30s");
+        assert_eq!(format_left(ms(2_000)), "2s");
+        assert_eq!(format_left(ms(29_999)), "29.9s");
+        assert_eq!(format_left(ms(245_900)), "4m5s");
+        assert_eq!(format_left(ms(599_999)), "9m59s");
+        assert_eq!(format_left(ms(7_800_000)), "2h10m");
+        assert_eq!(format_left(ms(7_859_000)), "2h10m");
+        for n in [0, 999, 1000, 12_340, 30_000, 245_900, 7_859_000] {
+            let text = format_left(ms(n));
+            let back = parse(&text).unwrap();
+            assert!(back <= ms(n) && ms(n) - back < ms(60_000), "{n}: {text}");
+        }
     }
 }

@@ -22,8 +22,9 @@ pub const HELD_BY_OTHER: i32 = 4;
 pub const UNAVAILABLE: i32 = 69;
 /// Internal error or an unexpected answer from the backend.
 pub const INTERNAL: i32 = 70;
-/// The result could not be written: stdout is closed or a pipe's reader is
-/// gone (sysexits' EX_IOERR). `acquire` releases the lock it took.
+/// The result could not be written: stdout is closed, or `acquire`'s reader
+/// is gone (sysexits' EX_IOERR); `acquire` releases the lock it took. Help
+/// and `status` output whose reader left end by SIGPIPE instead, as ls does.
 pub const OUTPUT: i32 = 74;
 /// The lock is busy and `--wait` ran out (exec: `--conflict-exit-code`).
 pub const BUSY: i32 = 75;
@@ -46,13 +47,14 @@ Exit codes:
     4    release/renew: the lock is held by another token
    69    backend unreachable, refused, timed out, or authentication failed
    70    internal error or unexpected backend reply
-   74    could not write the output (stdout closed or broken pipe)
+   74    could not write the output (stdout closed; acquire: broken pipe)
    75    lock busy after --wait (exec: --conflict-exit-code overrides)
    79    exec: lease lost; the command was stopped
   124    exec: the command exceeded --max-runtime and was stopped
   126    exec: command not executable
   127    exec: command not found
-128+N    killed by signal N (while waiting, or the command died of it)
+128+N    killed by signal N (while waiting, or the command died of it;
+         SIGPIPE when the reader of help or status output left)
 Any other code from exec is the command's own exit status.";
 
 /// An error with the exit code it should end the process with.

@@ -14,11 +14,15 @@
 //! libc's wrappers would write when a call fails (`kill` of a group that has
 //! just gone) while dlock still runs.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 /// The lease deadline as the guard sees it: when the lost signal must go out
@@ -70,6 +74,9 @@ fn mono_ns(t: Instant) -> u64 {
 
 /// System calls without libc's wrappers, which set errno on failure.
 mod sys {
+    /// # Safety
+    /// SAFETY: `a` must be valid arguments for system call `nr`: pointers
+    /// into live memory of the sizes that call reads or writes.
     #[cfg(target_arch = "x86_64")]
     pub unsafe fn call(nr: libc::c_long, a: [usize; 4]) -> isize {
         let ret: isize;
@@ -86,6 +93,8 @@ mod sys {
         ret
     }
 
+    /// # Safety
+    /// SAFETY: as for x86_64: arguments valid for system call `nr`.
     #[cfg(target_arch = "aarch64")]
     pub unsafe fn call(nr: libc::c_long, a: [usize; 4]) -> isize {
         let ret: isize;
@@ -103,6 +112,9 @@ mod sys {
     }
 
     /// Elsewhere libc's generic wrapper, which may write errno on failure.
+    ///
+    /// # Safety
+    /// SAFETY: as for x86_64: arguments valid for system call `nr`.
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     pub unsafe fn call(nr: libc::c_long, a: [usize; 4]) -> isize {
         // SAFETY: the caller passes arguments valid for system call `nr`.
@@ -292,36 +304,33 @@ fn watch(a: &Args, pgid: i32) -> ! {
 pub struct Guard {
     pub pid: Pid,
     /// The pipe's write end: the command writes its process group there.
-    pub write_fd: i32,
+    pub write_fd: OwnedFd,
     /// Where the keeper publishes the deadline for the guard.
     pub deadline: &'static Deadline,
+    /// Set once dlock has reaped it (it ended by itself): its pid may be
+    /// another process's by then, so it is neither signalled nor waited for.
+    pub reaped: bool,
+    dismissed: bool,
 }
 
 impl Guard {
     pub fn start(kill_after: Duration, slack: Duration, on_lost: Signal) -> Option<Guard> {
-        let mut fds = [0i32; 2];
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return None;
-        }
-        let (r, w) = (fds[0], fds[1]);
-        let close_both = || unsafe {
-            libc::close(r);
-            libc::close(w);
-        };
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
         // Used only as the guard's stack, and kept: the guard may outlive dlock.
-        let Ok(stack) = crate::spawn::map_stack(STACK) else {
-            close_both();
-            return None;
-        };
+        let stack = crate::spawn::map_stack(STACK).ok()?;
         let args: &'static Args = Box::leak(Box::new(Args {
-            read_fd: r,
+            read_fd: r.as_raw_fd(),
             kill_after_ns: kill_after.as_nanos() as u64,
             slack_ns: slack.as_nanos() as u64,
             on_lost: on_lost as i32,
             deadline: Deadline(AtomicU64::new(0)),
         }));
-        // SAFETY: the stack grows down from the end of its mapping; guard_main
-        // never returns and touches only `args` and its own stack.
+        // Not nix's clone: it passes the closure by a pointer into this
+        // function's frame, which the guard would read after it has returned.
+        // SAFETY: the stack grows down from the end of its mapping, which is
+        // never unmapped; guard_main never returns and touches only `args`
+        // (leaked) and its own stack. Without CLONE_FILES the guard has its
+        // own copy of the descriptor table, so closing `r` here is no harm.
         let pid = unsafe {
             libc::clone(
                 guard_main,
@@ -330,22 +339,36 @@ impl Guard {
                 (args as *const Args).cast_mut().cast(),
             )
         };
-        if pid == -1 {
-            close_both();
-            return None;
-        }
-        unsafe { libc::close(r) };
-        Some(Guard {
+        drop(r);
+        (pid != -1).then(|| Guard {
             pid: Pid::from_raw(pid),
             write_fd: w,
             deadline: &args.deadline,
+            reaped: false,
+            dismissed: false,
         })
     }
 
-    /// The job is over: dismiss the guard without letting it act. It is not
-    /// waited for: SIGKILL cannot be refused, and dlock exits soon after.
-    pub fn dismiss(self) {
-        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
-        unsafe { libc::close(self.write_fd) };
+    /// The job is over: the guard must not act any more. It dies of SIGKILL
+    /// as soon as the scheduler runs it, and is reaped when dropped.
+    pub fn dismiss(&mut self) {
+        if !self.reaped && !self.dismissed {
+            let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+        }
+        self.dismissed = true;
+    }
+}
+
+/// Reaps the guard, so that it is not left behind for dlock's parent (or
+/// PID 1) once dlock exits. Kept until then (after the release) rather than
+/// waited for at once: on a loaded host the killed guard may wait
+/// milliseconds for a CPU to die on. The signal thread may have reaped it
+/// meanwhile (then this wait finds no such child).
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.dismiss();
+        if !self.reaped {
+            while let Err(Errno::EINTR) = waitpid(self.pid, None) {}
+        }
     }
 }

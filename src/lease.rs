@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::backend::{Acquire, Backend, Request, Waiter};
+use crate::cancel::Cancel;
 use crate::cli::Wait;
 use crate::error::{fail, USAGE};
 use crate::output::{self, Level};
@@ -20,6 +21,7 @@ use crate::signals;
 use serde_json::json;
 
 mod keeper;
+pub mod own_release;
 pub(crate) mod retry;
 pub use keeper::Keeper;
 use retry::Trouble;
@@ -112,13 +114,17 @@ pub enum Taken {
 /// Tries, subscribes to releases, tries again (closing the lost-wake-up
 /// window, unless the backend keeps wake-ups for late waiters), then retries
 /// on each release notification or when the holder's lease runs out, until
-/// `wait` is over. Never polls at a fixed interval.
+/// `wait` is over. Never polls at a fixed interval. A backend that waits its
+/// own way (`Backend::acquire_waiting`) takes the wait in one call instead,
+/// but its failures, signals and give-up go through this same loop.
 ///
 /// A failed request (the server restarts, refuses a connection, or answers
 /// too late) does not end a wait: dlock backs off and tries again with the
 /// same token until `wait` runs out, so an acquire that the server applied
 /// but whose reply was lost is found again as ours. With no wait left it
-/// fails, after releasing what such an acquire may have taken.
+/// fails, after releasing what such an acquire may have taken. A stopping
+/// signal ends the wait the same way (exit 128+N), also in the middle of a
+/// backend's own wait, which returns when the signal arrives.
 pub fn acquire(
     backend: &mut dyn Backend,
     req: &Request,
@@ -129,34 +135,29 @@ pub fn acquire(
         Wait::For(d) => Some(Instant::now() + d),
         Wait::Forever => None,
     };
-    if let Some(r) = backend.acquire_waiting(req, deadline) {
-        return match r? {
-            (Acquire::Acquired(g), sent) => Ok(Taken::Held(g, sent)),
-            (Acquire::Busy(i) | Acquire::Queued(i), _) => Ok(Taken::Busy(i)),
-        };
-    }
-    let mut waiter: Option<Box<dyn Waiter>> = None;
-    let mut trouble = Trouble::new(timeout);
+    let mut waiter: Option<Subscription> = None;
+    let mut trouble = Trouble::new(timeout, deadline);
     loop {
-        let sent = Instant::now();
-        let (result, pending) = signals::in_flight(|| backend.acquire(req));
+        let (attempt, pending) =
+            signals::in_flight(|cancel| Attempt::make(backend, req, deadline, cancel));
         if let Some(sig) = pending {
-            let taken = match &result {
-                Ok(Acquire::Acquired(g)) => !g.extended,
-                Ok(Acquire::Busy(_) | Acquire::Queued(_)) => false,
-                Err(e) => !crate::error::unsent(e),
-            };
-            trouble.unsure |= taken;
+            trouble.unsure |= attempt.may_hold();
+            trouble.queued |= attempt.may_queue();
             trouble.give_up(backend, req);
             signals::exit(signals::exit_code(sig));
         }
-        let busy = match result {
-            Ok(Acquire::Acquired(g)) => return Ok(Taken::Held(trouble.grant(g), sent)),
-            Ok(Acquire::Busy(info)) => {
+        let busy = match attempt.result {
+            Ok((Acquire::Acquired(g), sent)) => return Ok(Taken::Held(trouble.grant(g), sent)),
+            Ok((Acquire::Busy(info) | Acquire::Queued(info), _)) if attempt.waited => {
+                // The backend's own wait ran until the deadline.
+                trouble.give_up(backend, req);
+                return Ok(Taken::Busy(info));
+            }
+            Ok((Acquire::Busy(info), _)) => {
                 trouble.recovered(req.name);
                 info
             }
-            Ok(Acquire::Queued(info)) => {
+            Ok((Acquire::Queued(info), _)) => {
                 trouble.recovered(req.name);
                 trouble.queued = true;
                 info
@@ -168,7 +169,10 @@ pub fn acquire(
             }
             Err(e) => {
                 trouble.unsure |= !crate::error::unsent(&e);
-                trouble.failed(backend, req, e, deadline)?;
+                // A backend's own wait may keep its place for the next call,
+                // unless it says that it left nothing on the server.
+                trouble.queued |= attempt.waited && !crate::error::unsent(&e);
+                trouble.failed(backend, req, e)?;
                 continue;
             }
         };
@@ -181,42 +185,122 @@ pub fn acquire(
             Some(d) => d - now,
             None => Duration::from_secs(3600),
         };
-        let w = match &mut waiter {
-            Some(w) => w,
-            None => {
-                output::event(
-                    Level::Debug,
-                    "waiting",
-                    Some(req.name),
-                    &format!("lock '{}' is busy; waiting", req.name),
-                    json!({ "holder": busy.as_ref().map(|b| &b.holder) }),
-                );
-                match backend.waiter(req.name) {
-                    Ok(w) if w.keeps_wakeups() => waiter.insert(w),
-                    Ok(w) => {
-                        waiter = Some(w);
-                        continue;
-                    }
-                    Err(e) => {
-                        trouble.failed(backend, req, e, deadline)?;
-                        continue;
-                    }
-                }
-            }
-        };
-        // Wake when the holder's lease would run out, even if no release is announced.
-        let mut ttl = busy
-            .as_ref()
-            .map(|b| b.ttl + Duration::from_millis(1))
-            .unwrap_or(left);
-        if trouble.queued {
-            // Come back before the place in the queue lapses.
-            ttl = ttl.min(crate::backend::kinds::TICKET_REFRESH);
-        }
-        if let Err(e) = w.wait(left.min(ttl)) {
-            trouble.failed(backend, req, e, deadline)?;
+        if let Err(e) = wait_for_release(backend, req, &mut waiter, &busy, left, trouble.queued) {
+            trouble.failed(backend, req, e)?;
         }
     }
+}
+
+/// One attempt: the backend's own wait, or one request of the shared loop.
+struct Attempt {
+    result: Result<(Acquire, Instant)>,
+    /// The backend waited its own way.
+    waited: bool,
+}
+
+impl Attempt {
+    fn make(
+        backend: &mut dyn Backend,
+        req: &Request,
+        deadline: Option<Instant>,
+        cancel: &Cancel,
+    ) -> Attempt {
+        if let Some(result) = backend.acquire_waiting(req, deadline, cancel) {
+            return Attempt {
+                result,
+                waited: true,
+            };
+        }
+        let sent = Instant::now();
+        Attempt {
+            result: backend.acquire(req).map(|a| (a, sent)),
+            waited: false,
+        }
+    }
+
+    /// The attempt may have taken the lock anew: a new grant, or a failure
+    /// after the request was sent.
+    fn may_hold(&self) -> bool {
+        match &self.result {
+            Ok((Acquire::Acquired(g), _)) => !g.extended,
+            Ok(_) => false,
+            Err(e) => !crate::error::unsent(e),
+        }
+    }
+
+    /// The attempt may have left a place in the lock's queue.
+    fn may_queue(&self) -> bool {
+        match &self.result {
+            Ok((Acquire::Queued(_), _)) => true,
+            Ok(_) => false,
+            Err(_) => self.waited,
+        }
+    }
+}
+
+/// A waiter, with what it must undo registered to run if a signal ends
+/// dlock while it lives (the backend's waiter says what; this loop owns
+/// signals and exits).
+struct Subscription {
+    waiter: Box<dyn Waiter>,
+    at_exit: Option<u64>,
+}
+
+impl Subscription {
+    fn new(waiter: Box<dyn Waiter>) -> Subscription {
+        let at_exit = waiter.on_exit().map(signals::at_exit);
+        Subscription { waiter, at_exit }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(id) = self.at_exit.take() {
+            signals::cancel_at_exit(id);
+        }
+    }
+}
+
+/// Blocks until the busy lock may have been released, at most `left`:
+/// subscribes first (then returns at once, so that the caller tries again
+/// and no release between its try and the subscription is missed, unless
+/// the backend keeps wake-ups), wakes when the holder's lease would run out
+/// even if no release is announced, and, for a place in the queue
+/// (`queued`), before that place lapses.
+fn wait_for_release(
+    backend: &mut dyn Backend,
+    req: &Request,
+    waiter: &mut Option<Subscription>,
+    busy: &Option<crate::backend::LockInfo>,
+    left: Duration,
+    queued: bool,
+) -> Result<()> {
+    let w = match waiter {
+        Some(w) => w,
+        None => {
+            output::event(
+                Level::Debug,
+                "waiting",
+                Some(req.name),
+                &format!("lock '{}' is busy; waiting", req.name),
+                json!({ "holder": busy.as_ref().map(|b| &b.holder) }),
+            );
+            let w = Subscription::new(backend.waiter(req.name)?);
+            if !w.waiter.keeps_wakeups() {
+                *waiter = Some(w);
+                return Ok(());
+            }
+            waiter.insert(w)
+        }
+    };
+    let mut ttl = busy
+        .as_ref()
+        .map(|b| b.ttl + Duration::from_millis(1))
+        .unwrap_or(left);
+    if queued {
+        ttl = ttl.min(crate::backend::kinds::TICKET_REFRESH);
+    }
+    w.waiter.wait(left.min(ttl))
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! clap definition; the binary in main.rs only calls [`main`].
 
 mod backend;
+mod backoff;
+mod cancel;
 pub mod cli;
 mod commands;
 mod duration;
@@ -26,6 +28,10 @@ pub fn main() -> ! {
     // Before any thread starts, so that every thread inherits the signal mask.
     signals::install();
     let (mut cli, empty_url) = parse();
+    if let cli::Command::Urls = cli.command {
+        // Needs no backend, nor a URL that parses.
+        list_urls();
+    }
     let g = &mut cli.global;
     let url = if let Some(e) = empty_url {
         Err(e)
@@ -38,12 +44,14 @@ pub fn main() -> ! {
         commands::resolve_url(g)
     };
     let g = &cli.global;
-    let secrets = url
-        .as_ref()
-        .ok()
-        .and_then(|u| u.as_deref())
-        .map(backend::secrets)
-        .unwrap_or_default();
+    // Parsed once, here: output scrubs its secrets from every line.
+    let text = url.as_ref().ok().cloned().flatten();
+    let url = url.and_then(|u| u.as_deref().map(backend::parse_url).transpose());
+    let secrets = match (&url, &text) {
+        (Ok(Some(u)), _) => u.secrets(),
+        (Err(_), Some(t)) => backend::url::loose_secrets(t),
+        _ => Vec::new(),
+    };
     output::init(
         g.quiet,
         g.verbose,
@@ -54,10 +62,7 @@ pub fn main() -> ! {
         output::set_lock(name);
     }
     if let Ok(u) = &url {
-        output::set_location(
-            &u.as_deref()
-                .map_or_else(|| "the default SQLite file".to_string(), backend::redact),
-        );
+        output::set_location(u.as_ref().map_or("the default SQLite file", |u| u.shown()));
     }
     let result = url.and_then(|url| match &cli.command {
         cli::Command::Acquire(a) => commands::acquire(g, url, a),
@@ -66,6 +71,7 @@ pub fn main() -> ! {
         cli::Command::Exec(e) => commands::exec(g, url, e),
         cli::Command::Renew(r) => commands::renew(g, url, r),
         cli::Command::Keepalive(k) => commands::keepalive(g, url, k),
+        cli::Command::Urls => unreachable!("handled before any URL is read"),
     });
     match result {
         Ok(code) => std::process::exit(code),
@@ -79,6 +85,23 @@ pub fn main() -> ! {
             let msg = format!("error: {e:#}");
             output::event(output::Level::Error, kind, None, &msg, Default::default());
             std::process::exit(code);
+        }
+    }
+}
+
+/// `dlock urls`: each scheme's form, from the registry, so that a new
+/// backend changes this output and not the generated help, man pages and
+/// completions.
+fn list_urls() -> ! {
+    let text: String = backend::SCHEMES
+        .iter()
+        .map(|s| format!("{}\n", s.form))
+        .collect();
+    match output::result(&text) {
+        Ok(()) => std::process::exit(error::OK),
+        Err(why) => {
+            output::stderr_line(&format!("dlock: error: could not write to stdout: {why}"));
+            std::process::exit(error::OUTPUT);
         }
     }
 }
@@ -104,9 +127,15 @@ fn parse() -> (cli::Cli, Option<anyhow::Error>) {
         Err(e) if !e.use_stderr() => {
             // --help and --version
             let written = match output::stdout_closed() {
-                true => Err("stdout is closed".to_string()),
-                false => e.print().map_err(|e| e.to_string()),
+                true => Err(std::io::Error::other("stdout is closed")),
+                false => e.print(),
             };
+            if written
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                output::die_of_broken_pipe();
+            }
             if let Err(why) = written {
                 output::stderr_line(&format!("dlock: error: could not write to stdout: {why}"));
                 std::process::exit(error::OUTPUT);
@@ -114,7 +143,9 @@ fn parse() -> (cli::Cli, Option<anyhow::Error>) {
             std::process::exit(error::OK);
         }
         Err(e) => {
-            let msg = output::cap_quotes(&one_line(&e.render().to_string()));
+            let msg =
+                cli::subcommand_error(&e).unwrap_or_else(|| one_line(&e.render().to_string()));
+            let msg = output::cap_line(&output::cap_quotes(&msg));
             if json_log_requested() {
                 output::init(false, 0, true, Vec::new());
                 output::event(
@@ -135,7 +166,12 @@ fn parse() -> (cli::Cli, Option<anyhow::Error>) {
 /// Whether --log-format json (or DLOCK_LOG_FORMAT=json) was asked for, read
 /// from the raw arguments: a usage error means clap could not parse them.
 fn json_log_requested() -> bool {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // args_os: an argument that is not UTF-8 is what clap just refused, and
+    // std::env::args() would panic on it.
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let mut from_args = None;
     for (i, a) in args.iter().enumerate() {
         if a == "--" {

@@ -75,14 +75,29 @@ pub fn stdout_closed() -> bool {
 }
 
 /// Writes a command's result to stdout and flushes it, or says why it could not.
-pub fn result(text: &str) -> Result<(), String> {
+pub fn result(text: &str) -> std::io::Result<()> {
     if stdout_closed() {
-        return Err("stdout is closed".into());
+        return Err(std::io::Error::other("stdout is closed"));
     }
     let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| e.to_string())
+    out.write_all(text.as_bytes()).and_then(|()| out.flush())
+}
+
+/// Ends dlock as `ls | true` ends ls when the reader of its output has gone:
+/// killed by SIGPIPE, without a message, so that a shell sees 128+13 and
+/// `set -o pipefail` treats dlock like any other writer. For output whose
+/// loss harms nobody (help, status); a lost token is an error instead.
+pub fn die_of_broken_pipe() -> ! {
+    use nix::sys::signal::{self, SigHandler, SigSet, SigmaskHow, Signal};
+    // SAFETY: SIG_DFL installs no handler code; Rust's start-up had set it to
+    // SIG_IGN only so that writes fail with EPIPE instead of killing dlock.
+    let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    let mut pipe = SigSet::empty();
+    pipe.add(Signal::SIGPIPE);
+    let _ = signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&pipe), None);
+    // raise() directs the signal at this thread, whose default action ends the process.
+    let _ = signal::raise(Signal::SIGPIPE);
+    std::process::exit(128 + Signal::SIGPIPE as i32)
 }
 
 /// A line on stderr that never panics: with stderr closed or its pipe gone,
@@ -141,6 +156,25 @@ pub fn cap_quotes(line: &str) -> String {
     out
 }
 
+/// Longest message a line carries; longer ones keep their start and end.
+const MAX_LINE: usize = 600;
+/// How much of the end a shortened message keeps (where advice usually is).
+const KEPT_END: usize = 160;
+
+/// Shortens a message longer than [`MAX_LINE`] characters to its start and
+/// its end with " … " between: a backend that lists what each of thousands
+/// of servers said would otherwise print one line of hundreds of KB. Done
+/// here, once, for every message.
+pub fn cap_line(msg: &str) -> String {
+    let n = msg.chars().count();
+    if n <= MAX_LINE {
+        return msg.to_string();
+    }
+    let head: String = msg.chars().take(MAX_LINE - KEPT_END - 3).collect();
+    let tail: String = msg.chars().skip(n - KEPT_END).collect();
+    format!("{head} … {tail}")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     /// A step report: text only with --verbose.
@@ -178,7 +212,7 @@ pub fn error_line(msg: &str) -> String {
 }
 
 fn render(level: Level, kind: &str, lock: Option<&str>, msg: &str, extra: Value) -> String {
-    let msg = cap_quotes(&scrub(msg));
+    let msg = cap_line(&cap_quotes(&scrub(msg)));
     if JSON.load(Ordering::Relaxed) {
         let mut obj = json!({
             "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -225,5 +259,16 @@ mod tests {
             format!("bad '{}… fix {}…", "a".repeat(199), "a".repeat(200))
         );
         assert_eq!(cap_quotes("short words stay"), "short words stay");
+    }
+
+    #[test]
+    fn long_lines_keep_their_start_and_end() {
+        let long = format!("start {} end", "a b ".repeat(50_000));
+        let capped = cap_line(&long);
+        assert_eq!(capped.chars().count(), MAX_LINE);
+        assert!(capped.starts_with("start a b") && capped.ends_with("a b  end"));
+        assert!(capped.contains(" … "));
+        let short = "x ".repeat(MAX_LINE / 2);
+        assert_eq!(cap_line(&short), short);
     }
 }

@@ -1,12 +1,21 @@
 //! Signal handling, tini-style: every signal dlock cares about is blocked in
 //! all threads and taken by one thread with sigwait, which then acts according
 //! to what dlock is doing (waiting for a lock, or supervising a command).
+//!
+//! Orphans: once dlock supervises a command it is a child subreaper (and as
+//! a container's PID 1 it is their reaper anyway), so the command's orphans
+//! come to it; it reaps them as they exit, until it exits itself, so that no
+//! zombie is left behind for its parent or PID 1. While the command runs its
+//! supervisor reaps them; afterwards (the release, --min-hold) the signal thread.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 
+use crate::cancel::Cancel;
 use crate::event::Event;
 
 /// Forwarded to the command's process group while it runs.
@@ -30,14 +39,20 @@ const STOPPING: [Signal; 4] = [
 enum Mode {
     /// Between requests: a stopping signal ends dlock at once with 128+N.
     Exit,
-    /// A request that may take the lock is in flight: remember the signal and
+    /// A request that may take the lock (or a wait that holds a place in a
+    /// queue) is in flight: remember the signal, ask the wait to return, and
     /// let the caller undo the acquisition before it exits.
-    InFlight(Option<Signal>),
+    InFlight(Option<Signal>, Arc<Cancel>),
     /// A command runs: hand every signal to its supervisor.
     Forward(Sender<Event>),
 }
 
 static MODE: Mutex<Mode> = Mutex::new(Mode::Exit);
+
+/// Whether dlock reaps every child that exits outside [`Mode::Forward`]. No
+/// code may wait for a child of its own then, or the signal thread may take
+/// its status first.
+static REAP: AtomicBool = AtomicBool::new(false);
 
 /// Cleanups that must run however dlock exits on a signal (a waiter's
 /// place in a server-side queue, say), by id.
@@ -111,10 +126,17 @@ fn dispatch(sig: Signal) {
             if STOPPING.contains(&sig) {
                 exit(128 + sig as i32);
             }
+            if sig == Signal::SIGCHLD {
+                reap_if_asked();
+            }
         }
-        Mode::InFlight(pending) => {
+        Mode::InFlight(pending, cancel) => {
             if STOPPING.contains(&sig) && pending.is_none() {
                 *pending = Some(sig);
+                cancel.fire();
+            }
+            if sig == Signal::SIGCHLD {
+                reap_if_asked();
             }
         }
         Mode::Forward(tx) => {
@@ -124,14 +146,16 @@ fn dispatch(sig: Signal) {
 }
 
 /// Runs a request that may take the lock. A stopping signal that arrives
-/// meanwhile is returned instead of ending dlock, so the caller can release
+/// meanwhile fires the [`Cancel`] handed to `f` (a wait in `f` returns
+/// early) and is returned instead of ending dlock, so the caller can release
 /// what the request took before exiting with 128+N.
-pub fn in_flight<T>(f: impl FnOnce() -> T) -> (T, Option<Signal>) {
-    *MODE.lock().unwrap_or_else(|e| e.into_inner()) = Mode::InFlight(None);
-    let out = f();
+pub fn in_flight<T>(f: impl FnOnce(&Cancel) -> T) -> (T, Option<Signal>) {
+    let cancel = Arc::new(Cancel::new());
+    *MODE.lock().unwrap_or_else(|e| e.into_inner()) = Mode::InFlight(None, Arc::clone(&cancel));
+    let out = f(&cancel);
     let mut mode = MODE.lock().unwrap_or_else(|e| e.into_inner());
     let pending = match &*mode {
-        Mode::InFlight(p) => *p,
+        Mode::InFlight(p, _) => *p,
         _ => None,
     };
     *mode = Mode::Exit;
@@ -144,8 +168,30 @@ pub fn forward_to(tx: Sender<Event>) {
 }
 
 /// Back to ending dlock on a stopping signal (after the command has exited).
+/// Orphans that exited while the supervisor no longer read its events are
+/// reaped here; later ones as their SIGCHLD arrives.
 pub fn exit_on_signal() {
-    *MODE.lock().unwrap_or_else(|e| e.into_inner()) = Mode::Exit;
+    let mut mode = MODE.lock().unwrap_or_else(|e| e.into_inner());
+    *mode = Mode::Exit;
+    reap_if_asked();
+}
+
+/// From now on, orphans reparented to dlock are reaped even when no command
+/// runs (dlock has made itself a child subreaper).
+pub fn reap_orphans() {
+    REAP.store(true, Ordering::SeqCst);
+}
+
+/// Reaps every child that has exited, if dlock inherits orphans.
+fn reap_if_asked() {
+    if !REAP.load(Ordering::SeqCst) {
+        return;
+    }
+    while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if st == WaitStatus::StillAlive {
+            break;
+        }
+    }
 }
 
 /// Exit status for a signal, as a shell reports it.

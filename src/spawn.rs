@@ -72,7 +72,7 @@ pub fn spawn(
         paths,
         tty: tty.unwrap_or(-1),
         guard: guard.unwrap_or(-1),
-        parent: unsafe { libc::getpid() },
+        parent: nix::unistd::getpid().as_raw(),
         error: 0,
     };
     // Unmapped once the child no longer runs in dlock's memory.
@@ -89,6 +89,8 @@ pub fn spawn(
         )
     };
     let clone_error = io::Error::last_os_error();
+    // SAFETY: no child runs on this stack any more (it has exec'd or exited,
+    // as CLONE_VFORK waits for), and nothing else refers to the mapping.
     unsafe { libc::munmap(stack, STACK) };
     if pid == -1 {
         return Err(clone_error);
@@ -96,7 +98,7 @@ pub fn spawn(
     if plan.error != 0 {
         // The child has exited without exec'ing; reap it here so the
         // supervisor never mistakes it for the command.
-        unsafe { libc::waitpid(pid, ptr::null_mut(), 0) };
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
         return Err(io::Error::from_raw_os_error(plan.error));
     }
     Ok(pid)

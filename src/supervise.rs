@@ -5,7 +5,8 @@
 //! in which dlock cannot act: dead, stopped or stuck).
 
 use std::ffi::OsString;
-use std::io;
+use std::io::{self, IsTerminal};
+use std::os::fd::AsRawFd;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use anyhow::Result;
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
+use nix::unistd::{getpgrp, tcgetpgrp, tcsetpgrp, Pid};
 
 use crate::error::{fail, NOT_EXECUTABLE, NOT_FOUND};
 use crate::event::Event;
@@ -35,6 +36,8 @@ pub struct Job {
 
 /// How the job ended.
 pub struct End {
+    /// The dismissed guard, reaped when this is dropped (after the release).
+    _guard: Option<Guard>,
     /// The command's exit status as a shell reports it (128+N for signal N).
     pub status: i32,
     /// True when the lease was lost and the command was stopped for it.
@@ -44,15 +47,18 @@ pub struct End {
 }
 
 /// Starts the command; a spawn failure maps to 127 or 126 as in a shell.
-fn spawn(job: &Job, tty: Option<i32>, guard: Option<&Guard>) -> Result<Pid> {
+/// With `tty`, the command's group takes the terminal (dlock's stdin).
+fn spawn(job: &Job, tty: bool, guard: Option<&Guard>) -> Result<Pid> {
     let shown = job.argv[0].to_string_lossy().into_owned();
-    match crate::spawn::spawn(&job.argv, &job.env, tty, guard.map(|g| g.write_fd)) {
+    let tty_fd = tty.then_some(libc::STDIN_FILENO);
+    let guard_fd = guard.map(|g| g.write_fd.as_raw_fd());
+    match crate::spawn::spawn(&job.argv, &job.env, tty_fd, guard_fd) {
         Ok(pid) => {
             let pid = Pid::from_raw(pid);
             // Also from the parent, so that there is no window in which a signal to the group misses.
             let _ = nix::unistd::setpgid(pid, pid);
-            if let Some(fd) = tty {
-                unsafe { libc::tcsetpgrp(fd, pid.as_raw()) };
+            if tty {
+                let _ = tcsetpgrp(io::stdin(), pid);
             }
             Ok(pid)
         }
@@ -64,18 +70,12 @@ fn spawn(job: &Job, tty: Option<i32>, guard: Option<&Guard>) -> Result<Pid> {
     }
 }
 
-/// The terminal to hand to the command, when dlock runs in its foreground:
-/// then Ctrl-C and job control reach the command's group directly (once),
-/// and an interactive command can read the terminal.
-fn foreground_tty() -> Option<i32> {
-    let fd = libc::STDIN_FILENO;
-    unsafe {
-        if libc::isatty(fd) == 1 && libc::tcgetpgrp(fd) == libc::getpgrp() {
-            Some(fd)
-        } else {
-            None
-        }
-    }
+/// Whether to hand the terminal (stdin) to the command: when dlock runs in
+/// its foreground, so that Ctrl-C and job control reach the command's group
+/// directly (once), and an interactive command can read the terminal.
+fn foreground_tty() -> bool {
+    let stdin = io::stdin();
+    stdin.is_terminal() && tcgetpgrp(&stdin) == Ok(getpgrp())
 }
 
 fn signal_group(pgid: Pid, sig: Signal) {
@@ -94,21 +94,20 @@ fn group_alive(pgid: Pid) -> bool {
 pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
     let timing = keeper.timing();
     // Orphaned grandchildren are re-parented to dlock, so it can reap them and
-    // know when the whole job is gone.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // know when the whole job is gone; and reap them until it exits.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    signals::reap_orphans();
     let tty = foreground_tty();
     // The guard starts before the command, and the command's process tells it
     // its group before exec'ing, so that no moment is left unwatched.
-    let guard = Guard::start(timing.kill_after, guard_slack(timing), job.on_lost);
+    let mut guard = Guard::start(timing.kill_after, guard_slack(timing), job.on_lost);
     if let Some(g) = &guard {
         keeper.share_deadline(g.deadline);
     }
     let child = match spawn(job, tty, guard.as_ref()) {
         Ok(pid) => pid,
         Err(e) => {
-            if let Some(g) = guard {
-                g.dismiss();
-            }
+            drop(guard); // dismissed and reaped
             return Err(e);
         }
     };
@@ -138,8 +137,7 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
             Ok(Event::Signal(Signal::SIGCHLD)) => {
                 let was_running = w.status.is_none();
                 let valid = || Instant::now() < keeper.stop_by();
-                let guard_pid = guard.as_ref().map(|g| g.pid);
-                if reap(child, &mut w.status, guard_pid, tty, &valid) {
+                if reap(child, &mut w.status, guard.as_mut(), tty, &valid) {
                     w.command_exited(was_running, tty);
                 }
             }
@@ -154,11 +152,14 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    signals::exit_on_signal();
-    if let Some(g) = guard {
+    // While signals still come here: from then on the signal thread reaps
+    // orphans, and might reap a guard that had ended by itself.
+    if let Some(g) = &mut guard {
         g.dismiss();
     }
+    signals::exit_on_signal();
     Ok(End {
+        _guard: guard,
         status: w.status.unwrap_or(crate::error::INTERNAL),
         lost: w.lost,
         timed_out: w.timed_out,
@@ -235,7 +236,7 @@ impl Watch<'_> {
     }
 
     /// The command exited (it may have left processes in its group).
-    fn command_exited(&mut self, was_running: bool, tty: Option<i32>) {
+    fn command_exited(&mut self, was_running: bool, tty: bool) {
         if was_running {
             let code = self.status.unwrap_or_default();
             output::event(
@@ -246,9 +247,9 @@ impl Watch<'_> {
                 json!({ "status": code, "runtime_ms": self.started.elapsed().as_millis() as u64 }),
             );
         }
-        if let Some(fd) = tty {
-            // SAFETY: takes back the terminal for dlock's own process group.
-            unsafe { libc::tcsetpgrp(fd, libc::getpgrp()) };
+        if tty {
+            // Take back the terminal for dlock's own process group.
+            let _ = tcsetpgrp(io::stdin(), getpgrp());
         }
         if group_alive(self.pgid) && self.kill_at.is_none() {
             // The command is gone but left processes behind in its group:
@@ -320,15 +321,15 @@ fn stop_lost(job: &Job, keeper: &Keeper, pgid: Pid, cause: &str) {
 fn reap(
     child: Pid,
     status: &mut Option<i32>,
-    guard: Option<Pid>,
-    tty: Option<i32>,
+    mut guard: Option<&mut Guard>,
+    tty: bool,
     lease_valid: &dyn Fn() -> bool,
 ) -> bool {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::WUNTRACED)) {
             Ok(WaitStatus::Stopped(pid, _)) if pid == child => {
-                if let Some(fd) = tty {
-                    suspend_with(fd, child, lease_valid);
+                if tty {
+                    suspend_with(child, lease_valid);
                 }
             }
             Ok(WaitStatus::Exited(pid, code)) if pid == child => *status = Some(code),
@@ -336,11 +337,17 @@ fn reap(
                 *status = Some(signals::exit_code(sig))
             }
             Ok(WaitStatus::StillAlive) | Err(_) => break,
-            // It exits by itself only after killing the job at the deadline.
-            Ok(WaitStatus::Signaled(pid, _, _)) if Some(pid) == guard => {
-                output::error(
-                    "the guard process died; dlock's own death would no longer stop the command",
-                );
+            // The guard, or an orphan (reaped, so that none is left behind).
+            Ok(st @ (WaitStatus::Signaled(pid, ..) | WaitStatus::Exited(pid, _))) => {
+                if let Some(g) = guard.as_deref_mut().filter(|g| g.pid == pid) {
+                    g.reaped = true;
+                    // It exits by itself only after killing the job at the deadline.
+                    if matches!(st, WaitStatus::Signaled(..)) {
+                        output::error(
+                            "the guard process died; dlock's own death would no longer stop the command",
+                        );
+                    }
+                }
             }
             Ok(_) => {}
         }
@@ -353,14 +360,13 @@ fn reap(
 /// the command gets the terminal and SIGCONT. While dlock is stopped it cannot
 /// renew: if the lease runs out meanwhile, the guard process stops the job as
 /// lost at the deadline, and dlock reports it on resumption.
-fn suspend_with(fd: i32, child: Pid, lease_valid: &dyn Fn() -> bool) {
-    unsafe {
-        libc::tcsetpgrp(fd, libc::getpgrp());
-        // In an orphaned process group the kernel discards SIGTSTP and this returns at once.
-        libc::raise(libc::SIGTSTP);
-        if libc::tcgetpgrp(fd) == libc::getpgrp() {
-            libc::tcsetpgrp(fd, child.as_raw());
-        }
+fn suspend_with(child: Pid, lease_valid: &dyn Fn() -> bool) {
+    let stdin = io::stdin();
+    let _ = tcsetpgrp(&stdin, getpgrp());
+    // In an orphaned process group the kernel discards SIGTSTP and this returns at once.
+    let _ = nix::sys::signal::raise(Signal::SIGTSTP);
+    if tcgetpgrp(&stdin) == Ok(getpgrp()) {
+        let _ = tcsetpgrp(&stdin, child);
     }
     // A job whose lease ran out while suspended is not continued for work:
     // the guard has stopped it (or the deadline check that follows does).

@@ -256,24 +256,38 @@ fn acquire_releases_a_token_it_cannot_write() {
     assert_eq!(code(&ctx.run(&["release", "L", "--token", &tok])), 0);
 }
 
+/// A reader that left before status or help wrote (`dlock status | true`)
+/// ends dlock as it ends ls: killed by SIGPIPE, without a word. A closed
+/// stdout is still an error (74) that says so.
 #[test]
-fn status_and_help_report_output_they_cannot_write() {
+fn status_and_help_end_quietly_when_their_reader_is_gone() {
+    use std::os::unix::process::ExitStatusExt;
     let ctx = sqlite_ctx();
     ctx.acquire("L", "30s");
-    for how in [Stdout::BrokenPipe, Stdout::Closed] {
-        for args in [
-            vec!["status"],
-            vec!["status", "--json", "L"],
-            vec!["--help"],
-        ] {
+    for args in [
+        vec!["status"],
+        vec!["status", "--json", "L"],
+        vec!["status", "--names-only"],
+        vec!["--help"],
+        vec!["status", "--help"],
+        vec!["--version"],
+    ] {
+        for how in [Stdout::BrokenPipe, Stdout::BrokenPipeNoStderr] {
             let o = run_with_stdout(ctx.cmd(&args), how);
-            let err = one_line(&o);
-            assert_eq!(code(&o), 74, "{args:?}: {err}");
-            assert!(err.contains("could not write"), "{args:?}: {err}");
+            assert_eq!(
+                o.status.signal(),
+                Some(libc::SIGPIPE),
+                "{args:?}: {:?} {}",
+                o.status,
+                stderr(&o)
+            );
+            assert_eq!(stderr(&o), "", "{args:?}");
         }
+        let o = run_with_stdout(ctx.cmd(&args), Stdout::Closed);
+        let err = one_line(&o);
+        assert_eq!(code(&o), 74, "{args:?}: {err}");
+        assert!(err.contains("could not write"), "{args:?}: {err}");
     }
-    let o = run_with_stdout(ctx.cmd(&["status"]), Stdout::BrokenPipeNoStderr);
-    assert_eq!(code(&o), 74);
 }
 
 /// A parent whose command line carries the URL (a cron `sh -c`) must not put
@@ -406,4 +420,150 @@ fn huge_input_is_not_echoed_whole() {
         assert!(err.len() < 1000, "{} bytes: {}…", err.len(), &err[..300]);
         assert!(err.contains('…'), "{err}");
     }
+}
+
+/// An argument that is not UTF-8 is a usage error in one line, never a panic,
+/// in text and JSON log modes alike.
+#[test]
+fn arguments_that_are_not_utf8_are_usage_errors() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let ctx = sqlite_ctx();
+    let bad = |b: &[u8]| OsString::from_vec(b.to_vec());
+    let utf8 = "invalid UTF-8";
+    let cases: Vec<(Vec<OsString>, &str)> = vec![
+        (vec!["acquire".into(), bad(b"\xff\xfe")], utf8),
+        (vec!["status".into(), bad(b"\xff")], utf8),
+        (vec!["--prefix".into(), bad(b"\xff"), "status".into()], utf8),
+        (
+            vec!["release".into(), "x".into(), "--token".into(), bad(b"\xff")],
+            utf8,
+        ),
+        (
+            vec!["--url".into(), bad(b"redis://h/\xff"), "status".into()],
+            utf8,
+        ),
+        (vec![bad(b"\xff")], "unrecognized subcommand"),
+    ];
+    for json in [false, true] {
+        for (args, says) in &cases {
+            let mut c = ctx.cmd(&[]);
+            c.args(args);
+            if json {
+                c.env("DLOCK_LOG_FORMAT", "json");
+            }
+            let o = run(c);
+            let err = one_line(&o);
+            assert_eq!(code(&o), 2, "{args:?} (json {json}): {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            assert!(err.contains(says), "{args:?} names the problem: {err}");
+        }
+    }
+}
+/// dlock with `url` (and no other DLOCK_ setting), its exit code and stderr.
+fn with_url(url: &str, args: &[&str]) -> (i32, String) {
+    let mut c = dlock(url);
+    c.args(args).env("DLOCK_CONNECT_TIMEOUT", "2s");
+    let o = run(c);
+    (code(&o), stderr(&o))
+}
+
+/// Wrong URLs are usage errors (exit 2) in one line that echoes the input,
+/// without its password, and says what is wrong with it.
+#[test]
+fn a_wrong_url_says_what_is_wrong_and_what_to_write() {
+    for (url, want) in [
+        (
+            "127.0.0.1:6379",
+            &["'127.0.0.1:6379' is not a URL", "redis://127.0.0.1:6379"][..],
+        ),
+        ("redis:/host", &["write two slashes", "redis://host"]),
+        ("postgres://u@127.0.0.1:0/db", &["'0' is not a port"]),
+        ("postgres://,/db", &["malformed URL", "a host is empty"]),
+        (
+            "postgres://u:p@ss-s3cret@localhost/db",
+            &["malformed URL", "%40"],
+        ),
+        ("etcd://127.0.0.1:1?bogus=1", &["unknown option 'bogus'"]),
+        ("etcd://h\u{f6}st.example:2379", &["not ASCII"]),
+        ("zk://127.0.0.1:1/zookeeper", &["ZooKeeper's own tree"]),
+        (
+            "zk://127.0.0.1:1/zookeeper/quota",
+            &["ZooKeeper's own tree"],
+        ),
+        (
+            "mongodb://u:s3cret@h/d",
+            &["unsupported URL scheme 'mongodb'", "redis://"],
+        ),
+    ] {
+        let (code, err) = with_url(url, &["status"]);
+        assert_eq!(code, 2, "{url}: {err}");
+        assert_eq!(err.lines().count(), 1, "{url}: {err}");
+        for w in want {
+            assert!(err.contains(w), "{url}: wanted '{w}' in: {err}");
+        }
+        assert!(
+            !err.contains("s3cret") && !err.contains("unsupported URL '"),
+            "{url}: {err}"
+        );
+        assert!(
+            !err.contains("for TLS") && !err.contains("resolve"),
+            "{url}: {err}"
+        );
+    }
+}
+
+/// `dlock urls` lists every scheme from the registry, whatever URL is set;
+/// the generated help names none of them but its examples.
+#[test]
+fn dlock_urls_lists_every_scheme() {
+    let (code, _) = with_url("not a url", &["urls"]);
+    assert_eq!(code, 0);
+    let mut c = dlock("not a url");
+    c.arg("urls");
+    let out = stdout(&run(c));
+    for scheme in [
+        "sqlite",
+        "redis",
+        "redis+sentinel",
+        "redlock",
+        "mysql",
+        "postgres",
+        "etcds",
+        "zk",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{scheme}://"))),
+            "{scheme} missing from:\n{out}"
+        );
+    }
+    let mut c = dlock("");
+    c.arg("--help");
+    let help = stdout(&run(c));
+    assert!(
+        help.contains("dlock urls") && !help.contains("etcd://"),
+        "{help}"
+    );
+}
+
+/// An error line stays short however much a backend has to say: 5001
+/// unreachable sentinels once made one line of 188 KB.
+#[test]
+fn error_lines_are_capped() {
+    let hosts = vec!["127.0.0.1:1"; 5001].join(",");
+    let url = format!("redis+sentinel://{hosts}/svc");
+    let mut c = dlock(&url);
+    c.args(["status"]).env("DLOCK_CONNECT_TIMEOUT", "1s");
+    let o = run(c);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 69, "{}", &err[..err.len().min(600)]);
+    assert_eq!(err.lines().count(), 1);
+    assert!(err.len() <= 700, "{} bytes: {}", err.len(), &err[..600]);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    // clap's usage errors too: a subcommand of 3000 words.
+    let mut c = dlock("");
+    c.arg("a ".repeat(3000));
+    let o = run(c);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).len() <= 700, "{} bytes", stderr(&o).len());
 }

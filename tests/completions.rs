@@ -54,8 +54,20 @@ fn require(name: &str) -> PathBuf {
 
 /// What bash's completion offers for the line typed so far.
 fn bash(ctx: &Ctx, path: &str, line: &str, env_url: bool) -> Vec<String> {
+    bash_in(
+        ctx,
+        path,
+        line,
+        env_url,
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    )
+}
+
+/// [`bash`] in the working directory `dir`.
+fn bash_in(ctx: &Ctx, path: &str, line: &str, env_url: bool, dir: &Path) -> Vec<String> {
     let script = format!(
-        r#"source {DIR}/dlock.bash
+        r#"cd {dir:?} || exit 1
+source {DIR}/dlock.bash
 COMP_LINE={line:?}; COMP_POINT=${{#COMP_LINE}}
 read -ra COMP_WORDS <<<"$COMP_LINE"
 [[ $COMP_LINE == *" " ]] && COMP_WORDS+=("")
@@ -129,4 +141,151 @@ words=(exec ''); CURRENT=2; _dlock_lock_names"
     );
     let out = shell(&ctx, &path, zsh.to_str().unwrap(), &["-fc", &script], true);
     assert_eq!(out.lines().collect::<Vec<_>>(), ["deploy", "nightly job"]);
+}
+
+/// A directory holding one file, for the file names a command's arguments
+/// complete to.
+fn dir_with_a_file() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("report-input.txt"), "").unwrap();
+    dir
+}
+
+/// Options that take a value (--slots N, --token-id ID) are skipped: the
+/// name still completes after them, in bash, fish and zsh.
+#[test]
+fn lock_names_complete_after_options_that_take_a_value() {
+    let (ctx, path) = world();
+    let lines = [
+        "dlock exec --slots 3 ",
+        "dlock acquire --slots 2 --wait 1s ",
+        "dlock release --force --token-id 032df891 ",
+        "dlock exec -E 0 --fair ",
+    ];
+    for line in lines {
+        assert_eq!(
+            bash(&ctx, &path, line, true),
+            ["deploy", "nightly\\ job"],
+            "{line}"
+        );
+        let out = fish(&ctx, &path, line, Path::new("/"));
+        let offered: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            offered,
+            ["deploy\theld lock", "nightly job\theld lock"],
+            "{line}"
+        );
+        assert_eq!(
+            zsh(&ctx, &path, line, Path::new("/")),
+            ["deploy", "nightly job"],
+            "{line}"
+        );
+    }
+}
+
+/// After the lock name of `exec` comes a command: its name completes to
+/// commands, its arguments to files, and dlock's own options are not offered
+/// there (bash, fish and zsh).
+#[test]
+fn exec_command_completes_as_a_command() {
+    let (ctx, path) = world();
+    let dir = dir_with_a_file();
+    let dlock_option = |w: &String| w.starts_with("--lease") || w.starts_with("--wait");
+    for line in [
+        "dlock exec deploy ech",
+        "dlock exec deploy -- ech",
+        "dlock exec --wait 1s deploy ech",
+    ] {
+        let got = bash_in(&ctx, &path, line, true, dir.path());
+        assert!(got.contains(&"echo".to_string()), "{line}: {got:?}");
+        assert!(!got.iter().any(dlock_option), "{line}: {got:?}");
+        let got = fish(&ctx, &path, line, dir.path());
+        assert!(got.lines().any(|l| l.starts_with("echo")), "{line}: {got}");
+        assert!(!got.contains("--lease"), "{line}: {got}");
+        let got = zsh(&ctx, &path, line, dir.path());
+        assert!(got.contains(&"echo".to_string()), "{line}: {got:?}");
+        assert!(!got.iter().any(dlock_option), "{line}: {got:?}");
+    }
+    for line in ["dlock exec deploy ", "dlock exec deploy -- "] {
+        let got = bash_in(&ctx, &path, line, true, dir.path());
+        assert!(got.contains(&"echo".to_string()), "{line}: {got:?}");
+        assert!(!got.iter().any(dlock_option), "{line}: {got:?}");
+        let got = zsh(&ctx, &path, line, dir.path());
+        assert!(!got.iter().any(dlock_option), "{line}: {got:?}");
+    }
+    for line in ["dlock exec deploy cat ", "dlock exec deploy -- cat -n "] {
+        let got = bash_in(&ctx, &path, line, true, dir.path());
+        assert_eq!(got, ["report-input.txt"], "{line}");
+        let got = fish(&ctx, &path, line, dir.path());
+        assert!(got.contains("report-input.txt"), "{line}: {got}");
+        assert!(!got.contains("--lease"), "{line}: {got}");
+        let got = zsh(&ctx, &path, line, dir.path());
+        assert!(
+            got.contains(&"report-input.txt".to_string()),
+            "{line}: {got:?}"
+        );
+    }
+    // The command's own options, not dlock's.
+    let got = fish(&ctx, &path, "dlock exec deploy cat --", dir.path());
+    assert!(
+        got.contains("--number") && !got.contains("--lease"),
+        "{got}"
+    );
+    let got = zsh(&ctx, &path, "dlock exec deploy cat --", dir.path());
+    assert!(!got.iter().any(dlock_option), "{got:?}");
+    // Before the name, and with -c STRING instead of a command, dlock's options stay.
+    let got = bash(&ctx, &path, "dlock exec --wa", true);
+    assert_eq!(got, ["--wait"]);
+    let got = bash(&ctx, &path, "dlock exec -c 'true' deploy --wa", true);
+    assert_eq!(got, ["--wait"]);
+}
+
+/// What fish's completion offers for `line`, typed in `dir`.
+fn fish(ctx: &Ctx, path: &str, line: &str, dir: &Path) -> String {
+    let fish = require("fish");
+    let script = format!("cd {dir:?}; source {DIR}/dlock.fish; complete -C {line:?}");
+    shell(ctx, path, fish.to_str().unwrap(), &["-c", &script], true)
+}
+
+/// Types `line` and TAB into an interactive zsh (on a pseudo-terminal, with
+/// compinit and completions/_dlock) and prints every match its completion
+/// adds, one per line: the real completion system, not a stand-in.
+const ZSH_DRIVER: &str = r#"
+zmodload zsh/zpty || exit 1
+zpty z zsh -f -i
+zpty -w z "PS1='' PROMPT_EOL_MARK=''; cd ${(q)2}; fpath=(${(q)1} \$fpath); autoload -U compinit; compinit -u -D"
+zpty -w z 'compadd() {
+  local a; for a; do case $a in (-O|-A|-D) builtin compadd "$@"; return;; (--) break;; esac; done
+  local -a hits; builtin compadd -O hits "$@"
+  print -rl -- "<""HIT>"${^hits}
+  builtin compadd "$@"
+}'
+zpty -w z '_capture() { zle complete-word; print -r -- "<""DONE>"; }; zle -N _capture; bindkey "^I" _capture'
+zpty -w z "zstyle ':completion:*' list-prompt ''; zstyle ':completion:*' menu no"
+zpty -w -n z "$3"$'\t'
+while zpty -r z out; do
+  [[ $out == *'<DONE>'* ]] && break
+  [[ $out == *'<HIT>'* ]] && print -r -- "${${out#*<HIT>}%$'\r'}"
+done
+zpty -d z
+"#;
+
+/// What zsh's completion offers for `line`, typed in `dir`.
+fn zsh(ctx: &Ctx, path: &str, line: &str, dir: &Path) -> Vec<String> {
+    let zsh = require("zsh");
+    let args = [
+        "60",
+        zsh.to_str().unwrap(),
+        "-fc",
+        ZSH_DRIVER,
+        "zsh",
+        DIR,
+        dir.to_str().unwrap(),
+        line,
+    ];
+    let out = shell(ctx, path, "timeout", &args, true);
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
 }

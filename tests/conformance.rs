@@ -309,6 +309,32 @@ fn exec_passes_status_and_environment(ctx: &Ctx) {
     assert!(!ctx.is_held("e"), "a failed spawn releases the lock");
 }
 
+/// A command may release its exec's lock early on purpose (the README's
+/// `--token "$DLOCK_TOKEN"`): exec lets it run on past the renewals and the
+/// lease, says that the command released it, and does not call it lost.
+fn exec_command_releases_early(ctx: &Ctx) {
+    let script = r#"
+        "$DLOCK_BIN" release early --token "$DLOCK_TOKEN"; echo "rel=$?"
+        "$DLOCK_BIN" status early >/dev/null; echo "status=$?"
+        sleep 2
+        echo "ran on"
+    "#;
+    let mut c = ctx.cmd(&[
+        "exec", "--lease", "1500ms", "early", "--", "sh", "-c", script,
+    ]);
+    c.env("DLOCK_BIN", dlock_bin());
+    let o = run(c);
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert_eq!(code(&o), 0, "{out}{err}");
+    assert_eq!(out, "rel=0\nstatus=1\nran on\n", "{err}");
+    assert!(
+        err.contains("the command released 'early' itself"),
+        "says so: {err}"
+    );
+    assert_eq!(err.lines().count(), 1, "and nothing else: {err}");
+    assert!(!ctx.is_held("early"));
+}
+
 fn exec_conflict_exit_code(ctx: &Ctx) {
     let tok = ctx.acquire("c", "30s");
     let marker = ctx.path("ran");
@@ -398,6 +424,7 @@ macro_rules! backends {
             #[test] fn bad_input_is_one_clear_line() { super::bad_input_is_one_clear_line(&ctx()) }
             #[test] fn exec_passes_status_and_environment() { super::exec_passes_status_and_environment(&ctx()) }
             #[test] fn exec_conflict_exit_code() { super::exec_conflict_exit_code(&ctx()) }
+            #[test] fn exec_command_releases_early() { super::exec_command_releases_early(&ctx()) }
         }
     )*};
 }

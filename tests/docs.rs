@@ -87,3 +87,36 @@ fn every_subcommand_is_documented() {
         );
     }
 }
+
+/// Adding a backend must not change the generated files: they name no
+/// scheme from `dlock urls` but the two of `--url`'s examples.
+#[test]
+fn the_generated_files_list_no_schemes() {
+    let urls = std::process::Command::new(env!("CARGO_BIN_EXE_dlock"))
+        .arg("urls")
+        .output()
+        .unwrap();
+    let urls = String::from_utf8(urls.stdout).unwrap();
+    let schemes: Vec<&str> = urls
+        .lines()
+        .filter_map(|l| l.split_once("://"))
+        .map(|(s, _)| s)
+        .collect();
+    assert!(schemes.len() >= 9, "{urls}");
+    let tmp = tempfile::tempdir().unwrap();
+    for file in gen_docs::generate(tmp.path()).unwrap() {
+        let text = fs::read_to_string(tmp.path().join(&file))
+            .unwrap()
+            .replace('\\', "");
+        for s in schemes
+            .iter()
+            .filter(|s| !matches!(**s, "redis" | "sqlite"))
+        {
+            assert!(
+                !text.contains(&format!("{s}://")),
+                "{} names {s}://",
+                file.display()
+            );
+        }
+    }
+}

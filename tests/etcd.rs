@@ -102,7 +102,7 @@ fn tls_users_and_failover_past_a_member_that_is_down() {
 #[test]
 fn a_bad_url_is_a_usage_error_that_names_the_form() {
     for (url, want) in [
-        ("etcd://h1:2379,,h2", "empty host"),
+        ("etcd://h1:2379,,h2", "a host is empty"),
         ("etcd://h1:notaport", "not a port"),
         (
             "etcds://h1?cacert=/nonexistent/ca.pem",
@@ -215,4 +215,95 @@ fn a_holder_learns_of_a_forced_release_at_once() {
         "{:?}",
         broke.elapsed()
     );
+}
+
+/// A port that speaks another protocol (here Redis) is a definite failure:
+/// one line, within one --connect-timeout, and no clean-up of a request
+/// that "went unanswered" (nothing can have been taken).
+#[test]
+fn a_port_that_is_not_etcd_fails_in_one_line_and_one_timeout() {
+    let r = Redis::start();
+    for scheme in ["etcd", "etcds"] {
+        let url = format!("{scheme}://127.0.0.1:{}", r.port);
+        for args in [&["acquire", "x"][..], &["exec", "x", "--", "true"]] {
+            let mut c = dlock(&url);
+            c.args(["--connect-timeout", "1s"]).args(args);
+            let t = std::time::Instant::now();
+            let o = run(c);
+            let took = t.elapsed();
+            let err = stderr(&o);
+            assert_eq!(code(&o), 69, "{url} {args:?}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{url} {args:?}: {err}");
+            assert!(!err.contains("unanswered"), "{url} {args:?}: {err}");
+            assert!(
+                took < Duration::from_millis(1800),
+                "{url} {args:?}: {took:?}"
+            );
+        }
+    }
+}
+
+/// etcd counts a lease in whole seconds (a 400ms lease is raised to its
+/// minimum) and reports what is left rounded down: `status` showed LEFT 0ms
+/// for a lease that still held for most of a second. From `acquire` until
+/// the lease is gone, LEFT (and the time left in a busy message) is what
+/// etcd granted at most and never 0.
+#[test]
+fn status_never_shows_a_live_short_lease_as_run_out() {
+    let ctx = Ctx::new(Etcd::shared());
+    let o = ctx.run(&["acquire", "short", "--lease", "400ms", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let grant: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let granted = grant["lease_ms"].as_u64().unwrap();
+    assert!(granted >= 1000, "etcd leases are whole seconds: {grant}");
+    let mut seen = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(granted / 1000 + 10);
+    loop {
+        let l = ctx.status_json(&["short"])["locks"][0].clone();
+        if l["held"] != true {
+            break;
+        }
+        seen.push(l["ttl_ms"].as_u64().unwrap());
+        assert!(
+            std::time::Instant::now() < until,
+            "the lease never ran out: {seen:?}"
+        );
+        // The busy message tells the same time left.
+        let o = ctx.run(&["acquire", "short"]);
+        if code(&o) == 0 {
+            let tok = stdout(&o);
+            assert_eq!(
+                code(&ctx.run(&["release", "short", "--token", tok.trim()])),
+                0
+            );
+            break;
+        }
+        let err = stderr(&o);
+        assert!(
+            err.contains("is busy") && !err.contains(" 0ms left"),
+            "{err}"
+        );
+    }
+    assert!(!seen.is_empty(), "status ran too late to see the lease");
+    assert!(
+        seen[0] <= granted && seen[0] + 1000 >= granted,
+        "{seen:?}, granted {granted}"
+    );
+    assert!(
+        seen.iter().all(|&ms| ms > 0),
+        "LEFT 0ms while held: {seen:?}"
+    );
+}
+
+/// A user in the URL of an etcd that has no authentication is a refusal
+/// (69) that says so, not an internal error (70).
+#[test]
+fn a_user_for_an_etcd_without_auth_is_refused_plainly() {
+    let e = Etcd::shared();
+    let url = format!("etcd://bob:s3cret-Pw@{}", e.endpoints());
+    let mut c = dlock(&url);
+    c.args(["status"]);
+    let o = run(c);
+    one_line_error(&o, 69, "authentication", "s3cret-Pw");
+    assert!(stderr(&o).contains("remove the user"), "{}", stderr(&o));
 }

@@ -1,6 +1,6 @@
 //! etcd backend under faults, on a private 3-member cluster on loopback: the
 //! leader killed while `exec` runs, the majority lost and restored, a waiter
-//! killed while it waits. The figures (how long after the loss the command
+//! killed while it waits, a waiter's member killed while it waits. The figures (how long after the loss the command
 //! was stopped, against its lease) are printed for the README.
 
 mod common;
@@ -250,5 +250,50 @@ fn a_holder_cut_off_from_the_cluster_stops_before_the_next_one_starts() {
         "etcd: holder cut off; its command stopped {} ms after the cut, {} ms before the next holder started",
         (a_end - cut_at) / 1000,
         (b_start - a_end) / 1000
+    );
+}
+
+/// A waiter whose member dies keeps its place in the queue: the failure goes
+/// to dlock's shared wait loop, which backs off and hands the wait back to
+/// the backend, which takes over the key (and its lease) that it left there.
+#[test]
+fn a_waiter_whose_member_dies_keeps_its_place() {
+    let e = Etcd::cluster(3);
+    let leader = e.await_leader(Duration::from_secs(20));
+    let member = (0..3).find(|i| *i != leader).unwrap();
+    // The waiter talks to `member` first, so the kill breaks its watch.
+    let ctx = Ctx::new(Arc::new(At(url_from(&e, member))));
+    let holder = ctx.acquire("p", "60s");
+    let tok = "keeps-its-place-1";
+    let mut c = ctx.cmd(&["--log-format", "json", "acquire", "p", "--wait", "60s"]);
+    c.args(["--token", tok]);
+    let mut waiter = spawn(c);
+    let mut log = Lines::of(&mut waiter);
+    log.expect("\"waiting\"", Duration::from_secs(20));
+    let key = format!("{}/p/{tok}", ctx.prefix);
+    let place = || -> Option<u64> {
+        let out = e.ctl(Some(leader), &["get", &key, "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["kvs"][0]["create_revision"].as_u64()
+    };
+    let mut before = None;
+    wait_until("the waiter's key", Duration::from_secs(10), || {
+        before = place();
+        before.is_some()
+    });
+    e.kill(member);
+    log.expect("\"retrying\"", Duration::from_secs(20));
+    // Longer than the waiter lease (3 s): a place not kept alive would be gone.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(place(), before, "the waiter lost its place");
+    assert_eq!(code(&ctx.run(&["release", "p", "--token", &holder])), 0);
+    let st = wait_child(&mut waiter, Duration::from_secs(30));
+    assert!(st.success(), "{}", log.rest());
+    let l = ctx.status_json(&["p"])["locks"][0].clone();
+    assert_eq!(l["token_id"], &tok[..8], "{l}");
+    assert_eq!(
+        l["fence"].as_u64(),
+        before,
+        "the grant did not keep the place"
     );
 }

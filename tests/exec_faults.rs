@@ -610,3 +610,140 @@ fn ctrl_z_suspends_the_job_and_fg_resumes_it() {
     wait_child(&mut term, Duration::from_secs(10));
     assert!(!ctx.is_held("job"));
 }
+
+/// The children of process `parent`, any state, as "pid name state".
+fn children_of(parent: u32) -> Vec<String> {
+    let of = |pid: u32| -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(')')?;
+        let mut f = rest.split_whitespace();
+        let (state, ppid) = (f.next()?, f.next()?.parse::<u32>().ok()?);
+        let name = head.split_once('(')?.1;
+        (ppid == parent).then(|| format!("{pid} {name} {state}"))
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(of)
+        .collect()
+}
+
+/// Each `exec` reaps what it starts (its guard process, its command, the
+/// command's orphans): nothing is left to whoever reaps dlock's orphans once
+/// it exits. Here that is this test, a child subreaper; in a container it is
+/// often a PID 1 that never reaps, where such zombies pile up.
+#[test]
+fn exec_leaves_nothing_for_the_reaper_of_its_orphans() {
+    const INNER: &str = "DLOCK_TEST_AS_SUBREAPER";
+    if std::env::var_os(INNER).is_none() {
+        // Alone in a process of its own: as a subreaper, this test process
+        // would also inherit the orphans of the tests that kill dlock.
+        let name = "exec_leaves_nothing_for_the_reaper_of_its_orphans";
+        let st = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--nocapture", "--test-threads=1"])
+            .env(INNER, "1")
+            .status()
+            .unwrap();
+        assert!(st.success(), "the test failed in its subreaper process");
+        return;
+    }
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
+    let ctx = Ctx::new(Arc::new(common::sqlite::Sqlite::new()));
+    let cases: [(&[&str], i32); 4] = [
+        (&["--", "true"], 0),
+        (&["-c", "exit 3"], 3),
+        // Its group outlives it until dlock stops the orphan.
+        (&["-c", "sleep 30 & exit 5"], 5),
+        // The guard is dismissed when the command cannot start.
+        (&["--", "/nonexistent/command"], 127),
+    ];
+    for round in 0..10 {
+        for (cmd, want) in cases {
+            let mut args = vec!["exec", "k"];
+            args.extend_from_slice(cmd);
+            let o = ctx.run(&args);
+            assert_eq!(code(&o), want, "{args:?}: {}", stderr(&o));
+            let left = children_of(std::process::id());
+            assert!(
+                left.is_empty(),
+                "round {round}, {args:?} left processes to its reaper: {left:?}"
+            );
+        }
+    }
+}
+
+/// Writes a line to `fifo` once its reader opens it, or panics after
+/// `timeout` (its reader may have died).
+fn write_within(fifo: &Fifo, timeout: Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = fifo.path.clone();
+    std::thread::spawn(move || tx.send(std::fs::write(path, "go\n").is_ok()));
+    let written = rx.recv_timeout(timeout).unwrap_or(false);
+    assert!(
+        written,
+        "nobody read {} within {timeout:?}",
+        fifo.path.display()
+    );
+}
+
+/// As a container's PID 1 (in a PID namespace of its own), dlock reaps the
+/// orphans its command leaves, while the command runs and after it (here
+/// while the release waits for a paused server), leaves no process of its
+/// own behind either, and exits with the command's status.
+#[test]
+fn as_pid_1_exec_reaps_orphans_and_exits_with_the_commands_status() {
+    let (r, ctx) = setup();
+    let (done, go) = (ctx.path("done"), Fifo::new(ctx.dir.path(), "go"));
+    let bye = Fifo::new(ctx.dir.path(), "bye");
+    // An orphan in the command's group, and one in a session of its own
+    // that outlives the command until the test says; that one says when it
+    // has left the group (else dlock would stop it with the group).
+    let script = format!(
+        "sh -c 'sleep 0.1 &'; setsid sh -c \"touch '{}'; read x < '{}'\" & read x < '{}'; exit 7",
+        done.display(),
+        bye.path.display(),
+        go.path.display()
+    );
+    let args = ["--connect-timeout", "20s", "exec", "--lease", "30s", "k"];
+    let inner = ctx.cmd(&[&args[..], &["-c", &script]].concat());
+    let mut c = std::process::Command::new(require("unshare", "util-linux"));
+    c.args(["--pid", "--fork", "--mount-proc"])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let mut unshare = spawn(c);
+    // dlock's pid as this test sees it: unshare's only child.
+    let mut pid1 = None;
+    wait_until("dlock to start as PID 1", Duration::from_secs(10), || {
+        pid1 = children_of(unshare.id())
+            .first()
+            .and_then(|c| c.split(' ').next()?.parse::<u32>().ok());
+        pid1.is_some()
+    });
+    let pid1 = pid1.unwrap();
+    wait_for_file(&done, Duration::from_secs(10));
+    // The release will wait for the server: time to look at what is left.
+    r.pause();
+    write_within(&go, Duration::from_secs(10));
+    write_within(&bye, Duration::from_secs(10));
+    let by = Instant::now() + Duration::from_secs(3);
+    let mut left = children_of(pid1);
+    while !left.is_empty() && Instant::now() < by {
+        std::thread::sleep(Duration::from_millis(5));
+        left = children_of(pid1);
+    }
+    let alive = pid_alive(pid1 as i32);
+    r.resume();
+    assert!(alive, "dlock exited while the server was paused");
+    assert!(
+        left.is_empty(),
+        "dlock (PID 1) had not reaped these 3 s after its command exited: {left:?}"
+    );
+    let st = wait_child(&mut unshare, Duration::from_secs(15));
+    assert_eq!(st.code(), Some(7), "{}", Lines::of(&mut unshare).rest());
+}

@@ -307,3 +307,58 @@ fn no_renewal_talk_after_the_command_exited() {
         "renewal events after the command exited: {k:?}"
     );
 }
+
+/// The hidden `keepalive` subcommand is dlock's own: no usage error offers
+/// it, with or without a JSON log, from the environment or the command line.
+#[test]
+fn usage_errors_name_only_the_visible_subcommands() {
+    let ctx = Ctx::new(Arc::new(Sqlite::new()));
+    let bare = || {
+        let mut c = std::process::Command::new(common::dlock_bin());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DLOCK_")) {
+            c.env_remove(k);
+        }
+        c
+    };
+    let cases: Vec<(std::process::Command, bool)> = vec![
+        (bare(), false),
+        (
+            {
+                let mut c = bare();
+                c.env("DLOCK_LOG_FORMAT", "json");
+                c
+            },
+            true,
+        ),
+        (ctx.cmd(&["--log-format", "json"]), true),
+        (ctx.cmd(&[]), false),
+        (ctx.cmd(&["kepalive"]), false),
+        (
+            {
+                let mut c = ctx.cmd(&["keep-alive"]);
+                c.env("DLOCK_LOG_FORMAT", "json");
+                c
+            },
+            true,
+        ),
+    ];
+    for (c, json) in cases {
+        let what = format!("{c:?}");
+        let o = common::run(c);
+        assert_eq!(code(&o), 2, "{what}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+        let msg = match json {
+            true => events(&err, None)[0]["message"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            false => err,
+        };
+        assert!(
+            msg.contains("acquire, release, status, exec, renew"),
+            "{what}: {msg}"
+        );
+        assert!(!msg.contains("keepalive"), "{what}: {msg}");
+    }
+}

@@ -292,6 +292,10 @@ fn mismatched_kinds_exit_2(ctx: &Ctx) {
 fn per_holder_release_and_force(ctx: &Ctx) {
     let grants: Vec<Value> = (0..3).map(|_| take(ctx, "ph", &["--slots", "3"])).collect();
     let toks: Vec<String> = grants.iter().map(token).collect();
+    // A full semaphore says how full it is, not who one of its holders is.
+    let o = ctx.run(&["acquire", "--slots", "3", "ph"]);
+    assert_eq!(code(&o), 75, "{}", stderr(&o));
+    assert!(stderr(&o).contains("3 of 3 slots taken"), "{}", stderr(&o));
     release(ctx, "ph", &toks[0]);
     assert_eq!(holders(&lock(ctx, "ph")).len(), 2);
 
@@ -318,6 +322,13 @@ fn per_holder_release_and_force(ctx: &Ctx) {
     let o = ctx.run(&["release", "--force", "ph", "--token-id", "00000000"]);
     assert_eq!(code(&o), 3, "no holder has that id: {}", stderr(&o));
     assert_eq!(holders(&lock(ctx, "ph")).len(), 1);
+    // The whole token names its holder as well as the id does.
+    let whole = token(&take(ctx, "ph", &["--slots", "3"]));
+    let o = ctx.run(&["release", "--force", "ph", "--token-id", &whole]);
+    assert_eq!(code(&o), 0, "the whole token as --token-id: {}", stderr(&o));
+    let hs = holders(&lock(ctx, "ph"));
+    assert_eq!(hs.len(), 1, "{hs:?}");
+    assert_eq!(hs[0]["token_id"], toks[1][..8]);
 
     // A plain force breaks everyone, one line each.
     let extra = take(ctx, "ph", &["--slots", "3"]);

@@ -11,7 +11,8 @@
 //! - `sh setup`: the two set-up commands. The second must be exactly
 //!   `scripts/test` (what CI runs); the dlock part of the first is run here,
 //!   and scripts/check-readme runs the whole line verbatim.
-//! - `sh no-run`: install commands; run into a temporary root without sudo.
+//! - `sh no-run`: install commands; run as written into a temporary root,
+//!   with no sudo on PATH for root and a stand-in for anyone else.
 //! - `crontab`, `ini NAME` (systemd units), `json status|acquire`, `text`:
 //!   parsed with dlock's own clap definition and compared with real output.
 //! - `sql`: an illustration for the reader's own database; not run.
@@ -374,16 +375,37 @@ fn install_commands() {
         .find(|b| b.has("no-run") && b.body.contains("cargo install"))
         .expect("README.md has an install block");
     let root = tempfile::tempdir().unwrap();
-    // Everything but `cargo install`, without sudo, into a temporary root.
+    // Everything but `cargo install`, as written, into a temporary root.
     let mut script = String::new();
     for line in b.body.lines().filter(|l| !l.starts_with("cargo install")) {
-        let line = line.strip_prefix("sudo ").unwrap_or(line);
+        assert!(
+            !line.starts_with("sudo "),
+            "fails as root without sudo: {line}"
+        );
         let line = line.replace(" /usr/", &format!(" {}/usr/", root.path().display()));
         script.push_str(&line);
         script.push('\n');
     }
-    let o = Command::new("sh")
+    // Only the tools the block needs: no sudo for root (a container has
+    // none), a stand-in that runs the command for anyone else.
+    let bin = root.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    for tool in ["install", "id"] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} not found"));
+        std::os::unix::fs::symlink(found, bin.join(tool)).unwrap();
+    }
+    // SAFETY: geteuid only reads the process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        fs::write(bin.join("sudo"), "#!/bin/sh\nexec \"$@\"\n").unwrap();
+        fs::set_permissions(bin.join("sudo"), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let o = Command::new("/bin/sh")
         .args(["-e", "-c", &script])
+        .env("PATH", &bin)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
@@ -802,5 +824,112 @@ fn every_option_is_documented() {
     assert!(
         missing.is_empty(),
         "README.md does not mention: {missing:?}"
+    );
+}
+
+/// The `backend` values the JSON section lists are the ones `status --json`
+/// prints, one per backend; the introduction, the Quick start and Cargo.toml's
+/// description name every backend.
+#[test]
+fn every_backend_is_named_and_its_json_value_listed() {
+    use common::*;
+    use std::sync::Arc;
+    let servers: Vec<Arc<dyn Server>> = vec![
+        Arc::new(sqlite::Sqlite::new()),
+        Arc::new(Redis::start()),
+        sentinel::SentinelSet::shared(),
+        cluster::ClusterSet::shared(),
+        redlock::RedlockSet::shared(),
+        mariadb::MariaDb::shared(),
+        postgres::Postgres::shared(),
+        etcd::Etcd::shared(),
+        zookeeper::ZooKeeper::shared(),
+    ];
+    let real: BTreeSet<String> = servers
+        .into_iter()
+        .map(|s| {
+            Ctx::new(s).status_json(&[])["backend"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(real.len(), 9, "{real:?}");
+
+    let json = section("JSON output");
+    let at = json
+        .find("\n- `backend`: ")
+        .expect("the JSON section lists `backend`");
+    let item = &json[at + 1..];
+    let item = &item[..item.find("`location`").expect("then `location`")];
+    let listed: BTreeSet<String> = item
+        .split('`')
+        .skip(3)
+        .step_by(2)
+        .map(String::from)
+        .collect();
+    assert_eq!(listed, real, "README's `backend` values");
+
+    let intro = &README[..README.find("\n## ").unwrap()];
+    let quick = section("Quick start");
+    let manifest = include_str!("../Cargo.toml");
+    let description = manifest
+        .lines()
+        .find(|l| l.starts_with("description = "))
+        .unwrap();
+    for backend in &real {
+        let product = match backend.split('+').next().unwrap() {
+            "redis" | "redlock" => "Redis",
+            "mysql" => "MySQL",
+            "postgres" => "PostgreSQL",
+            "etcd" => "etcd",
+            "zookeeper" => "ZooKeeper",
+            "sqlite" => "SQLite",
+            other => panic!("no product name for backend '{other}'"),
+        };
+        for (place, text) in [
+            ("intro", intro),
+            ("Quick start", quick),
+            ("Cargo.toml", description),
+        ] {
+            assert!(text.contains(product), "{place} does not name {product}");
+        }
+    }
+}
+
+/// Step messages depend on the log format: text lines only with -v, JSON
+/// events without it; --quiet keeps only errors in both. The options table
+/// and the JSON section both say so.
+#[test]
+fn step_messages_depend_on_the_log_format() {
+    let w = World::new();
+    let steps = |args: &[&str]| -> String {
+        let mut a = args.to_vec();
+        a.extend(["exec", "steps", "--", "true"]);
+        let o = w.dlock(&a);
+        assert_eq!(code(&o), 0, "{args:?}: {}", show(&o));
+        stderr(&o)
+    };
+    assert_eq!(steps(&[]), "", "text without -v");
+    assert!(steps(&["-v"]).contains("acquired"), "text with -v");
+    let json = steps(&["--log-format", "json"]);
+    assert!(json.contains(r#""event":"acquired""#), "{json}");
+    assert!(json.contains(r#""event":"released""#), "{json}");
+    assert_eq!(steps(&["--log-format", "json", "-q"]), "", "JSON with -q");
+
+    let options = section("Options, environment and defaults");
+    let row = options
+        .lines()
+        .find(|l| l.starts_with("| `-v`, `--verbose` |"))
+        .expect("the options table has -v");
+    assert!(
+        row.contains("--log-format json") && row.contains("without `-v`"),
+        "{row}"
+    );
+    let json_section = section("JSON output");
+    assert!(
+        json_section.contains("In JSON, the steps")
+            && json_section.contains("as text, they are lines only with `-v`"),
+        "the JSON section says steps depend on the format"
     );
 }

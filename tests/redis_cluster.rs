@@ -194,7 +194,7 @@ fn cluster_urls_are_checked() {
         ),
         (
             "redis+cluster://127.0.0.1:1,".to_string(),
-            "a host is missing",
+            "a host is empty",
         ),
     ] {
         let mut c = dlock(&url);

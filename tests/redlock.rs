@@ -194,3 +194,43 @@ fn two_stopped_nodes_cost_an_acquisition_only_their_timeout() {
     eprintln!("acquired with 2 of 5 nodes stopped in {took:?}");
     assert!(v["fence"].as_u64().unwrap() > 0);
 }
+
+/// Two spellings of one server (a name and its address, or one server that
+/// listens on two addresses) are refused: with the third server down, they
+/// would make a "majority" of one server.
+#[test]
+fn one_server_named_twice_is_refused() {
+    let set = RedlockSet::shared();
+    let p: Vec<u16> = set.nodes.iter().map(|n| n.port).collect();
+    let twice = Redis::with_args(&["--bind", "127.0.0.1", "127.0.0.2"]);
+    let q = twice.port;
+    for (url, a, b) in [
+        (
+            format!(
+                "redlock://localhost:{0},127.0.0.1:{0},127.0.0.1:{1}",
+                p[0], p[1]
+            ),
+            format!("'localhost:{}'", p[0]),
+            format!("'127.0.0.1:{}'", p[0]),
+        ),
+        (
+            format!("redlock://127.0.0.1:{q},127.0.0.1:{},127.0.0.2:{q}", p[1]),
+            format!("'127.0.0.1:{q}'"),
+            format!("'127.0.0.2:{q}'"),
+        ),
+    ] {
+        for args in [&["status"][..], &["acquire", "twice", "--lease", "5s"]] {
+            let mut c = dlock(&url);
+            c.args(args);
+            let o = run(c);
+            let err = stderr(&o);
+            assert_eq!(code(&o), 2, "{url} {args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.contains(&a) && err.contains(&b) && err.contains("same"),
+                "{url}: names both spellings: {err}"
+            );
+        }
+        assert_eq!(twice.cli(&["dbsize"]), "0", "nothing was taken");
+    }
+}

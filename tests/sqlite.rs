@@ -268,10 +268,9 @@ fn a_shared_file_keeps_its_wake_files_shareable() {
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let url = format!("sqlite://{}/locks.db", shared.display());
-    let mut c = dlock(&url);
-    c.arg("status");
-    assert_eq!(code(&run(c)), 0);
     let db = shared.join("locks.db");
+    // Made by its administrator: dlock sets up an empty file.
+    std::fs::File::create(&db).unwrap();
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).unwrap();
     let mut c = dlock(&url);
     c.args(["exec", "x", "--", "true"]);
@@ -458,6 +457,98 @@ fn an_immutable_shm_file_is_one_line_and_exit_69_not_sigbus() {
         wait_pid_exit(pid, Duration::from_secs(10)),
         "the command outlived dlock"
     );
+}
+
+/// A file that dlock may not write is a definite refusal: one line, exit
+/// 69, and no clean-up of a request that "went unanswered".
+#[test]
+fn a_read_only_file_fails_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // Root writes read-only files anyway: run as nobody then, from a copy
+    // of the binary that nobody can reach.
+    let root = nix::unistd::geteuid().is_root();
+    let bin = dir.path().join("dlock");
+    std::fs::copy(dlock_bin(), &bin).unwrap();
+    let url = format!("sqlite://{}/l.db", dir.path().display());
+    let dlock_as = |args: &[&str]| {
+        let mut c = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        c.args(args)
+            .env("DLOCK_URL", &url)
+            .env_remove("DLOCK_PREFIX");
+        run(c)
+    };
+    let o = dlock_as(&["acquire", "a", "--lease", "1m"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    for f in std::fs::read_dir(dir.path()).unwrap() {
+        let p = f.unwrap().path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("l.db"))
+        {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+        }
+    }
+    for args in [
+        &["acquire", "b", "--lease", "2s"][..],
+        &["exec", "b", "--", "true"],
+    ] {
+        let o = dlock_as(args);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 69, "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("readonly"), "{args:?}: {err}");
+    }
+}
+
+/// A mistyped path is not created: a missing directory is one line and exit
+/// 69 (as flock), and `status` of a file that does not exist creates nothing.
+#[test]
+fn an_explicit_path_creates_no_directory_and_status_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/dir");
+    let url = format!("sqlite://{}/locks.db", missing.display());
+    for args in [
+        &["acquire", "x"][..],
+        &["status"],
+        &["exec", "x", "--", "true"],
+    ] {
+        let mut c = dlock(&url);
+        c.args(args);
+        let o = run(c);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 69, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("does not exist"), "{err}");
+    }
+    assert!(!dir.path().join("no").exists(), "created a directory");
+    let file = dir.path().join("locks.db");
+    let url = format!("sqlite://{}", file.display());
+    let mut c = dlock(&url);
+    c.args(["status"]);
+    let o = run(c);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("no locks held"), "{}", stdout(&o));
+    let mut c = dlock(&url);
+    c.args(["status", "x"]);
+    assert_eq!(code(&run(c)), 1);
+    let mut c = dlock(&url);
+    c.args(["release", "x", "--force"]);
+    let o = run(c);
+    assert!(code(&o) == 0 || code(&o) == 3, "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "status or release created {left:?}");
+    // The first acquisition creates the file.
+    let mut c = dlock(&url);
+    c.args(["exec", "x", "--", "true"]);
+    assert_eq!(code(&run(c)), 0);
+    assert!(file.exists());
 }
 
 /// What every backend says when other clients' writes beat each of its

@@ -25,10 +25,14 @@
 //! nothing polls (`wait.rs`). Its key lives under a lease of
 //! [`take::WAITER_TTL`] seconds that it keeps alive every second, so a
 //! SIGKILLed waiter leaves the queue within that time (and etcd's expiry
-//! check, half a second); one ended by another signal revokes it on the way
-//! out. On its grant the key is put again under the holder lease (granted
-//! before the first try and kept alive through the wait); Put keeps the
-//! create revision, and so the place and the fence.
+//! check, half a second). A stopping signal cancels the wait (the caller,
+//! `lease::acquire`, owns signals and exits): the request leaves the queue
+//! and returns Busy, and the caller exits. A failure ends the call with an
+//! error; the caller backs off and calls again, and the next call takes
+//! over the leases and place that this one kept (`take::Kept`). On its
+//! grant the key is put again under the holder lease (granted before the
+//! first try and kept alive through the wait); Put keeps the create
+//! revision, and so the place and the fence.
 //!
 //! Leases: the holder lease is a cluster object with an ID, found from the
 //! key (`P/NAME/T` carries it), so `renew` and `release --token` work from
@@ -41,6 +45,7 @@
 //! counts from.
 
 mod keys;
+mod leases;
 mod link;
 mod queue;
 mod status;
@@ -54,13 +59,15 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 
-use super::{Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Waiter};
+use super::{
+    Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
+};
 use crate::backend::kinds;
-use crate::error::{code_of, fail, unsent, INTERNAL, UNAVAILABLE};
-use crate::lease::retry::Trouble;
+use crate::cancel::Cancel;
+use crate::error::{fail, INTERNAL, UNAVAILABLE};
 use keys::Node;
 use link::Link;
-use take::{by_create, nodes_of, ttl_secs, Step, Taking};
+use take::{by_create, nodes_of, ttl_secs, Kept, Step, Taking};
 
 pub struct EtcdBackend {
     link: Arc<Link>,
@@ -69,6 +76,8 @@ pub struct EtcdBackend {
     /// renewals need no lookup and a watch for its breaking can start right
     /// after it.
     mine: Option<Mine>,
+    /// What a request cut short by a failure kept for its next try.
+    kept: Option<Kept>,
 }
 
 struct Mine {
@@ -81,23 +90,20 @@ struct Mine {
     ttls: [i64; 2],
 }
 
-impl EtcdBackend {
-    pub fn open(url: &str, cfg: &Config) -> Result<(EtcdBackend, Location)> {
-        let shown = super::redact(url);
-        let target = url::parse(url, &shown)?;
-        let location = Location {
-            backend: "etcd",
-            location: shown.clone(),
-        };
-        let link = Link::new(&target, shown, cfg.timeout)?;
-        let b = EtcdBackend {
-            link: Arc::new(link),
-            prefix: cfg.prefix.clone(),
-            mine: None,
-        };
-        Ok((b, location))
-    }
+/// Opens `etcd://` or `etcds://`.
+pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let target = url::target(url)?;
+    let link = Link::new(&target, url.shown().to_string(), cfg.timeout)?;
+    let b = EtcdBackend {
+        link: Arc::new(link),
+        prefix: cfg.prefix.clone(),
+        mine: None,
+        kept: None,
+    };
+    Ok((Box::new(b), url.location("etcd")))
+}
 
+impl EtcdBackend {
     fn key(&self, name: &str, token: &str) -> String {
         keys::key(&self.prefix, name, token)
     }
@@ -116,44 +122,51 @@ impl EtcdBackend {
         })
     }
 
-    /// The acquisition loop: attempts until granted, busy at the deadline,
-    /// or out of time after failures (backing off between them).
-    fn take(&mut self, req: &Request, deadline: Option<Instant>) -> Result<(Acquire, Instant)> {
-        let mut trouble = Trouble::new(self.link.timeout());
-        let mut t = Taking::new(Arc::clone(&self.link), &self.prefix, req);
-        loop {
-            let attempt = (|| {
-                let mut step = t.first_try()?;
-                loop {
-                    match step {
-                        Step::Done(a, sent) => return Ok((a, sent)),
-                        Step::Again(v) => step = t.decide(v, deadline)?,
-                    }
-                }
-            })();
-            match attempt {
-                Ok((Acquire::Acquired(g), sent)) => {
-                    trouble.recovered(req.name);
-                    if let Some((lease, rev)) = t.holding {
-                        self.mine = Some(Mine {
-                            name: req.name.into(),
-                            token: req.token.into(),
-                            lease,
-                            rev,
-                            ttls: [ttl_secs(req.lease), ttl_secs(g.lease)],
-                        });
-                    }
-                    return Ok((Acquire::Acquired(trouble.grant(g)), sent));
-                }
-                Ok(other) => return Ok(other),
-                Err(e) if code_of(&e) != UNAVAILABLE => return Err(e),
-                Err(e) => {
-                    trouble.unsure |= !unsent(&e);
-                    trouble.queued = t.queued;
-                    trouble.failed(self, req, e, deadline)?;
+    /// One acquisition: attempts until granted, or busy at the deadline or
+    /// at the caller's cancel. A failure ends it with the error, keeping
+    /// the request's leases and place for the caller's next call.
+    fn take(
+        &mut self,
+        req: &Request,
+        deadline: Option<Instant>,
+        cancel: &Cancel,
+    ) -> Result<(Acquire, Instant)> {
+        let mut t = Taking::new(Arc::clone(&self.link), &self.prefix, req, cancel);
+        if let Some(k) = self.kept.take() {
+            t.resume(k);
+        }
+        let attempt = (|| {
+            let mut step = t.first_try()?;
+            loop {
+                match step {
+                    Step::Done(a, sent) => return Ok((a, sent)),
+                    Step::Again(v) => step = t.decide(v, deadline)?,
                 }
             }
+        })();
+        match &attempt {
+            Ok((Acquire::Acquired(g), _)) => {
+                if let Some((lease, rev)) = t.holding {
+                    self.mine = Some(Mine {
+                        name: req.name.into(),
+                        token: req.token.into(),
+                        lease,
+                        rev,
+                        ttls: [ttl_secs(req.lease), ttl_secs(g.lease)],
+                    });
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                let kept = t.keep();
+                if kept.holds_nothing() {
+                    // No lease, so no key: this call left nothing on the server.
+                    return attempt.map_err(crate::error::mark_unsent);
+                }
+                self.kept = Some(kept);
+            }
         }
+        attempt
     }
 
     /// The answer for a token that holds nothing on `name` by the kinds'
@@ -168,7 +181,7 @@ impl EtcdBackend {
     /// A refusal naming the other holder gets that holder's time left.
     fn with_ttl(&self, nodes: &[Node], check: Check) -> Check {
         match check {
-            Check::HeldByOther(i) => Check::HeldByOther(take::with_ttl(&self.link, nodes, i)),
+            Check::HeldByOther(i) => Check::HeldByOther(status::with_ttl(&self.link, nodes, i)),
             other => other,
         }
     }
@@ -195,7 +208,7 @@ impl EtcdBackend {
 
     /// Moves `n` to a new lease of `ttl` seconds (a renewal of another length).
     fn relet(&self, n: &Node, ttl: i64) -> Result<bool> {
-        let lease = take::grant(&self.link, ttl)?;
+        let lease = leases::grant(&self.link, ttl)?;
         let mut e = n.entry.clone();
         (e.ask, e.ttl) = (ttl, lease.granted);
         let key = String::from_utf8_lossy(&n.key).into_owned();
@@ -215,7 +228,7 @@ impl EtcdBackend {
             async move { c.txn(t).await }
         })?;
         let old = if r.succeeded() { n.lease } else { lease.id };
-        take::revoke(&self.link, old);
+        leases::revoke(&self.link, old);
         Ok(r.succeeded())
     }
 }
@@ -232,15 +245,18 @@ async fn keep_alive_once(c: &mut etcd_client::Client, id: i64) -> Result<bool, e
 
 impl Backend for EtcdBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
-        self.take(req, Some(Instant::now())).map(|(a, _)| a)
+        let no_cancel = Cancel::new();
+        self.take(req, Some(Instant::now()), &no_cancel)
+            .map(|(a, _)| a)
     }
 
     fn acquire_waiting(
         &mut self,
         req: &Request,
         deadline: Option<Instant>,
+        cancel: &Cancel,
     ) -> Option<Result<(Acquire, Instant)>> {
-        Some(self.take(req, deadline))
+        Some(self.take(req, deadline, cancel))
     }
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
@@ -319,8 +335,17 @@ impl Backend for EtcdBackend {
                 _ => {}
             }
         }
-        if let Some(n) = nodes.iter().find(|n| n.token == token && n.lease != 0) {
-            take::revoke(&self.link, n.lease);
+        // The key's lease, and those a request given up on had kept.
+        let mut leases: Vec<i64> = self
+            .kept
+            .take_if(|k| k.name == name && k.token == token)
+            .map(|k| k.leases().collect())
+            .unwrap_or_default();
+        leases.extend(nodes.iter().filter(|n| n.token == token).map(|n| n.lease));
+        leases.sort_unstable();
+        leases.dedup();
+        for id in leases.into_iter().filter(|id| *id != 0) {
+            leases::revoke(&self.link, id);
         }
         let mut st = keys::state(&nodes);
         let (check, _) = kinds::plan_release(0, &mut st, name, token);
@@ -343,7 +368,7 @@ impl Backend for EtcdBackend {
             }
             let broken: Vec<LockInfo> = broken
                 .into_iter()
-                .map(|i| take::with_ttl(&self.link, &v.nodes, i))
+                .map(|i| status::with_ttl(&self.link, &v.nodes, i))
                 .collect();
             let unchanged: Vec<Compare> = victims
                 .iter()
@@ -360,7 +385,7 @@ impl Backend for EtcdBackend {
             })?;
             if r.succeeded() {
                 for n in victims {
-                    take::revoke(&self.link, n.lease);
+                    leases::revoke(&self.link, n.lease);
                 }
                 return Ok(broken);
             }
@@ -429,7 +454,7 @@ impl Backend for EtcdBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::USAGE;
+    use crate::error::{code_of, USAGE};
 
     #[test]
     fn ttls_round_up_to_whole_seconds() {
@@ -446,7 +471,8 @@ mod tests {
             prefix: "dlock".into(),
             timeout: Duration::from_secs(1),
         };
-        let e = EtcdBackend::open("etcd://a:notaport", &cfg).err().unwrap();
+        let url = crate::backend::parse_url("etcd://a?cert=/c.pem").unwrap();
+        let e = open(&url, &cfg).err().unwrap();
         assert_eq!(code_of(&e), USAGE);
     }
 }

@@ -328,6 +328,7 @@ impl Backend for MemoryBackend {
         &mut self,
         req: &Request,
         deadline: Option<Instant>,
+        _cancel: &crate::cancel::Cancel,
     ) -> Option<Result<(Acquire, Instant)>> {
         {
             let mut k = lock(&self.knobs.state);

@@ -26,7 +26,11 @@ pub mod redis;
 pub mod redlock;
 pub mod sql;
 pub mod sqlite;
+pub mod url;
 pub mod zookeeper;
+
+use url::Parts;
+pub use url::Url;
 
 /// What a caller asks for when acquiring.
 pub struct Request<'a> {
@@ -166,6 +170,12 @@ pub trait Waiter: Send {
     fn keeps_wakeups(&self) -> bool {
         false
     }
+    /// What must be undone if dlock exits on a signal while this waiter
+    /// lives (its place in a server-side queue, say). The caller, which
+    /// owns signals and exits, runs it on such an exit; None by default.
+    fn on_exit(&self) -> Option<Box<dyn FnOnce() + Send>> {
+        None
+    }
 }
 
 pub trait Backend: Send {
@@ -186,18 +196,22 @@ pub trait Backend: Send {
     fn capabilities(&self) -> Capabilities {
         Capabilities::MUTEX
     }
-    /// A backend that waits its own way (a queued node that the server
-    /// wakes, say) takes the whole wait here, until `deadline` (None:
-    /// forever), and answers Acquired (with the instant the granting request
-    /// was sent, which the renewal deadline counts from) or Busy; `None`
-    /// leaves it to the shared try/subscribe/retry loop of `lease::acquire`,
-    /// as every backend so far does.
+    /// A backend that waits its own way (a key queue whose watch wakes it,
+    /// say) takes the wait here, until `deadline` (None: forever) or until
+    /// `cancel` fires, and answers Acquired (with the instant the granting
+    /// request was sent, which the renewal deadline counts from) or Busy,
+    /// having left no place of its own behind. A failure is returned as an
+    /// error at once: the caller (`lease::acquire`) backs off and calls again
+    /// with the same request, which may find its place kept, and on giving
+    /// up releases the token. The caller owns signals and exits. `None`
+    /// leaves the wait to the shared try/subscribe loop, as most backends do.
     fn acquire_waiting(
         &mut self,
         req: &Request,
         deadline: Option<std::time::Instant>,
+        cancel: &crate::cancel::Cancel,
     ) -> Option<Result<(Acquire, std::time::Instant)>> {
-        let _ = (req, deadline);
+        let _ = (req, deadline, cancel);
         None
     }
     /// A subscription that reports releases of `name`.
@@ -237,40 +251,82 @@ pub struct Location {
 /// Connection settings shared by every backend.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub url: Option<String>,
+    pub url: Option<Url>,
     pub prefix: String,
     pub timeout: Duration,
 }
 
 /// Opens one kind of backend from its URL.
-type Opener = fn(&str, &Config) -> Result<(Box<dyn Backend>, Location)>;
+type Opener = fn(&Url, &Config) -> Result<(Box<dyn Backend>, Location)>;
 
-/// The URL schemes dlock understands, in the order help text lists them:
-/// [`open`] dispatches on them, and `--url`'s help and the "unsupported URL"
-/// message are made from them, so a new backend is its folder plus a line here.
-const SCHEMES: &[(&str, Opener)] = &[
-    ("redis", open_redis),
-    ("rediss", open_redis),
-    ("redis+unix", open_redis),
-    ("redis+sentinel", open_redis),
-    ("redis+cluster", open_redis),
-    ("redlock", open_redlock),
-    ("mysql", open_mysql),
-    ("postgres", open_postgres),
-    ("postgresql", open_postgres),
-    ("etcd", open_etcd),
-    ("etcds", open_etcd),
-    ("sqlite", open_sqlite),
-    ("zk", open_zookeeper),
+/// A URL scheme dlock understands.
+pub struct Scheme {
+    pub name: &'static str,
+    /// How its URLs are written, for `dlock urls` and messages.
+    pub form: &'static str,
+    parts: Parts,
+    open: Opener,
+}
+
+/// A scheme whose URLs name hosts, on `port` unless they say otherwise
+/// (0: none, a socket's path).
+const fn hosts(name: &'static str, port: u16, form: &'static str, open: Opener) -> Scheme {
+    let parts = Parts::Hosts { default_port: port };
+    Scheme {
+        name,
+        form,
+        parts,
+        open,
+    }
+}
+
+/// A scheme whose URLs name a file.
+const fn file(name: &'static str, form: &'static str, open: Opener) -> Scheme {
+    let parts = Parts::Path;
+    Scheme {
+        name,
+        form,
+        parts,
+        open,
+    }
+}
+
+/// The URL schemes, in the order `dlock urls` lists them: [`open`]
+/// dispatches on them, and `dlock urls` and the "unsupported URL" message
+/// are made from them, so a new backend is its folder plus a line here.
+#[rustfmt::skip]
+pub const SCHEMES: &[Scheme] = &[
+    file("sqlite", "sqlite:///path/to/locks.db", sqlite::open),
+    hosts("redis", 6379, "redis://[user:pass@]host[:port][/db]", redis::open),
+    hosts("rediss", 6379, "rediss://[user:pass@]host[:port][/db]", redis::open),
+    hosts("redis+unix", 0, "redis+unix:///path/to/redis.sock[?db=N&user=…&pass=…]", redis::open),
+    hosts("redis+sentinel", 26379, redis::SENTINEL_FORM, redis::open),
+    hosts("redis+cluster", 6379, redis::CLUSTER_FORM, redis::open),
+    hosts("redlock", 6379, redlock::FORM, redlock::open),
+    hosts("mysql", 3306, "mysql://user:pass@host[:port]/database[?require_ssl=true]", mysql::open),
+    hosts("postgres", 5432, postgres::FORM, postgres::open),
+    hosts("postgresql", 5432, "postgresql://… (as postgres://)", postgres::open),
+    hosts("etcd", 2379, "etcd://[user:pass@]host[:port][,host[:port]…]", etcd::open),
+    hosts("etcds", 2379, "etcds://…[?cacert=/path/ca.pem][&cert=…&key=…]", etcd::open),
+    hosts("zk", 2181, zookeeper::FORM, zookeeper::open),
 ];
 
-/// Accepted but not listed: the Redis driver's own name for `redis+unix`,
-/// and ZooKeeper's long name.
-const ALIASES: &[(&str, Opener)] = &[("unix", open_redis), ("zookeeper", open_zookeeper)];
+/// Accepted but not listed: the Redis driver's name for `redis+unix`, and
+/// ZooKeeper's long name.
+const ALIASES: &[(&str, &str)] = &[("unix", "redis+unix"), ("zookeeper", "zk")];
 
-/// "redis://, rediss://, … or sqlite://", with `last` before the final one.
+/// The scheme of that name, or of the name it is an alias of.
+fn scheme(name: &str) -> Option<&'static Scheme> {
+    let name = ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, to)| to);
+    SCHEMES.iter().find(|s| s.name == name)
+}
+
+/// "sqlite://, redis://, … or zk://", with `last` before the final one.
 pub fn scheme_list(last: &str) -> String {
-    let names: Vec<String> = SCHEMES.iter().map(|(s, _)| format!("{s}://")).collect();
+    let names: Vec<String> = SCHEMES.iter().map(|s| format!("{}://", s.name)).collect();
     match names.split_last() {
         Some((tail, [])) => tail.clone(),
         Some((tail, rest)) => format!("{}{last}{tail}", rest.join(", ")),
@@ -278,329 +334,71 @@ pub fn scheme_list(last: &str) -> String {
     }
 }
 
-/// The help of `--url`.
-pub fn url_help() -> String {
+/// Parses a backend URL, once: its scheme must be one of [`SCHEMES`].
+pub fn parse_url(text: &str) -> Result<Url> {
+    let Some((name, _)) = text.split_once("://") else {
+        return Err(fail(USAGE, not_a_url(text)));
+    };
+    let Some(s) = scheme(name) else {
+        return Err(fail(
+            USAGE,
+            format!(
+                "unsupported URL scheme '{}' in '{}': use {} (`dlock urls` shows each form)",
+                url::shown_loosely(name),
+                url::shown_loosely(text),
+                scheme_list(" or ")
+            ),
+        ));
+    };
+    Url::parse(text, s.parts).map_err(|why| {
+        fail(
+            USAGE,
+            format!(
+                "malformed URL '{}': {why}; expected {}",
+                url::shown_loosely(text),
+                s.form
+            ),
+        )
+    })
+}
+
+/// Why a text without "://" is no URL, and what to write instead.
+fn not_a_url(text: &str) -> String {
+    let shown = url::shown_loosely(text);
+    if let Some((scheme, rest)) = text.split_once(':') {
+        if self::scheme(scheme).is_some() {
+            let rest = rest.trim_start_matches('/');
+            return format!(
+                "malformed URL '{shown}': write two slashes after '{scheme}:', as in {scheme}://{}",
+                url::shown_loosely(rest)
+            );
+        }
+    }
     format!(
-        "Backend URL: {} [default: embedded SQLite file]",
-        scheme_list(", ")
+        "'{shown}' is not a URL: it needs a scheme, e.g. redis://{shown} (`dlock urls` lists them)"
     )
-}
-
-fn open_redis(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
-    let b = redis::RedisBackend::open(url, cfg)?;
-    let loc = Location {
-        backend: match url.split_once("://").map(|(s, _)| s) {
-            Some("redis+sentinel") => "redis+sentinel",
-            Some("redis+cluster") => "redis+cluster",
-            _ => "redis",
-        },
-        location: redact(url),
-    };
-    Ok((Box::new(b), loc))
-}
-
-fn open_redlock(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
-    let b = redlock::RedlockBackend::open(url, cfg)?;
-    let loc = Location {
-        backend: "redlock",
-        location: redact(url),
-    };
-    Ok((Box::new(b), loc))
-}
-
-fn open_mysql(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
-    let b = mysql::MysqlBackend::open(url, cfg)?;
-    let loc = Location {
-        backend: "mysql",
-        location: redact(url),
-    };
-    Ok((Box::new(b), loc))
-}
-
-fn open_postgres(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
-    let b = postgres::PgBackend::open(url, cfg)?;
-    let loc = Location {
-        backend: "postgres",
-        location: redact(url),
-    };
-    Ok((Box::new(b), loc))
-}
-
-fn open_etcd(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
-    let (b, loc) = etcd::EtcdBackend::open(url, cfg)?;
-    Ok((Box::new(b), loc))
-}
-
-fn open_zookeeper(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
-    let b = zookeeper::ZkBackend::open(url, cfg)?;
-    let loc = Location {
-        backend: "zookeeper",
-        location: redact(url),
-    };
-    Ok((Box::new(b), loc))
-}
-
-fn open_sqlite(url: &str, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
-    let (b, loc) = sqlite::SqliteBackend::open(Some(url), cfg)?;
-    Ok((Box::new(b), loc))
 }
 
 /// Opens the backend named by the URL's scheme; without a URL, the embedded
 /// SQLite file, which guards this host only.
 pub fn open(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     crate::names::check_prefix(&cfg.prefix)?;
-    let Some(url) = cfg.url.as_deref() else {
-        let (b, loc) = sqlite::SqliteBackend::open(None, cfg)?;
-        return Ok((Box::new(b), loc));
+    let Some(url) = cfg.url.as_ref() else {
+        return sqlite::open_default(cfg);
     };
-    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
-    match SCHEMES.iter().chain(ALIASES).find(|(s, _)| *s == scheme) {
-        Some((_, open)) => open(url, cfg),
-        None => Err(fail(
-            USAGE,
-            format!(
-                "unsupported URL '{}': use {}",
-                redact(url),
-                scheme_list(" or ")
-            ),
-        )),
-    }
+    let s = scheme(&url.scheme).expect("parse_url accepts only these schemes");
+    (s.open)(url, cfg)
 }
 
-/// A host that stands in for libpq's hosts while a URL is parsed.
-const NO_HOST: &str = "dlock-no-host.invalid";
-
-/// The URL parsed, and the hosts that [`NO_HOST`] stands in for: libpq's
-/// `postgres://user:pw@/db?host=/dir` (no host) and
-/// `postgres://user:pw@h1:5432,h2:5432/db` (several) are URLs the url
-/// crate refuses.
-fn parse_url(url: &str) -> Option<(::url::Url, Option<&str>)> {
-    if let Ok(u) = ::url::Url::parse(url) {
-        return Some((u, None));
-    }
-    let (scheme, rest) = url.split_once("://")?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (auth, tail) = rest.split_at(end);
-    let (user, hosts) = auth.rsplit_once('@')?;
-    if !matches!(scheme, "postgres" | "postgresql") {
-        return None;
-    }
-    let u = ::url::Url::parse(&format!("{scheme}://{user}@{NO_HOST}{tail}")).ok()?;
-    Some((u, Some(hosts)))
-}
-
-/// Schemes whose URLs name several hosts, which `url` cannot parse.
-fn multi_host(url: &str) -> Option<redis::multi::Multi> {
-    let scheme = url.split_once("://")?.0;
-    if !matches!(scheme, "redis+sentinel" | "redis+cluster" | "redlock") {
-        return None;
-    }
-    redis::multi::Multi::parse(url, 6379).ok()
-}
-
-/// The URL with any password (in the authority or a `pass`/`password` query
-/// parameter) replaced by `***`.
-pub fn redact(url: &str) -> String {
-    if let Some(m) = multi_host(url) {
-        return m.redacted();
-    }
-    match parse_url(url) {
-        Some((mut u, stand_in)) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            let pairs: Vec<(String, String)> = u
-                .query_pairs()
-                .map(|(k, v)| {
-                    let secret = matches!(k.as_ref(), "pass" | "password");
-                    (
-                        k.into_owned(),
-                        if secret { "***".into() } else { v.into_owned() },
-                    )
-                })
-                .collect();
-            // Rewritten only when it hides something: rewriting re-encodes it.
-            if pairs.iter().any(|(_, v)| v == "***") {
-                u.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            let shown = u.to_string().replace("%2A%2A%2A", "***");
-            match stand_in {
-                Some(hosts) => shown.replacen(NO_HOST, hosts, 1),
-                None => shown,
-            }
-        }
-        None => match split_hosts(url) {
-            // A list of hosts (zk://a:1,b:2/x): only the password goes.
-            Some((head, Some(_), tail)) => format!("{head}:***@{tail}"),
-            Some(_) => url.to_string(),
-            // Unparsable: keep the scheme only, since we cannot tell where a password sits.
-            None => match url.split_once("://") {
-                Some((scheme, _)) => format!("{scheme}://…"),
-                None => "(unparsable URL)".into(),
-            },
-        },
-    }
-}
-
-/// A URL whose authority lists several hosts, which the url crate cannot
-/// parse, split around its password: ("zk://user", Some("pass"),
-/// "host1,host2/path"), or None for other URLs. The Redis schemes with
-/// several hosts have a parser of their own (`multi_host`).
-fn split_hosts(url: &str) -> Option<(&str, Option<&str>, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..end];
-    if !authority.contains(',') {
-        return None;
-    }
-    let Some(at) = authority.rfind('@') else {
-        return Some((url, None, ""));
-    };
-    let userinfo = &rest[..at];
-    let tail = &rest[at + 1..];
-    match userinfo.split_once(':') {
-        Some((user, pass)) => {
-            let head = &url[..scheme.len() + 3 + user.len()];
-            Some((head, Some(pass), tail))
-        }
-        None => Some((url, None, "")),
-    }
-}
-
-/// The secrets in a URL, so that final error lines can be scrubbed of them
-/// even when a driver echoes one back.
-pub fn secrets(url: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(m) = multi_host(url) {
-        out = m.secrets();
-    } else if let Some((u, _)) = parse_url(url) {
-        if let Some(p) = u.password() {
-            out.push(p.to_string());
-            if let Ok(d) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes())
-                .next()
-                .map(|(_, v)| v.into_owned())
-                .ok_or(())
-            {
-                out.push(d);
-            }
-        }
-        for (k, v) in u.query_pairs() {
-            if matches!(k.as_ref(), "pass" | "password") {
-                out.push(v.into_owned());
-            }
+impl Url {
+    /// Where this URL's backend is, for `status` and messages.
+    pub fn location(&self, backend: &'static str) -> Location {
+        Location {
+            backend,
+            location: self.shown().to_string(),
         }
     }
-    if let Some((_, Some(p), _)) = split_hosts(url) {
-        out.push(p.to_string());
-        if let Some((_, d)) = ::url::form_urlencoded::parse(format!("p={p}").as_bytes()).next() {
-            out.push(d.into_owned());
-        }
-    }
-    out.retain(|s| s.len() >= 3);
-    out
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_scheme_list_reads_as_before() {
-        assert_eq!(
-            scheme_list(" or "),
-            "redis://, rediss://, redis+unix://, redis+sentinel://, redis+cluster://, redlock://, mysql://, postgres://, postgresql://, etcd://, etcds://, sqlite:// or zk://"
-        );
-        assert!(url_help().starts_with("Backend URL: redis://, rediss://"));
-    }
-
-    #[test]
-    fn what_a_backend_cannot_do_is_a_usage_error() {
-        let sem = Kind {
-            slots: 3,
-            ..Kind::MUTEX
-        };
-        let plain = Use {
-            kind: &Kind::MUTEX,
-            detached: true,
-        };
-        check_capable(Capabilities::MUTEX, "x", &plain).unwrap();
-        let e = check_capable(
-            Capabilities::MUTEX,
-            "x",
-            &Use {
-                kind: &sem,
-                detached: false,
-            },
-        )
-        .unwrap_err();
-        assert_eq!(crate::error::code_of(&e), USAGE);
-        assert!(e
-            .to_string()
-            .contains("the x backend does not support --shared"));
-        check_capable(
-            Capabilities::ALL,
-            "x",
-            &Use {
-                kind: &sem,
-                detached: true,
-            },
-        )
-        .unwrap();
-        let session = Capabilities {
-            detached: false,
-            ..Capabilities::ALL
-        };
-        let e = check_capable(session, "zk", &plain).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("cannot keep a lease after dlock exits"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("redis://user:s3cret@host:6379/2"),
-            "redis://user:***@host:6379/2"
-        );
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
-        let r = redact("redis+unix:///run/redis.sock?db=1&pass=s3cret");
-        assert!(!r.contains("s3cret") && r.contains("db=1"), "{r}");
-        let r = redact("mysql://root:p%40ss@db/locks");
-        assert!(!r.contains("p%40ss") && !r.contains("p@ss"), "{r}");
-        assert_eq!(redact("redis://:pw:with@junk@@"), "redis://…");
-        assert_eq!(
-            redact("redis+sentinel://:s3cret@a:1,b:2/svc?sentinel_password=x9y"),
-            "redis+sentinel://:***@a:1,b:2/svc?sentinel_password=***"
-        );
-        let s = secrets("redlock://u:p%40w@a,b,c");
-        assert!(s.contains(&"p@w".to_string()), "{s:?}");
-        assert_eq!(redact("zk://u:s3cret@a:1,b:2/ch"), "zk://u:***@a:1,b:2/ch");
-        assert_eq!(redact("zk://a:1,b:2/ch"), "zk://a:1,b:2/ch");
-        assert_eq!(redact("zk://u:pw@a:1/ch"), "zk://u:***@a:1/ch");
-        // A list of etcd members keeps its hosts, and a CA path stays readable.
-        assert_eq!(
-            redact("etcd://root:s%40cret@h1:2379,h2:2379/?cacert=/ca.pem"),
-            "etcd://root:***@h1:2379,h2:2379/?cacert=/ca.pem"
-        );
-        assert_eq!(redact("etcd://h1:2379,h2:2379"), "etcd://h1:2379,h2:2379");
-        assert_eq!(
-            redact("etcds://u:pw@h1:2379?cacert=/etc/ca.pem"),
-            "etcds://u:***@h1:2379?cacert=/etc/ca.pem"
-        );
-    }
-
-    #[test]
-    fn lists_secrets_decoded_and_encoded() {
-        let s = secrets("mysql://root:p%40ss@db/locks");
-        assert!(
-            s.contains(&"p%40ss".to_string()) && s.contains(&"p@ss".to_string()),
-            "{s:?}"
-        );
-        let s = secrets("zk://u:p%40ss@a:1,b:2");
-        assert!(s.contains(&"p@ss".to_string()), "{s:?}");
-        let s = secrets("etcd://root:s%40cret@h1:2379,h2:2379");
-        assert!(s.contains(&"s@cret".to_string()), "{s:?}");
-    }
-}
+mod tests;

@@ -37,7 +37,9 @@ use conn::{
 };
 
 use super::sql::{self, Dialect, Exec, Leases, Val};
-use super::{Acquire, Backend, Capabilities, Check, Config, LockInfo, Request, Waiter};
+use super::{
+    Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
+};
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
 use wake::{MysqlWaiter, Wakes};
 
@@ -78,11 +80,17 @@ struct Db {
     wakes: Wakes,
 }
 
+/// Opens `mysql://`.
+pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = MysqlBackend::open(url, cfg)?;
+    Ok((Box::new(b), url.location("mysql")))
+}
+
 impl MysqlBackend {
-    pub fn open(url: &str, cfg: &Config) -> Result<MysqlBackend> {
-        let shown = super::redact(url);
+    fn open(url: &Url, cfg: &Config) -> Result<MysqlBackend> {
+        let shown = url.shown().to_string();
         let timeout = cfg.timeout.max(Duration::from_millis(1));
-        let (opts, database) = options(url, &shown, timeout)?;
+        let (opts, database) = options(url, timeout)?;
         let table = sql::table_name(&cfg.prefix);
         let mut db = Db {
             opts,
@@ -387,6 +395,10 @@ mod tests {
     use super::*;
     use crate::error::USAGE;
 
+    fn options(url: &str, _: &str, t: Duration) -> Result<(Opts, String)> {
+        conn::options(&crate::backend::parse_url(url)?, t)
+    }
+
     #[test]
     fn urls_become_driver_options() {
         let t = Duration::from_secs(5);
@@ -401,6 +413,7 @@ mod tests {
             "mysql://u@h",
             "mysql://u@h/d?require_ssl=maybe",
             "mysql://u@h/d?nope=1",
+            "mysql://u@h1,h2/d",
         ] {
             assert_eq!(
                 crate::error::code_of(&options(bad, "x", t).unwrap_err()),

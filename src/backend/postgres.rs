@@ -39,7 +39,9 @@ use conn::{breaks_connection, describe, is_full, options, silent};
 use link::{Failed, Link};
 
 use super::sql::{self, Dialect, Exec, Leases, Val};
-use super::{Acquire, Backend, Capabilities, Check, Config, LockInfo, Request, Waiter};
+use super::{
+    Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
+};
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
 use wake::{PgWaiter, Wakes};
 
@@ -79,11 +81,20 @@ struct Db {
     wakes: Wakes,
 }
 
+pub const FORM: &str =
+    "postgres://user:pass@host[:port][,host[:port]…]/database[?sslmode=…&schema=…]";
+
+/// Opens `postgres://` or `postgresql://`.
+pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = PgBackend::open(url, cfg)?;
+    Ok((Box::new(b), url.location("postgres")))
+}
+
 impl PgBackend {
-    pub fn open(url: &str, cfg: &Config) -> Result<PgBackend> {
-        let shown = super::redact(url);
+    fn open(url: &Url, cfg: &Config) -> Result<PgBackend> {
+        let shown = url.shown().to_string();
         let timeout = cfg.timeout.max(Duration::from_millis(1));
-        let target = options(url, &shown, timeout)?;
+        let target = options(url, timeout)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()

@@ -19,7 +19,6 @@
 
 mod kinds;
 pub(crate) mod link;
-pub mod multi;
 mod mutex;
 pub(crate) mod scripts;
 pub(crate) mod topo;
@@ -35,7 +34,9 @@ use redis::Value;
 
 use super::engine;
 use super::kinds as rules;
-use super::{Acquire, Backend, Capabilities, Check, Config, LockInfo, Request, Waiter};
+use super::{
+    Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
+};
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
 use crate::names::token_id;
 use kinds::Keys;
@@ -65,27 +66,36 @@ enum By {
     Body,
 }
 
-impl RedisBackend {
-    pub fn open(url: &str, cfg: &Config) -> Result<RedisBackend> {
-        let shown = super::redact(url);
-        let scheme = url.split_once("://").map_or("", |(s, _)| s);
-        let (target, wait_replicas) = match scheme {
-            "redis+sentinel" => topo::sentinel_target(url, &shown)?,
-            "redis+cluster" => topo::cluster_target(url, &shown)?,
-            _ => (topo::direct_target(url, &shown)?, None),
-        };
-        let mut link = Link::new(target, cfg.timeout, shown);
-        link.wait_replicas = wait_replicas;
-        link.connect()?;
-        Ok(RedisBackend {
-            link: Arc::new(link),
-            prefix: cfg.prefix.clone(),
-            policy_checked: AtomicBool::new(false),
-            busy_wake: None,
-            tickets: HashSet::new(),
-        })
-    }
+pub use topo::{CLUSTER_FORM, SENTINEL_FORM};
 
+/// Opens `redis://`, `rediss://`, `redis+unix://`, `redis+sentinel://` or
+/// `redis+cluster://`.
+pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let (target, wait_replicas, backend) = match url.scheme.as_str() {
+        "redis+sentinel" => {
+            let (t, w) = topo::sentinel_target(url)?;
+            (t, w, "redis+sentinel")
+        }
+        "redis+cluster" => {
+            let (t, w) = topo::cluster_target(url)?;
+            (t, w, "redis+cluster")
+        }
+        _ => (topo::direct_target(url)?, None, "redis"),
+    };
+    let mut link = Link::new(target, cfg.timeout, url.shown().to_string());
+    link.wait_replicas = wait_replicas;
+    link.connect()?;
+    let b = RedisBackend {
+        link: Arc::new(link),
+        prefix: cfg.prefix.clone(),
+        policy_checked: AtomicBool::new(false),
+        busy_wake: None,
+        tickets: HashSet::new(),
+    };
+    Ok((Box::new(b), url.location(backend)))
+}
+
+impl RedisBackend {
     fn key(&self, name: &str, what: &str) -> String {
         key(&self.prefix, name, what)
     }

@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use redis::Value;
 
-use super::redis::multi::Multi;
 use super::redis::scripts::{key, ACQUIRE_LUA, FORCE_LUA, RELEASE_LUA};
 use super::redis::{broken_by, int, lock_info, text, topo, BATON_TTL_MS};
 use super::{
-    Acquire, Backend, Broken, Capabilities, Check, Config, Grant, Kind, LockInfo, Request, Waiter,
+    Acquire, Backend, Broken, Capabilities, Check, Config, Grant, Kind, Location, LockInfo,
+    Request, Url, Waiter,
 };
 use crate::error::{fail, UNAVAILABLE, USAGE};
 use crate::holder::Holder;
@@ -46,7 +46,7 @@ use node::{on_all, Node};
 use quorum::{majority, majority_ttl, Verdict};
 use scripts::{EXTEND_LUA, HEAL_LUA, UNDO_LUA, WRITE_BACK_LUA};
 
-const FORM: &str = "redlock://[user:pass@]host:6379,host:6379,host:6379[/db] (an odd number of servers, at least 3)";
+pub const FORM: &str = "redlock://[user:pass@]host:6379,host:6379,host:6379[/db] (an odd number of servers, at least 3)";
 
 /// The per-node timeout when no lease says better (a release, a status).
 const NODE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -68,17 +68,24 @@ struct Took {
     extended: bool,
 }
 
+/// Opens `redlock://`.
+pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let b = RedlockBackend::open(url, cfg)?;
+    Ok((Box::new(b), url.location("redlock")))
+}
+
 impl RedlockBackend {
-    pub fn open(url: &str, cfg: &Config) -> Result<RedlockBackend> {
-        let shown = super::redact(url);
+    fn open(m: &Url, cfg: &Config) -> Result<RedlockBackend> {
+        let shown = m.shown();
         let bad = |why: String| {
             fail(
                 USAGE,
                 format!("invalid URL '{shown}': {why}; expected {FORM}"),
             )
         };
-        let m = Multi::parse(url, 6379).map_err(bad)?;
-        m.check_params(&[], &shown)?;
+        if let Some(k) = m.unknown_param(&[]) {
+            return Err(bad(format!("unknown parameter '{k}'")));
+        }
         let n = m.hosts.len();
         if n < 3 || n % 2 == 0 {
             return Err(bad(format!(
@@ -91,7 +98,18 @@ impl RedlockBackend {
         if seen.len() != n {
             return Err(bad("a server is named twice".into()));
         }
-        let db = match m.path.as_slice() {
+        if let Some((i, j, at)) = node::same_address(&m.hosts) {
+            let spell = |(h, p): &(String, u16)| match h.contains(':') {
+                true => format!("[{h}]:{p}"),
+                false => format!("{h}:{p}"),
+            };
+            return Err(bad(format!(
+                "'{}' and '{}' are the same server (both reach {at})",
+                spell(&m.hosts[i]),
+                spell(&m.hosts[j])
+            )));
+        }
+        let db = match m.segments().as_slice() {
             [] => 0,
             [d] => d
                 .parse::<i64>()
@@ -107,7 +125,7 @@ impl RedlockBackend {
             .map(|(h, p)| {
                 let client =
                     topo::client_for(&m.node_url(h, *p, db)).map_err(|e| bad(e.to_string()))?;
-                Ok(Node::new(client, format!("{h}:{p}"), &shown, timeout))
+                Ok(Node::new(client, format!("{h}:{p}"), shown, timeout))
             })
             .collect::<Result<Vec<Node>>>()?;
         Ok(RedlockBackend {
@@ -123,6 +141,33 @@ impl RedlockBackend {
 
     fn quorum(&self) -> usize {
         majority(self.nodes.len())
+    }
+
+    /// A request to every node whose answers count toward a majority: each
+    /// node's server is identified first (once per connection), and nodes
+    /// that turn out to be one server refuse the whole request.
+    fn fan<T: Send>(&self, f: impl Fn(usize, &Node) -> Result<T> + Sync) -> Result<Vec<Result<T>>> {
+        // At start-up, before anything is taken (a reconnect is caught
+        // after); a node that failed then is not asked twice.
+        let mut failed: Vec<Option<anyhow::Error>> = Vec::new();
+        if self.nodes.iter().any(|n| !n.identified()) {
+            failed = on_all(&self.nodes, |_, n| n.identify())
+                .into_iter()
+                .map(Result::err)
+                .collect();
+            node::distinct(&self.nodes)?;
+        }
+        let failed = std::sync::Mutex::new(failed);
+        let replies = on_all(&self.nodes, |i, n| {
+            let early = failed.lock().ok().and_then(|mut f| f.get_mut(i)?.take());
+            if let Some(e) = early {
+                return Err(e);
+            }
+            n.identify()?;
+            f(i, n)
+        });
+        node::distinct(&self.nodes)?;
+        Ok(replies)
     }
 
     /// Sets every node's timeout for a request about a lease of `lease`: a
@@ -248,9 +293,9 @@ impl Backend for RedlockBackend {
             h.host, h.pid, h.user, req.name, h.command
         );
         let start = Instant::now();
-        let replies = on_all(&self.nodes, |_, n| {
-            n.eval(&ACQUIRE_LUA, &keys, &[req.token, &ms, &about])
-        });
+        let replies = self
+            .fan(|_, n| n.eval(&ACQUIRE_LUA, &keys, &[req.token, &ms, &about]))
+            .inspect_err(|_| self.undo(req.name, req.token))?;
         let (mut mine, mut others, mut errors) = (Vec::new(), Vec::new(), Vec::new());
         for r in replies {
             match r {
@@ -284,9 +329,7 @@ impl Backend for RedlockBackend {
         self.bound(Some(lease));
         let keys = self.keys(name, &["lease", "broken"]);
         let ms = lease.as_millis().max(1).to_string();
-        let replies = on_all(&self.nodes, |_, n| {
-            n.eval(&EXTEND_LUA, &keys, &[token, &ms])
-        });
+        let replies = self.fan(|_, n| n.eval(&EXTEND_LUA, &keys, &[token, &ms]))?;
         let (mut value, mut by, mut missing) = (None, None, Vec::new());
         let (mut extended, mut errors, mut others) = (0, Vec::new(), Vec::new());
         for (i, r) in replies.into_iter().enumerate() {
@@ -325,9 +368,7 @@ impl Backend for RedlockBackend {
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
         self.bound(None);
         let keys = self.keys(name, &["lease", "wake", "broken", "state"]);
-        let replies = on_all(&self.nodes, |_, n| {
-            n.eval(&RELEASE_LUA, &keys, &[token, BATON_TTL_MS])
-        });
+        let replies = self.fan(|_, n| n.eval(&RELEASE_LUA, &keys, &[token, BATON_TTL_MS]))?;
         let (mut released, mut by, mut others, mut errors) = (0, None, Vec::new(), Vec::new());
         for r in replies {
             match r {
@@ -365,7 +406,7 @@ impl Backend for RedlockBackend {
         let by = format!("{}@{} (pid {})", me.user, me.host, me.pid);
         let full = if chars == 8 { "1" } else { "0" };
         let args = [BATON_TTL_MS, by.as_str(), keys[2].as_str(), id, full];
-        let replies = on_all(&self.nodes, |_, n| n.eval(&FORCE_LUA, &keys, &args));
+        let replies = self.fan(|_, n| n.eval(&FORCE_LUA, &keys, &args))?;
         let mut broken: Vec<LockInfo> = Vec::new();
         let mut errors = Vec::new();
         for r in replies {
@@ -391,7 +432,7 @@ impl Backend for RedlockBackend {
         self.bound(None);
         let names = match names {
             Some(n) => n.to_vec(),
-            None => self.scan()?,
+            None => status::names(self)?,
         };
         status::of(self, &names)
     }
@@ -457,29 +498,5 @@ impl RedlockBackend {
             (None, Some(info)) => Check::HeldByOther(info),
             (None, None) => Check::NotHeld,
         }
-    }
-
-    /// The names with a lease on any node.
-    fn scan(&self) -> Result<Vec<String>> {
-        let pattern = super::redis::scripts::held_pattern(&self.prefix);
-        let found = on_all(&self.nodes, |_, n| status::scan(n, &pattern));
-        let mut names = Vec::new();
-        let mut errors = Vec::new();
-        for r in found {
-            match r {
-                Ok(keys) => names.extend(
-                    keys.iter()
-                        .filter_map(|k| super::redis::scripts::name_of(&self.prefix, k)),
-                ),
-                Err(e) => errors.push(e),
-            }
-        }
-        let answered = self.nodes.len() - errors.len();
-        if answered < self.quorum() {
-            return Err(self.too_few("the status", answered, &errors));
-        }
-        names.sort();
-        names.dedup();
-        Ok(names)
     }
 }

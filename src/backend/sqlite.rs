@@ -50,7 +50,15 @@ mod bell;
 mod conn;
 mod place;
 
-pub use place::resolve;
+/// Opens the file a `sqlite://` URL names.
+pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    SqliteBackend::open(place::resolve(Some(&url.path))?, cfg)
+}
+
+/// Opens the default file (no URL), in a directory made if missing.
+pub fn open_default(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    SqliteBackend::open(place::resolve(None)?, cfg)
+}
 
 use std::fs::{DirBuilder, Permissions};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -62,8 +70,10 @@ use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
 use super::kinds::TICKET_REFRESH;
-use super::sql::{self, Backoff, Dialect, Exec, Leases, Val};
-use super::{Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Waiter};
+use super::sql::{self, Dialect, Exec, Leases, Val};
+use super::{
+    Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
+};
 use crate::error::{fail, NOT_HELD, UNAVAILABLE};
 use bell::Bell;
 use conn::{
@@ -103,29 +113,43 @@ pub struct SqliteBackend {
 }
 
 impl SqliteBackend {
-    pub fn open(url: Option<&str>, cfg: &Config) -> Result<(SqliteBackend, Location)> {
-        let path = resolve(url)?;
+    /// Opens the file at `path`. A file that does not exist yet is created
+    /// by the first acquisition, not here: until then requests read an
+    /// empty database in memory, so that `status` creates nothing.
+    fn open(path: PathBuf, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
         bell::report_bus_errors(&path);
         let table = sql::table_name(&cfg.prefix);
-        let (conn, mode, file) = open_file(&path, &table, cfg.timeout)?;
+        let (conn, mode, file) = match file_id(&path) {
+            Some(_) => open_file(&path, &table, cfg.timeout)?,
+            None => {
+                place::check_dir(&path)?;
+                (conn::in_memory(&table, cfg.timeout)?, None, None)
+            }
+        };
         let loc = Location {
             backend: "sqlite",
             location: path.display().to_string(),
         };
-        Ok((
-            SqliteBackend {
-                conn,
-                leases: Leases::new(&DIALECT, &table),
-                path,
-                file,
-                replaced: false,
-                timeout: cfg.timeout,
-                mode,
-                waited: None,
-                passed: None,
-            },
-            loc,
-        ))
+        let b = SqliteBackend {
+            conn,
+            leases: Leases::new(&DIALECT, &table),
+            path,
+            file,
+            replaced: false,
+            timeout: cfg.timeout,
+            mode,
+            waited: None,
+            passed: None,
+        };
+        Ok((Box::new(b), loc))
+    }
+
+    /// Creates the file if it does not exist yet (see [`SqliteBackend::open`]).
+    fn create(&mut self) -> Result<()> {
+        if self.file.is_none() {
+            self.reopen()?;
+        }
+        Ok(())
     }
 
     /// Whether the path no longer names the file that is open.
@@ -135,7 +159,8 @@ impl SqliteBackend {
 
     fn reopen(&mut self) -> Result<()> {
         let (conn, mode, file) = open_file(&self.path, &self.leases.table, self.timeout)?;
-        self.replaced |= file != self.file;
+        // Nothing was held in the stand-in for a file that did not exist.
+        self.replaced |= self.file.is_some() && file != self.file;
         (self.conn, self.mode, self.file) = (conn, mode, file);
         Ok(())
     }
@@ -330,6 +355,7 @@ impl Exec for Db<'_> {
 
 impl Backend for SqliteBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
+        self.create()?;
         let r = self.on_current(|b| b.leases.acquire(&mut b.db_ref(), req));
         match &r {
             Ok((Acquire::Acquired(_), fx)) => {
@@ -391,7 +417,7 @@ impl Backend for SqliteBackend {
             seen: bell.as_ref().map_or(0, Bell::value),
             bell,
             at: self.wake_file(name),
-            backoff: Backoff::new(),
+            backoff: sql::quiet_backoff(),
         }))
     }
 
@@ -423,7 +449,7 @@ struct SqliteWaiter {
     /// The bell's path: releases ring whatever file is there now.
     at: PathBuf,
     seen: u32,
-    backoff: Backoff,
+    backoff: crate::backoff::Backoff,
 }
 
 impl Waiter for SqliteWaiter {
@@ -442,7 +468,7 @@ impl Waiter for SqliteWaiter {
                 b.wait(self.seen, timeout);
                 self.seen = b.value();
             }
-            None => self.backoff.sleep(timeout),
+            None => std::thread::sleep(self.backoff.next_within(timeout)),
         }
         Ok(())
     }

@@ -1,11 +1,13 @@
 //! `acquire --keepalive-pid`: a detached dlock that renews the lease while a
 //! process lives and releases it when that process exits.
 
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::Value;
 
 use super::connect;
@@ -56,10 +58,11 @@ pub(super) fn spawn_keepalive(
     if g.quiet {
         cmd.arg("--quiet");
     }
-    // SAFETY: setsid is async-signal-safe.
+    // SAFETY: the closure runs between fork and exec, where only
+    // async-signal-safe calls are allowed: setsid is one, and it allocates nothing.
     unsafe {
         cmd.pre_exec(|| {
-            libc::setsid();
+            let _ = nix::unistd::setsid();
             Ok(())
         });
     }
@@ -67,21 +70,28 @@ pub(super) fn spawn_keepalive(
     Ok(())
 }
 
+/// A descriptor that becomes readable when process `pid` exits; None if it
+/// has already (nix has no pidfd_open).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes no pointers; it returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The hidden `keepalive` subcommand: renew while `pid` lives, then release.
-pub fn keepalive(g: &Global, url: Option<String>, k: &KeepaliveArgs) -> Result<i32> {
+pub fn keepalive(g: &Global, url: Option<crate::backend::Url>, k: &KeepaliveArgs) -> Result<i32> {
     let timing = Timing::new(k.lease, None)?;
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, k.pid as libc::pid_t, 0) } as i32;
+    let pidfd = pidfd_open(k.pid);
     let (b, _loc, cfg) = connect(g, url)?;
     let (tx, rx) = mpsc::channel();
-    if pidfd >= 0 {
+    if let Some(pidfd) = pidfd {
         let tx = tx.clone();
         std::thread::spawn(move || {
-            let mut p = libc::pollfd {
-                fd: pidfd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            while unsafe { libc::poll(&mut p, 1, -1) } < 0 {}
+            // A pidfd becomes readable when its process exits.
+            let mut p = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            while poll(&mut p, PollTimeout::NONE).is_err() {}
             let _ = tx.send(Event::Watched);
         });
     } else {

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Result;
 use serde_json::json;
 
+use super::own_release::OwnRelease;
 use super::Timing;
 use crate::backend::{Backend, Check};
+use crate::backoff::Backoff;
 use crate::error::{code_of, fail, INTERNAL, NOT_HELD, UNAVAILABLE};
 use crate::event::Event;
 use crate::guard::Deadline;
@@ -112,6 +114,8 @@ struct Renewer {
     base_timeout: Duration,
     events: Sender<Event>,
     state: Arc<Mutex<State>>,
+    /// Tells when the command released the lock itself (exec only).
+    own: Option<Arc<OwnRelease>>,
 }
 
 impl Renewer {
@@ -181,7 +185,7 @@ impl Renewer {
     fn renew_until_told(&mut self, rx: &mpsc::Receiver<Cmd>) -> Cmd {
         let mut p = Progress {
             next: self.acquired_sent + self.timing.period,
-            backoff: Progress::FIRST_BACKOFF,
+            backoff: Backoff::new(Progress::FIRST_BACKOFF, 2, self.timing.period),
             failures: 0,
         };
         loop {
@@ -206,8 +210,9 @@ impl Renewer {
             s.stop_by
         };
         let now = Instant::now();
-        if self.lost() || stop_by <= now {
-            // The supervisor acts on the deadline; nothing sent now could save the lease.
+        if self.lost() || stop_by <= now || self.released_by_command() {
+            // The supervisor acts on the deadline; nothing sent now could save
+            // the lease (or the command gave it up).
             p.next = later();
             return None;
         }
@@ -223,11 +228,13 @@ impl Renewer {
                 drop(s);
                 log_renewed(name, timing.lease, p.failures);
                 p.failures = 0;
-                p.backoff = Progress::FIRST_BACKOFF;
+                p.backoff.reset();
                 p.next = sent + timing.period;
             }
             Ok(refused @ (Check::NotHeld | Check::HeldByOther(_) | Check::Broken(_))) => {
-                let _ = self.events.send(Event::Lost(lost_reason(name, &refused)));
+                if !self.released_by_command() {
+                    let _ = self.events.send(Event::Lost(lost_reason(name, &refused)));
+                }
                 p.next = later();
             }
             // The backend knows the lease is gone (an SQLite file deleted under it).
@@ -267,8 +274,7 @@ impl Renewer {
                 log_failure(name, &msg, p.failures, level);
                 let _ = self.backend.set_timeout(self.base_timeout.min(left));
                 let _ = self.backend.reconnect();
-                p.next = Instant::now() + p.backoff;
-                p.backoff = (p.backoff * 2).min(timing.period);
+                p.next = Instant::now() + p.backoff.next_within(timing.period);
             }
         }
         None
@@ -277,12 +283,31 @@ impl Renewer {
     fn lost(&self) -> bool {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).lost
     }
+
+    /// True once the command has said it released the lock: then nothing is
+    /// renewed any more, and the deadline (here and in the guard) moves out
+    /// of reach, since there is no lease left to lose.
+    fn released_by_command(&self) -> bool {
+        let Some(own) = self.own.as_ref().filter(|o| o.seen()) else {
+            return false;
+        };
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.lost {
+            let never = Instant::now() + Duration::from_secs(10 * 365 * 86_400);
+            s.stop_by = never;
+            if let Some(d) = s.shared {
+                d.extend(never);
+            }
+            own.tell(&self.name);
+        }
+        true
+    }
 }
 
 /// Where the renewal loop stands between attempts.
 struct Progress {
     next: Instant,
-    backoff: Duration,
+    backoff: Backoff,
     failures: u32,
 }
 
@@ -373,11 +398,20 @@ impl Keeper {
             base_timeout,
             events,
             state: Arc::clone(&state),
+            own: None,
         };
         Keeper {
             state,
             run: Mutex::new(Run::Deferred(Box::new(renewer))),
             timing,
+        }
+    }
+
+    /// Lets the command release the lock on purpose (see `own_release`)
+    /// rather than lose it; call before the renewal thread starts.
+    pub fn allow_own_release(&self, own: Arc<OwnRelease>) {
+        if let Run::Deferred(r) = &mut *self.run.lock().unwrap_or_else(|e| e.into_inner()) {
+            r.own = Some(own);
         }
     }
 

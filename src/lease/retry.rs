@@ -6,15 +6,14 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::backend::{Backend, Check, Grant, Request};
+use crate::backoff::Backoff;
 use crate::output::{self, Level};
 use crate::signals;
 
 /// Back-off between attempts while the backend fails: doubling from
-/// `FIRST` to `CAP`, each sleep a random 50–100 % of the step, so that many
-/// waiters cut off by the same restart (or refused by a full server) do not
-/// all come back at the same instant.
+/// `FIRST` to `CAP`, jittered, never past the wait's deadline.
 pub struct Trouble {
-    next: Duration,
+    backoff: Backoff,
     /// An acquire failed after it may have reached the server: it may hold
     /// the lock under our token although we never saw the grant.
     pub unsure: bool,
@@ -22,19 +21,27 @@ pub struct Trouble {
     pub queued: bool,
     failures: u32,
     timeout: Duration,
+    deadline: Option<Instant>,
 }
 
 impl Trouble {
     const FIRST: Duration = Duration::from_millis(50);
     const CAP: Duration = Duration::from_secs(2);
 
-    pub fn new(timeout: Duration) -> Trouble {
+    /// For a wait until `deadline` (None: forever) whose requests are
+    /// bounded by `timeout`.
+    pub fn new(timeout: Duration, deadline: Option<Instant>) -> Trouble {
+        let backoff = Backoff::new(Self::FIRST, 2, Self::CAP).jittered();
         Trouble {
-            next: Self::FIRST,
+            backoff: match deadline {
+                Some(d) => backoff.until(d),
+                None => backoff,
+            },
             unsure: false,
             queued: false,
             failures: 0,
             timeout,
+            deadline,
         }
     }
 
@@ -61,28 +68,29 @@ impl Trouble {
             );
         }
         self.failures = 0;
-        self.next = Self::FIRST;
+        self.backoff.reset();
     }
 
-    /// Handles a failed request while waiting: with time left before
-    /// `deadline` (None: forever), sleeps a back-off step and returns Ok so
-    /// that the caller tries again; otherwise releases what an unanswered
-    /// acquire may have taken and returns the error.
+    /// Handles a failed request while waiting: with time left before the
+    /// deadline, sleeps a back-off step and returns Ok so that the caller
+    /// tries again; otherwise releases what an unanswered acquire may have
+    /// taken (or the place it queued in) and returns the error.
     pub fn failed(
         &mut self,
         backend: &mut dyn Backend,
         req: &Request,
         err: anyhow::Error,
-        deadline: Option<Instant>,
     ) -> anyhow::Result<()> {
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if left.is_some_and(|l| l.is_zero()) {
+        let Some(step) = self.backoff.next() else {
             self.give_up(backend, req);
             return Err(err);
-        }
+        };
         self.failures += 1;
-        let until = match left {
-            Some(l) => format!("for up to {} more", crate::duration::format_left(l)),
+        let until = match self.deadline {
+            Some(d) => format!(
+                "for up to {} more",
+                crate::duration::format_left(d.saturating_duration_since(Instant::now()))
+            ),
             None => "for as long as it takes (--wait forever)".into(),
         };
         output::event(
@@ -96,12 +104,10 @@ impl Trouble {
             &format!("{err:#} (still waiting for '{}' {until})", req.name),
             json!({ "attempt": self.failures }),
         );
-        let step = jitter(self.next).min(left.unwrap_or(Duration::MAX));
-        self.next = (self.next * 2).min(Self::CAP);
-        if self.unsure {
+        if self.unsure || self.queued {
             // A stopping signal now must not leave behind the lock that the
-            // unanswered request may have taken.
-            let ((), pending) = signals::in_flight(|| std::thread::sleep(step));
+            // unanswered request may have taken, nor the place in the queue.
+            let (_, pending) = signals::in_flight(|cancel| cancel.sleep(step));
             if let Some(sig) = pending {
                 self.give_up(backend, req);
                 signals::exit(signals::exit_code(sig));
@@ -174,28 +180,4 @@ fn release_within(
     });
     let _ = backend.set_timeout(budget);
     r
-}
-
-/// A random duration between half of `step` and `step`.
-fn jitter(step: Duration) -> Duration {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        return step;
-    }
-    let half = step / 2;
-    let span = half.as_nanos().max(1) as u64;
-    half + Duration::from_nanos(u64::from_le_bytes(b) % span)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_between_half_and_the_step() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(100));
-            assert!(j >= Duration::from_millis(50) && j <= Duration::from_millis(100));
-        }
-    }
 }

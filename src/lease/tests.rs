@@ -237,6 +237,30 @@ fn a_backend_that_owns_its_wait_gets_the_whole_wait() {
     );
 }
 
+/// The backend's own wait fails like any request: the core backs off and
+/// hands it the wait again, rather than ending the wait with the error.
+#[test]
+fn a_backend_that_owns_its_wait_has_its_failures_retried_by_the_core() {
+    let m = Memory::new();
+    let mut b = m.handle();
+    let k = b.knobs();
+    k.own_wait(true);
+    k.fail_next(2);
+    let h = Holder::default();
+    let g = held(acquire(
+        &mut b,
+        &req("b", LONG, &h),
+        Wait::For(LONG),
+        PROMPT,
+    ));
+    assert!(!g.extended);
+    assert_eq!(
+        k.calls().own_waits,
+        3,
+        "not every try went to the backend's wait"
+    );
+}
+
 #[test]
 fn a_mismatched_kind_fails_at_once_whatever_the_wait() {
     let (m, h) = (Memory::new(), Holder::default());

@@ -197,7 +197,12 @@ impl Link {
         let auth = s.message().contains("authentication failed")
             || s.message().contains("permission denied")
             || s.message().contains("invalid auth token");
+        let no_auth = s.message().contains("authentication is not enabled");
         let (code, hint) = match s.code() {
+            _ if no_auth => (
+                UNAVAILABLE,
+                "; remove the user from the URL, or enable authentication (etcdctl auth enable)",
+            ),
             _ if auth => (
                 UNAVAILABLE,
                 "; check the user and password in the URL and the user's role",

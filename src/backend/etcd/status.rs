@@ -11,6 +11,24 @@ use super::keys::{self, Node};
 use super::link::Link;
 use crate::backend::LockInfo;
 
+/// The holder `info` with its time left, asked of its lease.
+pub fn with_ttl(link: &Link, nodes: &[Node], mut info: LockInfo) -> LockInfo {
+    let lease = nodes
+        .iter()
+        .find(|n| n.create_rev as u64 == info.fence && n.entry.held)
+        .map(|n| n.lease);
+    if let Some(id) = lease.filter(|id| *id != 0) {
+        let ttl = link
+            .call("a lease lookup", |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
+            .ok()
+            .and_then(|r| left(r.ttl(), r.granted_ttl()));
+        info.ttl = ttl.unwrap_or_default();
+    }
+    info
+}
+
 /// The holders among `nodes` (one entry each, by name then fence), with the
 /// time left on each one's lease; a lease that is gone by now is left out.
 pub fn infos(link: &Arc<Link>, nodes: Vec<Node>) -> Result<Vec<LockInfo>> {
@@ -41,6 +59,15 @@ pub fn infos(link: &Arc<Link>, nodes: Vec<Node>) -> Result<Vec<LockInfo>> {
     Ok(kept)
 }
 
+/// The time left on a lease from etcd's answer: etcd counts whole seconds
+/// and rounds what is left down, so a lease granted 2s reads 1 at once and 0
+/// for its last second, while it still holds (and its key stays until the
+/// leader revokes it, later still). Show the upper end, which the lease can
+/// never exceed: what it granted. None for a lease that is gone.
+pub(super) fn left(ttl: i64, granted: i64) -> Option<Duration> {
+    (ttl >= 0).then(|| Duration::from_secs((ttl + 1).min(granted.max(1)) as u64))
+}
+
 /// The time left on each lease, asked all at once; None for one that is gone.
 fn time_left(link: &Arc<Link>, leases: &[i64]) -> Result<Vec<Option<Duration>>> {
     let l = Arc::clone(link);
@@ -55,14 +82,13 @@ fn time_left(link: &Arc<Link>, leases: &[i64]) -> Result<Vec<Option<Duration>>> 
                         c.lease_time_to_live(id, None).await
                     })
                     .await;
-                (i, r.map(|r| r.ttl()))
+                (i, r.map(|r| left(r.ttl(), r.granted_ttl())))
             });
         }
         let mut out = vec![None; set.len()];
         while let Some(done) = set.join_next().await {
             let (i, ttl) = done.map_err(|e| anyhow::anyhow!("a lease lookup failed: {e}"))?;
-            let ttl = ttl?;
-            out[i] = (ttl >= 0).then(|| Duration::from_secs(ttl as u64));
+            out[i] = ttl?;
         }
         Ok(out)
     })
@@ -139,4 +165,20 @@ fn deleted_after(link: &Link, key: &str, from: i64) -> std::result::Result<Optio
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_seconds_left_show_their_upper_end() {
+        let s = Duration::from_secs;
+        assert_eq!(left(1, 2), Some(s(2)), "just granted 2s");
+        assert_eq!(left(0, 2), Some(s(1)), "its last second");
+        assert_eq!(left(0, 1), Some(s(1)));
+        assert_eq!(left(30, 30), Some(s(30)), "just renewed");
+        assert_eq!(left(12, 30), Some(s(13)));
+        assert_eq!(left(-1, 0), None, "gone");
+    }
 }

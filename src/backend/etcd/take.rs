@@ -11,25 +11,16 @@ use etcd_client::{
 };
 
 use super::keys::{self, Entry, Node};
+use super::leases::{grant, revoke, Lease};
 use super::link::Link;
 use super::queue::{self, Behind, Decision};
 use super::wait::{watch_until, Target};
-use crate::backend::{Acquire, Grant, LockInfo, Request};
-use crate::error::{fail, UNAVAILABLE};
+use crate::backend::{Acquire, Grant, Request};
+use crate::cancel::Cancel;
 
 /// A waiter's key lives under a lease this long, kept alive every
 /// `kinds::TICKET_REFRESH`: a waiter killed with SIGKILL leaves the queue within it.
 pub const WAITER_TTL: i64 = 3;
-
-/// A lease granted for a request.
-#[derive(Clone, Copy, Debug)]
-pub struct Lease {
-    pub id: i64,
-    /// What etcd granted, in seconds (it may raise a short TTL to its minimum).
-    pub granted: i64,
-    /// Sent before the grant: the lease runs until at least `sent + granted`.
-    pub sent: Instant,
-}
 
 /// One read of a name's keys.
 pub struct View {
@@ -42,6 +33,8 @@ pub struct Taking<'a> {
     pub link: Arc<Link>,
     pub prefix: String,
     req: &'a Request<'a>,
+    /// Fired by the caller (a stopping signal): the wait returns, leaving the queue.
+    cancel: &'a Cancel,
     key: String,
     name_range: String,
     /// The TTL asked for, in whole seconds.
@@ -54,9 +47,29 @@ pub struct Taking<'a> {
     pub queued: bool,
     /// After a grant: the holder lease and the revision of the granting write.
     pub holding: Option<(i64, i64)>,
-    /// The cleanup that takes this request out of the queue if a signal
-    /// ends dlock while it waits (`signals::at_exit`).
-    leave_on_exit: Option<u64>,
+}
+
+/// What a request cut short by a failure leaves for the caller's next try
+/// with the same request: its leases and its place in the queue.
+pub struct Kept {
+    pub name: String,
+    pub token: String,
+    lease: Option<Lease>,
+    waiter: Option<i64>,
+    queued: bool,
+}
+
+impl Kept {
+    /// The leases, for a release that gives up on the request.
+    pub fn leases(&self) -> impl Iterator<Item = i64> {
+        self.waiter.into_iter().chain(self.lease.map(|l| l.id))
+    }
+
+    /// No lease and no place: every key is put under a lease, so the request
+    /// that kept this holds nothing on the server.
+    pub fn holds_nothing(&self) -> bool {
+        self.lease.is_none() && self.waiter.is_none() && !self.queued
+    }
 }
 
 /// What an attempt came to.
@@ -111,11 +124,17 @@ pub fn by_create() -> GetOptions {
 }
 
 impl<'a> Taking<'a> {
-    pub fn new(link: Arc<Link>, prefix: &str, req: &'a Request<'a>) -> Taking<'a> {
+    pub fn new(
+        link: Arc<Link>,
+        prefix: &str,
+        req: &'a Request<'a>,
+        cancel: &'a Cancel,
+    ) -> Taking<'a> {
         Taking {
             link,
             prefix: prefix.to_string(),
             req,
+            cancel,
             key: keys::key(prefix, req.name, req.token),
             name_range: keys::of_name(prefix, req.name),
             ttl: ttl_secs(req.lease),
@@ -123,7 +142,24 @@ impl<'a> Taking<'a> {
             waiter: None,
             queued: false,
             holding: None,
-            leave_on_exit: None,
+        }
+    }
+
+    /// Takes over what the same request's last try left (see [`Kept`]).
+    pub fn resume(&mut self, kept: Kept) {
+        if kept.name == self.req.name && kept.token == self.req.token {
+            (self.lease, self.waiter, self.queued) = (kept.lease, kept.waiter, kept.queued);
+        }
+    }
+
+    /// What this request holds for a next try after a failure.
+    pub fn keep(&self) -> Kept {
+        Kept {
+            name: self.req.name.to_string(),
+            token: self.req.token.to_string(),
+            lease: self.lease,
+            waiter: self.waiter,
+            queued: self.queued,
         }
     }
 
@@ -189,23 +225,11 @@ impl<'a> Taking<'a> {
                 Some(PutOptions::new().with_lease(lease.id)),
             )])
             .or_else([TxnOp::get(self.name_range.as_str(), Some(by_create()))]);
-        let r = self.taking(|t| t.txn("an acquire", txn))?;
+        let r = self.txn("an acquire", txn)?;
         if r.succeeded() {
             return Ok(self.granted(&r, rev_of(&r), 0, false));
         }
         Ok(Step::Again(view_of(&self.prefix, &r)))
-    }
-
-    /// A request that may grant the lock, with a stopping signal held back
-    /// until it is answered: a grant nobody would know the token of must
-    /// not be left behind.
-    fn taking<T>(&mut self, f: impl FnOnce(&Self) -> Result<T>) -> Result<T> {
-        let (r, pending) = crate::signals::in_flight(|| f(self));
-        if let Some(sig) = pending {
-            self.abandon(true);
-            std::process::exit(crate::signals::exit_code(sig));
-        }
-        r
     }
 
     fn granted(&mut self, r: &TxnResponse, fence: i64, slot: u32, extended: bool) -> Step {
@@ -213,7 +237,6 @@ impl<'a> Taking<'a> {
         // The waiter lease has no key left and runs out within seconds: no
         // revoke (a write on the cluster) for it.
         self.waiter = None;
-        self.stay_on_signal();
         self.queued = false;
         self.holding = Some((lease.id, rev_of(r)));
         let g = Grant {
@@ -227,7 +250,7 @@ impl<'a> Taking<'a> {
     }
 
     /// Decides once from `v` and acts: grant, extend, or wait for the next
-    /// change (until `deadline`).
+    /// change (until `deadline`, or until the caller cancels the wait).
     pub fn decide(&mut self, v: View, deadline: Option<Instant>) -> Result<Step> {
         let (decision, info) = match queue::decide(&v.nodes, self.req) {
             Ok(d) => d,
@@ -239,10 +262,11 @@ impl<'a> Taking<'a> {
         match decision {
             Decision::Extend => self.extend(&v),
             Decision::Take { slot } => self.take_now(&v, slot),
+            Decision::Wait(_) if self.cancel.is_fired() => Ok(self.cancelled()),
             Decision::Wait(behind) => {
                 if deadline.is_some_and(|d| d <= Instant::now()) {
                     self.abandon(false);
-                    let info = info.map(|i| with_ttl(&self.link, &v.nodes, i));
+                    let info = info.map(|i| super::status::with_ttl(&self.link, &v.nodes, i));
                     return Ok(Step::Done(Acquire::Busy(info), Instant::now()));
                 }
                 if self.mine(&v).is_none() {
@@ -262,9 +286,22 @@ impl<'a> Taking<'a> {
                     return self.enqueue().map(Step::Again);
                 }
                 self.wait(&behind, v.rev, deadline)?;
+                if self.cancel.is_fired() {
+                    return Ok(self.cancelled());
+                }
                 self.read().map(Step::Again)
             }
         }
+    }
+
+    /// The caller cancelled the wait (dlock is about to exit on a signal):
+    /// leave the queue at once, each request within a short timeout as
+    /// the exit is waiting, and answer Busy.
+    fn cancelled(&mut self) -> Step {
+        self.link
+            .set_timeout(self.link.timeout().min(Duration::from_secs(2)));
+        self.abandon(false);
+        Step::Done(Acquire::Busy(None), Instant::now())
     }
 
     /// The token holds the lock already: the key moves to the new lease
@@ -277,7 +314,7 @@ impl<'a> Taking<'a> {
         let mut e = n.entry.clone();
         (e.ask, e.ttl) = (self.ttl, lease.granted);
         let txn = self.put_if_unchanged(&n, e.encode(), lease.id);
-        let r = self.taking(|t| t.txn("an acquire", txn))?;
+        let r = self.txn("an acquire", txn)?;
         if !r.succeeded() {
             return Ok(Step::Again(view_of(&self.prefix, &r)));
         }
@@ -323,7 +360,7 @@ impl<'a> Taking<'a> {
                 )])
                 .or_else([TxnOp::get(self.name_range.as_str(), Some(by_create()))]),
         };
-        let r = self.taking(|t| t.txn("an acquire", txn))?;
+        let r = self.txn("an acquire", txn)?;
         if !r.succeeded() {
             return Ok(Step::Again(view_of(&self.prefix, &r)));
         }
@@ -358,33 +395,8 @@ impl<'a> Taking<'a> {
             ])
             .or_else([get]);
         self.queued = true;
-        self.leave_on_signal(w);
         let r = self.txn("joining the queue", txn)?;
         Ok(view_of(&self.prefix, &r))
-    }
-
-    /// A signal that ends dlock while it waits takes its place out of the
-    /// queue on the way (the key, and the waiter lease `w` with it) rather
-    /// than leaving the waiter behind to wait for the lease to run out.
-    fn leave_on_signal(&mut self, w: i64) {
-        self.stay_on_signal();
-        let link = Arc::clone(&self.link);
-        self.leave_on_exit = Some(crate::signals::at_exit(Box::new(move || {
-            link.set_timeout(link.timeout().min(Duration::from_secs(2)));
-            // On a thread of its own: the signal thread's small stack cannot
-            // hold the client's futures.
-            let t = std::thread::Builder::new().spawn(move || revoke(&link, w));
-            if let Ok(t) = t {
-                let _ = t.join();
-            }
-        })));
-    }
-
-    /// No cleanup on a signal any more: the key holds, or is gone already.
-    fn stay_on_signal(&mut self) {
-        if let Some(id) = self.leave_on_exit.take() {
-            crate::signals::cancel_at_exit(id);
-        }
     }
 
     pub fn read(&self) -> Result<View> {
@@ -402,8 +414,8 @@ impl<'a> Taking<'a> {
     }
 
     /// Blocks until something `behind` names changes after revision `rev`,
-    /// this request's own key goes, or the deadline; keeps the waiter lease
-    /// alive meanwhile.
+    /// this request's own key goes, the deadline, or the cancel; keeps the
+    /// waiter lease alive meanwhile.
     fn wait(&mut self, behind: &Behind, rev: i64, deadline: Option<Instant>) -> Result<()> {
         let target = match behind {
             Behind::Waiter(k) => Target {
@@ -436,7 +448,7 @@ impl<'a> Taking<'a> {
             .into_iter()
             .chain(self.lease.map(|l| l.id))
             .collect();
-        let gone = link.block_on(watch_until(&link, target, &leases, until))?;
+        let gone = link.block_on(watch_until(&link, target, &leases, until, self.cancel))?;
         // A lease found gone is replaced when next needed (the waiter's key went with its lease).
         if gone.is_some() && gone == self.waiter {
             self.waiter = None;
@@ -451,7 +463,6 @@ impl<'a> Taking<'a> {
     /// has: a grant whose answer was cut short) and its leases go, best
     /// effort within one timeout each.
     pub fn abandon(&mut self, all: bool) {
-        self.stay_on_signal();
         if self.queued || all {
             let key = self.key.clone();
             let _ = self.link.call("a cleanup", |mut c| {
@@ -467,57 +478,4 @@ impl<'a> Taking<'a> {
             revoke(&self.link, id);
         }
     }
-}
-
-impl Drop for Taking<'_> {
-    /// A request given up on by the caller (out of time after failures)
-    /// leaves no cleanup behind for a signal to run later.
-    fn drop(&mut self) {
-        self.stay_on_signal();
-    }
-}
-
-/// Grants a lease of `ttl` seconds.
-pub fn grant(link: &Link, ttl: i64) -> Result<Lease> {
-    let sent = Instant::now();
-    let r = link.call("a lease grant", |mut c| async move {
-        c.lease_grant(ttl, None).await
-    })?;
-    if !r.error().is_empty() || r.ttl() <= 0 {
-        return Err(fail(
-            UNAVAILABLE,
-            format!("etcd at {} refused a lease: {}", link.shown, r.error()),
-        ));
-    }
-    Ok(Lease {
-        id: r.id(),
-        granted: r.ttl(),
-        sent,
-    })
-}
-
-/// Revokes a lease and waits for the answer (its keys go with it).
-pub fn revoke(link: &Link, id: i64) {
-    let _ = link.call(
-        "a lease revoke",
-        |mut c| async move { c.lease_revoke(id).await },
-    );
-}
-
-/// The holder `info` with its time left, asked of its lease.
-pub fn with_ttl(link: &Link, nodes: &[Node], mut info: LockInfo) -> LockInfo {
-    let lease = nodes
-        .iter()
-        .find(|n| n.create_rev as u64 == info.fence && n.entry.held)
-        .map(|n| n.lease);
-    if let Some(id) = lease.filter(|id| *id != 0) {
-        let ttl = link
-            .call("a lease lookup", |mut c| async move {
-                c.lease_time_to_live(id, None).await
-            })
-            .map(|r| r.ttl())
-            .unwrap_or(0);
-        info.ttl = Duration::from_secs(ttl.max(0) as u64);
-    }
-    info
 }

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::backend::url::bracketed;
+use crate::backend::Url;
 use crate::error::{fail, USAGE};
-
-/// etcd's registered client port.
-pub const DEFAULT_PORT: u16 = 2379;
 
 /// What an etcd URL asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,109 +31,61 @@ pub struct Tls {
 const EXPECTED: &str = "expected etcd://[user:pass@]host[:port][,host[:port]…] \
      or etcds://…?cacert=/path/ca.pem[&cert=…&key=…]";
 
-pub fn parse(url: &str, shown: &str) -> Result<Target> {
+/// The TLS options, as etcdctl names them.
+const OPTIONS: &[&str] = &["cacert", "cert", "key"];
+
+/// What an `etcd://` or `etcds://` URL asks for.
+pub fn target(url: &Url) -> Result<Target> {
     let bad = |why: String| {
         fail(
             USAGE,
-            format!("invalid etcd URL '{shown}': {why}; {EXPECTED}"),
+            format!("invalid etcd URL '{}': {why}; {EXPECTED}", url.shown()),
         )
     };
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| bad("no scheme".into()))?;
-    let tls = match scheme {
-        "etcd" => false,
-        "etcds" => true,
-        other => return Err(bad(format!("unknown scheme '{other}'"))),
-    };
-    let (authority, query) = match rest.split_once('?') {
-        Some((a, q)) => (a, Some(q)),
-        None => (rest, None),
-    };
-    let authority = authority.strip_suffix('/').unwrap_or(authority);
-    if authority.contains('/') {
+    if url.hosts.is_empty() {
+        return Err(bad("no member named".into()));
+    }
+    if !url.path.trim_start_matches('/').is_empty() {
         return Err(bad("a path is not used (etcd has no databases)".into()));
     }
-    let (user, hosts) = match authority.rsplit_once('@') {
-        Some((info, hosts)) => (Some(userinfo(info).map_err(bad)?), hosts),
-        None => (None, authority),
+    let user = match (url.user(), url.password()) {
+        (Some(u), p) => Some((u, p.unwrap_or_default())),
+        (None, Some(_)) => return Err(bad("a password needs a user name".into())),
+        (None, None) => None,
     };
-    let members = hosts
-        .split(',')
-        .map(|h| member(h).map_err(&bad))
-        .collect::<Result<Vec<_>>>()?;
+    let members = url
+        .hosts
+        .iter()
+        .map(|(h, p)| format!("{}:{p}", bracketed(h)))
+        .collect();
     let mut out = Target {
         members,
-        tls: tls.then(Tls::default),
+        tls: (url.scheme == "etcds").then(Tls::default),
         user,
     };
-    options(&mut out, query).map_err(bad)?;
+    options(&mut out, url).map_err(bad)?;
     Ok(out)
 }
 
-/// `user:password`, percent-decoded.
-fn userinfo(info: &str) -> std::result::Result<(String, String), String> {
-    let (user, pass) = info.split_once(':').unwrap_or((info, ""));
-    let dec = |s: &str| {
-        percent_decode(s)
-            .ok_or_else(|| "the user or password is not valid percent-encoded UTF-8".to_string())
-    };
-    let user = dec(user)?;
-    if user.is_empty() {
-        return Err("a password needs a user name".into());
+fn options(t: &mut Target, url: &Url) -> std::result::Result<(), String> {
+    if let Some(k) = url.unknown_param(OPTIONS) {
+        return Err(format!(
+            "unknown option '{k}' (etcds:// takes {})",
+            OPTIONS.join(", ")
+        ));
     }
-    Ok((user, dec(pass)?))
-}
-
-/// `host`, `host:port`, `[v6]` or `[v6]:port`, as `host:port`.
-fn member(h: &str) -> std::result::Result<String, String> {
-    if h.is_empty() {
-        return Err("an empty host in the member list".into());
-    }
-    let (host, port) = if let Some(v6) = h.strip_prefix('[') {
-        let (addr, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("'{h}' has no closing ']'"))?;
-        (format!("[{addr}]"), after.strip_prefix(':'))
-    } else {
-        match h.rsplit_once(':') {
-            Some((host, port)) => (host.to_string(), Some(port)),
-            None => (h.to_string(), None),
-        }
-    };
-    let port = match port {
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("'{p}' is not a port"))?,
-        None => DEFAULT_PORT,
-    };
-    if host.is_empty() || host == "[]" {
-        return Err(format!("'{h}' has no host"));
-    }
-    Ok(format!("{host}:{port}"))
-}
-
-fn options(t: &mut Target, query: Option<&str>) -> std::result::Result<(), String> {
-    let Some(q) = query.filter(|q| !q.is_empty()) else {
-        return Ok(());
-    };
     let (mut cert, mut key) = (None, None);
-    for pair in q.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v).ok_or_else(|| format!("option {k} is not valid UTF-8"))?;
+    for (k, v) in &url.query {
         if v.is_empty() {
             return Err(format!("option '{k}' needs a value"));
         }
         let Some(tls) = t.tls.as_mut() else {
             return Err(format!("option '{k}' is for TLS: use etcds://"));
         };
-        match k {
+        match k.as_str() {
             "cacert" => tls.ca = Some(PathBuf::from(v)),
             "cert" => cert = Some(PathBuf::from(v)),
-            "key" => key = Some(PathBuf::from(v)),
-            other => return Err(format!("unknown option '{other}'")),
+            _ => key = Some(PathBuf::from(v)),
         }
     }
     match (cert, key, t.tls.as_mut()) {
@@ -145,24 +96,20 @@ fn options(t: &mut Target, query: Option<&str>) -> std::result::Result<(), Strin
     Ok(())
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes: Vec<u8> =
-        ::url::form_urlencoded::parse(format!("v={}", s.replace('+', "%2B")).as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned().into_bytes())?;
-    String::from_utf8(bytes).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(url: &str) -> Result<Target> {
+        target(&crate::backend::parse_url(url)?)
+    }
+
     fn ok(url: &str) -> Target {
-        parse(url, "shown").unwrap_or_else(|e| panic!("{url}: {e:#}"))
+        parse(url).unwrap_or_else(|e| panic!("{url}: {e:#}"))
     }
 
     fn err(url: &str) -> String {
-        let e = parse(url, "etcd://shown").unwrap_err();
+        let e = parse(url).unwrap_err();
         assert_eq!(crate::error::code_of(&e), USAGE);
         e.to_string()
     }
@@ -200,8 +147,14 @@ mod tests {
 
     #[test]
     fn mistakes_are_usage_errors_that_say_what() {
-        assert!(err("etcd://").contains("empty host"), "{}", err("etcd://"));
-        assert!(err("etcd://a,,b").contains("empty host"));
+        assert!(err("etcd://").contains("no member"), "{}", err("etcd://"));
+        assert!(err("etcd://a,,b").contains("empty"));
+        assert!(err("etcd://h\u{e9}te").contains("not ASCII"));
+        let e = err("etcd://a?bogus=1");
+        assert!(
+            e.contains("unknown option 'bogus'") && !e.contains("for TLS"),
+            "{e}"
+        );
         assert!(err("etcd://a:99999").contains("not a port"));
         assert!(err("etcd://a/db").contains("path"));
         assert!(err("etcd://a?cacert=/x").contains("use etcds://"));
@@ -211,6 +164,9 @@ mod tests {
         assert!(err("etcd://:pw@a").contains("needs a user"));
         assert!(err("etcd://[::1").contains("closing"));
         let e = err("etcd://u:secret@a/x");
-        assert!(e.contains("etcd://shown") && !e.contains("secret"), "{e}");
+        assert!(
+            e.contains("etcd://u:***@a/x") && !e.contains("secret"),
+            "{e}"
+        );
     }
 }

@@ -8,6 +8,7 @@ use etcd_client::{EventType, WatchOptions};
 
 use super::link::Link;
 use crate::backend::kinds::TICKET_REFRESH;
+use crate::cancel::Cancel;
 use crate::error::{fail, UNAVAILABLE};
 
 fn lost_watch(link: &Link, e: &etcd_client::Error) -> anyhow::Error {
@@ -50,14 +51,15 @@ impl Target {
 type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
 /// The watch of `t` until a hit, a cancelled watch (compaction, or a member
-/// that lost its leader: read again) or `until`, with a keep-alive of the
-/// request's `leases` every [`TICKET_REFRESH`]; returns the lease it found
-/// gone, if any.
+/// that lost its leader: read again), `until`, or the caller's `cancel`,
+/// with a keep-alive of the request's `leases` every [`TICKET_REFRESH`];
+/// returns the lease it found gone, if any.
 pub async fn watch_until(
     link: &Link,
     t: Target,
     leases: &[i64],
     until: Instant,
+    cancel: &Cancel,
 ) -> Result<Option<i64>> {
     let mut watch = link
         .call_async("a watch", |mut c| {
@@ -92,6 +94,7 @@ pub async fn watch_until(
                 }
             }
             _ = tokio::time::sleep_until(until.into()) => return Ok(None),
+            _ = cancel.fired() => return Ok(None),
         }
     }
 }

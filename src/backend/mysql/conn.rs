@@ -8,6 +8,8 @@ use anyhow::Result;
 use mysql::consts::CapabilityFlags;
 use mysql::{Conn, Opts, OptsBuilder};
 
+use crate::backend::url::bracketed;
+use crate::backend::Url;
 use crate::error::{fail, INTERNAL, UNAVAILABLE, USAGE};
 
 pub(super) const ER_DBACCESS_DENIED: u16 = 1044;
@@ -36,35 +38,43 @@ pub(super) fn parse_bool(v: &str) -> Option<bool> {
 
 /// Driver options from the URL: dlock's own parameters taken out, its
 /// timeouts and session settings added.
-pub(super) fn options(url: &str, shown: &str, timeout: Duration) -> Result<(Opts, String)> {
+pub(super) fn options(url: &Url, timeout: Duration) -> Result<(Opts, String)> {
     let usage = |why: String| {
         fail(
             USAGE,
-            format!("invalid MySQL URL '{shown}': {why}; expected mysql://user:pass@host[:port]/database"),
+            format!(
+                "invalid MySQL URL '{}': {why}; expected mysql://user:pass@host[:port]/database",
+                url.shown()
+            ),
         )
     };
-    let mut u = ::url::Url::parse(url).map_err(|e| usage(e.to_string()))?;
+    if url.hosts.len() != 1 {
+        return Err(usage("it must name one host".into()));
+    }
     let mut require_ssl = false;
     let mut prefer_socket_given = false;
-    let mut kept = Vec::new();
-    for (k, v) in u.query_pairs() {
-        match k.as_ref() {
+    let mut kept = ::url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in &url.query {
+        match k.as_str() {
             "require_ssl" => {
-                require_ssl = parse_bool(&v)
+                require_ssl = parse_bool(v)
                     .ok_or_else(|| usage(format!("{k} must be true or false, not '{v}'")))?;
             }
             _ => {
                 prefer_socket_given |= k == "prefer_socket";
-                kept.push((k.into_owned(), v.into_owned()));
+                kept.append_pair(k, v);
             }
         }
     }
-    if kept.is_empty() {
-        u.set_query(None);
-    } else {
-        u.query_pairs_mut().clear().extend_pairs(kept);
+    // The driver reads a URL: the parts checked above, without dlock's own parameters.
+    let (host, port) = &url.hosts[0];
+    let auth = url.userinfo().map(|u| format!("{u}@")).unwrap_or_default();
+    let mut u = format!("mysql://{auth}{}:{port}{}", bracketed(host), url.path);
+    let kept = kept.finish();
+    if !kept.is_empty() {
+        u = format!("{u}?{kept}");
     }
-    let opts = Opts::from_url(u.as_str()).map_err(|e| usage(e.to_string()))?;
+    let opts = Opts::from_url(&u).map_err(|e| usage(e.to_string()))?;
     let database = opts
         .get_db_name()
         .filter(|d| !d.is_empty())

@@ -48,7 +48,7 @@ use mysql::prelude::Queryable;
 
 use super::{interpolate, lock, Db};
 use crate::backend::kinds::{Kind, Mode, TICKET_REFRESH};
-use crate::backend::sql::{self, Backoff, Renewed, Val};
+use crate::backend::sql::{self, Renewed, Val};
 use crate::backend::{LockInfo, Waiter};
 
 /// Why this connection holds a wake lock of a name.
@@ -231,7 +231,7 @@ pub(super) struct MysqlWaiter {
     db: Arc<Mutex<Db>>,
     name: String,
     key: String,
-    backoff: Backoff,
+    backoff: crate::backoff::Backoff,
     /// A holder's wake lock last found free: see `wait_holder`.
     found_free: Option<String>,
 }
@@ -243,7 +243,7 @@ impl MysqlWaiter {
             db,
             name: name.to_string(),
             key,
-            backoff: Backoff::new(),
+            backoff: sql::quiet_backoff(),
             found_free: None,
         }
     }
@@ -305,7 +305,7 @@ impl MysqlWaiter {
             // Nobody will announce the end of this lease.
             Ok(Some(-1)) => {
                 drop(db);
-                self.backoff.sleep(timeout);
+                std::thread::sleep(self.backoff.next_within(timeout));
             }
             // Timed out: the caller tries again as the holder's lease runs out.
             Ok(_) => {}
@@ -313,7 +313,7 @@ impl MysqlWaiter {
                 // A spurious wake-up: the caller's next request shows whether the server is there.
                 db.drop_connection();
                 drop(db);
-                self.backoff.sleep(timeout);
+                std::thread::sleep(self.backoff.next_within(timeout));
             }
         }
         Ok(())
@@ -323,7 +323,7 @@ impl MysqlWaiter {
     /// ends first, for at most the back-off step, since the others' releases
     /// are not announced here.
     fn wait_holder(&mut self, key: &str, timeout: Duration) -> Result<()> {
-        let wait = self.backoff.step(timeout);
+        let wait = self.backoff.next_within(timeout);
         let mut db = lock(&self.db);
         let q = pass_wait_statement(key, wait)?;
         match db.blocking(&q, wait)? {
@@ -356,7 +356,7 @@ impl Waiter for MysqlWaiter {
             Target::Name => self.wait_name(timeout),
             Target::Holder(key) => self.wait_holder(&key, timeout),
             Target::Nobody => {
-                self.backoff.sleep(timeout);
+                std::thread::sleep(self.backoff.next_within(timeout));
                 Ok(())
             }
         }

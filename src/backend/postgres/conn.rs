@@ -15,6 +15,7 @@ use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureSc
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::error::SqlState;
 
+use crate::backend::Url;
 use crate::error::{fail, INTERNAL, UNAVAILABLE, USAGE};
 
 /// Where and how to connect, from the URL.
@@ -42,16 +43,21 @@ enum Check {
 /// The driver's settings from a libpq URL, with dlock's parameters
 /// (`schema`) and the ones the driver lacks (`sslrootcert`, the verify
 /// modes of `sslmode`) taken out.
-pub(super) fn options(url: &str, shown: &str, timeout: Duration) -> Result<Target> {
+pub(super) fn options(url: &Url, timeout: Duration) -> Result<Target> {
     let usage = |why: String| {
         fail(
             USAGE,
             format!(
-                "invalid PostgreSQL URL '{shown}': {why}; expected postgres://user:pass@host[:port]/database"
+                "invalid PostgreSQL URL '{}': {why}; expected {}",
+                url.shown(),
+                super::FORM
             ),
         )
     };
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    // The driver reads libpq's URL syntax: give it the URL checked already,
+    // without dlock's own parameters.
+    let raw = url.as_str();
+    let (base, query) = raw.split_once('?').unwrap_or((raw, ""));
     let (mut sslmode, mut rootcert, mut schema) = ("prefer".to_string(), None, None);
     let mut kept = Vec::new();
     for raw in query.split('&').filter(|p| !p.is_empty()) {

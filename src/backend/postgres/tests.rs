@@ -1,9 +1,15 @@
 use std::time::Duration;
 
-use super::conn::options;
+use anyhow::Result;
+
+use super::conn::Target;
 use super::link::numbered;
 use super::wake::key_of;
 use crate::error::{code_of, USAGE};
+
+fn options(url: &str, _: &str, t: Duration) -> Result<Target> {
+    super::conn::options(&crate::backend::parse_url(url)?, t)
+}
 
 #[test]
 fn urls_become_driver_settings() {
@@ -65,16 +71,14 @@ fn advisory_keys_are_stable() {
 #[test]
 fn socket_urls_are_redacted_too() {
     let url = "postgres://u:pw-s3cret@/db?host=/run/postgresql&password=other-s3cret";
-    let r = crate::backend::redact(url);
+    let u = crate::backend::parse_url(url).unwrap();
     assert_eq!(
-        r,
-        "postgres://u:***@/db?host=%2Frun%2Fpostgresql&password=***"
+        u.shown(),
+        "postgres://u:***@/db?host=/run/postgresql&password=***"
     );
-    let r = crate::backend::redact("postgres://u:pw@/db?host=/run/postgresql");
-    assert_eq!(r, "postgres://u:***@/db?host=/run/postgresql");
-    let r = crate::backend::redact("postgres://u:pw-s3cret@h1:5432,h2/db");
-    assert_eq!(r, "postgres://u:***@h1:5432,h2/db");
-    let s = crate::backend::secrets(url);
+    let u = crate::backend::parse_url("postgres://u:pw-s3cret@h1:5432,h2/db").unwrap();
+    assert_eq!(u.shown(), "postgres://u:***@h1:5432,h2/db");
+    let s = crate::backend::parse_url(url).unwrap().secrets();
     assert!(s.contains(&"pw-s3cret".to_string()), "{s:?}");
     assert!(s.contains(&"other-s3cret".to_string()), "{s:?}");
 }

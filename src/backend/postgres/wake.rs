@@ -52,7 +52,7 @@ use anyhow::Result;
 
 use super::{lock, Db};
 use crate::backend::kinds::{Kind, Mode, TICKET_REFRESH};
-use crate::backend::sql::{self, Backoff, Renewed};
+use crate::backend::sql::{self, Renewed};
 use crate::backend::{LockInfo, Waiter};
 
 /// Why this session holds a wake lock of a name.
@@ -325,7 +325,7 @@ pub(super) struct PgWaiter {
     name: String,
     key: i64,
     chan: String,
-    backoff: Backoff,
+    backoff: crate::backoff::Backoff,
     /// A holder's wake lock last found free: see `wait_holder`.
     found_free: Option<i64>,
 }
@@ -341,7 +341,7 @@ impl PgWaiter {
             name: name.to_string(),
             key,
             chan,
-            backoff: Backoff::new(),
+            backoff: sql::quiet_backoff(),
             found_free: None,
         }
     }
@@ -374,7 +374,7 @@ impl PgWaiter {
             Got::TimedOut => {}
             Got::Pooled | Got::Failed => {
                 drop(db);
-                self.backoff.sleep(timeout);
+                std::thread::sleep(self.backoff.next_within(timeout));
             }
         }
         Ok(())
@@ -383,7 +383,7 @@ impl PgWaiter {
     /// Behind holders of another kind: the wake lock of the one whose lease
     /// ends first, for at most the back-off step.
     fn wait_holder(&mut self, key: i64, timeout: Duration) -> Result<()> {
-        let wait = self.backoff.step(timeout);
+        let wait = self.backoff.next_within(timeout);
         let mut db = lock(&self.db);
         // -1 at once when nobody holds it; else 1 once its holder let go (not kept).
         let body = format!(
@@ -416,7 +416,7 @@ impl PgWaiter {
     /// Only queued tickets, no holder: until a release is announced, or
     /// the back-off step.
     fn wait_nobody(&mut self, timeout: Duration) -> Result<()> {
-        let wait = self.backoff.step(timeout);
+        let wait = self.backoff.next_within(timeout);
         let mut db = lock(&self.db);
         if !db.wakes.listening.contains(&self.chan) {
             // Listen first, then let the caller try: nothing is missed.

@@ -2,29 +2,18 @@
 //! primary the sentinels name, or a cluster key's slot owner), and what
 //! their errors mean to an operator.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Result;
 use redis::{Client, Connection};
 
-use super::multi::Multi;
-use super::topo::{self, Addr, Cluster, Sentinel};
+use super::topo::{self, Addr, Cluster, Sentinel, Target};
 use crate::error::{fail, fail_unsent, mark_unsent, INTERNAL, UNAVAILABLE};
 
 /// Redirections followed for one request (a MOVED, then an ASK, then one spare).
 const MAX_REDIRECTS: usize = 3;
-
-/// What the URL names.
-pub enum Target {
-    /// One server.
-    Direct(Client),
-    /// The primary of a service, as its sentinels name it on each connect.
-    Sentinel(Sentinel),
-    /// The nodes of a cluster (the URL's hosts are seeds).
-    Cluster(Multi),
-}
 
 /// Where a request goes.
 #[derive(Clone, Copy)]
@@ -66,6 +55,9 @@ pub struct Link {
     /// Whether the server has answered a request yet: over TLS the handshake
     /// happens with the first one, so a first timeout may be a plain port.
     answered: AtomicBool,
+    /// Connections opened so far, so that a caller can tell a new one (a
+    /// reconnect, which may reach another server) from one it checked.
+    opened: AtomicU64,
 }
 
 impl Link {
@@ -89,7 +81,13 @@ impl Link {
             addr,
             tls,
             answered: AtomicBool::new(false),
+            opened: AtomicU64::new(0),
         }
+    }
+
+    /// How many connections this link has opened (see `opened`).
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -303,12 +301,14 @@ impl Link {
 
     fn new_connection(&self) -> Result<Connection> {
         let timeout = self.timeout();
-        match &self.target {
+        let con = match &self.target {
             Target::Direct(client) => topo::open(client, timeout)
                 .map_err(|e| mark_unsent(self.connect_error(&e, timeout))),
             Target::Sentinel(s) => self.primary_connection(s, timeout),
             Target::Cluster(_) => unreachable!("a cluster routes by slot"),
-        }
+        }?;
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(con)
     }
 
     /// Asks the sentinels for the primary, connects, and checks that it
@@ -409,6 +409,25 @@ impl Link {
     }
 
     pub fn request_error(&self, e: &redis::RedisError) -> anyhow::Error {
+        let err = self.request_failure(e);
+        // The server answered with an error: the request did not run (a
+        // script is refused before it writes), so there is nothing that an
+        // unanswered request might have taken. Out of memory is the
+        // exception: an old server fails a script's write midway.
+        let answered = matches!(
+            e.kind(),
+            redis::ErrorKind::Server(_)
+                | redis::ErrorKind::Extension
+                | redis::ErrorKind::AuthenticationFailed
+        );
+        if answered && e.code() != Some("OOM") {
+            mark_unsent(err)
+        } else {
+            err
+        }
+    }
+
+    fn request_failure(&self, e: &redis::RedisError) -> anyhow::Error {
         let at = &self.shown;
         if is_auth_error(e) {
             fail(

@@ -14,9 +14,18 @@ use std::time::Duration;
 use anyhow::Result;
 use redis::{Client, Connection, IntoConnectionInfo, RedisResult, Value};
 
-use super::link::Target;
-use super::multi::Multi;
+use crate::backend::Url;
 use crate::error::fail;
+
+/// What the URL names.
+pub enum Target {
+    /// One server.
+    Direct(Client),
+    /// The primary of a service, as its sentinels name it on each connect.
+    Sentinel(Sentinel),
+    /// The nodes of a cluster (the URL's hosts are seeds).
+    Cluster(Url),
+}
 
 /// A server's host and port.
 pub type Addr = (String, u16);
@@ -41,7 +50,7 @@ pub fn open(client: &Client, timeout: Duration) -> RedisResult<Connection> {
 
 /// The sentinels of one service, and how to reach the primary they name.
 pub struct Sentinel {
-    pub url: Multi,
+    pub url: Url,
     pub service: String,
     pub db: i64,
 }
@@ -146,7 +155,7 @@ impl Cluster {
     /// The connection to `addr`, opened with `seeds`' credentials if needed.
     pub fn con(
         &mut self,
-        seeds: &Multi,
+        seeds: &Url,
         addr: &Addr,
         timeout: Duration,
     ) -> RedisResult<&mut Connection> {
@@ -159,7 +168,7 @@ impl Cluster {
 
     /// Reads the slot map from the first node that answers: the nodes in
     /// use, then the seeds.
-    pub fn refresh(&mut self, seeds: &Multi, timeout: Duration) -> RedisResult<()> {
+    pub fn refresh(&mut self, seeds: &Url, timeout: Duration) -> RedisResult<()> {
         let mut tried: Vec<Addr> = self.nodes.keys().cloned().collect();
         tried.extend(seeds.hosts.iter().cloned());
         let mut last = None;
@@ -260,18 +269,29 @@ pub fn redirection(e: &redis::RedisError) -> Option<(Addr, bool)> {
 }
 
 /// One server, as the driver reads its URL.
-pub fn direct_target(url: &str, shown: &str) -> Result<Target> {
-    if url.starts_with("rediss://") {
+pub fn direct_target(url: &Url) -> Result<Target> {
+    if url.scheme == "rediss" {
         // rustls needs a process-wide crypto provider; ring builds with no system libraries.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
     let bad_url = |e: redis::RedisError| {
         fail(
             crate::error::USAGE,
-            format!("invalid Redis URL '{shown}': {e}; expected redis://[user:pass@]host[:port][/db], rediss://… or redis+unix:///path?db=N"),
+            format!("invalid Redis URL '{}': {e}; expected redis://[user:pass@]host[:port][/db], rediss://… or redis+unix:///path?db=N", url.shown()),
         )
     };
-    let info = url.into_connection_info().map_err(bad_url)?;
+    let (hosts, socket) = (url.hosts.len(), url.scheme.ends_with("unix"));
+    if socket != (hosts == 0) || hosts > 1 {
+        let why = match socket {
+            true => "a socket URL names a path, no host",
+            false => "it names no host, or more than one (for several: redis+sentinel://, redis+cluster:// or redlock://)",
+        };
+        return Err(fail(
+            crate::error::USAGE,
+            format!("invalid Redis URL '{}': {why}", url.shown()),
+        ));
+    }
+    let info = url.as_str().into_connection_info().map_err(bad_url)?;
     // Skip the CLIENT SETINFO pair the driver pipelines on every connection:
     // two server operations per dlock process for no use to a lock.
     let settings = info.redis_settings().clone().set_skip_set_lib_name();
@@ -279,23 +299,31 @@ pub fn direct_target(url: &str, shown: &str) -> Result<Target> {
     Ok(Target::Direct(client))
 }
 
-fn usage(shown: &str, why: &str, form: &str) -> anyhow::Error {
+fn usage(url: &Url, why: &str, form: &str) -> anyhow::Error {
     fail(
         crate::error::USAGE,
-        format!("invalid URL '{shown}': {why}; expected {form}"),
+        format!("invalid URL '{}': {why}; expected {form}", url.shown()),
     )
 }
 
+/// Refuses a query parameter not in `known`, so that a typo is not ignored.
+fn check_params(url: &Url, known: &[&str], form: &str) -> Result<()> {
+    match url.unknown_param(known) {
+        None => Ok(()),
+        Some(k) => Err(usage(url, &format!("unknown parameter '{k}'"), form)),
+    }
+}
+
 /// `wait_replicas=N`: a positive count.
-fn wait_param(m: &Multi, shown: &str, form: &str) -> Result<Option<u32>> {
-    m.param("wait_replicas")
+fn wait_param(url: &Url, form: &str) -> Result<Option<u32>> {
+    url.param("wait_replicas")
         .map(|v| {
             v.parse::<u32>()
                 .ok()
                 .filter(|n| (1..=100).contains(n))
                 .ok_or_else(|| {
                     usage(
-                        shown,
+                        url,
                         &format!("wait_replicas '{v}' is not a count from 1 to 100"),
                         form,
                     )
@@ -304,49 +332,51 @@ fn wait_param(m: &Multi, shown: &str, form: &str) -> Result<Option<u32>> {
         .transpose()
 }
 
-const SENTINEL_FORM: &str =
+pub const SENTINEL_FORM: &str =
     "redis+sentinel://[user:pass@]host:26379,host:26379,…/SERVICE[/db][?wait_replicas=N]";
 
 /// `redis+sentinel://[user:pass@]s1:26379,…/SERVICE[/db]`.
-pub fn sentinel_target(url: &str, shown: &str) -> Result<(Target, Option<u32>)> {
+pub fn sentinel_target(url: &Url) -> Result<(Target, Option<u32>)> {
     let form = SENTINEL_FORM;
-    let m = Multi::parse(url, 26379).map_err(|why| usage(shown, &why, form))?;
-    m.check_params(&["wait_replicas", "sentinel_password"], shown)?;
-    let (service, db) = match m.path.as_slice() {
+    check_params(url, &["wait_replicas", "sentinel_password"], form)?;
+    if url.hosts.is_empty() {
+        return Err(usage(url, "no sentinel named", form));
+    }
+    let (service, db) = match url.segments().as_slice() {
         [s] => (s.clone(), 0),
         [s, db] => {
-            let db =
-                db.parse::<i64>().ok().filter(|d| *d >= 0).ok_or_else(|| {
-                    usage(shown, &format!("'{db}' is not a database number"), form)
-                })?;
+            let db = db
+                .parse::<i64>()
+                .ok()
+                .filter(|d| *d >= 0)
+                .ok_or_else(|| usage(url, &format!("'{db}' is not a database number"), form))?;
             (s.clone(), db)
         }
-        _ => return Err(usage(shown, "the service name is missing", form)),
+        _ => return Err(usage(url, "the service name is missing", form)),
     };
-    let wait = wait_param(&m, shown, form)?;
+    let wait = wait_param(url, form)?;
     let s = Sentinel {
-        url: m,
+        url: url.clone(),
         service,
         db,
     };
     Ok((Target::Sentinel(s), wait))
 }
 
-const CLUSTER_FORM: &str = "redis+cluster://[user:pass@]host:port,host:port,…[?wait_replicas=N]";
+pub const CLUSTER_FORM: &str =
+    "redis+cluster://[user:pass@]host:port,host:port,…[?wait_replicas=N]";
 
 /// `redis+cluster://[user:pass@]h1:7000,h2:7001,…`: the hosts are seeds.
-pub fn cluster_target(url: &str, shown: &str) -> Result<(Target, Option<u32>)> {
-    let m = Multi::parse(url, 6379).map_err(|why| usage(shown, &why, CLUSTER_FORM))?;
-    m.check_params(&["wait_replicas"], shown)?;
-    if !m.path.is_empty() {
-        return Err(usage(
-            shown,
-            "a cluster has no databases but 0",
-            CLUSTER_FORM,
-        ));
+pub fn cluster_target(url: &Url) -> Result<(Target, Option<u32>)> {
+    check_params(url, &["wait_replicas"], CLUSTER_FORM)?;
+    if url.hosts.is_empty() {
+        return Err(usage(url, "no node named", CLUSTER_FORM));
     }
-    let wait = wait_param(&m, shown, CLUSTER_FORM)?;
-    Ok((Target::Cluster(m), wait))
+    if !url.segments().is_empty() {
+        return Err(usage(url, "a cluster has no databases but 0", CLUSTER_FORM));
+    }
+    let wait = wait_param(url, CLUSTER_FORM)?;
+    Ok((Target::Cluster(url.clone()), wait))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use redis::Value;
 
 use super::link::Link;
 
+use crate::backoff::Backoff;
 use crate::output::{self, Level};
 
 /// Listens on `channel` on a connection and thread of its own, and calls
@@ -30,7 +31,7 @@ pub fn listen(
         .name("break-notices".into())
         .stack_size(128 * 1024)
         .spawn(move || {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(10));
             loop {
                 match wait_for_break(&link, timeout, &channel, &token_id) {
                     Ok(by) => {
@@ -40,8 +41,7 @@ pub fn listen(
                     // Not allowed to subscribe (an ACL without channels): renewals still tell.
                     Err(e) if e.code().is_some() => return,
                     Err(_) => {
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        backoff.sleep();
                     }
                 }
             }

@@ -1,15 +1,16 @@
 //! One Redlock node: a connection to an independent Redis server, and how
 //! a request goes to all of them at once.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
 use redis::{Client, Value};
 
-use crate::backend::redis::link::{Link, Route, Target};
+use crate::backend::redis::link::{Link, Route};
 use crate::backend::redis::scripts::Lua;
-use crate::error::{fail, INTERNAL};
+use crate::backend::redis::topo::Target;
+use crate::error::{fail, INTERNAL, USAGE};
 
 pub struct Node {
     pub link: Arc<Link>,
@@ -17,6 +18,9 @@ pub struct Node {
     pub addr: String,
     /// For connections of the waiter's own.
     pub client: Client,
+    /// The server's run_id as its current connection (by the link's count
+    /// of connections opened) reported it.
+    identity: Mutex<(u64, Option<String>)>,
 }
 
 impl Node {
@@ -30,7 +34,37 @@ impl Node {
             link: Arc::new(link),
             addr,
             client,
+            identity: Mutex::new((0, None)),
         }
+    }
+
+    /// Connects if needed and learns which server answers: asked once per
+    /// connection (INFO server's run_id), since a reconnect may reach
+    /// another server under the same name.
+    pub fn identify(&self) -> Result<()> {
+        self.link.connect()?;
+        let opened = self.link.opened();
+        if self.lock_identity().0 == opened {
+            return Ok(());
+        }
+        let info: String = self.link.with_con(Route::Key(""), |con| {
+            redis::cmd("INFO").arg("server").query(con)
+        })?;
+        let id = info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|id| id.trim().to_string());
+        *self.lock_identity() = (opened, id);
+        Ok(())
+    }
+
+    /// Whether a connection of this node has been identified yet.
+    pub fn identified(&self) -> bool {
+        self.lock_identity().0 != 0
+    }
+
+    fn lock_identity(&self) -> std::sync::MutexGuard<'_, (u64, Option<String>)> {
+        self.identity.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs a script by its hash, and by its body if the node does not know it.
@@ -97,4 +131,55 @@ pub fn on_all<T: Send>(
             })
             .collect()
     })
+}
+
+/// Refuses nodes that are one server (one server listening on two
+/// addresses, or two names of one address): a "majority" of them could be
+/// fewer servers than it counts.
+pub fn distinct(nodes: &[Node]) -> Result<()> {
+    for (i, a) in nodes.iter().enumerate() {
+        let Some(id) = a.lock_identity().1.clone() else {
+            continue;
+        };
+        if let Some(b) = nodes[i + 1..]
+            .iter()
+            .find(|b| b.lock_identity().1.as_deref() == Some(&id))
+        {
+            return Err(fail(
+                USAGE,
+                format!(
+                    "'{}' and '{}' in the Redlock URL are the same Redis server (run_id {}); \
+                     name each server once, and give Redlock independent servers",
+                    a.addr,
+                    b.addr,
+                    id.get(..8).unwrap_or(&id)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first two hosts of a list that resolve to a common address, with it.
+pub fn same_address(hosts: &[(String, u16)]) -> Option<(usize, usize, std::net::SocketAddr)> {
+    use std::net::ToSocketAddrs;
+    // A host that does not resolve now is not compared; connecting will say why.
+    let resolved: Vec<Vec<std::net::SocketAddr>> = hosts
+        .iter()
+        .map(|(h, p)| {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            (h, *p)
+                .to_socket_addrs()
+                .map(|a| a.collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    for (i, a) in resolved.iter().enumerate() {
+        for (j, b) in resolved.iter().enumerate().skip(i + 1) {
+            if let Some(x) = a.iter().find(|x| b.contains(x)) {
+                return Some((i, j, *x));
+            }
+        }
+    }
+    None
 }

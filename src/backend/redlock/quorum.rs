@@ -75,13 +75,7 @@ pub fn verdict(extended: usize, failed: usize, refused: usize, n: usize) -> Verd
 /// A random pause of 50 to 250 ms before trying again after a split vote,
 /// so that contenders stop colliding (the page's "random delay").
 pub fn backoff() -> Duration {
-    let mut b = [0u8; 2];
-    let r = if getrandom::fill(&mut b).is_ok() {
-        u16::from_le_bytes(b)
-    } else {
-        u16::try_from(std::process::id() % 65536).unwrap_or(0)
-    };
-    Duration::from_millis(50 + u64::from(r) % 200)
+    crate::backoff::random_between(Duration::from_millis(50), Duration::from_millis(250))
 }
 
 #[cfg(test)]

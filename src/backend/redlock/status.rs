@@ -4,7 +4,7 @@
 use anyhow::Result;
 use redis::Value;
 
-use super::node::{on_all, Node};
+use super::node::Node;
 use super::quorum::majority_ttl;
 use super::{token_of, RedlockBackend};
 use crate::backend::redis::link::Route;
@@ -14,6 +14,30 @@ use crate::backend::LockInfo;
 /// Every key matching `pattern` on one node.
 pub fn scan(n: &Node, pattern: &str) -> Result<Vec<String>> {
     n.link.scan(Route::Key(pattern), pattern)
+}
+
+/// The names with a lease on any node.
+pub fn names(b: &RedlockBackend) -> Result<Vec<String>> {
+    let pattern = crate::backend::redis::scripts::held_pattern(&b.prefix);
+    let found = b.fan(|_, n| scan(n, &pattern))?;
+    let mut names = Vec::new();
+    let mut errors = Vec::new();
+    for r in found {
+        match r {
+            Ok(keys) => names.extend(
+                keys.iter()
+                    .filter_map(|k| crate::backend::redis::scripts::name_of(&b.prefix, k)),
+            ),
+            Err(e) => errors.push(e),
+        }
+    }
+    let answered = b.nodes.len() - errors.len();
+    if answered < b.quorum() {
+        return Err(b.too_few("the status", answered, &errors));
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// The holders of `names`: each node's leases read in one round trip, all
@@ -26,14 +50,14 @@ pub fn of(b: &RedlockBackend, names: &[String]) -> Result<Vec<LockInfo>> {
         .iter()
         .map(|n| b.keys(n, &["lease"]).remove(0))
         .collect();
-    let read = on_all(&b.nodes, |_, n| {
+    let read = b.fan(|_, n| {
         let mut pipe = redis::pipe();
         for k in &keys {
             pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
         }
         n.link
             .with_con(Route::Key(&keys[0]), |con| pipe.query::<Vec<Value>>(con))
-    });
+    })?;
     let mut errors = Vec::new();
     let mut per_node = Vec::new();
     for r in read {

@@ -20,6 +20,7 @@ use super::node::{on_all, Node};
 use crate::backend::redis::link::Route;
 use crate::backend::redis::topo;
 use crate::backend::Waiter;
+use crate::backoff::Backoff;
 
 /// The client id of each thread's connection while it blocks.
 type Ids = Arc<Mutex<Option<i64>>>;
@@ -67,10 +68,10 @@ fn watch(
     stop: &AtomicBool,
     id: &Mutex<Option<i64>>,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), 2, Duration::from_secs(2));
     while !stop.load(Ordering::Relaxed) {
         if let Ok(mut con) = topo::open(client, timeout) {
-            backoff = Duration::from_millis(50);
+            backoff.reset();
             let me: Option<i64> = redis::cmd("CLIENT").arg("ID").query(&mut con).ok();
             *id.lock().unwrap_or_else(|e| e.into_inner()) = me;
             if me.is_some() && con.set_read_timeout(None).is_ok() {
@@ -108,8 +109,7 @@ fn watch(
             }
             *id.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
-        std::thread::sleep(backoff);
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff.sleep();
     }
 }
 

@@ -35,6 +35,7 @@ pub use super::engine::Renewed;
 use super::engine::{self, Snapshot, Write};
 use super::kinds::{lease_us, Effects, State};
 use super::{Acquire, Check, LockInfo, Request};
+use crate::backoff::Backoff;
 /// For tests of the backends that store it.
 #[cfg(test)]
 pub use row::MARKER;
@@ -335,35 +336,11 @@ pub fn wake_key(scope: &str, name: &str) -> String {
     hash_hex(format!("{scope}\0{name}").as_bytes())
 }
 
-/// Waits that double from 10ms to 1s (never past the caller's timeout), for
-/// when no event will announce a release because the holder's process has
-/// exited (a plain `dlock acquire`): a release by another process is then
-/// seen within a second, at two statements a second per waiter at most.
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(10);
-    const MAX: Duration = Duration::from_secs(1);
-
-    pub fn new() -> Backoff {
-        Backoff { next: Self::FIRST }
-    }
-
-    pub fn sleep(&mut self, timeout: Duration) {
-        std::thread::sleep(self.step(timeout));
-    }
-
-    /// The next wait (never past `timeout`), doubling the one after it.
-    pub fn step(&mut self, timeout: Duration) -> Duration {
-        let wait = self.next.min(timeout);
-        self.next = (self.next * 2).min(Self::MAX);
-        wait
-    }
-
-    /// A real wake-up happened: the next quiet spell starts short again.
-    pub fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
+/// Waits that double from 10ms to 1s (the caller keeps each within its
+/// timeout), for when no event will announce a release because the holder's
+/// process has exited (a plain `dlock acquire`): a release by another
+/// process is then seen within a second, at two statements a second per
+/// waiter at most.
+pub fn quiet_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(10), 2, Duration::from_secs(1))
 }

@@ -1,8 +1,8 @@
 //! Opening the SQLite file, and what its errors mean.
 
-use std::fs::{DirBuilder, File};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +13,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::place::{file_id, FileId};
 use crate::backend::sql;
+use crate::backoff::Backoff;
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
 
 pub fn now_us() -> i64 {
@@ -60,20 +61,16 @@ pub fn open_file(
     timeout: Duration,
 ) -> Result<(Connection, Option<u32>, Option<FileId>)> {
     let (ready, mode) = wal_header(path);
-    if let Some(dir) = path.parent().filter(|_| !ready) {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| {
-                fail(
-                    UNAVAILABLE,
-                    format!("cannot create the directory {}: {e}", dir.display()),
-                )
-            })?;
-    }
+    super::place::check_dir(path)?;
     let conn = connect(path, table, timeout, !ready)?;
     Ok((conn, mode, file_id(path)))
+}
+
+/// An empty database in memory with the lease table: what a file that
+/// does not exist holds.
+pub fn in_memory(table: &str, timeout: Duration) -> Result<Connection> {
+    let path = Path::new(":memory:");
+    try_connect(path, table, timeout, true).map_err(|e| db_error(path, timeout, e))
 }
 
 /// SQLite's own check that the path still names the file it has open
@@ -98,14 +95,12 @@ pub fn has_moved(conn: &Connection) -> bool {
 /// timeout.
 pub fn connect(path: &Path, table: &str, timeout: Duration, set_up: bool) -> Result<Connection> {
     let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(1);
+    let mut pause =
+        Backoff::new(Duration::from_millis(1), 2, Duration::from_millis(50)).until(deadline);
     loop {
         match try_connect(path, table, timeout, set_up) {
             Ok(c) => return Ok(c),
-            Err(e) if is_busy(&e) && Instant::now() < deadline => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
+            Err(e) if is_busy(&e) && pause.sleep() => {}
             Err(e) => return Err(db_error(path, timeout, e)),
         }
     }
@@ -180,7 +175,13 @@ pub fn add_state_column(conn: &Connection, table: &str) -> rusqlite::Result<()> 
     }
 }
 
+/// A failed SQLite transaction changed nothing (it is rolled back), so
+/// every one of these errors is a definite answer, never an unanswered request.
 pub fn db_error(path: &Path, timeout: Duration, e: rusqlite::Error) -> anyhow::Error {
+    crate::error::mark_unsent(db_failure(path, timeout, e))
+}
+
+fn db_failure(path: &Path, timeout: Duration, e: rusqlite::Error) -> anyhow::Error {
     let at = path.display();
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => fail(

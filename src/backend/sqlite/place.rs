@@ -10,12 +10,10 @@ use anyhow::Result;
 
 use crate::error::{fail, UNAVAILABLE, USAGE};
 
-/// The database file a `sqlite://` URL (or no URL) names, made absolute.
-pub fn resolve(url: Option<&str>) -> Result<PathBuf> {
-    let rest = match url {
-        None => "",
-        Some(u) => u.strip_prefix("sqlite://").unwrap_or(u),
-    };
+/// The database file that what follows `sqlite://` names (or no URL),
+/// made absolute.
+pub fn resolve(rest: Option<&str>) -> Result<PathBuf> {
+    let rest = rest.unwrap_or("");
     if rest.contains('?') || rest.contains('#') {
         return Err(fail(
             USAGE,
@@ -36,6 +34,23 @@ pub fn resolve(url: Option<&str>) -> Result<PathBuf> {
         )
     })?;
     Ok(cwd.join(p))
+}
+
+/// Refuses a file whose directory does not exist: dlock makes only the
+/// default file's directory, so that a mistyped path is not created.
+pub fn check_dir(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.is_dir() => Err(fail(
+            UNAVAILABLE,
+            format!(
+                "cannot use SQLite file {}: directory {} does not exist (dlock creates \
+                 only the default file's directory; create it, or fix the path)",
+                path.display(),
+                dir.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn percent_decode(s: &str) -> Vec<u8> {
@@ -125,19 +140,19 @@ mod tests {
     #[test]
     fn urls_name_files() {
         assert_eq!(
-            resolve(Some("sqlite:///var/lib/dlock/locks.db")).unwrap(),
+            resolve(Some("/var/lib/dlock/locks.db")).unwrap(),
             PathBuf::from("/var/lib/dlock/locks.db")
         );
         assert_eq!(
-            resolve(Some("sqlite:///a%20b/x%3Fy.db")).unwrap(),
+            resolve(Some("/a%20b/x%3Fy.db")).unwrap(),
             PathBuf::from("/a b/x?y.db")
         );
-        let rel = resolve(Some("sqlite://locks/here.db")).unwrap();
+        let rel = resolve(Some("locks/here.db")).unwrap();
         assert!(
             rel.is_absolute() && rel.ends_with("locks/here.db"),
             "{rel:?}"
         );
-        assert!(resolve(Some("sqlite:///x.db?mode=ro")).is_err());
+        assert!(resolve(Some("/x.db?mode=ro")).is_err());
         assert_eq!(percent_decode("100%"), b"100%");
         assert_eq!(percent_decode("%zz%41"), b"%zzA");
     }

@@ -1,13 +1,11 @@
 //! `zk://[user:pass@]host1[:port],host2[:port]…[/chroot]` (also
-//! `zookeeper://`): the url crate cannot parse a list of hosts, so this
-//! does, and it also turns names into node names.
+//! `zookeeper://`) as the client connects, and names as node names.
 
 use anyhow::Result;
 
+use crate::backend::url::bracketed;
+use crate::backend::Url;
 use crate::error::{fail, USAGE};
-
-/// ZooKeeper's client port when the URL gives none.
-const DEFAULT_PORT: u16 = 2181;
 
 /// What a zk:// URL says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,83 +18,45 @@ pub struct Address {
     pub digest: Option<String>,
 }
 
-fn bad(shown: &str, why: &str) -> anyhow::Error {
+pub const FORM: &str = "zk://[user:pass@]host1[:port],host2[:port]…[/chroot]";
+
+fn bad(url: &Url, why: &str) -> anyhow::Error {
     fail(
         USAGE,
         format!(
-            "invalid ZooKeeper URL '{shown}': {why}; expected zk://[user:pass@]host1[:port],host2[:port]…[/chroot]"
+            "invalid ZooKeeper URL '{}': {why}; expected {FORM}",
+            url.shown()
         ),
     )
 }
 
-/// Parses a zk:// or zookeeper:// URL; `shown` is its redacted form, for errors.
-pub fn parse(url: &str, shown: &str) -> Result<Address> {
-    let rest = ["zk://", "zookeeper://"]
-        .iter()
-        .find_map(|s| url.strip_prefix(s))
-        .ok_or_else(|| bad(shown, "the scheme must be zk:// or zookeeper://"))?;
-    if rest.contains(['?', '#']) {
-        return Err(bad(shown, "it takes no query or fragment"));
+/// What a zk:// or zookeeper:// URL names.
+pub fn address(url: &Url) -> Result<Address> {
+    if !url.query.is_empty() || url.as_str().contains('?') {
+        return Err(bad(url, "it takes no query"));
     }
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    if url.hosts.is_empty() {
+        return Err(bad(url, "no server named"));
+    }
+    let digest = match (url.userinfo(), url.user(), url.password()) {
+        (None, _, _) => None,
+        (Some(_), Some(user), Some(pass)) if !user.contains(':') => Some(format!("{user}:{pass}")),
+        _ => return Err(bad(url, "digest credentials are user:password")),
     };
-    let (digest, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(credentials(userinfo, shown)?), hosts),
-        None => (None, authority),
-    };
-    let hosts = hosts
-        .split(',')
-        .map(|h| host(h, shown))
-        .collect::<Result<Vec<_>>>()?
-        .join(",");
+    let hosts: Vec<String> = url
+        .hosts
+        .iter()
+        .map(|(h, p)| format!("{}:{p}", bracketed(h)))
+        .collect();
     Ok(Address {
-        hosts,
-        chroot: chroot(path, shown)?,
+        hosts: hosts.join(","),
+        chroot: chroot(url)?,
         digest,
     })
 }
 
-fn credentials(userinfo: &str, shown: &str) -> Result<String> {
-    let (user, pass) = userinfo
-        .split_once(':')
-        .ok_or_else(|| bad(shown, "digest credentials are user:password"))?;
-    let decode = |s: &str| {
-        ::url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default()
-    };
-    let (user, pass) = (decode(user), decode(pass));
-    if user.is_empty() || user.contains(':') {
-        return Err(bad(shown, "the user name is empty or contains ':'"));
-    }
-    Ok(format!("{user}:{pass}"))
-}
-
-/// "host", "host:port" or "[v6]:port", with the default port added.
-fn host(h: &str, shown: &str) -> Result<String> {
-    let (name, port) = match h.rfind(':') {
-        Some(i) if !h[i..].contains(']') => (&h[..i], Some(&h[i + 1..])),
-        _ => (h, None),
-    };
-    if name.is_empty() || name.contains(['/', ' ', '@']) {
-        return Err(bad(shown, &format!("'{h}' is not a host")));
-    }
-    let port = match port {
-        None => DEFAULT_PORT,
-        Some(p) => p
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| bad(shown, &format!("'{p}' is not a port")))?,
-    };
-    Ok(format!("{name}:{port}"))
-}
-
-fn chroot(path: &str, shown: &str) -> Result<String> {
-    let path = path.trim_end_matches('/');
+fn chroot(url: &Url) -> Result<String> {
+    let path = url.path.trim_end_matches('/');
     if path.is_empty() {
         return Ok(String::new());
     }
@@ -105,7 +65,14 @@ fn chroot(path: &str, shown: &str) -> Result<String> {
         .skip(1)
         .any(|s| s.is_empty() || s == "." || s == "..")
     {
-        return Err(bad(shown, &format!("'{path}' is not a node path")));
+        return Err(bad(url, &format!("'{path}' is not a node path")));
+    }
+    // The server keeps its quotas and configuration there.
+    if path == "/zookeeper" || path.starts_with("/zookeeper/") {
+        return Err(bad(
+            url,
+            &format!("'{path}' is ZooKeeper's own tree: choose another chroot"),
+        ));
     }
     Ok(path.to_string())
 }
@@ -144,17 +111,22 @@ pub fn decode(node: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn parse(url: &str) -> Result<Address> {
+        address(&crate::backend::parse_url(url)?)
+    }
+
     #[test]
     fn parses_hosts_chroot_and_credentials() {
-        let a = parse("zk://u:p%40ss@a:2182,b,[::1]:3/x/y/", "shown").unwrap();
+        let a = parse("zk://u:p%40ss@a:2182,b,[::1]:3/x/y/").unwrap();
         assert_eq!(a.hosts, "a:2182,b:2181,[::1]:3");
         assert_eq!(a.chroot, "/x/y");
         assert_eq!(a.digest.as_deref(), Some("u:p@ss"));
-        let b = parse("zookeeper://h", "s").unwrap();
+        let b = parse("zookeeper://h").unwrap();
         assert_eq!(
             (b.hosts.as_str(), b.chroot.as_str(), b.digest),
             ("h:2181", "", None)
         );
+        assert_eq!(parse("zk://h/zookeeperx").unwrap().chroot, "/zookeeperx");
     }
 
     #[test]
@@ -166,14 +138,17 @@ mod tests {
             "zk://a,,b",
             "zk://a/b//c",
             "zk://a?x=1",
-            "zk://secret@a",
+            "zk://u:secret@a?x",
+            "zk://user@a",
+            "zk://a/zookeeper",
+            "zk://a/zookeeper/quota",
         ] {
-            let e = parse(url, "zk://shown").unwrap_err().to_string();
-            assert!(
-                e.contains("zk://shown") && !e.contains("secret"),
-                "{url}: {e}"
-            );
+            let e = parse(url).unwrap_err();
+            assert_eq!(crate::error::code_of(&e), USAGE, "{url}: {e}");
+            assert!(!e.to_string().contains("secret"), "{url}: {e}");
         }
+        let e = parse("zk://a/zookeeper").unwrap_err().to_string();
+        assert!(e.contains("ZooKeeper's own tree"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use zookeeper_client::{Acls, Client, CreateMode, CreateOptions, Error as ZkError
 
 use super::address::Address;
 use super::run::{self, Tasks};
+use crate::backoff::Backoff;
 use crate::error::{fail, mark_unsent, INTERNAL, UNAVAILABLE};
 
 /// The session timeout dlock asks for. Only waiters' queue nodes live in
@@ -91,7 +92,8 @@ impl Conn {
     fn open(&self) -> Result<Session> {
         let timeout = self.timeout();
         let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_millis(50);
+        let mut pause =
+            Backoff::new(Duration::from_millis(50), 2, Duration::from_millis(500)).until(deadline);
         loop {
             let tasks = Arc::new(Tasks::default());
             let mut connector = Client::connector()
@@ -102,13 +104,10 @@ impl Conn {
             }
             let hosts = self.addr.hosts.as_str();
             let r = tasks.enter(|| run::until(deadline, connector.connect(hosts)));
-            let left = deadline.saturating_duration_since(Instant::now());
             match r {
                 Some(Ok(client)) => return Ok(Session { client, tasks }),
-                Some(Err(ZkError::NoHosts)) if left > pause => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
+                // Not one server answered: try them all again after a pause, in time.
+                Some(Err(ZkError::NoHosts)) if pause.sleep() => {}
                 Some(Err(e)) if e != ZkError::NoHosts => {
                     return Err(self.error(&e, "connecting"))
                 }

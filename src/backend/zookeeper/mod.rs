@@ -45,9 +45,26 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::engine;
-use super::{Acquire, Backend, Capabilities, Check, Config, LockInfo, Request, Waiter};
+use super::{
+    Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
+};
 use conn::Conn;
 use store::{Node, Paths, Store};
+
+pub use address::FORM;
+
+/// Checks the URL and connects (so that a bad address fails here, once).
+pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    let addr = address::address(url)?;
+    let paths = Paths::new(&addr.chroot, &cfg.prefix);
+    let conn = Conn::new(addr, url.shown().to_string(), cfg.timeout);
+    conn.client()?;
+    let b = ZkBackend {
+        store: Arc::new(Store { conn, paths }),
+        seen: Default::default(),
+    };
+    Ok((Box::new(b), url.location("zookeeper")))
+}
 
 pub struct ZkBackend {
     store: Arc<Store>,
@@ -55,19 +72,6 @@ pub struct ZkBackend {
 }
 
 impl ZkBackend {
-    /// Checks the URL and connects (so that a bad address fails here, once).
-    pub fn open(url: &str, cfg: &Config) -> Result<ZkBackend> {
-        let shown = super::redact(url);
-        let addr = address::parse(url, &shown)?;
-        let paths = Paths::new(&addr.chroot, &cfg.prefix);
-        let conn = Conn::new(addr, shown, cfg.timeout);
-        conn.client()?;
-        Ok(ZkBackend {
-            store: Arc::new(Store { conn, paths }),
-            seen: Default::default(),
-        })
-    }
-
     /// Remembers the state node as this process's last attempt left it.
     fn saw(&self, name: &str, mzxid: Option<i64>) {
         self.seen

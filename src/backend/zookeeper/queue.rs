@@ -5,8 +5,8 @@
 //! waiter that takes the lock leaves the queue, which wakes the next.
 //!
 //! Ephemeral nodes die with their session, never before: a waiter that
-//! exits deletes its node first (also on a stopping signal, through
-//! `signals::at_exit`); one that is SIGKILLed holds up the one behind it
+//! exits deletes its node first (also on a stopping signal: the caller runs
+//! [`Waiter::on_exit`]); one that is SIGKILLed holds up the one behind it
 //! until the server expires its session (`conn::SESSION_TIMEOUT`, bounded
 //! by the server's tickTime), or until that one's own timer (the holder's
 //! lease end, or the ticket refresh of `--fair`) fires first.
@@ -21,7 +21,6 @@ use zookeeper_client::{CreateMode, Error as ZkError};
 use super::run;
 use super::store::Store;
 use crate::backend::Waiter;
-use crate::signals;
 
 /// The mzxid of each name's state node as this process's last attempt left
 /// it (None: absent), so that the first waiter notices a change that came
@@ -35,8 +34,9 @@ pub struct ZkWaiter {
     store: Arc<Store>,
     name: String,
     seen: Seen,
-    /// Our node's name in the queue container, and its cleanup's id.
-    node: Option<(String, u64)>,
+    /// Our node's name in the queue container; shared with the cleanup
+    /// that a signal's exit runs.
+    node: Arc<Mutex<Option<String>>>,
 }
 
 /// The sequence number of a queue node's name ("w-0000000042").
@@ -51,7 +51,7 @@ impl ZkWaiter {
             store,
             name: name.to_string(),
             seen,
-            node: None,
+            node: Arc::default(),
         };
         w.enter()?;
         Ok(w)
@@ -61,10 +61,14 @@ impl ZkWaiter {
         self.store.paths.queue(&self.name)
     }
 
+    fn node(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.node.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Creates our node (again, after a session expired with it).
     fn enter(&mut self) -> Result<String> {
-        if let Some((n, _)) = &self.node {
-            return Ok(n.clone());
+        if let Some(n) = self.node().clone() {
+            return Ok(n);
         }
         let conn = &self.store.conn;
         let client = conn.client()?;
@@ -86,10 +90,7 @@ impl ZkWaiter {
             "queued for lock '{}' as {node} in {dir}",
             self.name
         ));
-        let store = Arc::clone(&self.store);
-        let path = format!("{dir}/{node}");
-        let hook = signals::at_exit(Box::new(move || leave(&store, &path)));
-        self.node = Some((node.clone(), hook));
+        *self.node() = Some(node.clone());
         Ok(node)
     }
 
@@ -155,9 +156,7 @@ impl ZkWaiter {
     }
 
     fn forget(&mut self) {
-        if let Some((_, hook)) = self.node.take() {
-            signals::cancel_at_exit(hook);
-        }
+        self.node().take();
     }
 }
 
@@ -182,6 +181,17 @@ impl Waiter for ZkWaiter {
         }
         Ok(())
     }
+
+    /// Deletes our node, waiting (briefly) for the answer.
+    fn on_exit(&self) -> Option<Box<dyn FnOnce() + Send>> {
+        let (store, node, dir) = (Arc::clone(&self.store), Arc::clone(&self.node), self.dir());
+        Some(Box::new(move || {
+            let node = node.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(node) = node {
+                leave(&store, &format!("{dir}/{node}"));
+            }
+        }))
+    }
 }
 
 impl Drop for ZkWaiter {
@@ -190,8 +200,8 @@ impl Drop for ZkWaiter {
     /// every later request of this session (the release, the session's
     /// close, which dlock awaits before it exits) is answered after it.
     fn drop(&mut self) {
-        if let Some((node, hook)) = self.node.take() {
-            signals::cancel_at_exit(hook);
+        let node = self.node().take();
+        if let Some(node) = node {
             if let Some(client) = self.store.conn.current() {
                 drop(client.delete(&format!("{}/{node}", self.dir()), None));
             }

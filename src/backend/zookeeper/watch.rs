@@ -9,6 +9,7 @@ use zookeeper_client::Error as ZkError;
 
 use super::run;
 use super::store::{Store, Stored};
+use crate::backoff::Backoff;
 use crate::output;
 
 /// Watches `name`'s node on a thread of its own and calls `on_break` once
@@ -24,7 +25,7 @@ pub fn listen(
         .name("break-notices".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(10));
             loop {
                 match wait_for_break(&store, &name, &token) {
                     Ok(Some(by)) => {
@@ -33,8 +34,7 @@ pub fn listen(
                     }
                     Ok(None) => return,
                     Err(()) => {
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        backoff.sleep();
                     }
                 }
             }
