@@ -1,6 +1,5 @@
 //! The subcommands, each a function from parsed arguments to an exit code.
 
-
 use anyhow::{Context, Result};
 use serde_json::json;
 

@@ -37,14 +37,14 @@ use redis::Value;
 use super::redis::scripts::{key, ACQUIRE_LUA, FORCE_LUA, RELEASE_LUA};
 use super::redis::{broken_by, int, lock_info, text, topo, BATON_TTL_MS};
 use super::{
-    Acquire, Backend, Broken, Capabilities, Check, Config, Grant, Kind, Location, LockInfo,
-    Request, Url, Waiter,
+    Acquire, Backend, Capabilities, Check, Config, Grant, Kind, Location, LockInfo, Request, Url,
+    Waiter,
 };
 use crate::error::{fail, UNAVAILABLE, USAGE};
 use crate::holder::Holder;
 use node::{on_all, Node};
 use quorum::{majority, majority_ttl, Verdict};
-use scripts::{EXTEND_LUA, HEAL_LUA, UNDO_LUA, WRITE_BACK_LUA};
+use scripts::{EXTEND_LUA, UNDO_LUA, WRITE_BACK_LUA};
 
 pub const FORM: &str = "redlock://[user:pass@]host:6379,host:6379,host:6379[/db] (an odd number of servers, at least 3)";
 
@@ -464,39 +464,5 @@ impl Backend for RedlockBackend {
     }
 }
 
+mod answers;
 mod status;
-
-impl RedlockBackend {
-    /// Gives the lease back to nodes that answered they have none, while
-    /// the token holds a majority (best effort: the next renewal tries again).
-    fn heal(&self, name: &str, value: &str, ms: &str, missing: &[usize]) {
-        let keys = self.keys(name, &["lease", "fence"]);
-        let fence = value.split('\n').nth(1).unwrap_or("0");
-        let _ = on_all(&self.nodes, |i, n| {
-            if missing.contains(&i) {
-                n.eval(&HEAL_LUA, &keys, &[value, ms, fence]).map(|_| ())
-            } else {
-                Ok(())
-            }
-        });
-    }
-
-    /// Why a token's renew or release found no majority: broken, held by
-    /// another token (that has a majority), or simply not held.
-    fn not_ours(&self, name: &str, by: Option<String>, others: &[(String, i64, String)]) -> Check {
-        let now = quorum::strongest(others).and_then(|(tok, ttls)| {
-            let ttl = majority_ttl(&ttls, self.quorum())?;
-            let value = &others.iter().find(|(t, _, _)| t == tok)?.2;
-            Some(lock_info(
-                name,
-                Some(&Value::Int(ttl)),
-                Some(&Value::BulkString(value.clone().into_bytes())),
-            ))
-        });
-        match (by, now) {
-            (Some(by), now) => Check::Broken(Broken { by, now }),
-            (None, Some(info)) => Check::HeldByOther(info),
-            (None, None) => Check::NotHeld,
-        }
-    }
-}

@@ -7,7 +7,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
-use serde_json::json;
 
 use super::own_release::OwnRelease;
 use super::Timing;
@@ -16,7 +15,7 @@ use crate::backoff::Backoff;
 use crate::error::{code_of, fail, INTERNAL, NOT_HELD, UNAVAILABLE};
 use crate::event::Event;
 use crate::guard::Deadline;
-use crate::output::{self, Level};
+use crate::output::Level;
 
 /// The release (or the lapse's last renewal) at exit, with one more try
 /// on a connection that broke since the last request, all within `budget`.
@@ -315,59 +314,6 @@ impl Progress {
     const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 }
 
-/// A renewal went through; after failures that is news, else a detail.
-fn log_renewed(name: &str, lease: Duration, failures: u32) {
-    let level = if failures > 0 {
-        Level::Info
-    } else {
-        Level::Debug
-    };
-    output::event(
-        level,
-        "renewed",
-        Some(name),
-        &format!("renewed '{name}'"),
-        json!({ "lease_ms": lease.as_millis() as u64, "failures": failures }),
-    );
-}
-
-fn log_failure(name: &str, msg: &str, attempt: u32, level: Level) {
-    output::event(
-        level,
-        "renewal_failed",
-        Some(name),
-        msg,
-        json!({ "attempt": attempt }),
-    );
-}
-
-/// Why a renewal found the lease gone, in words for the operator.
-fn lost_reason(name: &str, check: &Check) -> String {
-    let held = |o: &crate::backend::LockInfo| {
-        format!(
-            "{}:{} ({}) with fence {}",
-            o.holder.host, o.holder.pid, o.holder.user, o.fence
-        )
-    };
-    match check {
-        Check::Broken(b) => match &b.now {
-            Some(o) => format!(
-                "lock '{name}' was broken with --force by {} and is now held by {}",
-                b.by,
-                held(o)
-            ),
-            None => format!("lock '{name}' was broken with --force by {}", b.by),
-        },
-        Check::HeldByOther(o) => format!(
-            "lock '{name}' is now held by {} (the lease expired or was broken with --force)",
-            held(o)
-        ),
-        _ => format!(
-            "the server no longer has the lease on '{name}' (it expired, was broken with --force, or the server lost its data)"
-        ),
-    }
-}
-
 impl Keeper {
     /// Renews from a thread that [`Keeper::start_if_due`] starts when the
     /// first renewal is due (the caller must call it by
@@ -531,6 +477,9 @@ impl Keeper {
         }
     }
 }
+
+mod report;
+use report::{log_failure, log_renewed, lost_reason};
 
 #[cfg(test)]
 mod tests;
