@@ -190,8 +190,16 @@ fn every_documented_event_is_produced_and_parses() {
     let pg = common::postgres::Postgres::start();
     let bouncer = Arc::new(common::postgres::Bouncer::start(&pg));
     bouncer.warm(&pg);
-    let pctx = Ctx::new(bouncer);
+    let pctx = Ctx::new(bouncer.clone());
     pctx.acquire("pb", "30s");
+    // That dlock's last statement failed (it saw the pooler); had it left
+    // before the rest of the reply came, PgBouncer would have closed that
+    // server session, and this client's statements would all run on the one left.
+    assert_eq!(
+        bouncer.sessions(&pg, "%"),
+        "2",
+        "pgbouncer's server sessions"
+    );
     let (rc, ev) = logged(&pctx, &["acquire", "pb", "--wait", "2s"], Some("pb"));
     assert_eq!(rc, 75, "{ev:?}");
     assert!(kinds(&ev).contains(&"pooled".to_string()), "{ev:?}");

@@ -136,6 +136,14 @@ impl PgBackend {
     }
 }
 
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(l) = self.link.take() {
+            l.close(&self.rt, self.timeout.min(link::QUIET));
+        }
+    }
+}
+
 /// A panic elsewhere cannot leave `Db` half-changed in a way that matters:
 /// at worst a wake lock is thought held, which only affects latency.
 fn lock(db: &Mutex<Db>) -> MutexGuard<'_, Db> {

@@ -7,6 +7,7 @@
 //! kill a server start their own, from a data directory made once by
 //! initdb and copied.
 
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -453,37 +454,51 @@ impl Bouncer {
 }
 
 impl Bouncer {
-    /// Makes the pool open a second server session: one client's
-    /// statement runs while another holds the first. With
-    /// `server_round_robin`, one client's transactions then go to each in turn.
+    /// Makes the pool open a second server session, and checks it has two:
+    /// one client keeps the first in an open transaction (which transaction
+    /// mode does not share) until another client's statement has run, so
+    /// that one needs a second. With `server_round_robin`, one client's
+    /// transactions then go to each in turn. (A statement that merely took
+    /// a while could end before the second client came, and leave the
+    /// pool one session: then nothing shows a pooler.)
     pub fn warm(&self, db: &Postgres) {
-        let psql = |q: &str| {
+        let psql = || {
             let mut c = Command::new(bin_dir().join("psql"));
-            c.args(["-X", "-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
-                .args(["-U", USER, "-d", DATABASE, "-c", q])
+            c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+                .args(["-p", &self.port.to_string(), "-U", USER, "-d", DATABASE])
                 .env("PGPASSWORD", PASSWORD)
-                .stdin(Stdio::null())
                 .stdout(Stdio::null());
             c
         };
-        let mut first = psql("SELECT pg_sleep(1)").spawn().expect("run psql");
+        let mut first = psql().stdin(Stdio::piped()).spawn().expect("run psql");
+        let mut input = first.stdin.take().unwrap();
+        input.write_all(b"BEGIN;\nSELECT 'dlock warm';\n").unwrap();
+        input.flush().unwrap();
         wait_until(
-            "a statement through pgbouncer",
+            "a transaction open through pgbouncer",
             Duration::from_secs(20),
-            || {
-                std::thread::sleep(Duration::from_millis(10));
-                db.sql_in(
-                    "postgres",
-                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(1)%' \
-                 AND state = 'active'",
-                ) == "1"
-            },
+            || self.sessions(db, "idle in transaction") == "1",
         );
-        assert!(
-            psql("SELECT 1").status().unwrap().success(),
-            "psql through pgbouncer"
-        );
+        let second = psql()
+            .args(["-c", "SELECT 1"])
+            .stdin(Stdio::null())
+            .status();
+        assert!(second.unwrap().success(), "psql through pgbouncer");
+        input.write_all(b"COMMIT;\n").unwrap();
+        drop(input);
         assert!(first.wait().unwrap().success(), "psql through pgbouncer");
+        assert_eq!(self.sessions(db, "%"), "2", "pgbouncer's server sessions");
+    }
+
+    /// How many server sessions the pool has (`state` a LIKE pattern).
+    pub fn sessions(&self, db: &Postgres, state: &str) -> String {
+        db.sql_in(
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{DATABASE}' \
+                 AND backend_type = 'client backend' AND state LIKE '{state}'"
+            ),
+        )
     }
 }
 

@@ -44,7 +44,8 @@ impl From<tokio_postgres::Error> for Failed {
 pub(super) type Answer<T> = std::result::Result<T, Failed>;
 
 pub(super) struct Link {
-    client: Client,
+    /// None once closing.
+    client: Option<Client>,
     /// Reads the connection; aborted with the link, which closes the socket.
     driver: JoinHandle<()>,
     notes: UnboundedReceiver<()>,
@@ -97,7 +98,7 @@ where
     let (tx, rx) = unbounded_channel();
     let driver = tokio::spawn(drive(conn, tx));
     Ok(Link {
-        client,
+        client: Some(client),
         driver,
         notes: rx,
     })
@@ -162,7 +163,7 @@ impl Link {
     ) -> Answer<Vec<Vec<Val>>> {
         let q = numbered(sql);
         let params = typed(vals);
-        let rows = bounded(rt, limit, self.client.query_typed(&q, &params))?;
+        let rows = bounded(rt, limit, self.client().query_typed(&q, &params))?;
         rows.iter()
             .map(|r| row_vals(r).map_err(Failed::Pg))
             .collect()
@@ -178,14 +179,14 @@ impl Link {
     ) -> Answer<u64> {
         let q = numbered(sql);
         let params = typed(vals);
-        bounded(rt, limit, self.client.execute_typed(&q, &params))
+        bounded(rt, limit, self.client().execute_typed(&q, &params))
     }
 
     /// Statements with literal values only (the wake-up ones: integers and
     /// hex), in one round trip; the first column of each row, as text.
     pub(super) fn simple(&self, rt: &Runtime, limit: Duration, sql: &str) -> Answer<Vec<String>> {
         use tokio_postgres::SimpleQueryMessage;
-        let msgs = bounded(rt, limit, self.client.simple_query(sql))?;
+        let msgs = bounded(rt, limit, self.client().simple_query(sql))?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
@@ -218,7 +219,23 @@ impl Link {
     }
 
     pub(super) fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.client.as_ref().is_none_or(Client::is_closed)
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("open until closed")
+    }
+
+    /// Closes the connection as a client should, within `limit`: once the
+    /// replies still on their way have come, with a Terminate message. The
+    /// server sends an error before the rest of its reply, and a pooler in
+    /// front (PgBouncer) discards a server session whose client left before
+    /// it was ready again.
+    pub(super) fn close(mut self, rt: &Runtime, limit: Duration) {
+        // The driver sends Terminate and ends once no reply is due.
+        self.client = None;
+        let _guard = rt.enter();
+        let _ = rt.block_on(tokio::time::timeout(limit, &mut self.driver));
     }
 }
 
