@@ -16,7 +16,9 @@ pub const NOT_HELD: i32 = 3;
 /// `release`/`renew`: the lock is held by another token.
 pub const HELD_BY_OTHER: i32 = 4;
 /// The backend is unreachable, refused the connection, rejected the credentials,
-/// or refused a write (out of memory, a read-only replica).
+/// or refused a write (out of memory, a read-only replica), or other clients'
+/// writes to a lock kept beating every attempt to update it (`backend::engine`):
+/// all conditions of the service that trying again later may cure.
 pub const UNAVAILABLE: i32 = 69;
 /// Internal error or an unexpected answer from the backend.
 pub const INTERNAL: i32 = 70;

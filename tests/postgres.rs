@@ -377,3 +377,26 @@ fn behind_pgbouncer_in_transaction_mode_locks_stay_correct() {
         .unwrap();
     assert_eq!(n, workers * each, "lost updates: sections overlapped");
 }
+
+/// A rule that turns every UPDATE of the table into nothing makes each
+/// write find the row "changed" as another client's write would: the
+/// give-up is then certain, with the words and exit code of every backend.
+#[test]
+fn a_lock_that_keeps_changing_gives_up_with_exit_69_and_the_shared_words() {
+    let db = Postgres::shared();
+    let ctx = Ctx::new(db.clone());
+    let tok = ctx.acquire("job", "30s");
+    let table = format!("{}_leases", ctx.prefix);
+    db.sql(&format!(
+        "CREATE RULE lose AS ON UPDATE TO {table} DO INSTEAD NOTHING"
+    ));
+    let o = ctx.run(&["renew", "job", "--token", &tok, "--lease", "30s"]);
+    one_line_error(&o, 69, "");
+    assert_eq!(
+        stderr(&o).trim_end(),
+        "dlock: error: lock 'job' kept changing: 100 attempts in a row to update it \
+         lost to other clients' writes; try again"
+    );
+    db.sql(&format!("DROP RULE lose ON {table}"));
+    assert_eq!(code(&ctx.run(&["release", "job", "--token", &tok])), 0);
+}

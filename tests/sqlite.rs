@@ -550,3 +550,35 @@ fn an_explicit_path_creates_no_directory_and_status_no_file() {
     assert_eq!(code(&run(c)), 0);
     assert!(file.exists());
 }
+
+/// What every backend says when other clients' writes beat each of its
+/// attempts to update a lock (`backend::engine::gave_up`).
+const GAVE_UP: &str = "dlock: error: lock 'job' kept changing: 100 attempts in a row to update it \
+                       lost to other clients' writes; try again";
+
+/// A trigger that skips every UPDATE of the table makes each write find the
+/// row "changed" as another client's write would: the give-up is then
+/// certain, and says the same as on every backend (exit 69, one line).
+#[test]
+fn a_lock_that_keeps_changing_gives_up_with_exit_69_and_the_shared_words() {
+    let s = Arc::new(Sqlite::new());
+    let ctx = Ctx::new(s.clone());
+    let tok = ctx.acquire("job", "30s");
+    let table = format!("{}_leases", ctx.prefix);
+    let conn = rusqlite::Connection::open(s.path()).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER lose BEFORE UPDATE ON {table} BEGIN SELECT RAISE(IGNORE); END;"
+    ))
+    .unwrap();
+    for args in [
+        vec!["renew", "job", "--token", &tok, "--lease", "30s"],
+        vec!["release", "job", "--token", &tok],
+        vec!["release", "job", "--force"],
+    ] {
+        let o = ctx.run(&args);
+        assert_eq!(code(&o), 69, "{args:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o).trim_end(), GAVE_UP, "{args:?}");
+    }
+    conn.execute_batch("DROP TRIGGER lose").unwrap();
+    assert_eq!(code(&ctx.run(&["release", "job", "--token", &tok])), 0);
+}

@@ -1,10 +1,12 @@
 //! An in-memory backend, for fast unit tests of the lease core (waiting,
-//! renewal deadlines, lost leases) without servers. Compiled for tests only.
+//! renewal deadlines, lost leases) and of the engine without servers.
+//! Compiled for tests only.
 //!
 //! Every handle made from one [`Memory`] shares its locks, so several
-//! handles in one test behave like several dlock processes. The lease logic
-//! is every backend's own (`kinds::plan_*`), applied under one mutex, so the
-//! trait contract is the one the real backends keep.
+//! handles in one test behave like several dlock processes. It is an
+//! `engine::Store` like the real backends: one versioned value per name,
+//! read and written under one mutex but in two steps, so that handles race
+//! as clients of a server do and the engine's loop is the one they run.
 //!
 //! The clock is real monotonic time plus an offset that a test can advance:
 //! the core measures its own deadlines and waits with `Instant`, so the
@@ -13,7 +15,8 @@
 //!
 //! Each handle has its own [`Knobs`]: injected failures (transport-style,
 //! exit code UNAVAILABLE), a hang per request bounded by `set_timeout` as a
-//! driver's timeout would be, and counts of the calls made.
+//! driver's timeout would be, writes that lose a race, and counts of the
+//! calls made.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -21,9 +24,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
-use super::kinds::{self, State as Lock};
+use super::engine::{self, Snapshot, Write};
+use super::kinds::State as Lock;
 use super::{Acquire, Backend, Capabilities, Check, LockInfo, Request, Waiter};
 use crate::error::{fail, UNAVAILABLE};
+pub use knobs::Knobs;
 
 /// The shared "server".
 #[derive(Clone)]
@@ -41,7 +46,10 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    rows: HashMap<String, Lock>,
+    /// Each name's state and its version: the count of writes so far, so
+    /// that a version never comes back, even after `drop_lease`.
+    rows: HashMap<String, (u64, Lock)>,
+    writes: u64,
     /// Added to the real clock by [`Memory::advance`].
     offset: Duration,
     /// Releases per name, so that a waiter can tell whether one happened.
@@ -118,103 +126,13 @@ impl Memory {
     pub fn peek(&self, name: &str) -> Option<LockInfo> {
         let s = lock(&self.shared.state);
         let now = self.shared.now_us(&s);
-        s.rows.get(name)?.infos(name, now).into_iter().next()
+        s.rows.get(name)?.1.infos(name, now).into_iter().next()
     }
 }
 
 impl Shared {
     fn now_us(&self, s: &State) -> i64 {
         self.start_us + (self.start.elapsed() + s.offset).as_micros() as i64
-    }
-}
-
-/// Counts of the requests a handle made.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Calls {
-    pub acquire: u32,
-    pub renew: u32,
-    pub release: u32,
-    pub force: u32,
-    pub status: u32,
-    pub waiter: u32,
-    pub reconnect: u32,
-    /// Requests answered with an injected failure (hang timeouts included).
-    pub failed: u32,
-    /// Waits this backend took over from the core (see `Knobs::own_wait`).
-    pub own_waits: u32,
-}
-
-/// Fault injection and observation for one handle; keep a clone (from
-/// [`MemoryBackend::knobs`]) before handing the backend to the core.
-#[derive(Default)]
-pub struct Knobs {
-    state: Mutex<KnobState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct KnobState {
-    /// Requests to let through before the failures start.
-    skip: u32,
-    fail: u32,
-    /// Injected failures happen after the request took effect (a lost reply).
-    after_applying: bool,
-    hang: Duration,
-    /// The backend runs its own wait loop (`Backend::acquire_waiting`).
-    own_wait: bool,
-    calls: Calls,
-    last_set_timeout: Option<Instant>,
-    /// For the last renewal answered Done: when `set_timeout` was last called
-    /// before it, and when the renewal arrived.
-    last_renewed: Option<(Instant, Instant)>,
-}
-
-impl Knobs {
-    /// The next `n` requests fail as a broken connection would.
-    pub fn fail_next(&self, n: u32) {
-        self.fail_after(0, n);
-    }
-
-    /// `skip` requests succeed, then `n` fail.
-    pub fn fail_after(&self, skip: u32, n: u32) {
-        let mut k = lock(&self.state);
-        k.skip = skip;
-        k.fail = n;
-    }
-
-    /// Injected failures come after the request took effect: the reply was lost.
-    pub fn lose_replies(&self, yes: bool) {
-        lock(&self.state).after_applying = yes;
-    }
-
-    /// Every request takes `d` (bounded by the timeout, which fails it).
-    pub fn hang(&self, d: Duration) {
-        lock(&self.state).hang = d;
-    }
-
-    /// Waits go through the backend's own loop instead of the core's.
-    pub fn own_wait(&self, yes: bool) {
-        lock(&self.state).own_wait = yes;
-    }
-
-    pub fn calls(&self) -> Calls {
-        lock(&self.state).calls
-    }
-
-    /// Blocks until `ready(calls)` or `timeout`; returns the last counts seen.
-    pub fn await_calls(&self, timeout: Duration, ready: impl Fn(&Calls) -> bool) -> Calls {
-        let k = lock(&self.state);
-        let (k, _) = self
-            .changed
-            .wait_timeout_while(k, timeout, |k| !ready(&k.calls))
-            .unwrap_or_else(|e| e.into_inner());
-        k.calls
-    }
-
-    /// Bounds of the instant the last successful renewal was sent: after
-    /// the `set_timeout` before it, and before it arrived.
-    pub fn last_renewal_sent(&self) -> Option<(Instant, Instant)> {
-        lock(&self.state).last_renewed
     }
 }
 
@@ -240,9 +158,8 @@ impl MemoryBackend {
         Arc::clone(&self.knobs)
     }
 
-    /// Counts the request, applies the knobs, then runs `op` on the shared
-    /// state at the server's clock.
-    fn request<T>(&self, kind: Kind, op: impl FnOnce(&mut State, i64) -> T) -> Result<T> {
+    /// Counts the request, applies the knobs, then runs `op`.
+    fn request<T>(&mut self, kind: Kind, op: impl FnOnce(&mut Self) -> T) -> Result<T> {
         let (hang, fails, after_applying) = {
             let mut k = lock(&self.knobs.state);
             let c = &mut k.calls;
@@ -274,11 +191,11 @@ impl MemoryBackend {
     }
 
     fn answer<T>(
-        &self,
+        &mut self,
         hang: Duration,
         fails: bool,
         after_applying: bool,
-        op: impl FnOnce(&mut State, i64) -> T,
+        op: impl FnOnce(&mut Self) -> T,
     ) -> Result<T> {
         if hang > self.timeout {
             std::thread::sleep(self.timeout);
@@ -295,84 +212,117 @@ impl MemoryBackend {
         if fails && !after_applying {
             return Err(lost());
         }
-        let out = {
-            let mut s = lock(&self.shared.state);
-            let now = self.shared.now_us(&s);
-            let out = op(&mut s, now);
-            self.shared.changed.notify_all();
-            out
-        };
+        let out = op(self);
         if fails {
             return Err(lost());
         }
         Ok(out)
     }
+
+    /// Runs `op` on the shared state at the server's clock, and tells
+    /// whoever waits for a change.
+    fn with<T>(&self, op: impl FnOnce(&mut State, i64) -> T) -> T {
+        let mut s = lock(&self.shared.state);
+        let now = self.shared.now_us(&s);
+        let out = op(&mut s, now);
+        self.shared.changed.notify_all();
+        out
+    }
 }
 
-/// One name's state, made on first use.
-fn lock_of<'a>(s: &'a mut State, name: &str) -> &'a mut Lock {
-    s.rows.entry(name.to_string()).or_default()
+/// One value per name; a write bumps its version.
+impl engine::Store for MemoryBackend {
+    type Version = u64;
+
+    fn read(&mut self, name: &str) -> Result<Snapshot<u64>> {
+        Ok(self.with(|s, now| {
+            let (version, state) = s.rows.get(name).cloned().unwrap_or_default();
+            Snapshot {
+                now,
+                state,
+                version,
+            }
+        }))
+    }
+
+    fn write(&mut self, name: &str, seen: &Snapshot<u64>, new: &Lock, w: &Write) -> Result<bool> {
+        {
+            let mut k = lock(&self.knobs.state);
+            if k.lose > 0 {
+                k.lose -= 1;
+                k.calls.lost += 1;
+                return Ok(false);
+            }
+        }
+        Ok(self.with(|s, now| {
+            let version = s.rows.get(name).map_or(0, |r| r.0);
+            if version != seen.version || w.until.is_some_and(|t| now >= t) {
+                return false;
+            }
+            s.writes += 1;
+            s.rows.insert(name.to_string(), (s.writes, new.clone()));
+            if w.wake {
+                s.released(name);
+            }
+            true
+        }))
+    }
+
+    fn wake(&mut self, name: &str, seen: &Snapshot<u64>) -> Result<bool> {
+        Ok(self.with(|s, _| {
+            let same = s.rows.get(name).map_or(0, |r| r.0) == seen.version;
+            if same {
+                s.released(name);
+            }
+            same
+        }))
+    }
 }
 
 impl Backend for MemoryBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
-        self.request(Kind::Acquire, |s, now| {
-            let (out, fx) = kinds::plan_acquire(now, lock_of(s, req.name), req)?;
-            if fx.wake {
-                s.released(req.name);
-            }
-            Ok(out)
-        })?
+        let out = self.request(Kind::Acquire, |b| engine::acquire(b, req, true))?;
+        Ok(out?.0)
     }
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
         let arrived = Instant::now();
         // The plan extends only a lease the token holds and that has not expired.
-        let check = self.request(Kind::Renew, |s, now| {
-            kinds::plan_renew(now, lock_of(s, name), name, token, lease).0
-        })?;
-        if matches!(check, Check::Done) {
+        let check = self.request(Kind::Renew, |b| engine::renew(b, name, token, lease))??;
+        if matches!(check.0, Check::Done) {
             let mut k = lock(&self.knobs.state);
             k.last_renewed = k.last_set_timeout.map(|t| (t, arrived));
         }
-        Ok(check)
+        Ok(check.0)
     }
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
-        self.request(Kind::Release, |s, now| {
-            let (out, fx) = kinds::plan_release(now, lock_of(s, name), name, token);
-            if fx.wake {
-                s.released(name);
-            }
-            out
-        })
+        let out = self.request(Kind::Release, |b| engine::release(b, name, token))??;
+        Ok(out.0)
     }
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
-        self.request(Kind::Force, |s, now| {
-            let (broken, fx) = kinds::plan_force(now, lock_of(s, name), name, only);
-            if fx.wake {
-                s.released(name);
-            }
-            broken
-        })
+        let out = self.request(Kind::Force, |b| engine::force(b, name, only))??;
+        Ok(out.0)
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
-        self.request(Kind::Status, |s, now| {
-            let mut out: Vec<LockInfo> = match names {
-                Some(names) => names
-                    .iter()
-                    .flat_map(|n| s.rows.get(n).map(|l| l.infos(n, now)).unwrap_or_default())
-                    .collect(),
-                None => s.rows.iter().flat_map(|(n, l)| l.infos(n, now)).collect(),
-            };
-            out.sort_by(|a, b| (&a.name, a.fence).cmp(&(&b.name, b.fence)));
-            out.dedup_by(|a, b| a.name == b.name && a.token_id == b.token_id);
-            out
+        self.request(Kind::Status, |b| {
+            b.with(|s, now| {
+                let infos = |n: &String| s.rows.get(n).map(|r| r.1.infos(n, now));
+                let mut out: Vec<LockInfo> = match names {
+                    Some(names) => names
+                        .iter()
+                        .flat_map(|n| infos(n).unwrap_or_default())
+                        .collect(),
+                    None => s.rows.iter().flat_map(|(n, r)| r.1.infos(n, now)).collect(),
+                };
+                out.sort_by(|a, b| (&a.name, a.fence).cmp(&(&b.name, b.fence)));
+                out.dedup_by(|a, b| a.name == b.name && a.token_id == b.token_id);
+                out
+            })
         })
     }
-
     /// With `Knobs::own_wait`: try, then sleep on releases, until the deadline.
     fn acquire_waiting(
         &mut self,
@@ -411,8 +361,8 @@ impl Backend for MemoryBackend {
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
-        let seen = self.request(Kind::Waiter, |s, _| {
-            s.releases.get(name).copied().unwrap_or(0)
+        let seen = self.request(Kind::Waiter, |b| {
+            b.with(|s, _| s.releases.get(name).copied().unwrap_or(0))
         })?;
         Ok(Box::new(MemoryWaiter {
             shared: Arc::clone(&self.shared),
@@ -464,5 +414,6 @@ impl Waiter for MemoryWaiter {
     }
 }
 
+pub mod knobs;
 #[cfg(test)]
 mod tests;

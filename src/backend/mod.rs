@@ -14,6 +14,7 @@ use crate::error::{fail, USAGE};
 use crate::holder::Holder;
 pub use kinds::{Kind, Mode};
 
+pub mod engine;
 pub mod etcd;
 pub mod kinds;
 #[cfg(test)]

@@ -14,10 +14,12 @@
 //! failover); the other scripts go by hash and fall back to the body once.
 //!
 //! Plain mutexes keep to those one-script fast paths; the other lock kinds
-//! (and a mutex that meets them) go the generic way in `kinds.rs`.
+//! (and a mutex that meets them) go through the engine's loop
+//! (`backend::engine`) over the store in `kinds.rs`.
 
 mod kinds;
 pub(crate) mod link;
+mod mutex;
 pub(crate) mod scripts;
 pub(crate) mod topo;
 mod watch;
@@ -27,18 +29,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use redis::Value;
 
+use super::engine;
+use super::kinds as rules;
 use super::{
-    Acquire, Backend, Broken, Capabilities, Check, Config, Grant, Kind, Location, LockInfo,
-    Request, Url, Waiter,
+    Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
 };
 use crate::error::{fail, INTERNAL, UNAVAILABLE};
-use crate::holder::Holder;
 use crate::names::token_id;
+use kinds::Keys;
 use link::{Link, Route};
-use scripts::{key, Lua, ACQUIRE_LUA, FORCE_LUA, RELEASE_LUA, RENEW_LUA};
+use scripts::{key, Lua};
 
 /// How long a baton left by a release waits for a waiter to take it.
 pub(crate) const BATON_TTL_MS: &str = "60000";
@@ -50,7 +53,7 @@ pub struct RedisBackend {
     policy_checked: AtomicBool,
     /// When a busy attempt of this process last passed a wake-up on.
     busy_wake: Option<Instant>,
-    /// "name\ntoken" of requests that hold a ticket: they go the generic way.
+    /// "name\ntoken" of requests that hold a ticket: they skip the fast scripts.
     tickets: HashSet<String>,
 }
 
@@ -195,27 +198,13 @@ impl RedisBackend {
         ))
     }
 
-    fn check_reply(&self, name: &str, items: &[Value]) -> Result<Check> {
-        match int(items.first()) {
-            Some(1) => Ok(Check::Done),
-            Some(0) => Ok(match broken_by(items.get(1)) {
-                Some(by) => Check::Broken(Broken { by, now: None }),
-                None => Check::NotHeld,
-            }),
-            Some(2) => {
-                let other = lock_info(name, items.get(1), items.get(2));
-                Ok(match broken_by(items.get(3)) {
-                    Some(by) => Check::Broken(Broken {
-                        by,
-                        now: Some(other),
-                    }),
-                    None => Check::HeldByOther(other),
-                })
-            }
-            _ => Err(fail(
-                INTERNAL,
-                format!("unexpected script reply from {}", self.link.shown),
-            )),
+    /// The engine's store for one request.
+    fn keys(&self, by: By, ask: bool, queued: bool) -> Keys<'_> {
+        Keys {
+            b: self,
+            by,
+            ask,
+            queued,
         }
     }
 }
@@ -225,103 +214,42 @@ impl Backend for RedisBackend {
         // The first acquisition of a process also asks whether the server may
         // evict keys, in the same round trip.
         let ask = !self.policy_checked.swap(true, Ordering::Relaxed);
-        // A mutex request that holds a ticket must refresh it: only the generic way can.
-        let queued = self
-            .tickets
-            .contains(&kinds::ticket_key(req.name, req.token));
-        if req.kind != Kind::MUTEX || queued {
-            return self.acquire_generic(req, ask);
+        // A mutex request that holds a ticket must refresh it: only the engine can.
+        let ticket = kinds::ticket_key(req.name, req.token);
+        let queued = self.tickets.contains(&ticket);
+        // A busy attempt that owes a wake-up to a waiter ahead of it passes
+        // one on at most once per ticket refresh, so that live waiters cannot
+        // wake each other in a loop while a dead waiter's ticket runs out.
+        let due = self
+            .busy_wake
+            .is_none_or(|t| t.elapsed() >= rules::TICKET_REFRESH);
+        let (out, fx) = engine::acquire(&mut self.keys(By::Hash, ask, queued), req, due)?;
+        let granted = matches!(out, Acquire::Acquired(_));
+        if !granted && fx.wake {
+            self.busy_wake = Some(Instant::now());
         }
-        let keys = [
-            self.key(req.name, "lease"),
-            self.key(req.name, "fence"),
-            self.key(req.name, "state"),
-        ];
-        let ms = req.lease.as_millis().max(1).to_string();
-        let h = req.holder;
-        // The lease value after token, fence and time: see scripts.rs.
-        let about = format!(
-            "{}\n{}\n{}\n{}\n{}",
-            h.host, h.pid, h.user, req.name, h.command
-        );
-        let args = [req.token, &ms, &about];
-        let (items, info) = self.run_with_info(&ACQUIRE_LUA, By::Hash, &keys, &args, ask)?;
-        if let Some(info) = info {
-            watch::warn_if_evicting(&info, &self.link.shown);
+        if matches!(out, Acquire::Queued(_)) {
+            self.tickets.insert(ticket);
+        } else {
+            self.tickets.remove(&ticket);
         }
-        match int(items.first()) {
-            Some(1) => Ok(Acquire::Acquired(Grant {
-                fence: int(items.get(1)).context("fence missing from reply")? as u64,
-                server_now_us: int(items.get(2)).unwrap_or(0),
-                extended: int(items.get(3)) == Some(1),
-                lease: req.lease,
-                slot: None,
-            })),
-            Some(0) => Ok(Acquire::Busy(Some(lock_info(
-                req.name,
-                items.get(1),
-                items.get(2),
-            )))),
-            Some(3) => self.acquire_generic(req, false),
-            _ => Err(fail(
-                INTERNAL,
-                format!("unexpected acquire reply from {}", self.link.shown),
-            )),
-        }
+        Ok(out)
     }
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
-        let ms = lease.as_millis().max(1).to_string();
-        let keys = [
-            self.key(name, "lease"),
-            self.key(name, "broken"),
-            self.key(name, "state"),
-        ];
-        let items = self.run(&RENEW_LUA, By::Body, &keys, &[token, &ms])?;
-        if int(items.first()) == Some(3) {
-            return self.renew_generic(name, token, lease, broken_by(items.get(1)));
-        }
-        self.check_reply(name, &items)
+        let mut keys = self.keys(By::Body, false, false);
+        Ok(engine::renew(&mut keys, name, token, lease)?.0)
     }
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
-        let keys = [
-            self.key(name, "lease"),
-            self.key(name, "wake"),
-            self.key(name, "broken"),
-            self.key(name, "state"),
-        ];
-        let items = self.run(&RELEASE_LUA, By::Hash, &keys, &[token, BATON_TTL_MS])?;
-        if int(items.first()) == Some(3) {
-            return self.release_generic(name, token, broken_by(items.get(1)));
-        }
-        self.check_reply(name, &items)
+        self.tickets.remove(&kinds::ticket_key(name, token));
+        let mut keys = self.keys(By::Hash, false, false);
+        Ok(engine::release(&mut keys, name, token)?.0)
     }
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
-        // A token id is at most 8 characters: a longer or empty one names nobody.
-        let id = only.unwrap_or_default();
-        let chars = id.chars().count();
-        if only.is_some() && (chars == 0 || chars > 8) {
-            return Ok(Vec::new());
-        }
-        let keys = [
-            self.key(name, "lease"),
-            self.key(name, "wake"),
-            self.key(name, "broken"),
-            self.key(name, "state"),
-        ];
-        let me = Holder::new(std::process::id(), String::new());
-        let by = format!("{}@{} (pid {})", me.user, me.host, me.pid);
-        // A full id matches as a prefix of the token; a shorter one, only a token that short.
-        let full = if chars == 8 { "1" } else { "0" };
-        let args = [BATON_TTL_MS, &by, &keys[2], id, full];
-        let items = self.run(&FORCE_LUA, By::Hash, &keys, &args)?;
-        Ok(match int(items.first()) {
-            Some(1) => vec![lock_info(name, items.get(1), items.get(2))],
-            Some(3) => self.force_generic(name, only, &by)?,
-            _ => Vec::new(),
-        })
+        let mut keys = self.keys(By::Hash, false, false);
+        Ok(engine::force(&mut keys, name, only)?.0)
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {

@@ -1,14 +1,17 @@
-//! The generic path, for every lock kind (shared, semaphores, fair queues):
-//! one READ of a name's keys, the plan in Rust by `backend::kinds` (the
-//! rules every backend shares), then one WRITE that applies it only if
-//! lease, state and fence counter still read as they did; else plan again.
-//! Plain mutexes come here only when their fast script finds a state key.
+//! The Redis keys of one name as the engine's store (`backend::engine`):
+//! one READ of the name's keys with the server's clock, the plan in Rust by
+//! `backend::kinds` (the rules every backend shares), then one WRITE that
+//! applies it only if lease, state and fence counter still read as they did,
+//! with its effects in the same script (the baton for a waiter, the break
+//! record and notices of a `release --force`). Plain mutexes take the
+//! one-script fast paths of `redis.rs` first and come here only when those
+//! find a state key.
 //!
 //! Storage (see `scripts.rs`): `kinds::split` keeps a lone exclusive holder
 //! of a 1-slot lock in the lease string, where the fast scripts and older
 //! dlock versions look; the rest of the state is JSON in the state key.
 
-use std::time::Instant;
+use std::time::Duration;
 
 use anyhow::Result;
 use redis::Value;
@@ -16,15 +19,12 @@ use redis::Value;
 use super::link::Route;
 use super::scripts::{READ_LUA, WRITE_LUA};
 use super::{int, text, By, RedisBackend, BATON_TTL_MS};
-use crate::backend::kinds::{self as rules, Effects, Held, Mode, State};
-use crate::backend::{Acquire, Broken, Check, LockInfo, Request};
-use crate::error::{fail, INTERNAL, UNAVAILABLE};
+use crate::backend::engine::{self, Snapshot, Write};
+use crate::backend::kinds::{self as rules, Held, Mode, State};
+use crate::backend::{Acquire, Check, LockInfo, Request};
+use crate::error::{fail, INTERNAL};
 use crate::holder::Holder;
 use crate::names::token_id;
-
-/// Writes lost to other clients in a row before giving up: each loss means
-/// another client's change went through, so this bounds only a stampede.
-const MAX_RACES: usize = 50;
 /// How long (ms) the state key outlives its last lease or ticket, so that
 /// rounding to milliseconds never drops a holder early.
 const STATE_MARGIN_MS: i64 = 2000;
@@ -90,6 +90,8 @@ pub struct Seen {
     pttl: i64,
     state: String,
     fence: String,
+    /// The break record, "token\nby".
+    broken: String,
 }
 
 impl Seen {
@@ -101,6 +103,7 @@ impl Seen {
             pttl: int(items.get(2))?,
             state: s(3),
             fence: s(4),
+            broken: s(5),
         })
     }
 
@@ -152,7 +155,7 @@ impl Seen {
     }
 }
 
-/// What a plan writes besides the state: a break record ("token\nby" and
+/// What a write adds besides the state: a break record ("token\nby" and
 /// its PX) and notices for listening holders.
 #[derive(Default)]
 struct Notes {
@@ -160,8 +163,104 @@ struct Notes {
     publish: Vec<String>,
 }
 
-/// The answer of `plan`, what it changes, and its notes.
-type Planned<T> = (T, Effects, Notes);
+impl Notes {
+    /// The notes of breaking `broken`: a notice to each broken holder, and
+    /// the record names the lease-string holder's breaker (else the first).
+    fn of(seen: &Seen, broken: &[(String, i64)], by: &str) -> Notes {
+        let legacy = seen.legacy().map(|h| h.token);
+        let first = broken
+            .iter()
+            .find(|(t, _)| Some(t) == legacy.as_ref())
+            .or(broken.first());
+        Notes {
+            record: first.map(|(t, exp)| {
+                let ms = ms_until(*exp, seen.now) + RECORD_MARGIN_MS;
+                (format!("{t}\n{by}"), ms)
+            }),
+            publish: broken
+                .iter()
+                .map(|(t, _)| format!("{}\n{by}", token_id(t)))
+                .collect(),
+        }
+    }
+}
+
+/// One name's keys, over the backend's link, as the engine's store.
+pub(super) struct Keys<'a> {
+    pub b: &'a RedisBackend,
+    /// How the scripts go (renewals send bodies: one round trip always).
+    pub by: By,
+    /// Ask for the eviction policy with the next request (see `acquire`).
+    pub ask: bool,
+    /// The request holds a ticket, which only the loop can refresh.
+    pub queued: bool,
+}
+
+impl engine::Store for Keys<'_> {
+    type Version = Seen;
+    const RECORDS_BREAKS: bool = true;
+
+    fn read(&mut self, name: &str) -> Result<Snapshot<Seen>> {
+        let seen = self.b.read(name, self.by, std::mem::take(&mut self.ask))?;
+        Ok(Snapshot {
+            now: seen.now,
+            state: seen.joined(name)?,
+            version: seen,
+        })
+    }
+
+    fn write(&mut self, name: &str, seen: &Snapshot<Seen>, new: &State, w: &Write) -> Result<bool> {
+        let notes = Notes::of(&seen.version, w.broken, w.by);
+        self.b
+            .write(name, &seen.version, new.clone(), w.wake, &notes, self.by)
+    }
+
+    /// The baton, left by a WRITE that changes nothing else.
+    fn wake(&mut self, name: &str, seen: &Snapshot<Seen>) -> Result<bool> {
+        let notes = Notes::default();
+        self.b.write(
+            name,
+            &seen.version,
+            seen.state.clone(),
+            true,
+            &notes,
+            self.by,
+        )
+    }
+
+    fn broken_by(&self, seen: &Snapshot<Seen>, token: &str) -> Option<String> {
+        let rest = seen
+            .version
+            .broken
+            .strip_prefix(token)?
+            .strip_prefix('\n')?;
+        Some(rest.to_string())
+    }
+
+    fn fast_acquire(&mut self, req: &Request) -> Result<Option<Acquire>> {
+        if req.kind != crate::backend::Kind::MUTEX || self.queued {
+            return Ok(None);
+        }
+        self.b.acquire_mutex(req, std::mem::take(&mut self.ask))
+    }
+
+    fn fast_renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Option<Check>> {
+        self.b.renew_mutex(name, token, lease)
+    }
+
+    fn fast_release(&mut self, name: &str, token: &str) -> Result<Option<Check>> {
+        self.b.release_mutex(name, token)
+    }
+
+    fn fast_force(
+        &mut self,
+        name: &str,
+        only: Option<&str>,
+        by: &str,
+    ) -> Result<Option<Vec<LockInfo>>> {
+        self.b.force_mutex(name, only, by)
+    }
+}
 
 impl RedisBackend {
     /// READs `name`'s keys; with `ask`, also the eviction policy (see `acquire`).
@@ -170,6 +269,7 @@ impl RedisBackend {
             self.key(name, "lease"),
             self.key(name, "state"),
             self.key(name, "fence"),
+            self.key(name, "broken"),
         ];
         let (items, info) = self.run_with_info(&READ_LUA, by, &keys, &[], ask)?;
         if let Some(info) = info {
@@ -252,131 +352,6 @@ impl RedisBackend {
         Ok(int(items.first()) == Some(1))
     }
 
-    /// Read, plan, write, until a write finds the keys as its read did.
-    fn change<T>(
-        &mut self,
-        name: &str,
-        by: By,
-        mut ask: bool,
-        mut plan: impl FnMut(&Seen, &mut State) -> Result<Planned<T>>,
-    ) -> Result<T> {
-        for _ in 0..MAX_RACES {
-            let seen = self.read(name, by, std::mem::take(&mut ask))?;
-            let mut st = seen.joined(name)?;
-            let (out, fx, notes) = plan(&seen, &mut st)?;
-            if !fx.write && !fx.wake {
-                return Ok(out);
-            }
-            if self.write(name, &seen, st, fx.wake, &notes, by)? {
-                return Ok(out);
-            }
-        }
-        Err(fail(
-            UNAVAILABLE,
-            format!("lock '{name}' kept changing under {MAX_RACES} tries to update it; try again"),
-        ))
-    }
-
-    /// Any kind of acquisition. A busy attempt that owes a wake-up to a
-    /// waiter ahead of it passes one on at most once per ticket refresh,
-    /// so that live waiters cannot wake each other in a loop while a dead
-    /// waiter's ticket runs out.
-    pub(super) fn acquire_generic(&mut self, req: &Request, ask: bool) -> Result<Acquire> {
-        let due = self
-            .busy_wake
-            .is_none_or(|t| t.elapsed() >= rules::TICKET_REFRESH);
-        let mut passed = false;
-        let out = self.change(req.name, By::Hash, ask, |seen, st| {
-            let (out, mut fx) = rules::plan_acquire(seen.now, st, req)?;
-            if !matches!(out, Acquire::Acquired(_)) {
-                fx.wake &= due;
-                passed = fx.wake;
-            }
-            Ok((out, fx, Notes::default()))
-        })?;
-        if passed {
-            self.busy_wake = Some(Instant::now());
-        }
-        let ticket = ticket_key(req.name, req.token);
-        if matches!(out, Acquire::Queued(_)) {
-            self.tickets.insert(ticket);
-        } else {
-            self.tickets.remove(&ticket);
-        }
-        Ok(out)
-    }
-
-    /// Renews a holder the fast script did not find in the lease string;
-    /// `broken_by` is who broke `token`'s lease, as that script read it.
-    pub(super) fn renew_generic(
-        &mut self,
-        name: &str,
-        token: &str,
-        lease: std::time::Duration,
-        broken_by: Option<String>,
-    ) -> Result<Check> {
-        let check = self.change(name, By::Body, false, |seen, st| {
-            let (c, fx) = rules::plan_renew(seen.now, st, name, token, lease);
-            Ok((c, fx, Notes::default()))
-        })?;
-        Ok(with_breaker(check, broken_by))
-    }
-
-    /// Releases a holder or ticket the fast script did not find in the lease string.
-    pub(super) fn release_generic(
-        &mut self,
-        name: &str,
-        token: &str,
-        broken_by: Option<String>,
-    ) -> Result<Check> {
-        self.tickets.remove(&ticket_key(name, token));
-        let check = self.change(name, By::Hash, false, |seen, st| {
-            let (c, fx) = rules::plan_release(seen.now, st, name, token);
-            Ok((c, fx, Notes::default()))
-        })?;
-        Ok(with_breaker(check, broken_by))
-    }
-
-    /// Breaks every holder, or the one with token id `only`, in one write:
-    /// each broken `exec` holder hears of it on the broken channel, and the
-    /// break record names the lease-string holder's (else the first) breaker.
-    pub(super) fn force_generic(
-        &mut self,
-        name: &str,
-        only: Option<&str>,
-        by: &str,
-    ) -> Result<Vec<LockInfo>> {
-        self.change(name, By::Hash, false, |seen, st| {
-            let live: Vec<(String, i64)> = st
-                .holders
-                .iter()
-                .filter(|h| h.expires_us > seen.now)
-                .map(|h| (h.token.clone(), h.expires_us))
-                .collect();
-            let (broken, fx) = rules::plan_force(seen.now, st, name, only);
-            let gone: Vec<(String, i64)> = live
-                .into_iter()
-                .filter(|(t, _)| st.holders.iter().all(|h| &h.token != t))
-                .collect();
-            let legacy = seen.legacy().map(|h| h.token);
-            let first = gone
-                .iter()
-                .find(|(t, _)| Some(t) == legacy.as_ref())
-                .or(gone.first());
-            let notes = Notes {
-                record: first.map(|(t, exp)| {
-                    let ms = ms_until(*exp, seen.now) + RECORD_MARGIN_MS;
-                    (format!("{t}\n{by}"), ms)
-                }),
-                publish: gone
-                    .iter()
-                    .map(|(t, _)| format!("{}\n{by}", token_id(t)))
-                    .collect(),
-            };
-            Ok((broken, fx, notes))
-        })
-    }
-
     /// The holders of `names`, one entry each, read in one round trip (one
     /// per name in a cluster, where names live on different nodes).
     pub(super) fn status_of(&self, names: &[String]) -> Result<Vec<LockInfo>> {
@@ -420,6 +395,7 @@ impl RedisBackend {
                 pttl: int(r.get(1)).unwrap_or(-2),
                 state: r.get(2).map(text).unwrap_or_default(),
                 fence: String::new(),
+                broken: String::new(),
             };
             out.extend(seen.joined(n)?.infos(n, now));
         }
@@ -430,15 +406,6 @@ impl RedisBackend {
 /// The backend's memory of which of its requests hold a ticket.
 pub fn ticket_key(name: &str, token: &str) -> String {
     format!("{name}\n{token}")
-}
-
-/// A refused renew or release of a lease that was broken says by whom.
-fn with_breaker(check: Check, by: Option<String>) -> Check {
-    match (check, by) {
-        (Check::NotHeld, Some(by)) => Check::Broken(Broken { by, now: None }),
-        (Check::HeldByOther(i), Some(by)) => Check::Broken(Broken { by, now: Some(i) }),
-        (check, _) => check,
-    }
 }
 
 #[cfg(test)]
@@ -452,6 +419,7 @@ mod tests {
             pttl,
             state: state.into(),
             fence: fence.into(),
+            broken: String::new(),
         }
     }
 

@@ -23,9 +23,10 @@
 //! Two paths. The fast one is today's mutex: ACQUIRE, RENEW, RELEASE and
 //! FORCE each answer in one script while no state key exists, and answer 3
 //! ("take the generic path") when one does and they cannot decide alone. The
-//! generic one (`kinds.rs`) serves every other kind: READ the keys, plan in
-//! Rust with `backend::kinds`, then WRITE, which writes only if lease, state
-//! and fence still read as they did (else the caller plans again).
+//! generic one is the engine's loop (`backend::engine`) over the store in
+//! `kinds.rs`, for every other kind: READ the keys, plan in Rust with
+//! `backend::kinds`, then WRITE, which writes only if lease, state and fence
+//! still read as they did (else the engine plans again).
 //!
 //! Scripts keep their calls few, since each one is a server operation:
 //! a busy attempt is GET + PTTL, an acquisition GET + GET + TIME + INCR (+ SET),
@@ -138,12 +139,13 @@ redis.pcall('PUBLISH', ARGV[3], string.sub(tok, 1, 8) .. '\n' .. ARGV[2])
 return {1, ttl, cur}
 ";
 
-/// The generic path's read: server time (µs), lease, its PTTL, state and
-/// fence counter, as one snapshot. Absent keys read as ''.
+/// The generic path's read: server time (µs), lease, its PTTL, state,
+/// fence counter and break record (KEYS[4]), as one snapshot. Absent keys
+/// read as ''.
 const READ: &str = r"
 local t = redis.call('TIME')
 local function get(k) return redis.call('GET', k) or '' end
-return {t[1] .. string.format('%06d', tonumber(t[2])), get(KEYS[1]), redis.call('PTTL', KEYS[1]), get(KEYS[2]), get(KEYS[3])}
+return {t[1] .. string.format('%06d', tonumber(t[2])), get(KEYS[1]), redis.call('PTTL', KEYS[1]), get(KEYS[2]), get(KEYS[3]), get(KEYS[4])}
 ";
 
 /// The generic path's compare-and-set. KEYS: lease, state, fence, wake,

@@ -7,10 +7,11 @@
 //! by the database's clock), version, and state (the holders and queue of
 //! the lock kinds beyond a lone exclusive holder: see `row.rs`).
 //!
-//! Every change is: read the row and the clock, decide in Rust (the plans of
-//! `kinds.rs`, the same for every backend), then write with a compare-and-set
-//! on `version`. A concurrent writer makes the write match no row and the
-//! whole step is retried, so two callers never both win, and no lock is held
+//! Every change is the engine's loop (`engine.rs`): read the row and the
+//! clock, decide in Rust (the plans of `kinds.rs`, the same for every
+//! backend), then write with a compare-and-set on `version`. A concurrent
+//! writer makes the write match no row and the whole step is retried, so two
+//! callers never both win, and no lock is held
 //! across round trips: a client that stalls or loses its network
 //! mid-operation cannot leave a row locked for others. SQLite additionally
 //! brackets each step in `BEGIN IMMEDIATE`, so there the compare-and-set
@@ -30,10 +31,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::kinds::{self, lease_us, Effects, State};
+pub use super::engine::Renewed;
+use super::engine::{self, Snapshot, Write};
+use super::kinds::{lease_us, Effects, State};
 use super::{Acquire, Check, LockInfo, Request};
 use crate::backoff::Backoff;
-use crate::error::{fail, INTERNAL};
 /// For tests of the backends that store it.
 #[cfg(test)]
 pub use row::MARKER;
@@ -62,36 +64,6 @@ pub trait Exec {
         Ok(())
     }
     fn rollback(&mut self) {}
-}
-
-/// A compare-and-set that keeps losing means something rewrites the row in a loop.
-const MAX_TRIES: usize = 100;
-
-/// What a plan decided, and the condition on its write.
-struct Planned<T> {
-    out: T,
-    fx: Effects,
-    /// Write only while the database clock is before this: the expiry, as
-    /// read, of the lease being extended, since an extension must never
-    /// bring back a lease that ran out between the read and the write.
-    until: Option<i64>,
-}
-
-/// The expiry of `token`'s hold, if it has one.
-fn expiry_of(st: &State, token: &str) -> Option<i64> {
-    st.holders
-        .iter()
-        .find(|h| h.token == token)
-        .map(|h| h.expires_us)
-}
-
-/// Which holder a renewal extended (wake-up schemes differ by kind).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Renewed {
-    /// The lone exclusive holder of the lock.
-    Lone,
-    /// One holder among others of a kind (readers, semaphore slots), with its fence.
-    Among(u64),
 }
 
 /// The statements for one lease table, and the steps built from them.
@@ -206,54 +178,9 @@ impl Leases {
         Ok(n == 1)
     }
 
-    /// Read, plan, write; again from the start whenever the write loses a race.
-    fn step<T>(
-        &self,
-        db: &mut dyn Exec,
-        name: &str,
-        mut plan: impl FnMut(i64, &mut State) -> Result<Planned<T>>,
-    ) -> Result<(T, Effects)> {
-        for _ in 0..MAX_TRIES {
-            db.begin()?;
-            let attempt = (|| {
-                let (now, cur) = self.read(db, name)?;
-                let mut st = state_of(cur.as_ref())?;
-                let p = plan(now, &mut st)?;
-                if !p.fx.write {
-                    return Ok(Some((p.out, p.fx)));
-                }
-                let new = Row::storing(name, st, cur.as_ref().map_or(0, |c| c.version));
-                let written = self.write(db, cur.as_ref(), &new, p.until)?;
-                Ok(written.then_some((p.out, p.fx)))
-            })();
-            match attempt.and_then(|out| db.commit().map(|_| out)) {
-                Ok(Some(out)) => return Ok(out),
-                Ok(None) => {}
-                Err(e) => {
-                    db.rollback();
-                    return Err(e);
-                }
-            }
-        }
-        Err(fail(
-            INTERNAL,
-            format!(
-                "the row of lock '{name}' kept changing during {MAX_TRIES} attempts; giving up"
-            ),
-        ))
-    }
-
     /// Takes, extends or queues for `req`; the effects say whom to wake.
     pub fn acquire(&self, db: &mut dyn Exec, req: &Request) -> Result<(Acquire, Effects)> {
-        self.step(db, req.name, |now, st| {
-            let held = expiry_of(st, req.token);
-            let (out, fx) = kinds::plan_acquire(now, st, req)?;
-            let until = match &out {
-                Acquire::Acquired(g) if g.extended => held,
-                _ => None,
-            };
-            Ok(Planned { out, fx, until })
-        })
+        engine::acquire(&mut Rows { leases: self, db }, req, true)
     }
 
     /// Extends `token`'s lease; with `Done`, says which holder it is.
@@ -264,53 +191,12 @@ impl Leases {
         token: &str,
         lease: Duration,
     ) -> Result<(Check, Option<Renewed>)> {
-        let p = [
-            Val::Int(lease_us(lease)),
-            Val::Text(name.to_string()),
-            Val::Text(token.to_string()),
-        ];
-        if db.execute(&self.extend_mine, &p)? == 1 {
-            return Ok((Check::Done, Some(Renewed::Lone)));
-        }
-        let (out, _) = self.step(db, name, |now, st| {
-            let held = expiry_of(st, token);
-            let (check, fx) = kinds::plan_renew(now, st, name, token, lease);
-            let done = matches!(check, Check::Done);
-            let until = done.then_some(held).flatten();
-            let who = st.holders.iter().find(|h| h.token == token);
-            let who = who
-                .filter(|_| done)
-                .map(|h| match kinds::split(st.clone()).0 {
-                    Some(_) => Renewed::Lone,
-                    None => Renewed::Among(h.fence.max(0) as u64),
-                });
-            Ok(Planned {
-                out: (check, who),
-                fx,
-                until,
-            })
-        })?;
-        Ok(out)
+        engine::renew(&mut Rows { leases: self, db }, name, token, lease)
     }
 
     /// Frees `token`'s hold (or its place in the queue).
     pub fn release(&self, db: &mut dyn Exec, name: &str, token: &str) -> Result<(Check, Effects)> {
-        let p = [Val::Text(name.to_string()), Val::Text(token.to_string())];
-        if db.execute(&self.clear_mine, &p)? == 1 {
-            let fx = Effects {
-                write: true,
-                wake: true,
-            };
-            return Ok((Check::Done, fx));
-        }
-        self.step(db, name, |now, st| {
-            let (out, fx) = kinds::plan_release(now, st, name, token);
-            Ok(Planned {
-                out,
-                fx,
-                until: None,
-            })
-        })
+        engine::release(&mut Rows { leases: self, db }, name, token)
     }
 
     /// Breaks every holder, or the one whose token id is `only`.
@@ -320,14 +206,7 @@ impl Leases {
         name: &str,
         only: Option<&str>,
     ) -> Result<(Vec<LockInfo>, Effects)> {
-        self.step(db, name, |now, st| {
-            let (out, fx) = kinds::plan_force(now, st, name, only);
-            Ok(Planned {
-                out,
-                fx,
-                until: None,
-            })
-        })
+        engine::force(&mut Rows { leases: self, db }, name, only)
     }
 
     /// One entry per live holder, sorted by name, then fence.
@@ -354,6 +233,67 @@ impl Leases {
         }
         out.sort_by(|a, b| (&a.name, a.fence).cmp(&(&b.name, b.fence)));
         Ok(out)
+    }
+}
+
+/// A lease table over one connection, as the engine's store: the row is
+/// the value, its `version` column what a write compares.
+struct Rows<'a> {
+    leases: &'a Leases,
+    db: &'a mut dyn Exec,
+}
+
+impl engine::Store for Rows<'_> {
+    type Version = Option<Row>;
+
+    fn read(&mut self, name: &str) -> Result<Snapshot<Option<Row>>> {
+        let (now, cur) = self.leases.read(self.db, name)?;
+        Ok(Snapshot {
+            now,
+            state: state_of(cur.as_ref())?,
+            version: cur,
+        })
+    }
+
+    /// Wakes nobody: each SQL backend wakes its own way from the effects.
+    fn write(
+        &mut self,
+        name: &str,
+        seen: &Snapshot<Option<Row>>,
+        new: &State,
+        w: &Write,
+    ) -> Result<bool> {
+        let cur = seen.version.as_ref();
+        let row = Row::storing(name, new.clone(), cur.map_or(0, |c| c.version));
+        self.leases.write(self.db, cur, &row, w.until)
+    }
+
+    fn attempt<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.db.begin()?;
+        match f(self).and_then(|out| self.db.commit().map(|_| out)) {
+            Ok(out) => Ok(out),
+            Err(e) => {
+                self.db.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// "My token, the lone holder, not expired" is the WHERE of one UPDATE.
+    fn fast_renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Option<Check>> {
+        let p = [
+            Val::Int(lease_us(lease)),
+            Val::Text(name.to_string()),
+            Val::Text(token.to_string()),
+        ];
+        let done = self.db.execute(&self.leases.extend_mine, &p)? == 1;
+        Ok(done.then_some(Check::Done))
+    }
+
+    fn fast_release(&mut self, name: &str, token: &str) -> Result<Option<Check>> {
+        let p = [Val::Text(name.to_string()), Val::Text(token.to_string())];
+        let done = self.db.execute(&self.leases.clear_mine, &p)? == 1;
+        Ok(done.then_some(Check::Done))
     }
 }
 

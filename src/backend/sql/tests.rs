@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use super::*;
-use crate::backend::kinds::{Kind, Mode, MAX_COMMAND, MAX_HOST};
+use crate::backend::kinds::{self, Kind, Mode, MAX_COMMAND, MAX_HOST};
 use crate::backend::Grant;
 use crate::holder::Holder;
 

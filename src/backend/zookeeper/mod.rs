@@ -44,13 +44,12 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::kinds::{self as rules, Effects};
+use super::engine;
 use super::{
-    Acquire, Backend, Broken, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
+    Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
 };
-use crate::holder::Holder;
 use conn::Conn;
-use store::{Paths, Store, Stored};
+use store::{Node, Paths, Store};
 
 pub use address::FORM;
 
@@ -81,68 +80,34 @@ impl ZkBackend {
             .insert(name.to_string(), mzxid);
     }
 
-    /// A renew or release that did not find the token says who broke it, if a record does.
-    fn checked(
-        &self,
-        name: &str,
-        token: &str,
-        plan: impl Fn(i64, &mut rules::State) -> (Check, Effects),
-    ) -> Result<Check> {
-        let (check, seen) = self
-            .store
-            .change(name, |seen, st| Ok(plan(seen.now, &mut st.state)))?;
-        let by = seen.stored.broken_by(token);
-        Ok(match (check, by) {
-            (Check::NotHeld, Some(by)) => Check::Broken(Broken { by, now: None }),
-            (Check::HeldByOther(i), Some(by)) => Check::Broken(Broken { by, now: Some(i) }),
-            (check, _) => check,
-        })
+    /// The engine's store.
+    fn node(&self) -> Node<'_> {
+        Node {
+            store: &self.store,
+            mzxid: None,
+        }
     }
 }
 
 impl Backend for ZkBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
-        let (out, seen) = self.store.change(req.name, |seen, st| {
-            let (out, fx) = rules::plan_acquire(seen.now, &mut st.state, req)?;
-            st.breaks
-                .retain(|b| b.token != req.token || out_is_busy(&out));
-            Ok((out, fx))
-        })?;
-        self.saw(req.name, seen.mzxid);
+        let mut node = self.node();
+        let (out, _) = engine::acquire(&mut node, req, true)?;
+        let mzxid = node.mzxid;
+        self.saw(req.name, mzxid);
         Ok(out)
     }
 
     fn renew(&mut self, name: &str, token: &str, lease: Duration) -> Result<Check> {
-        self.checked(name, token, |now, st| {
-            rules::plan_renew(now, st, name, token, lease)
-        })
+        Ok(engine::renew(&mut self.node(), name, token, lease)?.0)
     }
 
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
-        self.checked(name, token, |now, st| {
-            rules::plan_release(now, st, name, token)
-        })
+        Ok(engine::release(&mut self.node(), name, token)?.0)
     }
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
-        let me = Holder::new(std::process::id(), String::new());
-        let by = format!("{}@{} (pid {})", me.user, me.host, me.pid);
-        let (broken, _) = self.store.change(name, |seen, st: &mut Stored| {
-            let before: Vec<(String, i64)> = st
-                .state
-                .holders
-                .iter()
-                .map(|h| (h.token.clone(), h.expires_us))
-                .collect();
-            let (broken, fx) = rules::plan_force(seen.now, &mut st.state, name, only);
-            let gone: Vec<(String, i64)> = before
-                .into_iter()
-                .filter(|(t, e)| *e > seen.now && st.state.holders.iter().all(|h| &h.token != t))
-                .collect();
-            Store::record_breaks(st, &gone, &by);
-            Ok((broken, fx))
-        })?;
-        Ok(broken)
+        Ok(engine::force(&mut self.node(), name, only)?.0)
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
@@ -185,12 +150,6 @@ impl Backend for ZkBackend {
         let store = Arc::clone(&self.store);
         watch::listen(store, name.to_string(), token.to_string(), on_break);
     }
-}
-
-/// A grant clears an old break record of the token (a `--token` reused
-/// after its lease was broken); a busy answer keeps it.
-fn out_is_busy(out: &Acquire) -> bool {
-    !matches!(out, Acquire::Acquired(_))
 }
 
 impl Drop for ZkBackend {

@@ -1,7 +1,7 @@
 //! Where a name's state lives and how it changes: one persistent node per
-//! name holding a `kinds::State` as JSON, changed by read → plan → a
-//! version-checked write (create when absent), again if someone wrote
-//! between; and the leader's clock, read as the mtime of a write.
+//! name holding a `kinds::State` as JSON (and who broke which lease), the
+//! engine's store (`backend::engine`): read with the leader's clock (the
+//! mtime of a write), written with a version check (create when absent).
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -9,12 +9,10 @@ use zookeeper_client::{Client, CreateMode, Error as ZkError, Stat};
 
 use super::address::{decode, encode};
 use super::conn::Conn;
-use crate::backend::kinds::{Effects, State};
-use crate::error::{fail, INTERNAL, UNAVAILABLE};
+use crate::backend::engine::{self, Snapshot, Write};
+use crate::backend::kinds::State;
+use crate::error::{fail, INTERNAL};
 
-/// Writes lost to other clients in a row before giving up: each loss means
-/// another client's change went through, so this bounds only a stampede.
-const MAX_RACES: usize = 50;
 /// How long (µs) a break record outlives the broken lease, so that the
 /// holder's next renewal can say who broke it.
 const RECORD_MARGIN_US: i64 = 60_000_000;
@@ -213,38 +211,6 @@ impl Store {
         }
     }
 
-    /// Read, plan, write, until a write finds the node as its read did.
-    /// `plan` gets what was read (the leader's clock among it) and the state
-    /// to change. Returns the plan's answer and the clock and mzxid the node
-    /// has after it (the write's own, if it wrote).
-    pub fn change<T>(
-        &self,
-        name: &str,
-        mut plan: impl FnMut(&Seen, &mut Stored) -> Result<(T, Effects)>,
-    ) -> Result<(T, Seen)> {
-        for _ in 0..MAX_RACES {
-            let mut seen = self.read(name)?;
-            let mut stored = seen.stored.clone();
-            let (out, fx) = plan(&seen, &mut stored)?;
-            // Waking needs no write of its own: the first waiter watches this
-            // node, so any write wakes it, and the waiter behind a waiter that
-            // took the lock wakes when that one leaves the queue.
-            if !fx.write {
-                return Ok((out, seen));
-            }
-            stored.breaks.retain(|b| b.until_us > seen.now);
-            if let Some(mzxid) = self.write(name, &seen, &stored)? {
-                seen.mzxid = Some(mzxid);
-                seen.stored = stored;
-                return Ok((out, seen));
-            }
-        }
-        Err(fail(
-            UNAVAILABLE,
-            format!("lock '{name}' kept changing under {MAX_RACES} tries to update it; try again"),
-        ))
-    }
-
     /// Every name that has a state node under the prefix, sorted.
     pub fn names(&self) -> Result<Vec<String>> {
         let client = self.conn.client()?;
@@ -303,6 +269,57 @@ impl Store {
                 until_us: expires_us.saturating_add(RECORD_MARGIN_US),
             });
         }
+    }
+}
+
+/// One name's node as the engine's store. Waking needs no write of its
+/// own: the first waiter watches this node, so any write wakes it, and the
+/// waiter behind a waiter that took the lock wakes when that one leaves
+/// the queue.
+pub struct Node<'a> {
+    pub store: &'a Store,
+    /// The node's mzxid as the last read or write left it.
+    pub mzxid: Option<i64>,
+}
+
+impl engine::Store for Node<'_> {
+    type Version = Seen;
+    const RECORDS_BREAKS: bool = true;
+
+    fn read(&mut self, name: &str) -> Result<Snapshot<Seen>> {
+        let seen = self.store.read(name)?;
+        self.mzxid = seen.mzxid;
+        Ok(Snapshot {
+            now: seen.now,
+            state: seen.stored.state.clone(),
+            version: seen,
+        })
+    }
+
+    fn write(&mut self, name: &str, seen: &Snapshot<Seen>, new: &State, w: &Write) -> Result<bool> {
+        let mut stored = Stored {
+            state: new.clone(),
+            breaks: seen.version.stored.breaks.clone(),
+        };
+        // Records end a while after their lease would have; a grant clears
+        // its token's (a `--token` reused after its lease was broken).
+        let holds = |t: &str| new.holders.iter().any(|h| h.token == t);
+        stored
+            .breaks
+            .retain(|b| b.until_us > seen.now && !holds(&b.token));
+        Store::record_breaks(&mut stored, w.broken, w.by);
+        let written = self.store.write(name, &seen.version, &stored)?;
+        if written.is_some() {
+            self.mzxid = written;
+        }
+        Ok(written.is_some())
+    }
+
+    fn broken_by(&self, seen: &Snapshot<Seen>, token: &str) -> Option<String> {
+        let live = seen.version.stored.breaks.iter();
+        live.filter(|b| b.until_us > seen.now)
+            .find(|b| b.token == token)
+            .map(|b| b.by.clone())
     }
 }
 
