@@ -46,7 +46,7 @@ macro_rules! table {
                 [kinds restart durable pause sessions exact_ttl reset];
             postgres {$crate::common::postgres::Postgres::shared()}
                 {$crate::common::postgres::Postgres::start()}
-                [kinds restart durable pause sessions exact_ttl reset];
+                [kinds notices restart durable pause sessions exact_ttl reset];
             etcd {$crate::common::etcd::Etcd::shared()}
                 {$crate::common::etcd::Etcd::cluster(1)}
                 [kinds notices restart pause reset];

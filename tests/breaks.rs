@@ -1,0 +1,86 @@
+//! `release --force` against a live `exec` holder, on every backend: where
+//! the backend pushes a notice (the `notices` capability) the holder's
+//! command is stopped within 250 ms of the force returning; everywhere else
+//! by the holder's next renewal.
+
+use crate::common;
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::backends::scenarios;
+use common::*;
+
+/// An `exec` holder of `name` whose command runs until stopped, with
+/// --verbose (its listener says when it listens); returns it and its stderr
+/// once the command is up.
+fn exec_holder(ctx: &Ctx, name: &str, lease: &str) -> (Child, Lines) {
+    let ready = Fifo::new(ctx.dir.path(), &format!("{name}.ready"));
+    let script = format!("echo up > '{}'; exec sleep 60", ready.path.display());
+    let args = [
+        "-v", "exec", "--lease", lease, name, "--", "sh", "-c", &script,
+    ];
+    let mut child = spawn(ctx.cmd(&args));
+    let lines = Lines::of(&mut child);
+    ready.read_line(Duration::from_secs(20));
+    (child, lines)
+}
+
+/// Breaks `name` and returns when the force returned.
+fn force(ctx: &Ctx, name: &str) -> Instant {
+    let o = ctx.run(&["release", name, "--force"]);
+    let done = Instant::now();
+    assert_eq!(code(&o), 0, "release --force: {}", stderr(&o));
+    assert!(stderr(&o).contains("broke lock"), "{}", stderr(&o));
+    done
+}
+
+/// Waits for the holder to stop its command over the break; how long after `from`.
+fn stopped(holder: &mut Child, lines: &mut Lines, from: Instant) -> Duration {
+    let st = wait_child(holder, Duration::from_secs(30));
+    let took = from.elapsed();
+    let err = lines.rest();
+    assert_eq!(st.code(), Some(79), "{err}");
+    assert!(err.contains("broken with --force"), "{err}");
+    took
+}
+
+mod pushed {
+    use super::*;
+
+    /// The renewal is 10 s away: only a notice can stop it in time.
+    fn a_forced_break_stops_an_exec_holder_within_250ms(ctx: &Ctx) {
+        let (mut holder, mut lines) = exec_holder(ctx, "pushed", "30s");
+        lines.expect(
+            "listening for breaks of lock 'pushed'",
+            Duration::from_secs(20),
+        );
+        let done = force(ctx, "pushed");
+        let took = stopped(&mut holder, &mut lines, done);
+        eprintln!("force→stop: {} ms", took.as_millis());
+        assert!(
+            took < Duration::from_millis(250),
+            "the command was stopped {took:?} after the force returned"
+        );
+    }
+
+    scenarios!(notices, shared: a_forced_break_stops_an_exec_holder_within_250ms);
+}
+
+mod renewed {
+    use super::*;
+
+    /// With or without notices, the next renewal (every 1 s with a 3 s
+    /// lease) finds the lease gone; the command never outlives the lease.
+    fn a_forced_break_stops_an_exec_holder_by_its_next_renewal(ctx: &Ctx) {
+        let (mut holder, mut lines) = exec_holder(ctx, "renewed", "3s");
+        let done = force(ctx, "renewed");
+        let took = stopped(&mut holder, &mut lines, done);
+        assert!(
+            took < Duration::from_secs(3),
+            "the command was stopped {took:?} after the force returned"
+        );
+    }
+
+    scenarios!(any, shared: a_forced_break_stops_an_exec_holder_by_its_next_renewal);
+}
