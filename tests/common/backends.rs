@@ -40,7 +40,7 @@ macro_rules! table {
             redis_sentinel {$crate::common::sentinel::SentinelSet::shared()} {} [kinds notices];
             redis_cluster {$crate::common::cluster::ClusterSet::shared()} {} [kinds notices];
             redlock {$crate::common::redlock::RedlockSet::shared()} {} [];
-            sqlite {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds];
+            sqlite {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds notices];
             mariadb {$crate::common::mariadb::MariaDb::shared()}
                 {$crate::common::mariadb::MariaDb::start()}
                 [kinds restart durable pause sessions exact_ttl reset];
