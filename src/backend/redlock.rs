@@ -23,6 +23,7 @@
 //! compare-and-set over several keys, which no majority of independent
 //! servers can apply atomically.
 
+mod breaks;
 mod node;
 mod quorum;
 mod scripts;
@@ -44,7 +45,7 @@ use crate::error::{fail, UNAVAILABLE, USAGE};
 use crate::holder::Holder;
 use node::{on_all, Node};
 use quorum::{majority, majority_ttl, Verdict};
-use scripts::{EXTEND_LUA, HEAL_LUA, UNDO_LUA, WRITE_BACK_LUA};
+use scripts::{EXTEND_LUA, UNDO_LUA, WRITE_BACK_LUA};
 
 pub const FORM: &str = "redlock://[user:pass@]host:6379,host:6379,host:6379[/db] (an odd number of servers, at least 3)";
 
@@ -462,25 +463,15 @@ impl Backend for RedlockBackend {
         self.timeout = timeout.max(Duration::from_millis(1));
         Ok(())
     }
+
+    fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
+        breaks::watch(self, name, token, on_break);
+    }
 }
 
 mod status;
 
 impl RedlockBackend {
-    /// Gives the lease back to nodes that answered they have none, while
-    /// the token holds a majority (best effort: the next renewal tries again).
-    fn heal(&self, name: &str, value: &str, ms: &str, missing: &[usize]) {
-        let keys = self.keys(name, &["lease", "fence"]);
-        let fence = value.split('\n').nth(1).unwrap_or("0");
-        let _ = on_all(&self.nodes, |i, n| {
-            if missing.contains(&i) {
-                n.eval(&HEAL_LUA, &keys, &[value, ms, fence]).map(|_| ())
-            } else {
-                Ok(())
-            }
-        });
-    }
-
     /// Why a token's renew or release found no majority: broken, held by
     /// another token (that has a majority), or simply not held.
     fn not_ours(&self, name: &str, by: Option<String>, others: &[(String, i64, String)]) -> Check {

@@ -39,7 +39,7 @@ macro_rules! table {
                 [kinds notices restart pause exact_ttl reset];
             redis_sentinel {$crate::common::sentinel::SentinelSet::shared()} {} [kinds notices];
             redis_cluster {$crate::common::cluster::ClusterSet::shared()} {} [kinds notices];
-            redlock {$crate::common::redlock::RedlockSet::shared()} {} [];
+            redlock {$crate::common::redlock::RedlockSet::shared()} {} [notices];
             sqlite {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds notices];
             mariadb {$crate::common::mariadb::MariaDb::shared()}
                 {$crate::common::mariadb::MariaDb::start()}

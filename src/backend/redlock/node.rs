@@ -183,3 +183,20 @@ pub fn same_address(hosts: &[(String, u16)]) -> Option<(usize, usize, std::net::
     }
     None
 }
+
+impl super::RedlockBackend {
+    /// Gives the lease back to nodes that answered they have none, while
+    /// the token holds a majority (best effort: the next renewal tries again).
+    pub(super) fn heal(&self, name: &str, value: &str, ms: &str, missing: &[usize]) {
+        let keys = self.keys(name, &["lease", "fence"]);
+        let fence = value.split('\n').nth(1).unwrap_or("0");
+        let _ = on_all(&self.nodes, |i, n| {
+            if missing.contains(&i) {
+                n.eval(&super::scripts::HEAL_LUA, &keys, &[value, ms, fence])
+                    .map(|_| ())
+            } else {
+                Ok(())
+            }
+        });
+    }
+}
