@@ -43,7 +43,7 @@ macro_rules! table {
             sqlite {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds notices];
             mariadb {$crate::common::mariadb::MariaDb::shared()}
                 {$crate::common::mariadb::MariaDb::start()}
-                [kinds restart durable pause sessions exact_ttl reset];
+                [kinds notices restart durable pause sessions exact_ttl reset];
             postgres {$crate::common::postgres::Postgres::shared()}
                 {$crate::common::postgres::Postgres::start()}
                 [kinds notices restart durable pause sessions exact_ttl reset];
