@@ -15,11 +15,17 @@ use common::*;
 /// --verbose (its listener says when it listens); returns it and its stderr
 /// once the command is up.
 fn exec_holder(ctx: &Ctx, name: &str, lease: &str) -> (Child, Lines) {
-    let ready = Fifo::new(ctx.dir.path(), &format!("{name}.ready"));
+    exec_holder_with(ctx, name, name, &["--lease", lease])
+}
+
+/// As [`exec_holder`], with these options of `exec`; `tag` tells the
+/// holders of one lock apart.
+fn exec_holder_with(ctx: &Ctx, name: &str, tag: &str, opts: &[&str]) -> (Child, Lines) {
+    let ready = Fifo::new(ctx.dir.path(), &format!("{tag}.ready"));
     let script = format!("echo up > '{}'; exec sleep 60", ready.path.display());
-    let args = [
-        "-v", "exec", "--lease", lease, name, "--", "sh", "-c", &script,
-    ];
+    let mut args = vec!["-v", "exec"];
+    args.extend(opts);
+    args.extend([name, "--", "sh", "-c", &script]);
     let mut child = spawn(ctx.cmd(&args));
     let lines = Lines::of(&mut child);
     ready.read_line(Duration::from_secs(20));
@@ -73,6 +79,32 @@ mod pushed {
     }
 
     scenarios!(notices, shared: a_forced_break_stops_an_exec_holder_within_250ms);
+
+    /// Every holder of a shared lock is told, each by its own notice.
+    fn a_forced_break_stops_every_shared_exec_holder_within_250ms(ctx: &Ctx) {
+        let opts = ["--lease", "30s", "--shared"];
+        let (mut one, mut one_err) = exec_holder_with(ctx, "readers", "one", &opts);
+        let (mut two, mut two_err) = exec_holder_with(ctx, "readers", "two", &opts);
+        for err in [&mut one_err, &mut two_err] {
+            err.expect(
+                "listening for breaks of lock 'readers'",
+                Duration::from_secs(20),
+            );
+        }
+        let done = force(ctx, "readers");
+        for (holder, err) in [(&mut one, &mut one_err), (&mut two, &mut two_err)] {
+            let took = stopped(holder, err, done);
+            assert!(
+                took < Duration::from_millis(250),
+                "a reader was stopped {took:?} after the force returned"
+            );
+        }
+    }
+
+    mod shared {
+        use super::*;
+        scenarios!(kinds + notices, shared: a_forced_break_stops_every_shared_exec_holder_within_250ms);
+    }
 }
 
 mod renewed {
