@@ -362,8 +362,7 @@ impl Backend for MysqlBackend {
     }
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
-        // A broken live holder lets its wake lock go as it stops (or at its
-        // next renewal); waiters then wake, or at the TTL they were given.
+        // A broken live holder lets its wake lock go as it stops (see breaks.rs).
         let mut db = self.db();
         let broken = self.leases.force_release(&mut *db, name, only)?.0;
         db.tell_broken(name, &broken);
