@@ -8,6 +8,7 @@
 
 mod common;
 
+mod breaks;
 mod build_script;
 mod cli;
 mod completions;

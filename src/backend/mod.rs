@@ -20,6 +20,7 @@ pub mod kinds;
 #[cfg(test)]
 pub mod memory;
 pub mod mysql;
+pub mod notice;
 pub mod postgres;
 pub mod probe;
 pub mod redis;

@@ -29,6 +29,7 @@ use anyhow::Result;
 use mysql::prelude::Queryable;
 use mysql::{Conn, Opts, Value};
 
+mod breaks;
 mod conn;
 mod wake;
 use conn::{
@@ -66,6 +67,9 @@ pub struct MysqlBackend {
     /// Shared with the waiter, which blocks on the same connection.
     db: Arc<Mutex<Db>>,
     leases: Leases,
+    /// For the break listener's connection of its own.
+    url: Url,
+    cfg: Config,
 }
 
 struct Db {
@@ -116,6 +120,8 @@ impl MysqlBackend {
         Ok(MysqlBackend {
             db: Arc::new(Mutex::new(db)),
             leases: Leases::new(&DIALECT, &table),
+            url: url.clone(),
+            cfg: cfg.clone(),
         })
     }
 
@@ -330,9 +336,11 @@ impl Backend for MysqlBackend {
     }
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
-        // A live holder elsewhere keeps its wake lock until it notices at its
-        // next renewal; waiters then wake, or at the TTL they were given.
-        Ok(self.leases.force_release(&mut *self.db(), name, only)?.0)
+        // A broken live holder lets its wake lock go as it stops (see breaks.rs).
+        let mut db = self.db();
+        let broken = self.leases.force_release(&mut *db, name, only)?.0;
+        db.tell_broken(name, &broken);
+        Ok(broken)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -357,6 +365,10 @@ impl Backend for MysqlBackend {
         let mut db = self.db();
         db.drop_connection();
         db.connection().map(|_| ())
+    }
+
+    fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
+        breaks::watch(&self.url, &self.cfg, name, token, on_break);
     }
 
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {

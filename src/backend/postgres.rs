@@ -30,6 +30,7 @@ use anyhow::Result;
 use tokio::runtime::Runtime;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+mod breaks;
 mod conn;
 mod link;
 #[cfg(test)]
@@ -64,6 +65,9 @@ pub struct PgBackend {
     /// Shared with the waiter, which blocks on the same connection.
     db: Arc<Mutex<Db>>,
     leases: Leases,
+    /// For the break listener's connection of its own.
+    url: Url,
+    cfg: Config,
 }
 
 struct Db {
@@ -125,9 +129,13 @@ impl PgBackend {
             Err(Failed::Pg(e)) if is_full(&e) => {}
             Err(e) => return Err(db.explain(e)),
         }
+        let scope = db.scope();
         Ok(PgBackend {
             db: Arc::new(Mutex::new(db)),
-            leases: Leases::in_schema(&DIALECT, Some(&target.schema), &table),
+            leases: Leases::in_schema(&DIALECT, Some(&target.schema), &table)
+                .notifying("SELECT pg_notify(?, ?)", &scope),
+            url: url.clone(),
+            cfg: cfg.clone(),
         })
     }
 
@@ -375,8 +383,9 @@ impl Backend for PgBackend {
     }
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
-        // A live holder elsewhere keeps its wake lock until it notices at its
-        // next renewal; the announcement wakes a waiter that listens.
+        // A broken live holder hears of it on its break channel (the store
+        // sends that with the write) and lets its wake lock go as it stops;
+        // the announcement wakes a waiter that listens.
         let mut db = self.db();
         let (r, fx) = self.leases.force_release(&mut *db, name, only)?;
         if fx.wake {
@@ -412,5 +421,9 @@ impl Backend for PgBackend {
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         self.db().timeout = timeout.max(Duration::from_millis(1));
         Ok(())
+    }
+
+    fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
+        breaks::watch(&self.url, &self.cfg, name, token, on_break);
     }
 }

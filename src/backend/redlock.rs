@@ -23,6 +23,7 @@
 //! compare-and-set over several keys, which no majority of independent
 //! servers can apply atomically.
 
+mod breaks;
 mod node;
 mod quorum;
 mod scripts;
@@ -461,6 +462,10 @@ impl Backend for RedlockBackend {
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         self.timeout = timeout.max(Duration::from_millis(1));
         Ok(())
+    }
+
+    fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
+        breaks::watch(self, name, token, on_break);
     }
 }
 

@@ -47,6 +47,7 @@
 //! re-opened by its waiter.
 
 mod bell;
+mod breaks;
 mod conn;
 mod place;
 
@@ -110,6 +111,8 @@ pub struct SqliteBackend {
     waited: Option<String>,
     /// When a busy attempt last passed a wake-up on to a waiter ahead of it.
     passed: Option<Instant>,
+    /// For the break listener's connection of its own.
+    cfg: Config,
 }
 
 impl SqliteBackend {
@@ -117,6 +120,14 @@ impl SqliteBackend {
     /// by the first acquisition, not here: until then requests read an
     /// empty database in memory, so that `status` creates nothing.
     fn open(path: PathBuf, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+        let loc = Location {
+            backend: "sqlite",
+            location: path.display().to_string(),
+        };
+        Ok((Box::new(SqliteBackend::open_raw(path, cfg)?), loc))
+    }
+
+    fn open_raw(path: PathBuf, cfg: &Config) -> Result<SqliteBackend> {
         bell::report_bus_errors(&path);
         let table = sql::table_name(&cfg.prefix);
         let (conn, mode, file) = match file_id(&path) {
@@ -126,11 +137,7 @@ impl SqliteBackend {
                 (conn::in_memory(&table, cfg.timeout)?, None, None)
             }
         };
-        let loc = Location {
-            backend: "sqlite",
-            location: path.display().to_string(),
-        };
-        let b = SqliteBackend {
+        Ok(SqliteBackend {
             conn,
             leases: Leases::new(&DIALECT, &table),
             path,
@@ -140,8 +147,8 @@ impl SqliteBackend {
             mode,
             waited: None,
             passed: None,
-        };
-        Ok((Box::new(b), loc))
+            cfg: cfg.clone(),
+        })
     }
 
     /// Creates the file if it does not exist yet (see [`SqliteBackend::open`]).
@@ -218,9 +225,13 @@ impl SqliteBackend {
     /// SQLite does for its -wal and -shm files, so that a file shared by
     /// several users works.
     fn bell(&self, name: &str) -> std::io::Result<Bell> {
-        let file = self.wake_file(name);
+        self.bell_at(&self.wake_file(name))
+    }
+
+    /// The bell at `file` in the wake-up directory, made as [`Self::bell`] says.
+    fn bell_at(&self, file: &Path) -> std::io::Result<Bell> {
         // Usually the bell exists: open it without creating anything.
-        match Bell::open(&file, self.mode) {
+        match Bell::open(file, self.mode) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             r => return r,
         }
@@ -242,7 +253,7 @@ impl SqliteBackend {
         let file_mode = self
             .mode
             .unwrap_or_else(|| std::fs::metadata(&self.path).map_or(0o600, |m| m.mode() & 0o666));
-        Bell::create(&file, file_mode)
+        Bell::create(file, file_mode)
     }
 
     /// Wakes one waiter of `name`; best effort, since a waiter also wakes at the TTL.
@@ -399,6 +410,9 @@ impl Backend for SqliteBackend {
         if fx.wake {
             self.wake(name);
         }
+        if !r.is_empty() {
+            breaks::ring(&breaks::file_of(self, name));
+        }
         Ok(r)
     }
 
@@ -429,6 +443,10 @@ impl Backend for SqliteBackend {
         self.timeout = timeout.max(Duration::from_millis(1));
         let _ = self.conn.busy_timeout(self.timeout);
         Ok(())
+    }
+
+    fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
+        breaks::watch(self, name, token, on_break);
     }
 }
 

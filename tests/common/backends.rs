@@ -39,14 +39,14 @@ macro_rules! table {
                 [kinds notices restart pause exact_ttl reset];
             redis_sentinel {$crate::common::sentinel::SentinelSet::shared()} {} [kinds notices];
             redis_cluster {$crate::common::cluster::ClusterSet::shared()} {} [kinds notices];
-            redlock {$crate::common::redlock::RedlockSet::shared()} {} [];
-            sqlite {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds];
+            redlock {$crate::common::redlock::RedlockSet::shared()} {} [notices];
+            sqlite {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds notices];
             mariadb {$crate::common::mariadb::MariaDb::shared()}
                 {$crate::common::mariadb::MariaDb::start()}
-                [kinds restart durable pause sessions exact_ttl reset];
+                [kinds notices restart durable pause sessions exact_ttl reset];
             postgres {$crate::common::postgres::Postgres::shared()}
                 {$crate::common::postgres::Postgres::start()}
-                [kinds restart durable pause sessions exact_ttl reset];
+                [kinds notices restart durable pause sessions exact_ttl reset];
             etcd {$crate::common::etcd::Etcd::shared()}
                 {$crate::common::etcd::Etcd::cluster(1)}
                 [kinds notices restart pause reset];

@@ -107,6 +107,8 @@ pub fn watch_breaks(
     let spawned = std::thread::Builder::new()
         .name("etcd-watch".into())
         .spawn(move || {
+            // From the acquisition's revision on: no deletion is missed.
+            crate::backend::notice::listening(&name);
             let mut from = rev + 1;
             loop {
                 match deleted_after(&link, &key, from) {
@@ -119,7 +121,7 @@ pub fn watch_breaks(
                 }
             }
             on_break(format!(
-                "lock '{name}' was taken away on the server (broken with release --force, or its lease ran out)"
+                "lock '{name}' was broken with --force (or its lease ran out on the server)"
             ));
         });
     let _ = spawned;

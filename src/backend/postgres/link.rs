@@ -48,7 +48,8 @@ pub(super) struct Link {
     client: Option<Client>,
     /// Reads the connection; aborted with the link, which closes the socket.
     driver: JoinHandle<()>,
-    notes: UnboundedReceiver<()>,
+    /// The payloads of notifications received, in order.
+    notes: UnboundedReceiver<String>,
 }
 
 impl Drop for Link {
@@ -70,16 +71,16 @@ fn bounded<T>(
     }
 }
 
-/// Reads the connection until it ends, passing on a wake-up per notification.
-async fn drive<S, T>(mut conn: Connection<S, T>, tx: UnboundedSender<()>)
+/// Reads the connection until it ends, passing on each notification's payload.
+async fn drive<S, T>(mut conn: Connection<S, T>, tx: UnboundedSender<String>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
         match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-            Some(Ok(AsyncMessage::Notification(_))) => {
-                let _ = tx.send(());
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                let _ = tx.send(n.payload().to_string());
             }
             Some(Ok(_)) => {}
             _ => return,
@@ -205,8 +206,17 @@ impl Link {
         let _guard = rt.enter();
         matches!(
             rt.block_on(tokio::time::timeout(limit, self.notes.recv())),
-            Ok(Some(()))
+            Ok(Some(_))
         )
+    }
+
+    /// The next notification's payload, waiting up to `limit`; None when
+    /// none came or the connection ended.
+    pub(super) fn next_note(&mut self, rt: &Runtime, limit: Duration) -> Option<String> {
+        let _guard = rt.enter();
+        rt.block_on(tokio::time::timeout(limit, self.notes.recv()))
+            .ok()
+            .flatten()
     }
 
     /// Drops notifications already received; true when there were any.

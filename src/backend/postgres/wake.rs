@@ -126,7 +126,7 @@ pub(super) fn key_of(data: &str) -> i64 {
 }
 
 impl Db {
-    fn scope(&self) -> String {
+    pub(super) fn scope(&self) -> String {
         format!("{}.{}", self.schema, self.table)
     }
 

@@ -33,7 +33,7 @@ pub fn listen(
         .spawn(move || {
             let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(10));
             loop {
-                match wait_for_break(&link, timeout, &channel, &token_id) {
+                match wait_for_break(&link, timeout, &channel, &token_id, &name) {
                     Ok(by) => {
                         on_break(format!("lock '{name}' was broken with --force by {by}"));
                         return;
@@ -58,11 +58,13 @@ fn wait_for_break(
     timeout: Duration,
     channel: &str,
     token_id: &str,
+    name: &str,
 ) -> redis::RedisResult<String> {
     let mut con = link.subscriber()?.get_connection_with_timeout(timeout)?;
     con.set_read_timeout(Some(timeout))?;
     let mut ps = con.as_pubsub();
     ps.subscribe(channel)?;
+    crate::backend::notice::listening(name);
     // Notices come when they come; a dead connection ends in an error.
     ps.set_read_timeout(None)?;
     loop {

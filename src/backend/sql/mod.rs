@@ -80,6 +80,10 @@ pub struct Leases {
     extend_mine: String,
     /// Clears the row where `token` holds it unexpired: release in one statement.
     clear_mine: String,
+    /// Tells a broken holder (`release --force`), where the database can
+    /// push a notice: a statement of two parameters, the channel and the
+    /// payload, and the scope that channels are named in (see [`break_channel`]).
+    notices: Option<(String, String)>,
 }
 
 impl Leases {
@@ -113,6 +117,7 @@ impl Leases {
             ),
             update_until: format!("{update} AND ? > {now}"),
             update,
+            notices: None,
             extend_mine: format!(
                 "UPDATE {t} SET expires_us = {now} + ?, version = version + 1 {mine}"
             ),
@@ -124,6 +129,14 @@ impl Leases {
                  version = version + 1 {mine}"
             ),
         }
+    }
+
+    /// Sends every break of a live lease as `stmt` (channel, payload) with
+    /// the channels of `scope`: the payload is the token's id and who broke
+    /// it, one per line, for the holder's listener.
+    pub fn notifying(mut self, stmt: &str, scope: &str) -> Leases {
+        self.notices = Some((stmt.to_string(), scope.to_string()));
+        self
     }
 
     /// The clock and `name`'s row, if it exists.
@@ -248,6 +261,9 @@ struct Rows<'a> {
 impl engine::Store for Rows<'_> {
     type Version = Option<Row>;
 
+    /// Only to name the breaker in a notice; a lookup on `--force` alone.
+    const RECORDS_BREAKS: bool = true;
+
     fn read(&mut self, name: &str) -> Result<Snapshot<Option<Row>>> {
         let (now, cur) = self.leases.read(self.db, name)?;
         Ok(Snapshot {
@@ -267,7 +283,16 @@ impl engine::Store for Rows<'_> {
     ) -> Result<bool> {
         let cur = seen.version.as_ref();
         let row = Row::storing(name, new.clone(), cur.map_or(0, |c| c.version));
-        self.leases.write(self.db, cur, &row, w.until)
+        let stored = self.leases.write(self.db, cur, &row, w.until)?;
+        if let Some((stmt, scope)) = self.leases.notices.as_ref().filter(|_| stored) {
+            let chan = Val::Text(break_channel(scope, name));
+            for (token, _) in w.broken {
+                let note = format!("{}\n{}", crate::names::token_id(token), w.by);
+                // Best effort: a holder that misses it learns at its next renewal.
+                let _ = self.db.execute(stmt, &[chan.clone(), Val::Text(note)]);
+            }
+        }
+        Ok(stored)
     }
 
     fn attempt<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
@@ -297,6 +322,14 @@ impl engine::Store for Rows<'_> {
         let done = self.db.execute(&self.leases.clear_mine, &p)? == 1;
         Ok(done.then_some(Check::Done))
     }
+}
+
+/// The channel on which breaks of `name`'s leases are announced: a
+/// lowercase identifier (at most 26 characters) from a hash of the scope
+/// (the table, with its schema) and the name.
+pub fn break_channel(scope: &str, name: &str) -> String {
+    let hex = hash_hex(format!("{scope}\0{name}").as_bytes());
+    format!("dlock_brk_{}", &hex[..16])
 }
 
 /// A table name from the prefix: kept as is when it is plain lowercase ASCII,

@@ -115,6 +115,15 @@ impl Bell {
     /// woke. One is enough (see the module comment), and waking all of
     /// them had each run an attempt that could only find the lock taken.
     pub fn ring(&self) -> i64 {
+        self.bump(1)
+    }
+
+    /// Bumps the counter and wakes every sleeper (a break's listeners).
+    pub fn ring_all(&self) {
+        self.bump(i32::MAX);
+    }
+
+    fn bump(&self, sleepers: i32) -> i64 {
         if !self.writable {
             return 0;
         }
@@ -125,7 +134,7 @@ impl Bell {
                 libc::SYS_futex,
                 self.ptr.as_ptr(),
                 libc::FUTEX_WAKE,
-                1,
+                sleepers,
                 std::ptr::null::<libc::timespec>(),
                 std::ptr::null::<u32>(),
                 0,

@@ -26,8 +26,9 @@ pub fn listen(
         .stack_size(256 * 1024)
         .spawn(move || {
             let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(10));
+            let mut said = false;
             loop {
-                match wait_for_break(&store, &name, &token) {
+                match wait_for_break(&store, &name, &token, &mut said) {
                     Ok(Some(by)) => {
                         on_break(format!("lock '{name}' was broken with --force by {by}"));
                         return;
@@ -46,7 +47,13 @@ pub fn listen(
 
 /// Who broke `token`'s lease once a change of the node says so; None when
 /// the token is simply no longer a holder; Err on a transport failure.
-fn wait_for_break(store: &Store, name: &str, token: &str) -> Result<Option<String>, ()> {
+/// Says once (`said`) that it listens: the first read with a watch.
+fn wait_for_break(
+    store: &Store,
+    name: &str,
+    token: &str,
+    said: &mut bool,
+) -> Result<Option<String>, ()> {
     let path = store.paths.lock(name);
     loop {
         let client = store.conn.client().map_err(|_| ())?;
@@ -63,6 +70,9 @@ fn wait_for_break(store: &Store, name: &str, token: &str) -> Result<Option<Strin
         }
         if stored.state.holders.iter().all(|h| h.token != token) {
             return Ok(None);
+        }
+        if !std::mem::replace(said, true) {
+            crate::backend::notice::listening(name);
         }
         drop(client);
         // A session event (disconnected, expired) also ends the wait: look again.
