@@ -57,6 +57,20 @@ Exit codes:
          SIGPIPE when the reader of help or status output left)
 Any other code from exec is the command's own exit status.";
 
+/// The words every backend uses for a server that keeps silent (exit 69):
+/// while connecting (with `why`, what else the silence may mean there), or
+/// to a request.
+pub fn silent(at: &str, within: std::time::Duration, connecting: bool, why: &str) -> String {
+    let t = crate::duration::format(within);
+    match connecting {
+        true => format!(
+            "cannot connect to {at}: it did not answer within {t}{why}; \
+             check host, port and firewall, or raise --connect-timeout"
+        ),
+        false => format!("{at} did not answer within {t}"),
+    }
+}
+
 /// An error with the exit code it should end the process with.
 #[derive(Debug)]
 pub struct Failure {

@@ -196,11 +196,7 @@ impl Link {
                     self.next_member();
                     fail(
                         UNAVAILABLE,
-                        format!(
-                            "etcd at {} did not answer {what} within {}",
-                            self.shown,
-                            crate::duration::format(timeout)
-                        ),
+                        crate::error::silent(&self.shown, timeout, false, ""),
                     )
                 }
             };

@@ -133,19 +133,13 @@ pub(super) fn describe(
     timeout: Duration,
 ) -> anyhow::Error {
     use std::io::ErrorKind;
-    let waited = crate::duration::format(timeout);
     let refused = || {
         fail(
             UNAVAILABLE,
             format!("cannot connect to {at}: connection refused; is the MySQL/MariaDB server running and listening there?"),
         )
     };
-    let silent = || {
-        fail(
-            UNAVAILABLE,
-            format!("{at} did not answer within {waited}; check host, port and firewall, or raise --connect-timeout"),
-        )
-    };
+    let silent = || fail(UNAVAILABLE, crate::error::silent(at, timeout, true, ""));
     match e {
         mysql::Error::MySqlError(m) => {
             let msg = format!("{} ({})", m.message, m.code);

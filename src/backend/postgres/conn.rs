@@ -398,13 +398,7 @@ pub(super) fn describe(
 }
 
 pub(super) fn silent(at: &str, timeout: Duration) -> anyhow::Error {
-    fail(
-        UNAVAILABLE,
-        format!(
-            "{at} did not answer within {}; check host, port and firewall, or raise --connect-timeout",
-            crate::duration::format(timeout)
-        ),
-    )
+    fail(UNAVAILABLE, crate::error::silent(at, timeout, true, ""))
 }
 
 /// The I/O error under a driver error, where there is one.

@@ -142,16 +142,15 @@ impl Conn {
                     let other = (!auth).then(|| self.elsewhere(deadline)).flatten();
                     return Err(other.unwrap_or_else(|| self.error(&e, "connecting")));
                 }
-                _ => {
-                    return Err(fail(
-                        UNAVAILABLE,
-                        format!(
-                            "no ZooKeeper server at {} served within {} (refused, down, or without a quorum)",
-                            self.shown,
-                            crate::duration::format(timeout)
-                        ),
-                    ))
-                }
+                _ => return Err(fail(
+                    UNAVAILABLE,
+                    crate::error::silent(
+                        &self.shown,
+                        timeout,
+                        true,
+                        " (no server of the ensemble served: refused, down, or without a quorum)",
+                    ),
+                )),
             }
         }
     }
@@ -222,11 +221,7 @@ impl Conn {
         run::within(timeout, fut).ok_or_else(|| {
             fail(
                 UNAVAILABLE,
-                format!(
-                    "ZooKeeper at {} did not answer within {}",
-                    self.shown,
-                    crate::duration::format(timeout)
-                ),
+                crate::error::silent(&self.shown, timeout, false, ""),
             )
         })
     }

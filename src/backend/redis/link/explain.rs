@@ -33,10 +33,7 @@ impl Link {
         } else if let Some(other) = self.not_redis(e) {
             return other;
         } else if e.is_timeout() {
-            format!(
-                "cannot connect to {at}: no answer within {}; check host, port and firewall, or raise --connect-timeout",
-                crate::duration::format(timeout)
-            )
+            crate::error::silent(at, timeout, true, "")
         } else {
             format!("cannot connect to {at}: {}", misplaced::text(e))
         };
@@ -177,10 +174,7 @@ impl Link {
         } else if e.is_timeout() {
             fail(
                 UNAVAILABLE,
-                format!(
-                    "{at} did not answer within {}",
-                    crate::duration::format(self.timeout())
-                ),
+                crate::error::silent(at, self.timeout(), false, ""),
             )
         } else if e.is_io_error() || e.is_connection_dropped() {
             fail(
