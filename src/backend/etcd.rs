@@ -64,7 +64,7 @@ use super::{
 };
 use crate::backend::kinds;
 use crate::cancel::Cancel;
-use crate::error::{fail, INTERNAL, UNAVAILABLE};
+use crate::error::{fail, INTERNAL};
 use keys::Node;
 use link::Link;
 use take::{by_create, nodes_of, ttl_secs, Kept, Step, Taking};
@@ -354,7 +354,7 @@ impl Backend for EtcdBackend {
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
         let range = keys::of_name(&self.prefix, name);
-        for _ in 0..10 {
+        for _ in 0..super::engine::MAX_RACES {
             let v = self.read(&range)?;
             let mut st = keys::state(&v.nodes);
             let (broken, _) = kinds::plan_force(0, &mut st, name, only);
@@ -390,10 +390,8 @@ impl Backend for EtcdBackend {
                 return Ok(broken);
             }
         }
-        Err(fail(
-            UNAVAILABLE,
-            format!("lock '{name}' kept changing while breaking it; try again"),
-        ))
+        // The give-up of every backend, in its words.
+        Err(super::engine::gave_up(name))
     }
 
     fn status(&mut self, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
