@@ -282,7 +282,7 @@ impl Backend for RedisBackend {
             Arc::clone(&self.link),
             self.link.timeout(),
             self.key(name, "broken"),
-            token_id(token),
+            token.to_string(),
             name.to_string(),
             on_break,
         );
