@@ -34,9 +34,9 @@
 //! The lock kinds ring the same bell: a grant that leaves room (a reader, a
 //! free slot) wakes one more waiter, so readers wake in a chain; a woken
 //! waiter that is not first in line while a waiter ahead of it could go
-//! passes its wake-up on, once a second at most to the same waiter (`pass_on`), and a queued
-//! waiter also tries every second, so a wake-up that went astray costs at
-//! most that.
+//! passes its wake-up on, to the same waiter at most once a second
+//! (`pass_on`), and a queued waiter also tries every second, so a wake-up
+//! that went astray costs at most that.
 //!
 //! A file deleted or replaced under a running dlock (tmp cleaners remove
 //! /tmp/dlock-$EUID) would let a newcomer take the lock in a new file while

@@ -28,10 +28,10 @@
 //! wake in a chain.
 //!
 //! A woken waiter whose attempt finds that a waiter ahead of it in the queue
-//! could go (`--fair`) lets the name's wake lock go for the next one, at most
-//! once per `TICKET_REFRESH` for the same waiter (a damper: live waiters cannot pass it round
-//! in a loop while a dead waiter's place lapses); queued waiters also try
-//! every second anyway.
+//! could go (`--fair`) lets the name's wake lock go for the next one, for
+//! the same waiter at most once per `TICKET_REFRESH` (`engine::PassOn`: live
+//! waiters cannot pass it round in a loop while a dead waiter's place
+//! lapses); queued waiters also try every second anyway.
 //!
 //! Wake locks only change how soon a waiter tries: the lease itself is
 //! decided by the row's compare-and-set alone, and every wait ends by the
