@@ -62,6 +62,8 @@ pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let b = ZkBackend {
         store: Arc::new(Store { conn, paths }),
         seen: Default::default(),
+        owed: Default::default(),
+        passed: Default::default(),
     };
     Ok((Box::new(b), url.location("zookeeper")))
 }
@@ -69,6 +71,11 @@ pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
 pub struct ZkBackend {
     store: Arc<Store>,
     seen: queue::Seen,
+    /// Names whose last attempt found a waiter ahead that could go: our
+    /// waiter steps aside in the queue (see `queue::Owed`).
+    owed: queue::Owed,
+    /// Damps that (`engine::PassOn`).
+    passed: engine::PassOn,
 }
 
 impl ZkBackend {
@@ -92,9 +99,13 @@ impl ZkBackend {
 impl Backend for ZkBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
         let mut node = self.node();
-        let (out, _) = engine::acquire(&mut node, req, &engine::PassOn::default())?;
+        let (out, fx) = engine::acquire(&mut node, req, &self.passed)?;
         let mzxid = node.mzxid;
         self.saw(req.name, mzxid);
+        if matches!(out, Acquire::Queued(_)) && fx.wake && self.passed.pass(fx.owed) {
+            let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+            owed.insert(req.name.to_string());
+        }
         Ok(out)
     }
 
@@ -132,7 +143,12 @@ impl Backend for ZkBackend {
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
-        let w = queue::ZkWaiter::join(Arc::clone(&self.store), name, Arc::clone(&self.seen))?;
+        let w = queue::ZkWaiter::join(
+            Arc::clone(&self.store),
+            name,
+            Arc::clone(&self.seen),
+            Arc::clone(&self.owed),
+        )?;
         Ok(Box::new(w))
     }
 
