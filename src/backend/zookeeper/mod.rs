@@ -62,8 +62,6 @@ pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let b = ZkBackend {
         store: Arc::new(Store { conn, paths }),
         seen: Default::default(),
-        owed: Default::default(),
-        passed: Default::default(),
     };
     Ok((Box::new(b), url.location("zookeeper")))
 }
@@ -71,11 +69,6 @@ pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
 pub struct ZkBackend {
     store: Arc<Store>,
     seen: queue::Seen,
-    /// Names whose last attempt found a waiter ahead that could go: our
-    /// waiter steps aside in the queue (see `queue::Owed`).
-    owed: queue::Owed,
-    /// Damps that (`engine::PassOn`).
-    passed: engine::PassOn,
 }
 
 impl ZkBackend {
@@ -99,13 +92,9 @@ impl ZkBackend {
 impl Backend for ZkBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
         let mut node = self.node();
-        let (out, fx) = engine::acquire(&mut node, req, &self.passed)?;
+        let (out, _) = engine::acquire(&mut node, req, &engine::PassOn::default())?;
         let mzxid = node.mzxid;
         self.saw(req.name, mzxid);
-        if matches!(out, Acquire::Queued(_)) && fx.wake && self.passed.pass(fx.owed) {
-            let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
-            owed.insert(req.name.to_string());
-        }
         Ok(out)
     }
 
@@ -143,12 +132,7 @@ impl Backend for ZkBackend {
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
-        let w = queue::ZkWaiter::join(
-            Arc::clone(&self.store),
-            name,
-            Arc::clone(&self.seen),
-            Arc::clone(&self.owed),
-        )?;
+        let w = queue::ZkWaiter::join(Arc::clone(&self.store), name, Arc::clone(&self.seen))?;
         Ok(Box::new(w))
     }
 

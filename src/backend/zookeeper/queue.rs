@@ -27,14 +27,6 @@ use crate::backend::Waiter;
 /// between that attempt and its watch.
 pub type Seen = Arc<Mutex<HashMap<String, Option<i64>>>>;
 
-/// Names whose waiter must step aside: this process's last attempt, woken
-/// first in this queue, found a `--fair` ticket ahead of its own that could
-/// go. The two orders differ when processes join the queue in another order
-/// than they took their tickets; the ticket's waiter, further back here,
-/// would sleep until its ticket refresh. Our node goes to the end, which
-/// wakes the waiter behind it.
-pub type Owed = Arc<Mutex<std::collections::HashSet<String>>>;
-
 /// Longest a waiter's exit waits for its node's delete to be answered.
 const LEAVE_WAIT: Duration = Duration::from_secs(2);
 
@@ -42,7 +34,6 @@ pub struct ZkWaiter {
     store: Arc<Store>,
     name: String,
     seen: Seen,
-    owed: Owed,
     /// Our node's name in the queue container; shared with the cleanup
     /// that a signal's exit runs.
     node: Arc<Mutex<Option<String>>>,
@@ -55,12 +46,11 @@ fn seq(node: &str) -> Option<i64> {
 
 impl ZkWaiter {
     /// Joins the queue of `name`.
-    pub fn join(store: Arc<Store>, name: &str, seen: Seen, owed: Owed) -> Result<ZkWaiter> {
+    pub fn join(store: Arc<Store>, name: &str, seen: Seen) -> Result<ZkWaiter> {
         let mut w = ZkWaiter {
             store,
             name: name.to_string(),
             seen,
-            owed,
             node: Arc::default(),
         };
         w.enter()?;
@@ -108,16 +98,6 @@ impl ZkWaiter {
     /// state node changes from what our last attempt saw; true when it
     /// should try again now.
     fn wait_once(&mut self, deadline: Instant, waited: &mut bool) -> Result<bool> {
-        let owed = self
-            .owed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.name);
-        if owed {
-            if let Some(node) = self.node().take() {
-                leave(&self.store, &format!("{}/{node}", self.dir()));
-            }
-        }
         let node = self.enter()?;
         let conn = &self.store.conn;
         let client = conn.client()?;
