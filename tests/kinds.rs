@@ -15,7 +15,10 @@ use common::*;
 
 #[path = "kinds/queue.rs"]
 mod queue;
-use queue::{fair_order, fair_order_survives_a_killed_waiter, releasing_a_ticket_is_not_held};
+use queue::{
+    fair_hand_off_without_stalls, fair_order, fair_order_survives_a_killed_waiter,
+    releasing_a_ticket_is_not_held,
+};
 
 /// `acquire --json --lease 30s EXTRA NAME`: the grant (token, fence, slot).
 pub fn take(ctx: &Ctx, name: &str, extra: &[&str]) -> Value {
@@ -472,6 +475,7 @@ scenarios!(
     writer_not_starved,
     fair_order,
     fair_order_survives_a_killed_waiter,
+    fair_hand_off_without_stalls,
     releasing_a_ticket_is_not_held,
     mismatched_kinds_exit_2,
     per_holder_release_and_force,

@@ -413,3 +413,56 @@ fn rediss_to_a_plain_port_waits_one_timeout() {
     assert!(err.contains("plain Redis"), "{err}");
     assert!(took < Duration::from_millis(1900), "took {took:?}");
 }
+
+/// The uncontended `exec` of a short command costs one connection and no
+/// subscription: the break listener subscribes only once the job has run a
+/// while.
+#[test]
+fn a_short_exec_opens_one_connection_and_never_subscribes() {
+    let r = Arc::new(Redis::start());
+    let ctx = Ctx::new(r.clone());
+    let _ = ctx.run(&["exec", "warm", "--", "true"]); // loads the scripts
+    r.cli(&["CONFIG", "RESETSTAT"]);
+    for _ in 0..3 {
+        let o = ctx.run(&["exec", "short", "--", "true"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let field = |section: &str, key: &str| -> u64 {
+        let info = r.cli(&["INFO", section]);
+        info.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .map_or(0, |v| v.trim().split(',').next().unwrap().parse().unwrap())
+    };
+    // The INFO itself is the one more.
+    assert_eq!(field("stats", "total_connections_received"), 3 + 1);
+    let stats = r.cli(&["INFO", "commandstats"]);
+    assert!(!stats.contains("cmdstat_subscribe"), "{stats}");
+}
+
+/// A break in the moment before the holder subscribed published its notice
+/// to nobody: the holder reads the tombstone once subscribed and stops at
+/// once, not at its next renewal.
+#[test]
+fn a_break_before_the_subscription_stops_the_holder_at_once() {
+    let r = Arc::new(Redis::start());
+    let ctx = Ctx::new(r.clone());
+    let channel = format!("{}:{{early}}:broken", ctx.prefix);
+    // The default lease: the first renewal is 10 s away.
+    let mut holder = exec_holder(ctx.cmd(&[]), ctx.dir.path(), "early", "30s");
+    // Stopped, its listener cannot subscribe before the break.
+    signal(holder.id(), libc::SIGSTOP);
+    let numsub = r.cli(&["PUBSUB", "NUMSUB", &channel]);
+    assert_eq!(numsub.lines().nth(1), Some("0"), "subscribed at once");
+    let start = Instant::now();
+    let breaker = force_release(ctx.cmd(&[]), "early");
+    signal(holder.id(), libc::SIGCONT);
+    let st = wait_child(&mut holder, Duration::from_secs(20));
+    let took = start.elapsed();
+    let err = child_stderr(&mut holder);
+    assert_eq!(st.code(), Some(79), "{err}");
+    assert!(
+        took < Duration::from_secs(3),
+        "the command was stopped {took:?} after the break; renewals come every 10s"
+    );
+    assert!(err.contains(&format!("(pid {breaker})")), "{err}");
+}

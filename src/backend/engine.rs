@@ -230,10 +230,44 @@ fn expiry_of(st: &State, token: &str) -> Option<i64> {
         .map(|h| h.expires_us)
 }
 
+/// When a busy attempt of this process may hand on a wake-up owed to a
+/// waiter ahead of it in the queue (`Effects::owed`, a ticket number).
+///
+/// A woken waiter that is not first in line passes the wake-up on, and the
+/// next sleeper woken may be another such waiter, which passes it on again,
+/// until the one whose turn it is tries. While that ticket's waiter is dead
+/// (its ticket lapses only after `kinds::TICKET_TTL`), live waiters would
+/// pass the wake-up round in a loop: so each passes it on once per
+/// `TICKET_REFRESH` for the same ticket. A wake-up owed to another ticket
+/// (the next hand-off) is passed on at once: a damper per process alone let
+/// a waiter woken twice out of turn within a second keep the second wake-up,
+/// and the first in line slept until its 1 s refresh.
+#[derive(Debug, Default)]
+pub struct PassOn {
+    last: Option<(u64, std::time::Instant)>,
+}
+
+impl PassOn {
+    /// Whether a wake-up owed to ticket `owed` may be passed on now.
+    pub fn may(&self, owed: u64) -> bool {
+        self.last
+            .is_none_or(|(seq, at)| seq != owed || at.elapsed() >= kinds::TICKET_REFRESH)
+    }
+
+    /// Passes on when it may, and records it; false when it may not.
+    pub fn pass(&mut self, owed: u64) -> bool {
+        let may = self.may(owed);
+        if may {
+            self.last = Some((owed, std::time::Instant::now()));
+        }
+        may
+    }
+}
+
 /// Takes, extends or queues for `req`; the effects say whether a waiter is
-/// owed a wake-up. With `pass_on` false, a busy attempt hands on no wake-up
-/// (a store that limits how often one process may).
-pub fn acquire<S: Store>(s: &mut S, req: &Request, pass_on: bool) -> Result<(Acquire, Effects)> {
+/// owed a wake-up. A busy attempt hands on a wake-up only if `pass_on` lets
+/// it (a store that wakes in its write; the caller records it when it did).
+pub fn acquire<S: Store>(s: &mut S, req: &Request, pass_on: &PassOn) -> Result<(Acquire, Effects)> {
     if let Some(out) = s.fast_acquire(req)? {
         return Ok((out, Effects::default()));
     }
@@ -244,7 +278,7 @@ pub fn acquire<S: Store>(s: &mut S, req: &Request, pass_on: bool) -> Result<(Acq
             Acquire::Acquired(g) if g.extended => held,
             Acquire::Acquired(_) => None,
             _ => {
-                fx.wake &= pass_on;
+                fx.wake &= fx.owed == 0 || pass_on.may(fx.owed);
                 None
             }
         };
@@ -295,6 +329,7 @@ pub fn release<S: Store>(s: &mut S, name: &str, token: &str) -> Result<(Check, E
         let fx = Effects {
             write: done,
             wake: done,
+            owed: 0,
         };
         return Ok((check, fx));
     }
@@ -320,6 +355,7 @@ pub fn force<S: Store>(
         let fx = Effects {
             write: !broken.is_empty(),
             wake: !broken.is_empty(),
+            owed: 0,
         };
         return Ok((broken, fx));
     }

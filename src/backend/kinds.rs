@@ -164,6 +164,9 @@ pub struct Effects {
     pub write: bool,
     /// Another waiter may proceed now: wake one.
     pub wake: bool,
+    /// The number of the first ticket that could go now, when a busy
+    /// attempt owes it the wake-up (0: none).
+    pub owed: u64,
 }
 
 pub fn lease_us(lease: Duration) -> i64 {
@@ -303,16 +306,17 @@ impl State {
         }
     }
 
-    /// True when a ticket could take the lock now (so a wake-up is owed to it).
-    fn ticket_can_go(&self) -> bool {
-        self.queue.iter().any(|t| {
+    /// The first ticket that could take the lock now (a wake-up is owed to it).
+    fn ticket_can_go(&self) -> Option<u64> {
+        let first = self.queue.iter().find(|t| {
             let kind = Kind {
                 mode: t.mode,
                 slots: self.slots.max(1),
                 fair: true,
             };
             self.fits(&kind) && self.queue_allows(&kind, &t.token)
-        })
+        });
+        first.map(|t| t.seq)
     }
 }
 
@@ -322,7 +326,7 @@ impl State {
 pub fn plan_acquire(now: i64, st: &mut State, req: &Request) -> Result<(Acquire, Effects)> {
     let mut fx = Effects {
         write: st.prune(now),
-        wake: false,
+        ..Effects::default()
     };
     let lease = lease_us(req.lease);
     if let Some(h) = st.holders.iter_mut().find(|h| h.token == req.token) {
@@ -357,7 +361,7 @@ pub fn plan_acquire(now: i64, st: &mut State, req: &Request) -> Result<(Acquire,
         });
         fx.write = true;
         // Room for another (a reader, a free slot): pass a wake-up on.
-        fx.wake = st.fits(&kind) || st.ticket_can_go();
+        fx.wake = st.fits(&kind) || st.ticket_can_go().is_some();
         let grant = Grant {
             fence: fence as u64,
             server_now_us: now,
@@ -371,7 +375,8 @@ pub fn plan_acquire(now: i64, st: &mut State, req: &Request) -> Result<(Acquire,
     let blocked_by_readers =
         kind.mode == Mode::Exclusive && st.holders.iter().any(|h| h.mode == Mode::Shared);
     // Woken but not first in line while someone ahead could go: hand the wake-up on.
-    fx.wake = st.ticket_can_go();
+    fx.owed = st.ticket_can_go().unwrap_or(0);
+    fx.wake = fx.owed != 0;
     if kind.fair || blocked_by_readers || st.queue.iter().any(|t| t.token == req.token) {
         st.enqueue(now, req.token, kind.mode);
         fx.write = true;
@@ -401,7 +406,7 @@ pub fn plan_renew(
 ) -> (Check, Effects) {
     let mut fx = Effects {
         write: st.prune(now),
-        wake: false,
+        ..Effects::default()
     };
     match st.holders.iter_mut().find(|h| h.token == token) {
         Some(h) => {
@@ -417,7 +422,7 @@ pub fn plan_renew(
 pub fn plan_release(now: i64, st: &mut State, name: &str, token: &str) -> (Check, Effects) {
     let mut fx = Effects {
         write: st.prune(now),
-        wake: false,
+        ..Effects::default()
     };
     let queued = st.queue.len();
     st.queue.retain(|t| t.token != token);
@@ -451,7 +456,7 @@ pub fn plan_force(
 ) -> (Vec<LockInfo>, Effects) {
     let mut fx = Effects {
         write: st.prune(now),
-        wake: false,
+        ..Effects::default()
     };
     let hit = |h: &Held| only.is_none_or(|id| token_id(&h.token) == id);
     let mut broken: Vec<LockInfo> = st

@@ -281,7 +281,9 @@ impl engine::Store for MemoryBackend {
 
 impl Backend for MemoryBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
-        let out = self.request(Kind::Acquire, |b| engine::acquire(b, req, true))?;
+        let out = self.request(Kind::Acquire, |b| {
+            engine::acquire(b, req, &engine::PassOn::default())
+        })?;
         Ok(out?.0)
     }
 

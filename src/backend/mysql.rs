@@ -311,7 +311,7 @@ impl Backend for MysqlBackend {
             // a back-off (see `wake.rs`), so the others sleep on, unless a
             // waiter ahead of it is owed the wake-up.
             Acquire::Busy(info) | Acquire::Queued(info) => {
-                db.busy(req.name, info.as_ref(), fx.wake)
+                db.busy(req.name, info.as_ref(), fx.owed)
             }
         }
         Ok(r)

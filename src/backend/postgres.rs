@@ -358,7 +358,7 @@ impl Backend for PgBackend {
             // A woken waiter keeps the name's wake lock and listens, so the
             // others sleep on, unless a waiter ahead of it is owed the wake-up.
             Acquire::Busy(info) | Acquire::Queued(info) => {
-                db.busy(req.name, info.as_ref(), fx.wake)
+                db.busy(req.name, info.as_ref(), fx.owed)
             }
         }
         Ok(r)

@@ -28,13 +28,12 @@ mod watch;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use redis::Value;
 
 use super::engine;
-use super::kinds as rules;
 use super::{
     Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
 };
@@ -52,8 +51,8 @@ pub struct RedisBackend {
     prefix: String,
     /// Whether the server's eviction policy was asked about (with the first acquisition).
     policy_checked: AtomicBool,
-    /// When a busy attempt of this process last passed a wake-up on.
-    busy_wake: Option<Instant>,
+    /// When a busy attempt of this process last passed a wake-up on, to whom.
+    passed: engine::PassOn,
     /// "name\ntoken" of requests that hold a ticket: they skip the fast scripts.
     tickets: HashSet<String>,
 }
@@ -90,7 +89,7 @@ pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
         link: Arc::new(link),
         prefix: cfg.prefix.clone(),
         policy_checked: AtomicBool::new(false),
-        busy_wake: None,
+        passed: engine::PassOn::default(),
         tickets: HashSet::new(),
     };
     Ok((Box::new(b), url.location(backend)))
@@ -229,15 +228,10 @@ impl Backend for RedisBackend {
         let ticket = kinds::ticket_key(req.name, req.token);
         let queued = self.tickets.contains(&ticket);
         // A busy attempt that owes a wake-up to a waiter ahead of it passes
-        // one on at most once per ticket refresh, so that live waiters cannot
-        // wake each other in a loop while a dead waiter's ticket runs out.
-        let due = self
-            .busy_wake
-            .is_none_or(|t| t.elapsed() >= rules::TICKET_REFRESH);
-        let (out, fx) = engine::acquire(&mut self.keys(By::Hash, ask, queued), req, due)?;
-        let granted = matches!(out, Acquire::Acquired(_));
-        if !granted && fx.wake {
-            self.busy_wake = Some(Instant::now());
+        // it on, damped (see `engine::PassOn`).
+        let (out, fx) = engine::acquire(&mut self.keys(By::Hash, ask, queued), req, &self.passed)?;
+        if !matches!(out, Acquire::Acquired(_)) && fx.wake {
+            self.passed.pass(fx.owed);
         }
         if matches!(out, Acquire::Queued(_)) {
             self.tickets.insert(ticket);
@@ -299,7 +293,7 @@ impl Backend for RedisBackend {
             Arc::clone(&self.link),
             self.link.timeout(),
             self.key(name, "broken"),
-            token_id(token),
+            token.to_string(),
             name.to_string(),
             on_break,
         );

@@ -34,9 +34,9 @@
 //! The lock kinds ring the same bell: a grant that leaves room (a reader, a
 //! free slot) wakes one more waiter, so readers wake in a chain; a woken
 //! waiter that is not first in line while a waiter ahead of it could go
-//! passes its wake-up on, at most once a second (`pass_on`), and a queued
-//! waiter also tries every second, so a wake-up that went astray costs at
-//! most that.
+//! passes its wake-up on, to the same waiter at most once a second
+//! (`pass_on`), and a queued waiter also tries every second, so a wake-up
+//! that went astray costs at most that.
 //!
 //! A file deleted or replaced under a running dlock (tmp cleaners remove
 //! /tmp/dlock-$EUID) would let a newcomer take the lock in a new file while
@@ -64,13 +64,12 @@ pub fn open_default(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
 use std::fs::{DirBuilder, Permissions};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 
-use super::kinds::TICKET_REFRESH;
 use super::sql::{self, Dialect, Exec, Leases, Val};
 use super::{
     Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
@@ -109,8 +108,8 @@ pub struct SqliteBackend {
     mode: Option<u32>,
     /// The name this process waited for, if any: see `acquire`.
     waited: Option<String>,
-    /// When a busy attempt last passed a wake-up on to a waiter ahead of it.
-    passed: Option<Instant>,
+    /// When a busy attempt last passed a wake-up on to a waiter ahead of it, to whom.
+    passed: super::engine::PassOn,
     /// For the break listener's connection of its own.
     cfg: Config,
 }
@@ -146,7 +145,7 @@ impl SqliteBackend {
             timeout: cfg.timeout,
             mode,
             waited: None,
-            passed: None,
+            passed: Default::default(),
             cfg: cfg.clone(),
         })
     }
@@ -264,13 +263,12 @@ impl SqliteBackend {
     }
 
     /// A busy attempt found that a waiter ahead of it in the queue could go
-    /// now: the wake-up that brought us here belonged to it. Passed on at
-    /// most once per refresh interval, so that live waiters cannot wake each
+    /// now (ticket `owed`): the wake-up that brought us here belonged to it.
+    /// Damped (`engine::PassOn`), so that live waiters cannot wake each
     /// other in a loop while a dead waiter's place lapses; the one whose turn
     /// it is also tries at its next refresh.
-    fn pass_on(&mut self, name: &str) {
-        if self.passed.is_none_or(|t| t.elapsed() >= TICKET_REFRESH) {
-            self.passed = Some(Instant::now());
+    fn pass_on(&mut self, name: &str, owed: u64) {
+        if self.passed.pass(owed) {
             self.wake(name);
         }
     }
@@ -377,7 +375,7 @@ impl Backend for SqliteBackend {
                     self.wake(req.name);
                 }
             }
-            Ok((_, fx)) if fx.wake => self.pass_on(req.name),
+            Ok((_, fx)) if fx.wake => self.pass_on(req.name, fx.owed),
             // This attempt may be the one a release woke us for: with the
             // lock perhaps free, hand the wake-up to the next sleeper.
             Err(_) if self.waited.as_deref() == Some(req.name) => self.wake(req.name),

@@ -88,3 +88,42 @@ pub fn releasing_a_ticket_is_not_held(ctx: &Ctx) {
     let _ = waiter.wait();
     release(ctx, "ft", &holder);
 }
+
+/// A `--fair` hand-off does not stall: with 4 workers × 15 short sections,
+/// each section starts less than 250 ms after the one before it ended (the
+/// waiter whose ticket is first must be woken by the release, not by its
+/// 1 s ticket refresh).
+pub fn fair_hand_off_without_stalls(ctx: &Ctx) {
+    let log = ctx.path("sections");
+    let section = format!(
+        "echo \"s $(date +%s%6N)\" >> '{l}'; sleep 0.01; echo \"e $(date +%s%6N)\" >> '{l}'",
+        l = log.display()
+    );
+    let ended = ctx.run_workers(4, 15, "--fair --wait forever fh", &section);
+    for (st, err) in ended {
+        assert!(st.success(), "a worker ended {st:?}: {err}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut marks: Vec<(i64, char)> = text
+        .lines()
+        .map(|l| {
+            let (what, t) = l.split_once(' ').expect("'s T' or 'e T'");
+            (t.parse().unwrap(), what.chars().next().unwrap())
+        })
+        .collect();
+    marks.sort();
+    assert_eq!(marks.len(), 4 * 15 * 2, "{text}");
+    let mut gaps = Vec::new();
+    for pair in marks.windows(2) {
+        let ((t0, a), (t1, b)) = (pair[0], pair[1]);
+        assert!(a != b, "sections overlap or a mark is missing: {marks:?}");
+        if a == 'e' && t1 - t0 >= 250_000 {
+            gaps.push((t1 - t0) / 1000);
+        }
+    }
+    assert!(
+        gaps.is_empty(),
+        "{} hand-offs of 59 took ≥ 250 ms (ms): {gaps:?}",
+        gaps.len()
+    );
+}

@@ -128,3 +128,14 @@ fn a_refusal_names_who_broke_the_lease() {
     assert!(matches!(with_breaker(Check::Done, by()), Check::Done));
     assert!(matches!(with_breaker(Check::NotHeld, None), Check::NotHeld));
 }
+
+#[test]
+fn a_wake_up_is_passed_on_once_a_refresh_per_ticket_but_at_once_to_another() {
+    let mut p = PassOn::default();
+    assert!(p.pass(7), "the first pass-on goes");
+    assert!(
+        !p.may(7) && !p.pass(7),
+        "the same ticket again within a refresh: damped"
+    );
+    assert!(p.pass(8), "the next hand-off's ticket is not held back");
+}

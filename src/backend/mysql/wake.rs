@@ -28,10 +28,10 @@
 //! wake in a chain.
 //!
 //! A woken waiter whose attempt finds that a waiter ahead of it in the queue
-//! could go (`--fair`) lets the name's wake lock go for the next one, at most
-//! once per `TICKET_REFRESH` (a damper: live waiters cannot pass it round
-//! in a loop while a dead waiter's place lapses); queued waiters also try
-//! every second anyway.
+//! could go (`--fair`) lets the name's wake lock go for the next one, for
+//! the same waiter at most once per `TICKET_REFRESH` (`engine::PassOn`: live
+//! waiters cannot pass it round in a loop while a dead waiter's place
+//! lapses); queued waiters also try every second anyway.
 //!
 //! Wake locks only change how soon a waiter tries: the lease itself is
 //! decided by the row's compare-and-set alone, and every wait ends by the
@@ -41,13 +41,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use mysql::prelude::Queryable;
 
 use super::{interpolate, lock, Db};
-use crate::backend::kinds::{Kind, Mode, TICKET_REFRESH};
+use crate::backend::kinds::{Kind, Mode};
 use crate::backend::sql::{self, Renewed, Val};
 use crate::backend::{LockInfo, Waiter};
 
@@ -85,8 +85,8 @@ pub(super) struct Wakes {
     want: HashMap<String, Target>,
     /// What the last busy attempt says to block on.
     blocked_on: HashMap<String, Target>,
-    /// When a woken waiter last passed the name's wake lock on.
-    passed: Option<Instant>,
+    /// When a woken waiter last passed the name's wake lock on, to whom.
+    passed: crate::backend::engine::PassOn,
 }
 
 impl Wakes {
@@ -213,15 +213,14 @@ impl Db {
         self.let_go(name);
     }
 
-    /// After a busy attempt: what to block on. With `owed` (a waiter ahead
-    /// in the queue could go), a woken waiter passes the name's wake lock on.
-    pub(super) fn busy(&mut self, name: &str, info: Option<&LockInfo>, owed: bool) {
+    /// After a busy attempt: what to block on. With `owed` (the ticket of a
+    /// waiter ahead in the queue that could go), a woken waiter passes the name's wake lock on.
+    pub(super) fn busy(&mut self, name: &str, info: Option<&LockInfo>, owed: u64) {
         let target = self.target_of(name, info);
         self.wakes.blocked_on.insert(name.to_string(), target);
         let woken = matches!(self.wakes.held.get(name), Some((_, Why::Woken)));
         let w = &mut self.wakes;
-        if owed && woken && w.passed.is_none_or(|t| t.elapsed() >= TICKET_REFRESH) {
-            w.passed = Some(Instant::now());
+        if owed != 0 && woken && w.passed.pass(owed) {
             self.let_go(name);
         }
     }

@@ -46,12 +46,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 
 use super::{lock, Db};
-use crate::backend::kinds::{Kind, Mode, TICKET_REFRESH};
+use crate::backend::kinds::{Kind, Mode};
 use crate::backend::sql::{self, Renewed};
 use crate::backend::{LockInfo, Waiter};
 
@@ -86,8 +86,8 @@ pub(super) struct Wakes {
     want: HashMap<String, Target>,
     /// What the last busy attempt says to block on.
     blocked_on: HashMap<String, Target>,
-    /// When a woken waiter last passed the name's wake lock on.
-    passed: Option<Instant>,
+    /// When a woken waiter last passed the name's wake lock on, to whom.
+    passed: crate::backend::engine::PassOn,
     /// Channels this session listens on.
     listening: HashSet<String>,
     /// The server process of this session, once a wake-up statement asked.
@@ -306,15 +306,14 @@ impl Db {
         }
     }
 
-    /// After a busy attempt: what to block on. With `owed` (a waiter ahead
-    /// in the queue could go), a woken waiter passes the name's wake lock on.
-    pub(super) fn busy(&mut self, name: &str, info: Option<&LockInfo>, owed: bool) {
+    /// After a busy attempt: what to block on. With `owed` (the ticket of a
+    /// waiter ahead in the queue that could go), a woken waiter passes the name's wake lock on.
+    pub(super) fn busy(&mut self, name: &str, info: Option<&LockInfo>, owed: u64) {
         let target = self.target_of(name, info);
         self.wakes.blocked_on.insert(name.to_string(), target);
         let woken = matches!(self.wakes.held.get(name), Some((_, Why::Woken)));
         let w = &mut self.wakes;
-        if owed && woken && w.passed.is_none_or(|t| t.elapsed() >= TICKET_REFRESH) {
-            w.passed = Some(Instant::now());
+        if owed != 0 && woken && w.passed.pass(owed) {
             self.let_go(name, false);
         }
     }

@@ -7,23 +7,31 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::link::Link;
+use super::link::{Link, Route};
+use crate::names::token_id;
 
 use crate::backoff::Backoff;
 use crate::output::{self, Level};
 
+/// How long a holder runs before it subscribes: a short job (`exec -- true`)
+/// then costs no second connection and no subscription, and the tombstone
+/// read after subscribing covers a break in the meantime.
+pub const SUBSCRIBE_AFTER: Duration = Duration::from_millis(100);
+
 /// Listens on `channel` on a connection and thread of its own, and calls
-/// `on_break` once when a notice names `token_id`. Started after the
-/// acquisition, beside the command: a break before the subscription is in
-/// place is found by the next renewal instead (the tombstone key, which
-/// names one breaker per lock: when a force breaks several holders of a
-/// shared lock or semaphore at once, the others' renewals find them gone).
-/// Every broken holder, of any kind, gets a notice.
+/// `on_break` once when a notice names `token`'s id. Started after the
+/// acquisition, beside the command, and subscribes only [`SUBSCRIBE_AFTER`]
+/// it; once subscribed (also again after a lost connection), it reads the
+/// tombstone key, whose name is the channel's, so that a break before the
+/// subscription was in place is told at once too (the tombstone names one
+/// breaker per lock: when a force breaks several holders of a shared lock
+/// or semaphore at once, the others' renewals find them gone). Every broken
+/// holder, of any kind, gets a notice.
 pub fn listen(
     link: Arc<Link>,
     timeout: Duration,
     channel: String,
-    token_id: String,
+    token: String,
     name: String,
     on_break: Box<dyn FnOnce(String) + Send>,
 ) {
@@ -31,9 +39,10 @@ pub fn listen(
         .name("break-notices".into())
         .stack_size(128 * 1024)
         .spawn(move || {
+            std::thread::sleep(SUBSCRIBE_AFTER);
             let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(10));
             loop {
-                match wait_for_break(&link, timeout, &channel, &token_id, &name) {
+                match wait_for_break(&link, timeout, &channel, &token, &name) {
                     Ok(by) => {
                         on_break(format!("lock '{name}' was broken with --force by {by}"));
                         return;
@@ -51,13 +60,13 @@ pub fn listen(
     }
 }
 
-/// Subscribes and blocks until a notice for `token_id`; returns who broke it.
+/// Subscribes and blocks until a notice for `token`; returns who broke it.
 /// Behind Sentinel, each new subscription goes to the primary named then.
 fn wait_for_break(
     link: &Link,
     timeout: Duration,
     channel: &str,
-    token_id: &str,
+    token: &str,
     name: &str,
 ) -> redis::RedisResult<String> {
     let mut con = link.subscriber()?.get_connection_with_timeout(timeout)?;
@@ -65,6 +74,12 @@ fn wait_for_break(
     let mut ps = con.as_pubsub();
     ps.subscribe(channel)?;
     crate::backend::notice::listening(name);
+    // A break before the subscription published to nobody; its tombstone
+    // tells. Unreadable: the next renewal tells instead.
+    if let Some(by) = broken_by(link, channel, token) {
+        return Ok(by);
+    }
+    let token_id = token_id(token);
     // Notices come when they come; a dead connection ends in an error.
     ps.set_read_timeout(None)?;
     loop {
@@ -76,6 +91,15 @@ fn wait_for_break(
             }
         }
     }
+}
+
+/// Who broke `token`'s lease, as the tombstone `key` says, if it does.
+fn broken_by(link: &Link, key: &str, token: &str) -> Option<String> {
+    let line: Option<String> = link
+        .with_con(Route::Key(key), |c| redis::cmd("GET").arg(key).query(c))
+        .ok()?;
+    let by = line?.strip_prefix(token)?.strip_prefix('\n')?.to_string();
+    Some(by)
 }
 
 /// Warns once per process when the server's `INFO memory` reply says it may

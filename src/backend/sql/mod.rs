@@ -195,7 +195,9 @@ impl Leases {
 
     /// Takes, extends or queues for `req`; the effects say whom to wake.
     pub fn acquire(&self, db: &mut dyn Exec, req: &Request) -> Result<(Acquire, Effects)> {
-        engine::acquire(&mut Rows { leases: self, db }, req, true)
+        // The SQL backends wake after the write, and damp it there.
+        let free = engine::PassOn::default();
+        engine::acquire(&mut Rows { leases: self, db }, req, &free)
     }
 
     /// Extends `token`'s lease; with `Done`, says which holder it is.

@@ -92,7 +92,7 @@ impl ZkBackend {
 impl Backend for ZkBackend {
     fn acquire(&mut self, req: &Request) -> Result<Acquire> {
         let mut node = self.node();
-        let (out, _) = engine::acquire(&mut node, req, true)?;
+        let (out, _) = engine::acquire(&mut node, req, &engine::PassOn::default())?;
         let mzxid = node.mzxid;
         self.saw(req.name, mzxid);
         Ok(out)
