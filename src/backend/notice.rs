@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::output;
 
 /// How long a command runs before its holder starts listening for breaks:
@@ -24,6 +25,29 @@ pub fn spawn_lazily(listen: impl FnOnce() + Send + 'static) {
     if spawned.is_err() {
         output::verbose("cannot start the break listener; renewals will notice a break");
     }
+}
+
+/// Runs `listen` on a thread of its own after [`LAZY`] until it answers:
+/// Some(reason) stops the command through `on_break`, None ends the
+/// listener quietly (no notices to be had: the renewals tell), and an error
+/// (a lost connection) is tried again after a back-off, while the renewals
+/// still tell.
+pub fn listen_lazily(
+    mut listen: impl FnMut() -> anyhow::Result<Option<String>> + Send + 'static,
+    on_break: Box<dyn FnOnce(String) + Send>,
+) {
+    spawn_lazily(move || {
+        let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(10));
+        loop {
+            match listen() {
+                Ok(Some(why)) => return on_break(why),
+                Ok(None) => return,
+                Err(_) => {
+                    backoff.sleep();
+                }
+            }
+        }
+    });
 }
 
 /// Says (with --verbose) that breaks of `name` now reach this process.

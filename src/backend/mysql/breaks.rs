@@ -17,7 +17,6 @@ use mysql::prelude::Queryable;
 use super::{interpolate, lock, Db, MysqlBackend};
 use crate::backend::sql::Val;
 use crate::backend::{notice, Backend, Config, LockInfo, Url};
-use crate::backoff::Backoff;
 use crate::names::token_id;
 
 /// How long each sleep in the server lasts; a connection that dies
@@ -55,18 +54,7 @@ pub(super) fn watch(
     on_break: Box<dyn FnOnce(String) + Send>,
 ) {
     let (url, cfg, name, id) = (url.clone(), cfg.clone(), name.to_string(), token_id(token));
-    notice::spawn_lazily(move || {
-        let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(10));
-        loop {
-            match listen(&url, &cfg, &name, &id) {
-                Ok(why) => return on_break(why),
-                // Renewals still tell; the listener tries again meanwhile.
-                Err(_) => {
-                    backoff.sleep();
-                }
-            }
-        }
-    });
+    notice::listen_lazily(move || listen(&url, &cfg, &name, &id).map(Some), on_break);
 }
 
 /// Whether `id` still holds `name`.

@@ -9,7 +9,6 @@ use anyhow::{anyhow, Result};
 
 use super::{lock, PgBackend};
 use crate::backend::{notice, sql, Backend, Config, Url};
-use crate::backoff::Backoff;
 use crate::names::token_id;
 
 /// Calls `on_break` once if `token`'s lease on `name` is broken (or found
@@ -22,18 +21,7 @@ pub(super) fn watch(
     on_break: Box<dyn FnOnce(String) + Send>,
 ) {
     let (url, cfg, name, id) = (url.clone(), cfg.clone(), name.to_string(), token_id(token));
-    notice::spawn_lazily(move || {
-        let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(10));
-        loop {
-            match listen(&url, &cfg, &name, &id) {
-                Ok(why) => return on_break(why),
-                // Renewals still tell; the listener tries again meanwhile.
-                Err(_) => {
-                    backoff.sleep();
-                }
-            }
-        }
-    });
+    notice::listen_lazily(move || listen(&url, &cfg, &name, &id).map(Some), on_break);
 }
 
 /// Listens, checks that the lease is still `id`'s, then waits for a notice

@@ -10,19 +10,15 @@ use redis::Value;
 use super::link::{Link, Route};
 use crate::names::token_id;
 
-use crate::backoff::Backoff;
+use crate::backend::notice;
 use crate::output::{self, Level};
 
-/// How long a holder runs before it subscribes: a short job (`exec -- true`)
-/// then costs no second connection and no subscription, and the tombstone
-/// read after subscribing covers a break in the meantime.
-pub const SUBSCRIBE_AFTER: Duration = Duration::from_millis(100);
-
 /// Listens on `channel` on a connection and thread of its own, and calls
-/// `on_break` once when a notice names `token`'s id. Started after the
-/// acquisition, beside the command, and subscribes only [`SUBSCRIBE_AFTER`]
-/// it; once subscribed (also again after a lost connection), it reads the
-/// tombstone key, whose name is the channel's, so that a break before the
+/// `on_break` once when a notice names `token`'s id. Started beside the
+/// command, it subscribes only once the command has run a moment
+/// (`notice::LAZY`: a short job costs no second connection); once
+/// subscribed (also again after a lost connection), it reads the tombstone
+/// key, whose name is the channel's, so that a break before the
 /// subscription was in place is told at once too (the tombstone names one
 /// breaker per lock: when a force breaks several holders of a shared lock
 /// or semaphore at once, the others' renewals find them gone). Every broken
@@ -35,29 +31,13 @@ pub fn listen(
     name: String,
     on_break: Box<dyn FnOnce(String) + Send>,
 ) {
-    let spawned = std::thread::Builder::new()
-        .name("break-notices".into())
-        .stack_size(128 * 1024)
-        .spawn(move || {
-            std::thread::sleep(SUBSCRIBE_AFTER);
-            let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(10));
-            loop {
-                match wait_for_break(&link, timeout, &channel, &token, &name) {
-                    Ok(by) => {
-                        on_break(format!("lock '{name}' was broken with --force by {by}"));
-                        return;
-                    }
-                    // Not allowed to subscribe (an ACL without channels): renewals still tell.
-                    Err(e) if e.code().is_some() => return,
-                    Err(_) => {
-                        backoff.sleep();
-                    }
-                }
-            }
-        });
-    if spawned.is_err() {
-        output::verbose("cannot start the break listener; renewals will notice a break");
-    }
+    let heard = move || match wait_for_break(&link, timeout, &channel, &token, &name) {
+        Ok(by) => Ok(Some(notice::broken(&name, &by))),
+        // Not allowed to subscribe (an ACL without channels): renewals still tell.
+        Err(e) if e.code().is_some() => Ok(None),
+        Err(e) => Err(e.into()),
+    };
+    notice::listen_lazily(heard, on_break);
 }
 
 /// Subscribes and blocks until a notice for `token`; returns who broke it.

@@ -14,7 +14,6 @@ use super::bell::Bell;
 use super::place::FileId;
 use super::SqliteBackend;
 use crate::backend::{notice, sql, Backend, Config};
-use crate::backoff::Backoff;
 use crate::names::token_id;
 
 /// The bell that `release --force` rings for `name`'s broken holders.
@@ -42,19 +41,7 @@ pub(super) fn watch(
     let (path, cfg) = (b.path.clone(), b.cfg.clone());
     let (name, id) = (name.to_string(), token_id(token));
     let Some(file) = b.file else { return };
-    notice::spawn_lazily(move || {
-        let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(10));
-        loop {
-            match listen(&path, file, &cfg, &name, &id) {
-                Ok(Some(why)) => return on_break(why),
-                Ok(None) => return,
-                // The renewals still tell; the listener tries again meanwhile.
-                Err(_) => {
-                    backoff.sleep();
-                }
-            }
-        }
-    });
+    notice::listen_lazily(move || listen(&path, file, &cfg, &name, &id), on_break);
 }
 
 /// The reason to stop the command; None when the path no longer names the
