@@ -11,20 +11,6 @@ use common::backends::{scenarios, Rig};
 use common::proxy::Resetting;
 use common::*;
 
-/// `dlock exec --lease LEASE job -- sh -c RECORDER(tag)` in the background.
-fn exec_recorder(rig: &Rig, lease: &str, tag: &str) -> std::process::Child {
-    spawn(rig.cmd(&[
-        "exec",
-        "--lease",
-        lease,
-        "job",
-        "--",
-        "sh",
-        "-c",
-        &recorder(rig, tag),
-    ]))
-}
-
 /// The password in the backend's URL, which no output may show.
 fn password(rig: &Rig) -> Option<String> {
     let url = url::Url::parse(&rig.url()).ok()?;

@@ -12,19 +12,6 @@ use std::time::{Duration, Instant};
 use common::postgres::Postgres;
 use common::*;
 
-fn exec_recorder(ctx: &Ctx, lease: &str, tag: &str) -> std::process::Child {
-    spawn(ctx.cmd(&[
-        "exec",
-        "--lease",
-        lease,
-        "job",
-        "--",
-        "sh",
-        "-c",
-        &recorder(ctx, tag),
-    ]))
-}
-
 #[test]
 fn table_dropped_while_held_is_a_lost_lease() {
     let db = Postgres::shared();

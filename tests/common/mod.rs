@@ -118,6 +118,20 @@ pub fn read_i64(path: &std::path::Path) -> i64 {
         .unwrap_or_else(|_| panic!("{}: {s:?}", path.display()))
 }
 
+/// `dlock exec --lease LEASE job -- sh -c RECORDER(tag)` in the background.
+pub fn exec_recorder(ctx: &Ctx, lease: &str, tag: &str) -> std::process::Child {
+    spawn(ctx.cmd(&[
+        "exec",
+        "--lease",
+        lease,
+        "job",
+        "--",
+        "sh",
+        "-c",
+        &recorder(ctx, tag),
+    ]))
+}
+
 /// A command that records when it starts (µs) and its fence, and runs until
 /// `stop` appears; on SIGTERM it records when it stopped.
 pub fn recorder(ctx: &Ctx, tag: &str) -> String {
