@@ -475,16 +475,10 @@ scenarios!(
     writer_not_starved,
     fair_order,
     fair_order_survives_a_killed_waiter,
+    fair_hand_off_without_stalls,
     releasing_a_ticket_is_not_held,
     mismatched_kinds_exit_2,
     per_holder_release_and_force,
     semaphore_fences_strictly_increase,
     status_table_rows,
 );
-
-/// Hand-offs of a `--fair` lock without a stall, where the backend promises it.
-mod prompt {
-    use super::*;
-
-    scenarios!(kinds + prompt_fair, shared: fair_hand_off_without_stalls);
-}

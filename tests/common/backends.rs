@@ -16,9 +16,6 @@
 //!   names the session holding a name's wake-up lock (and has `durable`).
 //! - `reset`: one TCP address that the harness tells (`Faults::port`), so
 //!   that a proxy in front of it can close dlock's connections.
-//! - `prompt_fair`: a `--fair` lock passes to the next in line without a
-//!   stall (ZooKeeper's queue of watches still stalls ~1 s now and then:
-//!   a waiter woken out of turn keeps the wake-up; to be fixed).
 //! - `exact_ttl`: `status --json` gives the time a lease has left to the
 //!   millisecond (etcd's leases count whole seconds), so a test can tell
 //!   when the lease ends on the server. Listed where a scenario checked it.
@@ -39,20 +36,20 @@ macro_rules! table {
         $crate::common::backends::pick! { [$($what)*]
             redis {std::sync::Arc::new($crate::common::redis::Redis::start())}
                 {$crate::common::redis::Redis::start()}
-                [kinds prompt_fair notices restart pause exact_ttl reset];
-            redis_sentinel {$crate::common::sentinel::SentinelSet::shared()} {} [kinds prompt_fair notices];
-            redis_cluster {$crate::common::cluster::ClusterSet::shared()} {} [kinds prompt_fair notices];
+                [kinds notices restart pause exact_ttl reset];
+            redis_sentinel {$crate::common::sentinel::SentinelSet::shared()} {} [kinds notices];
+            redis_cluster {$crate::common::cluster::ClusterSet::shared()} {} [kinds notices];
             redlock {$crate::common::redlock::RedlockSet::shared()} {} [notices];
-            sqlite {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds prompt_fair notices];
+            sqlite {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds notices];
             mariadb {$crate::common::mariadb::MariaDb::shared()}
                 {$crate::common::mariadb::MariaDb::start()}
-                [kinds prompt_fair notices restart durable pause sessions exact_ttl reset];
+                [kinds notices restart durable pause sessions exact_ttl reset];
             postgres {$crate::common::postgres::Postgres::shared()}
                 {$crate::common::postgres::Postgres::start()}
-                [kinds prompt_fair notices restart durable pause sessions exact_ttl reset];
+                [kinds notices restart durable pause sessions exact_ttl reset];
             etcd {$crate::common::etcd::Etcd::shared()}
                 {$crate::common::etcd::Etcd::cluster(1)}
-                [kinds prompt_fair notices restart pause reset];
+                [kinds notices restart pause reset];
             zookeeper {$crate::common::zookeeper::ZooKeeper::shared()}
                 {$crate::common::zookeeper::ZooKeeper::ensemble(1)}
                 [kinds notices restart pause exact_ttl reset];
@@ -108,7 +105,6 @@ macro_rules! has {
     (pause [pause $($c:ident)*] => $($e:tt)*) => { $($e)* };
     (sessions [sessions $($c:ident)*] => $($e:tt)*) => { $($e)* };
     (exact_ttl [exact_ttl $($c:ident)*] => $($e:tt)*) => { $($e)* };
-    (prompt_fair [prompt_fair $($c:ident)*] => $($e:tt)*) => { $($e)* };
     (reset [reset $($c:ident)*] => $($e:tt)*) => { $($e)* };
     ($cap:ident [$other:ident $($c:ident)*] => $($e:tt)*) => {
         $crate::common::backends::has! { $cap [$($c)*] => $($e)* }

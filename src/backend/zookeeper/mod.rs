@@ -62,6 +62,7 @@ pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let b = ZkBackend {
         store: Arc::new(Store { conn, paths }),
         seen: Default::default(),
+        asked: Default::default(),
     };
     Ok((Box::new(b), url.location("zookeeper")))
 }
@@ -69,6 +70,9 @@ pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
 pub struct ZkBackend {
     store: Arc<Store>,
     seen: queue::Seen,
+    /// The token this process last asked each name for, so that its waiter
+    /// can tell when that token's `--fair` ticket leads the queue.
+    asked: std::collections::HashMap<String, String>,
 }
 
 impl ZkBackend {
@@ -95,6 +99,8 @@ impl Backend for ZkBackend {
         let (out, _) = engine::acquire(&mut node, req, &engine::PassOn::default())?;
         let mzxid = node.mzxid;
         self.saw(req.name, mzxid);
+        self.asked
+            .insert(req.name.to_string(), req.token.to_string());
         Ok(out)
     }
 
@@ -132,7 +138,9 @@ impl Backend for ZkBackend {
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
-        let w = queue::ZkWaiter::join(Arc::clone(&self.store), name, Arc::clone(&self.seen))?;
+        let token = self.asked.get(name).cloned();
+        let w =
+            queue::ZkWaiter::join(Arc::clone(&self.store), name, Arc::clone(&self.seen), token)?;
         Ok(Box::new(w))
     }
 

@@ -37,6 +37,8 @@ pub struct ZkWaiter {
     /// Our node's name in the queue container; shared with the cleanup
     /// that a signal's exit runs.
     node: Arc<Mutex<Option<String>>>,
+    /// The token this process waits with, if the backend knows it.
+    token: Option<String>,
 }
 
 /// The sequence number of a queue node's name ("w-0000000042").
@@ -46,12 +48,18 @@ fn seq(node: &str) -> Option<i64> {
 
 impl ZkWaiter {
     /// Joins the queue of `name`.
-    pub fn join(store: Arc<Store>, name: &str, seen: Seen) -> Result<ZkWaiter> {
+    pub fn join(
+        store: Arc<Store>,
+        name: &str,
+        seen: Seen,
+        token: Option<String>,
+    ) -> Result<ZkWaiter> {
         let mut w = ZkWaiter {
             store,
             name: name.to_string(),
             seen,
             node: Arc::default(),
+            token,
         };
         w.enter()?;
         Ok(w)
@@ -123,6 +131,31 @@ impl ZkWaiter {
             }
             return self.watch_state(deadline).map(|()| true);
         };
+        // `--fair`: the order of tickets, not of these nodes, says whose turn
+        // it is. A ticket that leads waits as the first node does; one that
+        // may come to lead (the lock changes) looks again when it changes,
+        // or a waiter ahead here, woken out of its turn, keeps the wake-up.
+        let lock = self.store.paths.lock(&self.name);
+        let (fair, first) = match &self.token {
+            Some(token) => {
+                let (data, lock_watch) = conn
+                    .wait("watching the lock", client.get_and_watch_data(&lock))
+                    .map_or((None, None), |(d, _, w)| (Some(d), Some(w)));
+                let queue = data
+                    .and_then(|d| super::store::parse(&self.name, &d).ok())
+                    .map(|s| s.state.queue)
+                    .unwrap_or_default();
+                let first = queue
+                    .iter()
+                    .min_by_key(|t| t.seq)
+                    .is_some_and(|t| &t.token == token);
+                (lock_watch.filter(|_| !queue.is_empty()), first)
+            }
+            None => (None, false),
+        };
+        if first {
+            return self.watch_state(deadline).map(|()| true);
+        }
         let path = format!("{dir}/{before}");
         let what = "watching the waiter ahead";
         let (stat, watcher) = conn.wait(what, client.check_and_watch_stat(&path))?;
@@ -131,7 +164,25 @@ impl ZkWaiter {
         }
         *waited = true;
         drop(client);
-        Ok(run::until(deadline, watcher.changed()).is_none())
+        let changed = async {
+            match fair {
+                Some(lock_watch) => {
+                    futures_lite::future::or(
+                        async {
+                            watcher.changed().await;
+                        },
+                        async {
+                            lock_watch.changed().await;
+                        },
+                    )
+                    .await
+                }
+                None => {
+                    watcher.changed().await;
+                }
+            }
+        };
+        Ok(run::until(deadline, changed).is_none())
     }
 
     /// First in line: waits for any change of the state node after the one

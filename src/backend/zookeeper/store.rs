@@ -92,7 +92,7 @@ pub struct Seen {
     pub stored: Stored,
 }
 
-fn parse(name: &str, data: &[u8]) -> Result<Stored> {
+pub(super) fn parse(name: &str, data: &[u8]) -> Result<Stored> {
     if data.is_empty() {
         return Ok(Stored::default());
     }
