@@ -103,6 +103,8 @@ mod tests {
         assert!(c.is_fired() && c.sleep(Duration::from_secs(30)));
     }
 
+    // Only the backends on tokio (etcd, PostgreSQL) wait asynchronously.
+    #[cfg(any(feature = "etcd", feature = "postgres"))]
     #[test]
     fn an_async_wait_ends_when_it_fires() {
         let c = Arc::new(Cancel::new());

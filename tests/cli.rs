@@ -397,6 +397,7 @@ fn huge_input_is_not_echoed_whole() {
             "--url".into(),
             format!("redis://{huge}:1/0"),
         ],
+        #[cfg(feature = "mysql")]
         vec![
             "status".into(),
             "--url".into(),
@@ -499,6 +500,11 @@ fn a_wrong_url_says_what_is_wrong_and_what_to_write() {
         let (code, err) = with_url(url, &["status"]);
         assert_eq!(code, 2, "{url}: {err}");
         assert_eq!(err.lines().count(), 1, "{url}: {err}");
+        // A backend left out of this build may refuse the URL for that first.
+        let (feature, built) = common::feature_of(url);
+        if !built && err.contains(&format!("cargo feature `{feature}`")) {
+            continue;
+        }
         for w in want {
             assert!(err.contains(w), "{url}: wanted '{w}' in: {err}");
         }
@@ -511,6 +517,53 @@ fn a_wrong_url_says_what_is_wrong_and_what_to_write() {
             "{url}: {err}"
         );
     }
+}
+
+/// In a build without some backends (cargo features), their URLs are usage
+/// errors that name the feature to build with, and `dlock urls` marks them.
+#[cfg(not(all(
+    feature = "sqlite",
+    feature = "redis",
+    feature = "mysql",
+    feature = "postgres",
+    feature = "etcd",
+    feature = "zookeeper"
+)))]
+#[test]
+fn a_left_out_backend_names_the_feature_to_build_with() {
+    let urls = [
+        "sqlite:///tmp/x.db",
+        "redis://127.0.0.1:1",
+        "mysql://u:s3cret@127.0.0.1:1/d",
+        "postgres://u:s3cret@127.0.0.1:1/d",
+        "etcds://127.0.0.1:1",
+        "zk://127.0.0.1:1",
+    ];
+    let mut c = dlock("not a url");
+    c.arg("urls");
+    let listed = stdout(&run(c));
+    let mut seen = 0;
+    for url in urls {
+        let (feature, built) = common::feature_of(url);
+        let scheme = url.split("://").next().unwrap();
+        let line = listed
+            .lines()
+            .find(|l| l.starts_with(&format!("{scheme}://")))
+            .unwrap_or_else(|| panic!("`dlock urls` lists {scheme}: {listed}"));
+        assert_eq!(line.contains("not in this build"), !built, "{line}");
+        if built {
+            continue;
+        }
+        seen += 1;
+        let (code, err) = with_url(url, &["status"]);
+        assert_eq!(code, 2, "{url}: {err}");
+        assert_eq!(err.lines().count(), 1, "{url}: {err}");
+        let want = format!("built without {scheme}:// support (cargo feature `{feature}`)");
+        assert!(err.contains(&want), "{url}: {err}");
+        assert!(err.contains(&format!("--features {feature}")), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+    assert!(seen > 0, "this build leaves some backend out");
 }
 
 /// `dlock urls` lists every scheme from the registry, whatever URL is set;

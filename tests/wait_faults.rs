@@ -79,6 +79,7 @@ fn late_reply_with_wait_reports_the_grant(ctx: &Ctx, proxy_url: &str, proxy: &La
 
 const LATE: Duration = Duration::from_secs(3);
 
+#[cfg(feature = "redis")]
 #[test]
 fn redis_late_acquire_reply_without_wait_leaves_the_lock_free() {
     let r = Arc::new(Redis::start());
@@ -91,6 +92,7 @@ fn redis_late_acquire_reply_without_wait_leaves_the_lock_free() {
     late_reply_without_wait_leaves_the_lock_free(&ctx, &url, &p);
 }
 
+#[cfg(feature = "redis")]
 #[test]
 fn redis_late_acquire_reply_with_wait_is_found_again() {
     let r = Arc::new(Redis::start());
@@ -102,6 +104,7 @@ fn redis_late_acquire_reply_with_wait_is_found_again() {
     late_reply_with_wait_reports_the_grant(&ctx, &url, &p);
 }
 
+#[cfg(feature = "mysql")]
 #[test]
 fn mysql_late_acquire_reply_with_and_without_wait() {
     let db = Arc::new(MariaDb::start());
@@ -121,6 +124,7 @@ fn mysql_late_acquire_reply_with_and_without_wait() {
 
 /// Twice as many waiters as the server takes connections: the ones it
 /// refuses back off and come again, and every one runs its section once.
+#[cfg(feature = "mysql")]
 #[test]
 fn mysql_more_waiters_than_connections_all_run() {
     let db = Arc::new(MariaDb::start_with(&["--max-connections=20"]));

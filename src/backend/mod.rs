@@ -15,19 +15,28 @@ use crate::holder::Holder;
 pub use kinds::{Kind, Mode};
 
 pub mod engine;
+#[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod forms;
 pub mod kinds;
 #[cfg(test)]
 pub mod memory;
+#[cfg(feature = "mysql")]
 pub mod mysql;
 pub mod notice;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod probe;
+#[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
 pub mod redlock;
+#[cfg(any(feature = "sqlite", feature = "mysql", feature = "postgres"))]
 pub mod sql;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod url;
+#[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
 use url::Parts;
@@ -266,50 +275,76 @@ pub struct Scheme {
     /// How its URLs are written, for `dlock urls` and messages.
     pub form: &'static str,
     parts: Parts,
-    open: Opener,
+    /// The cargo feature that builds its backend in.
+    pub feature: &'static str,
+    open: Option<Opener>,
+}
+
+/// The opener of a backend that is built in; None (and the feature to build
+/// with) when its cargo feature was left out.
+macro_rules! opener {
+    ($feature:literal, $open:path) => {{
+        #[cfg(feature = $feature)]
+        let open: Option<Opener> = Some($open);
+        #[cfg(not(feature = $feature))]
+        let open: Option<Opener> = None;
+        ($feature, open)
+    }};
 }
 
 /// A scheme whose URLs name hosts, on `port` unless they say otherwise
 /// (0: none, a socket's path).
-const fn hosts(name: &'static str, port: u16, form: &'static str, open: Opener) -> Scheme {
+const fn hosts(
+    name: &'static str,
+    port: u16,
+    form: &'static str,
+    (feature, open): (&'static str, Option<Opener>),
+) -> Scheme {
     let parts = Parts::Hosts { default_port: port };
     Scheme {
         name,
         form,
         parts,
+        feature,
         open,
     }
 }
 
 /// A scheme whose URLs name a file.
-const fn file(name: &'static str, form: &'static str, open: Opener) -> Scheme {
+const fn file(
+    name: &'static str,
+    form: &'static str,
+    (feature, open): (&'static str, Option<Opener>),
+) -> Scheme {
     let parts = Parts::Path;
     Scheme {
         name,
         form,
         parts,
+        feature,
         open,
     }
 }
 
 /// The URL schemes, in the order `dlock urls` lists them: [`open`]
 /// dispatches on them, and `dlock urls` and the "unsupported URL" message
-/// are made from them, so a new backend is its folder plus a line here.
+/// are made from them, so a new backend is its folder, its cargo feature
+/// and a line here.
 #[rustfmt::skip]
 pub const SCHEMES: &[Scheme] = &[
-    file("sqlite", "sqlite:///path/to/locks.db", sqlite::open),
-    hosts("redis", 6379, "redis://[user:pass@]host[:port][/db]", redis::open),
-    hosts("rediss", 6379, "rediss://[user:pass@]host[:port][/db]", redis::open),
-    hosts("redis+unix", 0, "redis+unix:///path/to/redis.sock[?db=N&user=…&pass=…]", redis::open),
-    hosts("redis+sentinel", 26379, redis::SENTINEL_FORM, redis::open),
-    hosts("redis+cluster", 6379, redis::CLUSTER_FORM, redis::open),
-    hosts("redlock", 6379, redlock::FORM, redlock::open),
-    hosts("mysql", 3306, "mysql://user:pass@host[:port]/database[?require_ssl=true]", mysql::open),
-    hosts("postgres", 5432, postgres::FORM, postgres::open),
-    hosts("postgresql", 5432, "postgresql://… (as postgres://)", postgres::open),
-    hosts("etcd", 2379, "etcd://[user:pass@]host[:port][,host[:port]…]", etcd::open),
-    hosts("etcds", 2379, "etcds://…[?cacert=/path/ca.pem][&cert=…&key=…]", etcd::open),
-    hosts("zk", 2181, zookeeper::FORM, zookeeper::open),
+    file("sqlite", forms::SQLITE, opener!("sqlite", sqlite::open)),
+    hosts("redis", 6379, forms::REDIS, opener!("redis", redis::open)),
+    hosts("rediss", 6379, forms::REDISS, opener!("redis", redis::open)),
+    hosts("redis+unix", 0, forms::REDIS_UNIX, opener!("redis", redis::open)),
+    hosts("redis+sentinel", 26379, forms::SENTINEL, opener!("redis", redis::open)),
+    hosts("redis+cluster", 6379, forms::CLUSTER, opener!("redis", redis::open)),
+    hosts("redlock", 6379, forms::REDLOCK, opener!("redis", redlock::open)),
+    hosts("mysql", 3306, forms::MYSQL, opener!("mysql", mysql::open)),
+    hosts("postgres", 5432, forms::POSTGRES, opener!("postgres", postgres::open)),
+    hosts("postgresql", 5432, forms::POSTGRESQL, opener!("postgres", postgres::open)),
+    hosts("etcd", 2379, forms::ETCD, opener!("etcd", etcd::open)),
+    hosts("etcds", 2379, forms::ETCDS, opener!("etcd", etcd::open)),
+    hosts("zk", 2181, forms::ZOOKEEPER, opener!("zookeeper", zookeeper::open)),
 ];
 
 /// Accepted but not listed: the Redis driver's name for `redis+unix`, and
@@ -385,10 +420,44 @@ fn not_a_url(text: &str) -> String {
 pub fn open(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     crate::names::check_prefix(&cfg.prefix)?;
     let Some(url) = cfg.url.as_ref() else {
-        return sqlite::open_default(cfg);
+        return open_default(cfg);
     };
     let s = scheme(&url.scheme).expect("parse_url accepts only these schemes");
-    (s.open)(url, cfg)
+    match s.open {
+        Some(open) => open(url, cfg),
+        None => Err(fail(USAGE, left_out(s))),
+    }
+}
+
+#[cfg(feature = "sqlite")]
+fn open_default(cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    sqlite::open_default(cfg)
+}
+
+/// Without SQLite there is no embedded default: every command needs a URL.
+#[cfg(not(feature = "sqlite"))]
+fn open_default(_: &Config) -> Result<(Box<dyn Backend>, Location)> {
+    Err(fail(
+        USAGE,
+        "this dlock was built without SQLite, the default backend: give --url or set DLOCK_URL \
+         (`dlock urls` lists the forms)",
+    ))
+}
+
+/// Why a built-in scheme cannot be used: its backend was left out at build time.
+pub fn left_out(s: &Scheme) -> String {
+    format!(
+        "this dlock was built without {}:// support (cargo feature `{}`); \
+         rebuild with `cargo build --release --features {}`, or use a build with the default features",
+        s.name, s.feature, s.feature
+    )
+}
+
+impl Scheme {
+    /// Whether this build has its backend.
+    pub fn built_in(&self) -> bool {
+        self.open.is_some()
+    }
 }
 
 impl Url {

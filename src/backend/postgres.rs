@@ -88,8 +88,7 @@ struct Db {
     read_only: bool,
 }
 
-pub const FORM: &str =
-    "postgres://user:pass@host[:port][,host[:port]…]/database[?sslmode=…&schema=…]";
+pub use crate::backend::forms::POSTGRES as FORM;
 
 /// Opens `postgres://` or `postgresql://`.
 pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {

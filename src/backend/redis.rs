@@ -66,8 +66,6 @@ enum By {
     Body,
 }
 
-pub use topo::{CLUSTER_FORM, SENTINEL_FORM};
-
 /// Opens `redis://`, `rediss://`, `redis+unix://`, `redis+sentinel://` or
 /// `redis+cluster://`.
 pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {

@@ -47,7 +47,7 @@ use node::{on_all, Node};
 use quorum::{majority, majority_ttl, Verdict};
 use scripts::{EXTEND_LUA, UNDO_LUA, WRITE_BACK_LUA};
 
-pub const FORM: &str = "redlock://[user:pass@]host:6379,host:6379,host:6379[/db] (an odd number of servers, at least 3)";
+pub use crate::backend::forms::REDLOCK as FORM;
 
 /// The per-node timeout when no lease says better (a release, a status).
 const NODE_TIMEOUT: Duration = Duration::from_millis(500);

@@ -28,29 +28,30 @@ use std::sync::Arc;
 
 use super::{Ctx, Server};
 
-/// The table. Each row: name, the server the ordinary scenarios share (an
-/// expression giving an `Arc` of it), a server of the test's own for fault
+/// The table. Each row: name, the cargo feature that builds its backend in
+/// (a build without it skips the row), the server the ordinary scenarios
+/// share (an expression giving an `Arc` of it), a server of the test's own for fault
 /// scenarios (empty where the harness has none), and the capabilities.
 macro_rules! table {
     ($($what:tt)*) => {
         $crate::common::backends::pick! { [$($what)*]
-            redis {std::sync::Arc::new($crate::common::redis::Redis::start())}
+            redis "redis" {std::sync::Arc::new($crate::common::redis::Redis::start())}
                 {$crate::common::redis::Redis::start()}
                 [kinds notices restart pause exact_ttl reset];
-            redis_sentinel {$crate::common::sentinel::SentinelSet::shared()} {} [kinds notices];
-            redis_cluster {$crate::common::cluster::ClusterSet::shared()} {} [kinds notices];
-            redlock {$crate::common::redlock::RedlockSet::shared()} {} [notices];
-            sqlite {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds notices];
-            mariadb {$crate::common::mariadb::MariaDb::shared()}
+            redis_sentinel "redis" {$crate::common::sentinel::SentinelSet::shared()} {} [kinds notices];
+            redis_cluster "redis" {$crate::common::cluster::ClusterSet::shared()} {} [kinds notices];
+            redlock "redis" {$crate::common::redlock::RedlockSet::shared()} {} [notices];
+            sqlite "sqlite" {std::sync::Arc::new($crate::common::sqlite::Sqlite::new())} {} [kinds notices];
+            mariadb "mysql" {$crate::common::mariadb::MariaDb::shared()}
                 {$crate::common::mariadb::MariaDb::start()}
                 [kinds notices restart durable pause sessions exact_ttl reset];
-            postgres {$crate::common::postgres::Postgres::shared()}
+            postgres "postgres" {$crate::common::postgres::Postgres::shared()}
                 {$crate::common::postgres::Postgres::start()}
                 [kinds notices restart durable pause sessions exact_ttl reset];
-            etcd {$crate::common::etcd::Etcd::shared()}
+            etcd "etcd" {$crate::common::etcd::Etcd::shared()}
                 {$crate::common::etcd::Etcd::cluster(1)}
                 [kinds notices restart pause reset];
-            zookeeper {$crate::common::zookeeper::ZooKeeper::shared()}
+            zookeeper "zookeeper" {$crate::common::zookeeper::ZooKeeper::shared()}
                 {$crate::common::zookeeper::ZooKeeper::ensemble(1)}
                 [kinds notices restart pause exact_ttl reset];
         }
@@ -74,9 +75,9 @@ pub(crate) use scenarios;
 macro_rules! pick {
     ([$caps:tt $mode:ident $fns:tt]) => {};
     ([$caps:tt $mode:ident $fns:tt]
-     $name:ident $shared:tt $own:tt $row:tt; $($rest:tt)*) => {
+     $name:ident $feature:literal $shared:tt $own:tt $row:tt; $($rest:tt)*) => {
         $crate::common::backends::has_all! { $caps $row =>
-            $crate::common::backends::emit! { $name $mode $shared $own $fns }
+            $crate::common::backends::emit! { $name $feature $mode $shared $own $fns }
         }
         $crate::common::backends::pick! { [$caps $mode $fns] $($rest)* }
     };
@@ -115,7 +116,8 @@ pub(crate) use has;
 
 /// One backend's module of tests.
 macro_rules! emit {
-    ($name:ident shared $shared:tt $own:tt [$($f:ident)*]) => {
+    ($name:ident $feature:literal shared $shared:tt $own:tt [$($f:ident)*]) => {
+        #[cfg(feature = $feature)]
         mod $name {
             fn ctx() -> $crate::common::Ctx {
                 let server: std::sync::Arc<dyn $crate::common::Server> = $shared;
@@ -124,7 +126,8 @@ macro_rules! emit {
             $(#[test] fn $f() { super::$f(&ctx()) })*
         }
     };
-    ($name:ident own $shared:tt $own:tt [$($f:ident)*]) => {
+    ($name:ident $feature:literal own $shared:tt $own:tt [$($f:ident)*]) => {
+        #[cfg(feature = $feature)]
         mod $name {
             $(#[test] fn $f() { super::$f(&$crate::common::backends::Rig::new($own)) })*
         }

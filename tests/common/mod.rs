@@ -29,6 +29,19 @@ pub trait Server: Send + Sync {
 }
 
 /// A free loopback TCP port (the OS picks it; the listener is closed at once).
+/// The cargo feature that builds in the backend of `url`'s scheme, and
+/// whether this build has it.
+pub fn feature_of(url: &str) -> (&'static str, bool) {
+    match url.split("://").next().unwrap_or("") {
+        "sqlite" => ("sqlite", cfg!(feature = "sqlite")),
+        "mysql" => ("mysql", cfg!(feature = "mysql")),
+        "postgres" | "postgresql" => ("postgres", cfg!(feature = "postgres")),
+        "etcd" | "etcds" => ("etcd", cfg!(feature = "etcd")),
+        "zk" | "zookeeper" => ("zookeeper", cfg!(feature = "zookeeper")),
+        _ => ("redis", cfg!(feature = "redis")),
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind to a free port")

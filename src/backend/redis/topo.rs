@@ -333,8 +333,7 @@ fn wait_param(url: &Url, form: &str) -> Result<Option<u32>> {
         .transpose()
 }
 
-pub const SENTINEL_FORM: &str =
-    "redis+sentinel://[user:pass@]host:26379,host:26379,…/SERVICE[/db][?wait_replicas=N]";
+pub use crate::backend::forms::SENTINEL as SENTINEL_FORM;
 
 /// `redis+sentinel://[user:pass@]s1:26379,…/SERVICE[/db]`.
 pub fn sentinel_target(url: &Url) -> Result<(Target, Option<u32>)> {
@@ -364,8 +363,7 @@ pub fn sentinel_target(url: &Url) -> Result<(Target, Option<u32>)> {
     Ok((Target::Sentinel(s), wait))
 }
 
-pub const CLUSTER_FORM: &str =
-    "redis+cluster://[user:pass@]host:port,host:port,…[?wait_replicas=N]";
+pub use crate::backend::forms::CLUSTER as CLUSTER_FORM;
 
 /// `redis+cluster://[user:pass@]h1:7000,h2:7001,…`: the hosts are seeds.
 pub fn cluster_target(url: &Url) -> Result<(Target, Option<u32>)> {

@@ -18,7 +18,7 @@ pub struct Address {
     pub digest: Option<String>,
 }
 
-pub const FORM: &str = "zk://[user:pass@]host1[:port],host2[:port]…[/chroot]";
+pub use crate::backend::forms::ZOOKEEPER as FORM;
 
 fn bad(url: &Url, why: &str) -> anyhow::Error {
     fail(

@@ -51,8 +51,6 @@ use super::{
 use conn::Conn;
 use store::{Node, Paths, Store};
 
-pub use address::FORM;
-
 /// Checks the URL and connects (so that a bad address fails here, once).
 pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     let addr = address::address(url)?;
