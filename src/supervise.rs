@@ -16,6 +16,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgrp, tcgetpgrp, tcsetpgrp, Pid};
 
+use crate::backend::notice;
 use crate::error::{fail, NOT_EXECUTABLE, NOT_FOUND};
 use crate::event::Event;
 use crate::guard::Guard;
@@ -132,8 +133,12 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
         }
         let now = Instant::now();
         keeper.start_if_due(now);
+        let listen_at = notice::start_due(now);
         w.check_clocks(now);
-        match events.recv_timeout(w.next_wake(now).saturating_duration_since(Instant::now())) {
+        let wake = w
+            .next_wake(now)
+            .min(listen_at.unwrap_or(now + Duration::from_secs(3600)));
+        match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Signal(Signal::SIGCHLD)) => {
                 let was_running = w.status.is_none();
                 let valid = || Instant::now() < keeper.stop_by();

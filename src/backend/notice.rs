@@ -1,7 +1,8 @@
 //! What the break listeners of `watch_breaks` share: a start that a short
 //! command never pays for, and the words they stop a command with.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::backoff::Backoff;
 use crate::output;
@@ -12,19 +13,36 @@ use crate::output;
 /// is still this process's.
 pub const LAZY: Duration = Duration::from_millis(100);
 
-/// Runs `listen` on a thread of its own after [`LAZY`]. Without a thread,
-/// the next renewal notices a break.
+type Listener = Box<dyn FnOnce() + Send>;
+
+/// Listeners not started yet, with when each is due. The supervisor starts
+/// them ([`start_due`]) from the loop that already wakes for the renewals,
+/// so that a command that ends sooner costs not even a sleeping thread.
+static PENDING: Mutex<Vec<(Instant, Listener)>> = Mutex::new(Vec::new());
+
+/// Runs `listen` on a thread of its own [`LAZY`] from now, once the
+/// supervisor calls [`start_due`]. Without a thread, the next renewal
+/// notices a break.
 pub fn spawn_lazily(listen: impl FnOnce() + Send + 'static) {
-    let spawned = std::thread::Builder::new()
-        .name("break-notices".into())
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            std::thread::sleep(LAZY);
-            listen();
-        });
-    if spawned.is_err() {
-        output::verbose("cannot start the break listener; renewals will notice a break");
+    let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    pending.push((Instant::now() + LAZY, Box::new(listen)));
+}
+
+/// Starts the listeners due by `now`; returns when the next one is due.
+pub fn start_due(now: Instant) -> Option<Instant> {
+    let mut pending = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+    let (due, later): (Vec<_>, Vec<_>) = pending.drain(..).partition(|(at, _)| *at <= now);
+    *pending = later;
+    for (_, listen) in due {
+        let spawned = std::thread::Builder::new()
+            .name("break-notices".into())
+            .stack_size(256 * 1024)
+            .spawn(listen);
+        if spawned.is_err() {
+            output::verbose("cannot start the break listener; renewals will notice a break");
+        }
     }
+    pending.iter().map(|(at, _)| *at).min()
 }
 
 /// Runs `listen` on a thread of its own after [`LAZY`] until it answers:

@@ -3,46 +3,30 @@
 //! breaker into the lock's node; a watch on that node hears of it at once.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use zookeeper_client::Error as ZkError;
 
 use super::run;
 use super::store::{Store, Stored};
-use crate::backoff::Backoff;
-use crate::output;
+use crate::backend::notice;
 
-/// Watches `name`'s node on a thread of its own and calls `on_break` once
-/// when a break record names `token`. Ends quietly when the token no longer
-/// holds the lock for another reason (a renewal reports that).
+/// Watches `name`'s node on a thread of its own, once the command has run
+/// for a moment (see `notice`), and calls `on_break` once when a break
+/// record names `token`. Ends quietly when the token no longer holds the
+/// lock for another reason (a renewal reports that).
 pub fn listen(
     store: Arc<Store>,
     name: String,
     token: String,
     on_break: Box<dyn FnOnce(String) + Send>,
 ) {
-    let spawned = std::thread::Builder::new()
-        .name("break-notices".into())
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(10));
-            let mut said = false;
-            loop {
-                match wait_for_break(&store, &name, &token, &mut said) {
-                    Ok(Some(by)) => {
-                        on_break(format!("lock '{name}' was broken with --force by {by}"));
-                        return;
-                    }
-                    Ok(None) => return,
-                    Err(()) => {
-                        backoff.sleep();
-                    }
-                }
-            }
-        });
-    if spawned.is_err() {
-        output::verbose("cannot start the break listener; renewals will notice a break");
-    }
+    let mut said = false;
+    let heard = move || {
+        let by = wait_for_break(&store, &name, &token, &mut said)
+            .map_err(|()| anyhow::anyhow!("the ZooKeeper session failed"))?;
+        Ok(by.map(|by| notice::broken(&name, &by)))
+    };
+    notice::listen_lazily(heard, on_break);
 }
 
 /// Who broke `token`'s lease once a change of the node says so; None when
