@@ -9,7 +9,9 @@
 //! Options after `--`: `--quick` (few iterations, for trying the suite out;
 //! writes nothing unless `--write`), `--only redis,sqlite` (a subset of
 //! backends), `--no-write` (print only), `--dlock PATH` (measure another
-//! dlock binary, e.g. a candidate build; writes nothing).
+//! dlock binary, e.g. a candidate build; writes nothing), `--baseline PATH`
+//! (also run a previous build, interleaved run by run with the measured one,
+//! in the uncontended table; writes nothing).
 //!
 //! A custom harness (`harness = false`) runs only under `cargo bench`, which
 //! passes `--bench`; `cargo test --all-targets` runs this binary without it,
@@ -88,6 +90,8 @@ struct Opts {
     only: Option<Vec<String>>,
     write: bool,
     dlock: Option<PathBuf>,
+    /// A previous dlock binary, run interleaved with the measured one.
+    baseline: Option<PathBuf>,
 }
 
 impl Opts {
@@ -97,6 +101,7 @@ impl Opts {
             only: None,
             write: true,
             dlock: None,
+            baseline: None,
         };
         let mut write = None;
         let mut it = args.iter();
@@ -117,12 +122,19 @@ impl Opts {
                     let bin = std::fs::canonicalize(v).map_err(|e| format!("--dlock {v}: {e}"))?;
                     o.dlock = Some(bin);
                 }
+                "--baseline" => {
+                    let v = value(&mut it).ok_or("--baseline needs the path of a dlock binary")?;
+                    let bin =
+                        std::fs::canonicalize(v).map_err(|e| format!("--baseline {v}: {e}"))?;
+                    o.baseline = Some(bin);
+                }
                 s if s.starts_with("--only=") => o.only = Some(backend_list(&s[7..])?),
                 // cargo bench passes a name filter and libtest flags through; none apply.
                 _ => {}
             }
         }
-        o.write = write.unwrap_or(!o.quick && o.only.is_none() && o.dlock.is_none());
+        let other = o.dlock.is_some() || o.baseline.is_some();
+        o.write = write.unwrap_or(!o.quick && o.only.is_none() && !other);
         Ok(o)
     }
 
@@ -612,6 +624,8 @@ enum Tool<'a> {
     Dlock(&'a Backend),
     /// dlock with lock-kind options (`--slots 3`, `--fair`).
     Kind(&'a Backend, &'static [&'static str]),
+    /// The `--baseline` binary, for a paired comparison of builds.
+    Baseline(&'a Backend),
     Wrapper(&'a Backend),
 }
 
@@ -621,6 +635,7 @@ impl Tool<'_> {
             Tool::Flock(_) => "flock".into(),
             Tool::Dlock(b) => format!("dlock · {}", b.label),
             Tool::Kind(b, args) => format!("dlock · {} {}", b.label, args.join(" ")),
+            Tool::Baseline(b) => format!("baseline dlock · {}", b.label),
             Tool::Wrapper(b) => b.wrapper.as_ref().expect("has a wrapper").0.clone(),
         }
     }
@@ -631,7 +646,7 @@ impl Tool<'_> {
 
     fn backend(&self) -> Option<&Backend> {
         match self {
-            Tool::Dlock(b) | Tool::Kind(b, _) | Tool::Wrapper(b) => Some(b),
+            Tool::Dlock(b) | Tool::Kind(b, _) | Tool::Baseline(b) | Tool::Wrapper(b) => Some(b),
             Tool::Flock(_) => None,
         }
     }
@@ -649,9 +664,13 @@ impl Tool<'_> {
                 c.arg(dir.join(format!("{name}.lock")));
                 c
             }
-            Tool::Dlock(b) | Tool::Kind(b, _) => {
+            Tool::Dlock(b) | Tool::Kind(b, _) | Tool::Baseline(b) => {
                 let mut c = common::dlock(&b.url);
-                if let Some(bin) = DLOCK_BIN.get() {
+                let other = match self {
+                    Tool::Baseline(_) => BASELINE_BIN.get(),
+                    _ => DLOCK_BIN.get(),
+                };
+                if let Some(bin) = other {
                     // Another binary, with the same environment as the harness gives the built one.
                     let mut o = Command::new(bin);
                     for (k, v) in c.get_envs() {
@@ -686,6 +705,8 @@ impl Tool<'_> {
 
 /// The dlock binary to measure when not the one cargo built (`--dlock PATH`).
 static DLOCK_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// The previous build that `--baseline PATH` compares with.
+static BASELINE_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 fn mono_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -1375,6 +1396,10 @@ fn run(opts: &Opts) {
         );
         DLOCK_BIN.set(bin).unwrap();
     }
+    if let Some(bin) = &opts.baseline {
+        eprintln!("bench: comparing with {} run by run", bin.display());
+        BASELINE_BIN.set(bin.clone()).unwrap();
+    }
     let load_start = loadavg();
     let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     let busy = load_start
@@ -1404,6 +1429,9 @@ fn run(opts: &Opts) {
     let mut tools = vec![flock.clone()];
     tools.extend(wrappers.iter().cloned());
     tools.extend(dlocks.iter().cloned());
+    if opts.baseline.is_some() {
+        tools.extend(backends.iter().map(Tool::Baseline));
+    }
     let uncontended = uncontended(&tools, &s);
 
     eprintln!("bench: 2/6 contended throughput");
