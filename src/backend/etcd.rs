@@ -48,6 +48,7 @@ mod keys;
 mod leases;
 mod link;
 mod queue;
+mod rpc;
 mod status;
 mod take;
 mod url;
@@ -57,7 +58,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 
 use super::{
     Acquire, Backend, Capabilities, Check, Config, Location, LockInfo, Request, Url, Waiter,
@@ -67,6 +67,7 @@ use crate::cancel::Cancel;
 use crate::error::{fail, INTERNAL};
 use keys::Node;
 use link::Link;
+use rpc::{Compare, CompareResult, RequestOp, Response, Txn};
 use take::{by_create, nodes_of, ttl_secs, Kept, Step, Taking};
 
 pub struct EtcdBackend {
@@ -113,10 +114,10 @@ impl EtcdBackend {
         self.link.call("a read", move |mut c| {
             let (range, prefix) = (range.clone(), prefix.clone());
             async move {
-                let r = c.get(range, Some(by_create())).await?;
+                let r = c.range(by_create(range)).await?;
                 Ok(take::View {
-                    nodes: nodes_of(&prefix, r.kvs()),
-                    rev: r.header().map_or(0, |h| h.revision()),
+                    nodes: nodes_of(&prefix, &r.kvs),
+                    rev: r.revision(),
                 })
             }
         })
@@ -193,8 +194,8 @@ impl EtcdBackend {
         self.link.call("a read", move |mut c| {
             let (key, prefix) = (key.clone(), prefix.clone());
             async move {
-                let r = c.get(key, None).await?;
-                Ok(nodes_of(&prefix, r.kvs()).into_iter().next())
+                let r = c.range(rpc::RangeRequest::key(key)).await?;
+                Ok(nodes_of(&prefix, &r.kvs).into_iter().next())
             }
         })
     }
@@ -212,33 +213,29 @@ impl EtcdBackend {
         let mut e = n.entry.clone();
         (e.ask, e.ttl) = (ttl, lease.granted);
         let key = String::from_utf8_lossy(&n.key).into_owned();
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
+        let txn = Txn::default()
+            .when([Compare::modified(
                 key.as_str(),
-                CompareOp::Equal,
+                CompareResult::Equal,
                 n.mod_rev,
             )])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                e.encode(),
-                Some(PutOptions::new().with_lease(lease.id)),
-            )]);
+            .and_then([RequestOp::put(key.as_str(), e.encode(), lease.id)]);
         let r = self.link.call("a renewal", |mut c| {
             let t = txn.clone();
             async move { c.txn(t).await }
         })?;
-        let old = if r.succeeded() { n.lease } else { lease.id };
+        let old = if r.succeeded { n.lease } else { lease.id };
         leases::revoke(&self.link, old);
-        Ok(r.succeeded())
+        Ok(r.succeeded)
     }
 }
 
 /// One keep-alive of lease `id`: true while it lives. (Opening the stream
 /// sends one and reads its answer; a lease that is gone is an error there.)
-async fn keep_alive_once(c: &mut etcd_client::Client, id: i64) -> Result<bool, etcd_client::Error> {
+pub(super) async fn keep_alive_once(c: &mut rpc::Client, id: i64) -> Result<bool, rpc::Error> {
     match c.lease_keep_alive(id).await {
         Ok(_) => Ok(true),
-        Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+        Err(rpc::Error::LeaseGone) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -307,20 +304,10 @@ impl Backend for EtcdBackend {
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
         let key = self.key(name, token);
         let range = keys::of_name(&self.prefix, name);
-        let get = TxnOp::get(range.as_str(), Some(by_create()));
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                key.as_str(),
-                CompareOp::Greater,
-                0,
-            )])
-            .and_then([
-                TxnOp::delete(
-                    key.as_str(),
-                    Some(etcd_client::DeleteOptions::new().with_prev_key()),
-                ),
-                get.clone(),
-            ])
+        let get = RequestOp::range(by_create(range));
+        let txn = Txn::default()
+            .when([Compare::created(key.as_str(), CompareResult::Greater, 0)])
+            .and_then([RequestOp::delete(key.as_str(), true), get.clone()])
             .or_else([get]);
         let r = self.link.call("a release", |mut c| {
             let t = txn.clone();
@@ -328,10 +315,10 @@ impl Backend for EtcdBackend {
         })?;
         // The plan decides from the name as it was: what is left, and what went.
         let mut nodes = Vec::new();
-        for op in r.op_responses() {
-            match op {
-                TxnOpResponse::Delete(d) => nodes.extend(nodes_of(&self.prefix, d.prev_kvs())),
-                TxnOpResponse::Get(g) => nodes.extend(nodes_of(&self.prefix, g.kvs())),
+        for op in r.responses {
+            match op.response {
+                Some(Response::DeleteRange(d)) => nodes.extend(nodes_of(&self.prefix, &d.prev_kvs)),
+                Some(Response::Range(g)) => nodes.extend(nodes_of(&self.prefix, &g.kvs)),
                 _ => {}
             }
         }
@@ -372,18 +359,18 @@ impl Backend for EtcdBackend {
                 .collect();
             let unchanged: Vec<Compare> = victims
                 .iter()
-                .map(|n| Compare::mod_revision(n.key.clone(), CompareOp::Equal, n.mod_rev))
+                .map(|n| Compare::modified(n.key.clone(), CompareResult::Equal, n.mod_rev))
                 .collect();
-            let deletes: Vec<TxnOp> = victims
+            let deletes: Vec<RequestOp> = victims
                 .iter()
-                .map(|n| TxnOp::delete(n.key.clone(), None))
+                .map(|n| RequestOp::delete(n.key.clone(), false))
                 .collect();
-            let txn = Txn::new().when(unchanged).and_then(deletes);
+            let txn = Txn::default().when(unchanged).and_then(deletes);
             let r = self.link.call("a forced release", |mut c| {
                 let t = txn.clone();
                 async move { c.txn(t).await }
             })?;
-            if r.succeeded() {
+            if r.succeeded {
                 for n in victims {
                     leases::revoke(&self.link, n.lease);
                 }

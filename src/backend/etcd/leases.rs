@@ -24,19 +24,20 @@ pub fn grant(link: &Link, ttl: i64) -> Result<Lease> {
     // A lease alone holds no key: whatever became of this request, it took
     // no lock, so there is nothing to clean up after it.
     let r = link
-        .call("a lease grant", |mut c| async move {
-            c.lease_grant(ttl, None).await
-        })
+        .call(
+            "a lease grant",
+            |mut c| async move { c.lease_grant(ttl).await },
+        )
         .map_err(crate::error::mark_unsent)?;
-    if !r.error().is_empty() || r.ttl() <= 0 {
+    if !r.error.is_empty() || r.ttl <= 0 {
         return Err(fail(
             UNAVAILABLE,
-            format!("etcd at {} refused a lease: {}", link.shown, r.error()),
+            format!("etcd at {} refused a lease: {}", link.shown, r.error),
         ));
     }
     Ok(Lease {
-        id: r.id(),
-        granted: r.ttl(),
+        id: r.id,
+        granted: r.ttl,
         sent,
     })
 }

@@ -14,7 +14,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use etcd_client::{Certificate, Client, ConnectOptions, Error, Identity, TlsOptions};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+use super::rpc::{Client, Error, Settings};
 
 use super::url::Target;
 use crate::backend::probe::{self, Proto};
@@ -23,7 +25,7 @@ use crate::error::{fail, fail_unsent, INTERNAL, UNAVAILABLE, USAGE};
 pub struct Link {
     rt: tokio::runtime::Runtime,
     members: Vec<String>,
-    options: ConnectOptions,
+    settings: Settings,
     /// The URL without its password, for messages.
     pub shown: String,
     state: Mutex<State>,
@@ -65,22 +67,22 @@ impl Link {
             .iter()
             .map(|m| format!("{scheme}://{m}"))
             .collect();
-        let mut options = ConnectOptions::new()
-            .with_require_leader(true)
-            .with_connect_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(10), timeout);
-        if let Some((user, pass)) = &target.user {
-            options = options.with_user(user.clone(), pass.clone());
-        }
+        let mut settings = Settings {
+            connect_timeout: timeout,
+            keep_alive: (Duration::from_secs(10), timeout),
+            require_leader: true,
+            user: target.user.clone(),
+            tls: None,
+        };
         if let Some(tls) = &target.tls {
             // rustls needs a process-wide crypto provider; ring builds with no system libraries.
             let _ = rustls::crypto::ring::default_provider().install_default();
-            options = options.with_tls(tls_options(tls, &shown)?);
+            settings.tls = Some(tls_config(tls, &shown)?);
         }
         Ok(Link {
             rt,
             members,
-            options,
+            settings,
             shown,
             state: Mutex::new(State {
                 member: 0,
@@ -129,10 +131,10 @@ impl Link {
         }
         let member = self.member();
         let left = until.saturating_duration_since(Instant::now());
-        let connect = Client::connect([member], Some(self.options.clone()));
+        let connect = Client::connect(&member, &self.settings);
         let c = match tokio::time::timeout(left, connect).await {
             Ok(c) => c?,
-            Err(_) => return Err(Error::IoError(std::io::ErrorKind::TimedOut.into())),
+            Err(_) => return Err(Error::Io(std::io::ErrorKind::TimedOut.into())),
         };
         self.state().client = Some(c.clone());
         Ok(c)
@@ -243,7 +245,7 @@ impl Link {
     /// request the server rejects.
     fn refusal(&self, e: &Error, what: &str) -> Option<anyhow::Error> {
         use tonic::Code;
-        let Error::GRpcStatus(s) = e else {
+        let Error::Status(s) = e else {
             return None;
         };
         let auth = s.message().contains("authentication failed")
@@ -333,12 +335,7 @@ fn elsewhere(member: &str, shown: &str, within: Duration) -> Option<String> {
 
 /// The client's error in one line: its own words and their causes.
 pub fn describe(e: &Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    match e {
-        Error::GRpcStatus(s) if !s.message().is_empty() => parts.push(s.message().to_string()),
-        Error::GRpcStatus(s) => parts.push(format!("{:?}", s.code())),
-        other => parts.push(other.to_string()),
-    }
+    let mut parts: Vec<String> = vec![e.to_string()];
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         let t = s.to_string();
@@ -355,15 +352,15 @@ pub fn describe(e: &Error) -> String {
 fn unreachable(e: &Error) -> bool {
     let text = describe(e).to_lowercase();
     match e {
-        Error::TransportError(_) | Error::IoError(_) => true,
-        Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable => {
+        Error::Connect(_) | Error::Io(_) => true,
+        Error::Status(s) if s.code() == tonic::Code::Unavailable => {
             text.contains("connect") || text.contains("dns")
         }
         _ => false,
     }
 }
 
-fn tls_options(tls: &super::url::Tls, shown: &str) -> Result<TlsOptions> {
+fn tls_config(tls: &super::url::Tls, shown: &str) -> Result<ClientTlsConfig> {
     let read = |p: &std::path::Path, what: &str| {
         std::fs::read(p).map_err(|e| {
             fail(
@@ -372,7 +369,7 @@ fn tls_options(tls: &super::url::Tls, shown: &str) -> Result<TlsOptions> {
             )
         })
     };
-    let mut o = TlsOptions::new();
+    let mut o = ClientTlsConfig::new();
     o = match &tls.ca {
         Some(ca) => o.ca_certificate(Certificate::from_pem(read(ca, "CA file (cacert=)")?)),
         None => o.with_native_roots(),

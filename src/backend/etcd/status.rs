@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use etcd_client::{EventType, WatchFilterType, WatchOptions};
 
 use super::keys::{self, Node};
 use super::link::Link;
+use super::rpc::WatchCreateRequest;
 use crate::backend::LockInfo;
 
 /// The holder `info` with its time left, asked of its lease.
@@ -20,10 +20,10 @@ pub fn with_ttl(link: &Link, nodes: &[Node], mut info: LockInfo) -> LockInfo {
     if let Some(id) = lease.filter(|id| *id != 0) {
         let ttl = link
             .call("a lease lookup", |mut c| async move {
-                c.lease_time_to_live(id, None).await
+                c.lease_time_to_live(id).await
             })
             .ok()
-            .and_then(|r| left(r.ttl(), r.granted_ttl()));
+            .and_then(|r| left(r.ttl, r.granted_ttl));
         info.ttl = ttl.unwrap_or_default();
     }
     info
@@ -79,10 +79,10 @@ fn time_left(link: &Arc<Link>, leases: &[i64]) -> Result<Vec<Option<Duration>>> 
             set.spawn(async move {
                 let r = l
                     .call_async("a lease lookup", |mut c| async move {
-                        c.lease_time_to_live(id, None).await
+                        c.lease_time_to_live(id).await
                     })
                     .await;
-                (i, r.map(|r| left(r.ttl(), r.granted_ttl())))
+                (i, r.map(|r| left(r.ttl, r.granted_ttl)))
             });
         }
         let mut out = vec![None; set.len()];
@@ -132,13 +132,11 @@ pub fn watch_breaks(
 /// the revision to resume from when the member failed.
 fn deleted_after(link: &Link, key: &str, from: i64) -> std::result::Result<Option<i64>, i64> {
     link.block_on(async {
-        let opts = WatchOptions::new()
-            .with_start_revision(from)
-            .with_filters([WatchFilterType::NoPut]);
+        let watch = WatchCreateRequest::key(key, from).deletes_only();
         let mut w = link
             .call_async("a watch", |mut c| {
-                let (k, o) = (key.to_string(), opts.clone());
-                async move { c.watch(k, Some(o)).await }
+                let w = watch.clone();
+                async move { c.watch(w).await }
             })
             .await
             .map_err(|_| from)?;
@@ -146,18 +144,12 @@ fn deleted_after(link: &Link, key: &str, from: i64) -> std::result::Result<Optio
         loop {
             match w.message().await {
                 Ok(Some(m)) => {
-                    if let Some(h) = m.header() {
-                        seen = seen.max(h.revision());
+                    seen = seen.max(m.revision());
+                    if let Some(e) = m.events.iter().find(|e| e.is_delete()) {
+                        return Ok(Some(e.kv.as_ref().map_or(seen, |kv| kv.mod_revision)));
                     }
-                    if let Some(e) = m
-                        .events()
-                        .iter()
-                        .find(|e| e.event_type() == EventType::Delete)
-                    {
-                        return Ok(Some(e.kv().map_or(seen, |kv| kv.mod_revision())));
-                    }
-                    if m.canceled() {
-                        return Err(m.compact_revision().max(from));
+                    if m.canceled {
+                        return Err(m.compact_revision.max(from));
                     }
                 }
                 _ => {

@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use etcd_client::{
-    Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-    TxnResponse, WatchFilterType, WatchOptions,
-};
 
 use super::keys::{self, Entry, Node};
 use super::leases::{grant, revoke, Lease};
 use super::link::Link;
 use super::queue::{self, Behind, Decision};
+use super::rpc::{
+    Compare, CompareResult, KeyValue, RangeRequest, RequestOp, Response, Txn, TxnResponse,
+    WatchCreateRequest,
+};
 use super::wait::{watch_until, Target};
 use crate::backend::{Acquire, Grant, Request};
 use crate::cancel::Cancel;
@@ -84,15 +84,15 @@ pub fn ttl_secs(d: Duration) -> i64 {
 }
 
 /// The nodes of a range read (keys that are not dlock's are skipped).
-pub fn nodes_of(prefix: &str, kvs: &[etcd_client::KeyValue]) -> Vec<Node> {
+pub fn nodes_of(prefix: &str, kvs: &[KeyValue]) -> Vec<Node> {
     kvs.iter()
         .filter_map(|kv| {
             keys::node(
                 prefix,
-                kv.key(),
-                kv.value(),
-                (kv.create_revision(), kv.mod_revision()),
-                kv.lease(),
+                &kv.key,
+                &kv.value,
+                (kv.create_revision, kv.mod_revision),
+                kv.lease,
             )
         })
         .collect()
@@ -100,15 +100,15 @@ pub fn nodes_of(prefix: &str, kvs: &[etcd_client::KeyValue]) -> Vec<Node> {
 
 /// The revision a response was answered at.
 fn rev_of(r: &TxnResponse) -> i64 {
-    r.header().map_or(0, |h| h.revision())
+    r.revision()
 }
 
 /// The view in the last range response of a transaction.
 fn view_of(prefix: &str, r: &TxnResponse) -> View {
     let mut nodes = Vec::new();
-    for op in r.op_responses() {
-        if let TxnOpResponse::Get(g) = op {
-            nodes = nodes_of(prefix, g.kvs());
+    for op in &r.responses {
+        if let Some(Response::Range(g)) = &op.response {
+            nodes = nodes_of(prefix, &g.kvs);
         }
     }
     View {
@@ -117,10 +117,9 @@ fn view_of(prefix: &str, r: &TxnResponse) -> View {
     }
 }
 
-pub fn by_create() -> GetOptions {
-    GetOptions::new()
-        .with_prefix()
-        .with_sort(SortTarget::Create, SortOrder::Ascend)
+/// A read of every key under `range`, in create-revision order: a name's queue.
+pub fn by_create(range: impl Into<Vec<u8>>) -> RangeRequest {
+    RangeRequest::prefix_by_create(range)
 }
 
 impl<'a> Taking<'a> {
@@ -174,11 +173,7 @@ impl<'a> Taking<'a> {
             let sent = Instant::now();
             let id = l.id;
             let alive = self.link.call("a keep-alive", move |mut c| async move {
-                match c.lease_keep_alive(id).await {
-                    Ok(_) => Ok(true),
-                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
-                    Err(e) => Err(e),
-                }
+                super::keep_alive_once(&mut c, id).await
             })?;
             if alive {
                 l.sent = sent;
@@ -213,20 +208,19 @@ impl<'a> Taking<'a> {
     /// queued for the name, else read the queue.
     pub fn first_try(&mut self) -> Result<Step> {
         let lease = self.fresh_lease()?;
-        let txn = Txn::new()
+        let txn = Txn::default()
             .when([
-                Compare::create_revision(self.key.as_str(), CompareOp::Equal, 0),
-                Compare::create_revision(self.name_range.as_str(), CompareOp::Equal, 0)
-                    .with_prefix(),
+                Compare::created(self.key.as_str(), CompareResult::Equal, 0),
+                Compare::created(self.name_range.as_str(), CompareResult::Equal, 0).with_prefix(),
             ])
-            .and_then([TxnOp::put(
+            .and_then([RequestOp::put(
                 self.key.as_str(),
                 self.entry(true, 0, lease.granted),
-                Some(PutOptions::new().with_lease(lease.id)),
+                lease.id,
             )])
-            .or_else([TxnOp::get(self.name_range.as_str(), Some(by_create()))]);
+            .or_else([RequestOp::range(by_create(self.name_range.as_str()))]);
         let r = self.txn("an acquire", txn)?;
-        if r.succeeded() {
+        if r.succeeded {
             return Ok(self.granted(&r, rev_of(&r), 0, false));
         }
         Ok(Step::Again(view_of(&self.prefix, &r)))
@@ -315,7 +309,7 @@ impl<'a> Taking<'a> {
         (e.ask, e.ttl) = (self.ttl, lease.granted);
         let txn = self.put_if_unchanged(&n, e.encode(), lease.id);
         let r = self.txn("an acquire", txn)?;
-        if !r.succeeded() {
+        if !r.succeeded {
             return Ok(Step::Again(view_of(&self.prefix, &r)));
         }
         if n.lease != lease.id && n.lease != 0 {
@@ -325,18 +319,14 @@ impl<'a> Taking<'a> {
     }
 
     fn put_if_unchanged(&self, n: &Node, value: Vec<u8>, lease: i64) -> Txn {
-        Txn::new()
-            .when([Compare::mod_revision(
+        Txn::default()
+            .when([Compare::modified(
                 self.key.as_str(),
-                CompareOp::Equal,
+                CompareResult::Equal,
                 n.mod_rev,
             )])
-            .and_then([TxnOp::put(
-                self.key.as_str(),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(self.name_range.as_str(), Some(by_create()))])
+            .and_then([RequestOp::put(self.key.as_str(), value, lease)])
+            .or_else([RequestOp::range(by_create(self.name_range.as_str()))])
     }
 
     /// Takes the lock: the waiting key becomes the holder's under the
@@ -347,21 +337,17 @@ impl<'a> Taking<'a> {
         let mine = self.mine(v).cloned();
         let txn = match &mine {
             Some(n) => self.put_if_unchanged(n, value, lease.id),
-            None => Txn::new()
+            None => Txn::default()
                 .when([
-                    Compare::create_revision(self.key.as_str(), CompareOp::Equal, 0),
-                    Compare::mod_revision(self.name_range.as_str(), CompareOp::Less, v.rev + 1)
+                    Compare::created(self.key.as_str(), CompareResult::Equal, 0),
+                    Compare::modified(self.name_range.as_str(), CompareResult::Less, v.rev + 1)
                         .with_prefix(),
                 ])
-                .and_then([TxnOp::put(
-                    self.key.as_str(),
-                    value,
-                    Some(PutOptions::new().with_lease(lease.id)),
-                )])
-                .or_else([TxnOp::get(self.name_range.as_str(), Some(by_create()))]),
+                .and_then([RequestOp::put(self.key.as_str(), value, lease.id)])
+                .or_else([RequestOp::range(by_create(self.name_range.as_str()))]),
         };
         let r = self.txn("an acquire", txn)?;
-        if !r.succeeded() {
+        if !r.succeeded {
             return Ok(Step::Again(view_of(&self.prefix, &r)));
         }
         let fence = mine.map_or(rev_of(&r), |n| n.create_rev);
@@ -378,19 +364,11 @@ impl<'a> Taking<'a> {
                 l.id
             }
         };
-        let get = TxnOp::get(self.name_range.as_str(), Some(by_create()));
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key.as_str(),
-                CompareOp::Equal,
-                0,
-            )])
+        let get = RequestOp::range(by_create(self.name_range.as_str()));
+        let txn = Txn::default()
+            .when([Compare::created(self.key.as_str(), CompareResult::Equal, 0)])
             .and_then([
-                TxnOp::put(
-                    self.key.as_str(),
-                    self.entry(false, 0, 0),
-                    Some(PutOptions::new().with_lease(w)),
-                ),
+                RequestOp::put(self.key.as_str(), self.entry(false, 0, 0), w),
                 get.clone(),
             ])
             .or_else([get]);
@@ -404,10 +382,10 @@ impl<'a> Taking<'a> {
         self.link.call("a read", move |mut c| {
             let (range, prefix) = (range.clone(), prefix.clone());
             async move {
-                let r = c.get(range, Some(by_create())).await?;
+                let r = c.range(by_create(range)).await?;
                 Ok(View {
-                    nodes: nodes_of(&prefix, r.kvs()),
-                    rev: r.header().map_or(0, |h| h.revision()),
+                    nodes: nodes_of(&prefix, &r.kvs),
+                    rev: r.revision(),
                 })
             }
         })
@@ -419,17 +397,14 @@ impl<'a> Taking<'a> {
     fn wait(&mut self, behind: &Behind, rev: i64, deadline: Option<Instant>) -> Result<()> {
         let target = match behind {
             Behind::Waiter(k) => Target {
-                key: String::from_utf8_lossy(k).into_owned(),
-                options: WatchOptions::new().with_start_revision(rev + 1),
+                watch: WatchCreateRequest::key(k.clone(), rev + 1),
                 wanted: vec![k.clone()],
                 deletes_only: false,
             },
             Behind::Holders(ks) => Target {
-                key: self.name_range.clone(),
-                options: WatchOptions::new()
+                watch: WatchCreateRequest::key(self.name_range.as_str(), rev + 1)
                     .with_prefix()
-                    .with_start_revision(rev + 1)
-                    .with_filters([WatchFilterType::NoPut]),
+                    .deletes_only(),
                 wanted: ks
                     .iter()
                     .cloned()
@@ -467,7 +442,7 @@ impl<'a> Taking<'a> {
             let key = self.key.clone();
             let _ = self.link.call("a cleanup", |mut c| {
                 let k = key.clone();
-                async move { c.delete(k, None).await }
+                async move { c.delete(k).await }
             });
         }
         self.queued = false;

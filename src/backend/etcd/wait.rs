@@ -4,14 +4,14 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use etcd_client::{EventType, WatchOptions};
 
 use super::link::Link;
+use super::rpc::{self, Event, Keeper, WatchCreateRequest};
 use crate::backend::kinds::TICKET_REFRESH;
 use crate::cancel::Cancel;
 use crate::error::{fail, UNAVAILABLE};
 
-fn lost_watch(link: &Link, e: &etcd_client::Error) -> anyhow::Error {
+fn lost_watch(link: &Link, e: &rpc::Error) -> anyhow::Error {
     link.next_member();
     fail(
         UNAVAILABLE,
@@ -34,21 +34,17 @@ fn lost_watch_end(link: &Link) -> anyhow::Error {
 /// What a waiter watches: a key or the name's range, from a revision, and
 /// which keys' events end the wait.
 pub struct Target {
-    pub key: String,
-    pub options: WatchOptions,
+    pub watch: WatchCreateRequest,
     pub wanted: Vec<Vec<u8>>,
     pub deletes_only: bool,
 }
 
 impl Target {
-    fn hit(&self, e: &etcd_client::Event) -> bool {
-        let key = e.kv().map(|kv| kv.key());
-        key.is_some_and(|k| self.wanted.iter().any(|w| w == k))
-            && (!self.deletes_only || e.event_type() == EventType::Delete)
+    fn hit(&self, e: &Event) -> bool {
+        let key = e.kv.as_ref().map(|kv| &kv.key);
+        key.is_some_and(|k| self.wanted.contains(k)) && (!self.deletes_only || e.is_delete())
     }
 }
-
-type Keeper = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
 /// The watch of `t` until a hit, a cancelled watch (compaction, or a member
 /// that lost its leader: read again), `until`, or the caller's `cancel`,
@@ -63,8 +59,8 @@ pub async fn watch_until(
 ) -> Result<Option<i64>> {
     let mut watch = link
         .call_async("a watch", |mut c| {
-            let (k, o) = (t.key.clone(), t.options.clone());
-            async move { c.watch(k, Some(o)).await }
+            let w = t.watch.clone();
+            async move { c.watch(w).await }
         })
         .await?;
     let mut keepers = Vec::new();
@@ -82,14 +78,14 @@ pub async fn watch_until(
                 let Some(m) = m.map_err(|e| lost_watch(link, &e))? else {
                     return Err(lost_watch_end(link));
                 };
-                if m.canceled() || m.events().iter().any(|e| t.hit(e)) {
+                if m.canceled || m.events.iter().any(|e| t.hit(e)) {
                     return Ok(None);
                 }
             }
             _ = tick.tick() => {
                 for k in keepers.iter_mut() {
                     if !keep_waiting(link, k).await? {
-                        return Ok(Some(k.0.id()));
+                        return Ok(Some(k.id()));
                     }
                 }
             }
@@ -105,7 +101,7 @@ async fn open_keeper(link: &Link, id: i64) -> Result<Option<Keeper>> {
     link.call_async("a keep-alive", |mut c| async move {
         match c.lease_keep_alive(id).await {
             Ok(k) => Ok(Some(k)),
-            Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(None),
+            Err(rpc::Error::LeaseGone) => Ok(None),
             Err(e) => Err(e),
         }
     })
@@ -115,14 +111,10 @@ async fn open_keeper(link: &Link, id: i64) -> Result<Option<Keeper>> {
 /// One more keep-alive of a lease: false when it is gone (a release of
 /// this token, or too long unreachable), so the waiter reads again and joins
 /// the queue anew, or gets a new holder lease.
-async fn keep_waiting(link: &Link, (k, s): &mut Keeper) -> Result<bool> {
-    let alive = tokio::time::timeout(link.timeout(), async {
-        k.keep_alive().await?;
-        s.message().await
-    })
-    .await;
+async fn keep_waiting(link: &Link, k: &mut Keeper) -> Result<bool> {
+    let alive = tokio::time::timeout(link.timeout(), k.keep_alive()).await;
     match alive {
-        Ok(Ok(Some(r))) => Ok(r.ttl() > 0),
+        Ok(Ok(Some(r))) => Ok(r.ttl > 0),
         Ok(Ok(None)) => Ok(false),
         Ok(Err(e)) => Err(lost_watch(link, &e)),
         Err(_) => Err(lost_watch_end(link)),
