@@ -2,7 +2,7 @@
 //! URL is used, a client talking to one member at a time, and failover to
 //! the next member when that one stops answering.
 //!
-//! One member at a time (rather than the client's own balancing) keeps
+//! One member at a time (the client, `rpc.rs`, holds one connection) keeps
 //! failover plain: a request that found its member unreachable before
 //! sending anything goes to the next one at once; any other failure moves
 //! the next request to the next member, and the caller decides whether to
