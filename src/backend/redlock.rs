@@ -88,7 +88,7 @@ impl RedlockBackend {
             return Err(bad(format!("unknown parameter '{k}'")));
         }
         let n = m.hosts.len();
-        if n < 3 || n % 2 == 0 {
+        if n < 3 || n.is_multiple_of(2) {
             return Err(bad(format!(
                 "Redlock needs an odd number of servers, at least 3, and this URL names {n}"
             )));
