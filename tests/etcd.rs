@@ -91,6 +91,15 @@ fn tls_users_and_failover_past_a_member_that_is_down() {
         "authentication failed",
         "wrong-Pw",
     );
+    // No user for a cluster that requires one: a refusal (69) that says what to write.
+    let anonymous = format!("etcds://{}?cacert={}", e.endpoints(), ca.display());
+    let o = run(&anonymous, &["status"]);
+    one_line_error(
+        &o,
+        69,
+        "requires a login: put its user and password in the URL",
+        pw,
+    );
     // Without the private CA the server's certificate is not trusted.
     one_line_error(&run(&url(pw, ""), &["status"]), 69, "certificate", pw);
     // Plain text to a TLS member fails too, without hanging, and says so.

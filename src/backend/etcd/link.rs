@@ -252,7 +252,13 @@ impl Link {
             || s.message().contains("permission denied")
             || s.message().contains("invalid auth token");
         let no_auth = s.message().contains("authentication is not enabled");
+        let no_user = s.message().contains("user name is empty");
         let (code, hint) = match s.code() {
+            _ if no_user => (
+                UNAVAILABLE,
+                "; the cluster requires a login: put its user and password in the URL \
+                 (etcd://USER:PASS@host:2379)",
+            ),
             _ if no_auth => (
                 UNAVAILABLE,
                 "; remove the user from the URL, or enable authentication (etcdctl auth enable)",
