@@ -137,7 +137,10 @@ fn killed_session_is_replaced_and_renewals_go_on(rig: &Rig) {
         .server
         .wake_holder(rig, "job")
         .expect("the live holder keeps its wake-up lock");
-    assert_eq!(rig.server.end_sessions(), 1, "one session: the holder's");
+    // The holder's session, and the break listener's once the command has
+    // run 100 ms (a loaded machine may take that long to get here).
+    let ended = rig.server.end_sessions();
+    assert!((1..=2).contains(&ended), "{ended} sessions ended");
     let before = rig.server.expires_us(rig, "job");
     wait_until(
         "a renewal on a new session",
