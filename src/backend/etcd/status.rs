@@ -97,6 +97,8 @@ fn time_left(link: &Arc<Link>, leases: &[i64]) -> Result<Vec<Option<Duration>>> 
 /// Calls `on_break` once when the holder's key is deleted by anyone but
 /// this process after revision `rev`: `release --force`, or its lease
 /// running out (which the renewal deadline has then stopped the command for).
+/// The watch starts once the command has run a moment (see `notice`): it
+/// reads from `rev` on, so no deletion is missed by starting late.
 pub fn watch_breaks(
     link: Arc<Link>,
     key: String,
@@ -104,27 +106,23 @@ pub fn watch_breaks(
     name: String,
     on_break: Box<dyn FnOnce(String) + Send>,
 ) {
-    let spawned = std::thread::Builder::new()
-        .name("etcd-watch".into())
-        .spawn(move || {
-            // From the acquisition's revision on: no deletion is missed.
-            crate::backend::notice::listening(&name);
-            let mut from = rev + 1;
-            loop {
-                match deleted_after(&link, &key, from) {
-                    Ok(None) => continue,
-                    Ok(Some(_)) => break,
-                    Err(next) => {
-                        from = next.max(from);
-                        std::thread::sleep(Duration::from_millis(500));
-                    }
+    crate::backend::notice::spawn_lazily(move || {
+        crate::backend::notice::listening(&name);
+        let mut from = rev + 1;
+        loop {
+            match deleted_after(&link, &key, from) {
+                Ok(None) => continue,
+                Ok(Some(_)) => break,
+                Err(next) => {
+                    from = next.max(from);
+                    std::thread::sleep(Duration::from_millis(500));
                 }
             }
-            on_break(format!(
-                "lock '{name}' was broken with --force (or its lease ran out on the server)"
-            ));
-        });
-    let _ = spawned;
+        }
+        on_break(format!(
+            "lock '{name}' was broken with --force (or its lease ran out on the server)"
+        ));
+    });
 }
 
 /// Watches `key` from revision `from` for its deletion: Some(revision) when
