@@ -524,6 +524,7 @@ fn a_wrong_url_says_what_is_wrong_and_what_to_write() {
 #[cfg(not(all(
     feature = "sqlite",
     feature = "redis",
+    feature = "redis-tls",
     feature = "mysql",
     feature = "postgres",
     feature = "etcd",
@@ -534,6 +535,7 @@ fn a_left_out_backend_names_the_feature_to_build_with() {
     let urls = [
         "sqlite:///tmp/x.db",
         "redis://127.0.0.1:1",
+        "rediss://u:s3cret@127.0.0.1:1",
         "mysql://u:s3cret@127.0.0.1:1/d",
         "postgres://u:s3cret@127.0.0.1:1/d",
         "etcds://127.0.0.1:1",

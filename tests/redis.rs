@@ -146,6 +146,7 @@ fn unknown_scheme_and_bad_urls_are_usage_errors() {
     }
 }
 
+#[cfg(feature = "redis-tls")]
 #[test]
 fn tls_with_a_private_ca() {
     require("openssl", "openssl");

@@ -360,6 +360,7 @@ fn refused_writes_exit_69_with_the_reason() {
     );
 }
 
+#[cfg(feature = "redis-tls")]
 #[test]
 fn rediss_to_a_plain_port_says_to_use_redis() {
     let r = Redis::start();
@@ -399,6 +400,7 @@ fn redis_to_a_tls_port_says_to_use_rediss() {
 /// `rediss://` at a plain port: `exec` waits one --connect-timeout for the
 /// handshake and stops, without a second wait to clean up after a request
 /// that was never sent.
+#[cfg(feature = "redis-tls")]
 #[test]
 fn rediss_to_a_plain_port_waits_one_timeout() {
     let r = Redis::start();

@@ -334,7 +334,7 @@ const fn file(
 pub const SCHEMES: &[Scheme] = &[
     file("sqlite", forms::SQLITE, opener!("sqlite", sqlite::open)),
     hosts("redis", 6379, forms::REDIS, opener!("redis", redis::open)),
-    hosts("rediss", 6379, forms::REDISS, opener!("redis", redis::open)),
+    hosts("rediss", 6379, forms::REDISS, opener!("redis-tls", redis::open)),
     hosts("redis+unix", 0, forms::REDIS_UNIX, opener!("redis", redis::open)),
     hosts("redis+sentinel", 26379, forms::SENTINEL, opener!("redis", redis::open)),
     hosts("redis+cluster", 6379, forms::CLUSTER, opener!("redis", redis::open)),

@@ -38,6 +38,7 @@ pub fn feature_of(url: &str) -> (&'static str, bool) {
         "postgres" | "postgresql" => ("postgres", cfg!(feature = "postgres")),
         "etcd" | "etcds" => ("etcd", cfg!(feature = "etcd")),
         "zk" | "zookeeper" => ("zookeeper", cfg!(feature = "zookeeper")),
+        "rediss" => ("redis-tls", cfg!(feature = "redis-tls")),
         _ => ("redis", cfg!(feature = "redis")),
     }
 }

@@ -271,6 +271,8 @@ pub fn redirection(e: &redis::RedisError) -> Option<(Addr, bool)> {
 
 /// One server, as the driver reads its URL.
 pub fn direct_target(url: &Url) -> Result<Target> {
+    // Without the redis-tls feature, the registry refuses rediss:// first.
+    #[cfg(feature = "redis-tls")]
     if url.scheme == "rediss" {
         // rustls needs a process-wide crypto provider; ring builds with no system libraries.
         let _ = rustls::crypto::ring::default_provider().install_default();
