@@ -17,36 +17,6 @@ use crate::event::Event;
 use crate::guard::Deadline;
 use crate::output::Level;
 
-/// The release (or the lapse's last renewal) at exit, with one more try
-/// on a connection that broke since the last request, all within `budget`.
-fn last_request(
-    backend: &mut dyn Backend,
-    name: &str,
-    token: &str,
-    cmd: Cmd,
-    budget: Duration,
-) -> Result<Check> {
-    let end = Instant::now() + budget;
-    let _ = backend.set_timeout(budget);
-    if let Cmd::Lapse(left) = cmd {
-        if left >= Duration::from_millis(1) {
-            return backend.renew(name, token, left);
-        }
-    }
-    backend.release(name, token).or_else(|e| {
-        let left = end.saturating_duration_since(Instant::now());
-        // NOT_HELD: the backend knows the lease is gone; a retry cannot help.
-        if left < Duration::from_millis(1) || code_of(&e) == NOT_HELD {
-            return Err(e);
-        }
-        let _ = backend.set_timeout(left);
-        backend.reconnect()?;
-        let left = end.saturating_duration_since(Instant::now());
-        let _ = backend.set_timeout(left.max(Duration::from_millis(1)));
-        backend.release(name, token)
-    })
-}
-
 struct State {
     stop_by: Instant,
     last_ok: SystemTime,
@@ -82,6 +52,7 @@ impl State {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Cmd {
     Release,
     /// Stop renewing and let the lease run out after this long instead of releasing.
@@ -144,26 +115,40 @@ impl Renewer {
             ));
         }
         let Renewer {
-            backend,
+            mut backend,
             name,
             token,
             ..
         } = self;
+        let end = Instant::now() + budget;
+        // No thread for the common case: the open connection's timeout bounds
+        // the request, as it bounds every renewal.
+        let first = last_request(backend.as_mut(), &name, &token, cmd, budget);
+        let left = end.saturating_duration_since(Instant::now());
+        match first {
+            Ok(c) => return Ok(c),
+            // NOT_HELD: the backend knows the lease is gone; a retry cannot help.
+            Err(e) if lapse || code_of(&e) == NOT_HELD || left < Duration::from_millis(1) => {
+                return Err(e)
+            }
+            Err(_) => {}
+        }
         let (tx, rx) = mpsc::channel();
-        // On a thread of its own, so that the wait ends at the budget even
-        // inside a driver call; the process exits soon after, abandoning it.
+        // A new connection may wait on a name lookup that no timeout bounds:
+        // on a thread of its own, so that the wait ends within the budget;
+        // the process exits soon after, abandoning it.
         let spawned = std::thread::Builder::new()
             .name("release".into())
             .stack_size(256 * 1024)
             .spawn(move || {
                 let mut backend = backend;
-                let _ = tx.send(last_request(backend.as_mut(), &name, &token, cmd, budget));
+                let _ = tx.send(release_again(backend.as_mut(), &name, &token, left));
             });
         if spawned.is_err() {
             return Err(fail(INTERNAL, "cannot start a thread to release the lock"));
         }
         // A little slack, so that the driver's own timeout error, which says more, wins.
-        match rx.recv_timeout(budget + Duration::from_millis(50)) {
+        match rx.recv_timeout(left + Duration::from_millis(50)) {
             Ok(r) => r,
             Err(_) => Err(fail(
                 UNAVAILABLE,
@@ -478,7 +463,9 @@ impl Keeper {
     }
 }
 
+mod last;
 mod report;
+use last::{last_request, release_again};
 use report::{log_failure, log_renewed, lost_reason};
 
 #[cfg(test)]
