@@ -192,7 +192,7 @@ fn renewal_survives_dropped_connections() {
             .unwrap_or(0);
         assert!(killed >= 1, "dlock's connection was there to kill");
         let o = ctx.run(&["exec", "drop", "--", "true"]);
-        assert_eq!(code(&o), 75, "the lock stayed held");
+        assert_eq!(code(&o), 75, "the lock stayed held: {}", stderr(&o));
     }
     lines.expect("renewed", Duration::from_secs(5));
     go.write_line("go");
