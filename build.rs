@@ -8,6 +8,24 @@ fn main() {
     for arg in link_args(&target, &features) {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
+    // `all_backends`: every backend feature is on. That build lints for dead
+    // code and has the tests that need every backend (README recipes, say).
+    println!("cargo::rustc-check-cfg=cfg(all_backends)");
+    let features = [
+        "SQLITE",
+        "REDIS",
+        "REDIS_TLS",
+        "MYSQL",
+        "POSTGRES",
+        "ETCD",
+        "ZOOKEEPER",
+    ];
+    if features
+        .iter()
+        .all(|f| std::env::var_os(format!("CARGO_FEATURE_{f}")).is_some())
+    {
+        println!("cargo:rustc-cfg=all_backends");
+    }
     println!("cargo:rerun-if-changed=build.rs");
 }
 

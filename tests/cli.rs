@@ -521,15 +521,7 @@ fn a_wrong_url_says_what_is_wrong_and_what_to_write() {
 
 /// In a build without some backends (cargo features), their URLs are usage
 /// errors that name the feature to build with, and `dlock urls` marks them.
-#[cfg(not(all(
-    feature = "sqlite",
-    feature = "redis",
-    feature = "redis-tls",
-    feature = "mysql",
-    feature = "postgres",
-    feature = "etcd",
-    feature = "zookeeper"
-)))]
+#[cfg(not(all_backends))]
 #[test]
 fn a_left_out_backend_names_the_feature_to_build_with() {
     let urls = [

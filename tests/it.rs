@@ -12,17 +12,7 @@
 //! which would build each file as a binary of its own again).
 
 // Scenarios that only left-out backends run are unused in such a build.
-#![cfg_attr(
-    not(all(
-        feature = "sqlite",
-        feature = "redis",
-        feature = "mysql",
-        feature = "postgres",
-        feature = "etcd",
-        feature = "zookeeper"
-    )),
-    allow(dead_code, unused_imports)
-)]
+#![cfg_attr(not(all_backends), allow(dead_code, unused_imports))]
 
 mod common;
 

@@ -239,14 +239,7 @@ fn every_block_is_of_a_known_kind() {
 }
 
 // The README's recipes use every backend.
-#[cfg(all(
-    feature = "sqlite",
-    feature = "redis",
-    feature = "mysql",
-    feature = "postgres",
-    feature = "etcd",
-    feature = "zookeeper"
-))]
+#[cfg(all_backends)]
 #[test]
 fn sh_blocks_run() {
     let mut ran = 0;
@@ -839,14 +832,7 @@ fn every_option_is_documented() {
 /// The `backend` values the JSON section lists are the ones `status --json`
 /// prints, one per backend; the introduction, the Quick start and Cargo.toml's
 /// description name every backend.
-#[cfg(all(
-    feature = "sqlite",
-    feature = "redis",
-    feature = "mysql",
-    feature = "postgres",
-    feature = "etcd",
-    feature = "zookeeper"
-))]
+#[cfg(all_backends)]
 #[test]
 fn every_backend_is_named_and_its_json_value_listed() {
     use common::*;
