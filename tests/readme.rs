@@ -427,6 +427,16 @@ fn install_commands() {
         .unwrap();
     assert_eq!(code(&o), 0, "{}", show(&o));
 
+    // The package and static-file blocks too: every install line works as root.
+    for b in blocks().iter().filter(|b| b.has("no-run")) {
+        for line in b.body.lines() {
+            assert!(
+                !line.starts_with("sudo "),
+                "fails as root without sudo: {line}"
+            );
+        }
+    }
+
     let regen = blocks()
         .into_iter()
         .find(|b| b.has("no-run") && b.body.contains("--example"))
@@ -534,12 +544,24 @@ fn systemd_units() {
     for u in &units {
         let name = u.tags.first().expect("```ini NAME.service");
         let body = &u.body;
+        // The Debian package ships these files as examples: they must be the README's.
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/systemd")
+            .join(name);
+        assert_eq!(
+            fs::read_to_string(&shipped).ok().as_ref(),
+            Some(body),
+            "{} differs from README.md's ```ini {name}",
+            shipped.display()
+        );
         assert!(body.contains("[Unit]"), "{name}: no [Unit]");
         if name.ends_with(".service") {
             assert!(body.contains("[Service]"), "{name}: no [Service]");
             let exec = unit_value(body, "ExecStart").expect("ExecStart");
             let mut argv = words(exec);
-            assert_eq!(argv[0], "/usr/local/bin/dlock");
+            // A bare name: systemd finds the packaged /usr/bin/dlock and a copied
+            // /usr/local/bin/dlock alike.
+            assert_eq!(argv[0], "dlock");
             argv[0] = "dlock".into();
             let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{exec}: {e}"));
             if let dlock::cli::Command::Exec(e) = &cli.command {
@@ -565,8 +587,8 @@ fn systemd_units() {
         // For systemd-analyze: real paths in place of the installed ones.
         let body = body
             .replace(
-                "/usr/local/bin/dlock",
-                &common::dlock_bin().display().to_string(),
+                "ExecStart=dlock ",
+                &format!("ExecStart={} ", common::dlock_bin().display()),
             )
             .replace("/usr/local/bin/backup.sh", &stub.display().to_string());
         let path = dir.path().join(name);
