@@ -33,8 +33,12 @@ fn main() {
 /// (`crt-static`: musl by default, or glibc on request) links as static PIE,
 /// which applies its own relocations at start; `-no-pie` on top of that makes
 /// an executable that crashes before `main`, so it is left alone there.
+/// Cargo lists crt-static in CARGO_CFG_TARGET_FEATURE only when RUSTFLAGS
+/// turn it on, not where it is the target's default (musl): a musl target
+/// counts as static by itself.
 pub fn link_args(target: &str, target_features: &str) -> Vec<&'static str> {
-    let crt_static = target_features.split(',').any(|f| f == "crt-static");
+    let crt_static =
+        target.ends_with("-musl") || target_features.split(',').any(|f| f == "crt-static");
     if target.contains("linux") && !crt_static {
         vec!["-no-pie"]
     } else {

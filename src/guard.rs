@@ -152,7 +152,7 @@ mod sys {
     /// (no fd: `fd` < 0); true if it did.
     pub fn wait_readable(fd: i32, ns: u64) -> bool {
         let ts = libc::timespec {
-            tv_sec: (ns / 1_000_000_000) as libc::time_t,
+            tv_sec: (ns / 1_000_000_000) as _, // libc deprecates the name time_t on musl
             tv_nsec: (ns % 1_000_000_000) as libc::c_long,
         };
         let mut p = libc::pollfd {

@@ -27,6 +27,13 @@ fn a_static_build_keeps_its_static_pie_start_up() {
 }
 
 #[test]
+fn a_musl_build_is_static_without_saying_so() {
+    // Cargo leaves crt-static out of CARGO_CFG_TARGET_FEATURE where it is the
+    // target's default; with -no-pie the musl binary died before main.
+    assert!(link_args("x86_64-unknown-linux-musl", "fxsr,sse,sse2").is_empty());
+}
+
+#[test]
 fn other_systems_get_no_extra_arguments() {
     assert!(link_args("aarch64-apple-darwin", "neon").is_empty());
 }

@@ -108,8 +108,8 @@ pub(super) fn options(url: &Url, timeout: Duration) -> Result<(Opts, String)> {
 pub(super) fn set_socket_timeout(conn: &Conn, t: Duration) {
     let t = t.max(Duration::from_millis(1));
     let tv = libc::timeval {
-        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_usec: t.subsec_micros() as libc::suseconds_t,
+        tv_sec: t.as_secs().min(i32::MAX as u64) as _, // libc deprecates the name time_t on musl
+        tv_usec: t.subsec_micros() as _,
     };
     for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
         // SAFETY: a valid fd owned by `conn`, and a timeval of the size given.

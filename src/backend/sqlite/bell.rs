@@ -145,7 +145,7 @@ impl Bell {
     /// Sleeps while the counter still reads `seen`, at most `timeout`.
     pub fn wait(&self, seen: u32, timeout: Duration) {
         let ts = libc::timespec {
-            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as _, // libc deprecates the name time_t on musl
             tv_nsec: timeout.subsec_nanos() as libc::c_long,
         };
         // SAFETY: FUTEX_WAIT only reads our mapping; returns at once if it no longer reads `seen`.
