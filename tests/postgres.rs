@@ -20,10 +20,16 @@ fn at(url: &str, args: &[&str]) -> std::process::Output {
 /// Statements the dlock user sent, as the server logged them (a server
 /// started with `statement_log()`).
 fn statements(db: &Postgres) -> usize {
+    statement_lines(db).len()
+}
+
+/// dlock's statements in the server's log, in order.
+fn statement_lines(db: &Postgres) -> Vec<String> {
     db.log()
         .lines()
         .filter(|l| l.starts_with(&format!("{USER}|")) && l.contains("LOG:  "))
-        .count()
+        .map(String::from)
+        .collect()
 }
 
 fn statement_log() -> [&'static str; 3] {
@@ -101,6 +107,21 @@ fn a_release_wakes_one_waiter_not_all() {
             )) == "5"
         },
     );
+    // The holder listens for breaks 100 ms after its grant (LISTEN, then a
+    // check of its lease), on a loaded machine after the waiters have
+    // blocked: those statements are no hand-off's.
+    wait_until(
+        "the holder listening for breaks",
+        Duration::from_secs(20),
+        || {
+            std::thread::sleep(Duration::from_millis(10));
+            let lines = statement_lines(&db);
+            lines
+                .iter()
+                .position(|l| l.contains("LISTEN dlock_brk_"))
+                .is_some_and(|at| at + 1 < lines.len())
+        },
+    );
     let q0 = statements(&db);
     std::fs::write(ctx.path("a.stop"), "").unwrap();
     assert!(wait_child(&mut a, Duration::from_secs(20)).success());
@@ -120,7 +141,8 @@ fn a_release_wakes_one_waiter_not_all() {
     assert_eq!(running, 1);
     assert!(
         used <= 6,
-        "{used} statements for one hand-off to one of 5 waiters"
+        "{used} statements for one hand-off to one of 5 waiters:\n{}",
+        statement_lines(&db)[q0..].join("\n")
     );
     for t in tags {
         std::fs::write(ctx.path(&format!("{t}.stop")), "").unwrap();
