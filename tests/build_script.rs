@@ -10,7 +10,7 @@ use build_rs::link_args;
 fn a_dynamic_linux_build_links_without_pie() {
     assert_eq!(
         link_args("x86_64-unknown-linux-gnu", "fxsr,sse,sse2"),
-        ["-no-pie"]
+        ["-no-pie", "-Wl,-z,lazy"]
     );
 }
 
