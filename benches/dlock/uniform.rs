@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::{ms, pct, run_loops, run_ok, sorted, Backend, Check, Proc, Sizes, Tool};
+use super::{ms, pct, run_loops, run_ok, sorted, verdict, Backend, Check, Proc, Sizes, Tool};
 
 /// A break must stop the holder's command this soon after the force exits.
 const REACH_MS: f64 = 250.0;
@@ -30,11 +30,26 @@ pub struct UniformRow {
     fair: Option<(Sections, Sections)>,
 }
 
+#[derive(Default)]
 struct Sections {
-    rate: f64,
+    n: usize,
+    secs: f64,
     /// Longest time from one section's end to the next one's start, ms.
     longest: f64,
     stalls: usize,
+}
+
+impl Sections {
+    fn rate(&self) -> f64 {
+        self.n as f64 / self.secs
+    }
+
+    fn add(&mut self, o: Sections) {
+        self.n += o.n;
+        self.secs += o.secs;
+        self.longest = self.longest.max(o.longest);
+        self.stalls += o.stalls;
+    }
 }
 
 pub fn measure(b: &Backend, dir: &Path, s: &Sizes, kinds: bool) -> UniformRow {
@@ -44,13 +59,24 @@ pub fn measure(b: &Backend, dir: &Path, s: &Sizes, kinds: bool) -> UniformRow {
     let reach = sorted((0..trials).map(|i| force_reach(b, i)).collect());
     let fair = kinds.then(|| {
         let per = if quick { 10 } else { 50 };
-        let plain = Tool::Dlock(b);
-        let fair = Tool::Kind(b, &["--fair"]);
+        let tools = [Tool::Dlock(b), Tool::Kind(b, &["--fair"])];
         eprintln!(
             "bench:     dlock · {} plain and --fair, {WORKERS} × {per}",
             b.label
         );
-        (sections(&plain, dir, per), sections(&fair, dir, per))
+        // In halves, plain, fair, fair, plain, so that a drift in the
+        // machine's load hits both alike.
+        let mut both = [Sections::default(), Sections::default()];
+        for (i, half) in [
+            (0, per / 2),
+            (1, per / 2),
+            (1, per - per / 2),
+            (0, per - per / 2),
+        ] {
+            both[i].add(sections(&tools[i], ["plain", "fair"][i], dir, half));
+        }
+        let [plain, fair] = both;
+        (plain, fair)
     });
     UniformRow {
         label: b.label,
@@ -105,10 +131,10 @@ fn force_reach(b: &Backend, trial: usize) -> f64 {
 
 /// WORKERS × `per` sections under `tool`; the sections' marks must not
 /// overlap (mutual exclusion), and give the gaps between them.
-fn sections(tool: &Tool, dir: &Path, per: usize) -> Sections {
+fn sections(tool: &Tool, name: &str, dir: &Path, per: usize) -> Sections {
     let log = dir.join(format!("sections-{}", super::mono_ns()));
     let secs = run_loops(WORKERS, per, || {
-        let mut c = tool.command("handoffs", &["sh", "-c", SECTION]);
+        let mut c = tool.command(name, &["sh", "-c", SECTION]);
         c.env("BENCH_LOG", &log);
         run_ok(c, &tool.label());
     });
@@ -141,14 +167,15 @@ fn sections(tool: &Tool, dir: &Path, per: usize) -> Sections {
         }
     }
     Sections {
-        rate: (WORKERS * per) as f64 / secs,
+        n: WORKERS * per,
+        secs,
         longest: gaps.iter().copied().fold(0.0, f64::max),
         stalls: gaps.iter().filter(|g| **g >= STALL_MS).count(),
     }
 }
 
 fn ratio(plain: &Sections, fair: &Sections) -> f64 {
-    fair.rate / plain.rate
+    fair.rate() / plain.rate()
 }
 
 /// The rows' verdicts, for the Targets table.
@@ -177,18 +204,15 @@ pub fn checks(rows: &[UniformRow], out: &mut Vec<Check>) {
     }
 }
 
-fn verdict(what: &str, met: bool) -> String {
-    format!("{what}: {}", if met { "met" } else { "**MISSED**" })
-}
-
 pub fn markdown(w: &mut String, rows: &[UniformRow], s: &Sizes) {
     let per = if s.runs < 100 { 10 } else { 50 };
     let _ = writeln!(
         w,
         "\n### 7. The same behaviour on every backend\n\n\
          Force: an `exec --lease 10s NAME -- sleep 60` holder that listens for breaks, then \
-         `dlock release --force NAME`; ms from the force's exit to the holder's exit (with 79, lease lost). \
-         Hand-off: {WORKERS} workers × {per} sections `sh -c 'date >> LOG; date >> LOG'`, plain and `--fair`; \
+         `dlock release --force NAME`; ms from the force's exit to the holder's exit (with 79, lease lost; \
+         0 if the holder stopped first). Hand-off: {WORKERS} workers × {per} sections \
+         `sh -c 'date >> LOG; date >> LOG'` each plain and `--fair`, in halves (plain, fair, fair, plain); \
          a gap is one section's end to the next one's start.\n\n\
          | backend | force → stopped, median ms | max ms | trials | plain sections/s | `--fair` sections/s | `--fair` ÷ plain | longest gap ms, plain / `--fair` | gaps ≥ {STALL_MS:.0} ms, plain / `--fair` | targets |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
@@ -207,8 +231,8 @@ pub fn markdown(w: &mut String, rows: &[UniformRow], s: &Sizes) {
                 );
                 format!(
                     "{:.0} | {:.0} | {k:.2} | {} / {} | {} / {}",
-                    p.rate,
-                    f.rate,
+                    p.rate(),
+                    f.rate(),
                     ms(p.longest),
                     ms(f.longest),
                     p.stalls,
