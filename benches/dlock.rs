@@ -21,6 +21,8 @@
 mod common;
 #[path = "dlock/kinds.rs"]
 mod kinds;
+#[path = "dlock/uniform.rs"]
+mod uniform;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -651,6 +653,30 @@ impl Tool<'_> {
         }
     }
 
+    /// The dlock binary of this tool with the bench's environment, before
+    /// any subcommand (other subcommands than `exec` use it too).
+    fn dlock(&self) -> Command {
+        let (b, other) = match self {
+            Tool::Dlock(b) | Tool::Kind(b, _) => (b, DLOCK_BIN.get()),
+            Tool::Baseline(b) => (b, BASELINE_BIN.get()),
+            _ => panic!("{} is not dlock", self.label()),
+        };
+        let mut c = common::dlock(&b.url);
+        if let Some(bin) = other {
+            // Another binary, with the same environment as the harness gives the built one.
+            let mut o = Command::new(bin);
+            for (k, v) in c.get_envs() {
+                match v {
+                    Some(v) => o.env(k, v),
+                    None => o.env_remove(k),
+                };
+            }
+            c = o;
+        }
+        c.env("DLOCK_PREFIX", "bench");
+        c
+    }
+
     /// `<tool> NAME -- argv…`, waiting as long as it takes.
     fn command(&self, name: &str, argv: &[&str]) -> Command {
         self.command_v(name, argv, false)
@@ -664,24 +690,8 @@ impl Tool<'_> {
                 c.arg(dir.join(format!("{name}.lock")));
                 c
             }
-            Tool::Dlock(b) | Tool::Kind(b, _) | Tool::Baseline(b) => {
-                let mut c = common::dlock(&b.url);
-                let other = match self {
-                    Tool::Baseline(_) => BASELINE_BIN.get(),
-                    _ => DLOCK_BIN.get(),
-                };
-                if let Some(bin) = other {
-                    // Another binary, with the same environment as the harness gives the built one.
-                    let mut o = Command::new(bin);
-                    for (k, v) in c.get_envs() {
-                        match v {
-                            Some(v) => o.env(k, v),
-                            None => o.env_remove(k),
-                        };
-                    }
-                    c = o;
-                }
-                c.env("DLOCK_PREFIX", "bench");
+            Tool::Dlock(_) | Tool::Kind(..) | Tool::Baseline(_) => {
+                let mut c = self.dlock();
                 if verbose {
                     c.arg("-v");
                 }
@@ -1218,6 +1228,7 @@ struct Results {
     ops: Vec<OpsResult>,
     rss: Vec<Rss>,
     kinds: Vec<kinds::KindsRow>,
+    uniform: Vec<uniform::UniformRow>,
 }
 
 fn checks(r: &Results) -> Vec<Check> {
@@ -1304,6 +1315,7 @@ fn checks(r: &Results) -> Vec<Check> {
             met: mb < 8.0,
         });
     }
+    uniform::checks(&r.uniform, &mut out);
     out
 }
 
@@ -1425,7 +1437,7 @@ fn run(opts: &Opts) {
         .map(Tool::Wrapper)
         .collect();
 
-    eprintln!("bench: 1/6 uncontended, {} runs each", s.runs);
+    eprintln!("bench: 1/7 uncontended, {} runs each", s.runs);
     let mut tools = vec![flock.clone()];
     tools.extend(wrappers.iter().cloned());
     tools.extend(dlocks.iter().cloned());
@@ -1434,7 +1446,7 @@ fn run(opts: &Opts) {
     }
     let uncontended = uncontended(&tools, &s);
 
-    eprintln!("bench: 2/6 contended throughput");
+    eprintln!("bench: 2/7 contended throughput");
     let mut tp = Vec::new();
     for (workers, per) in s.tp {
         for t in std::iter::once(&flock).chain(&dlocks) {
@@ -1447,13 +1459,13 @@ fn run(opts: &Opts) {
         tp.push(throughput(w, dir.path(), s.spin_tp.0, s.spin_tp.1));
     }
 
-    eprintln!("bench: 3/6 hand-off, {} hand-offs each", s.handoffs);
+    eprintln!("bench: 3/7 hand-off, {} hand-offs each", s.handoffs);
     let mut ho = vec![handoff(&flock, s.handoffs)];
     for t in &dlocks {
         ho.push(handoff(t, s.handoffs));
     }
 
-    eprintln!("bench: 4/6 server operations per acquisition");
+    eprintln!("bench: 4/7 server operations per acquisition");
     let mut ops = Vec::new();
     for b in &backends {
         let d = Tool::Dlock(b);
@@ -1468,17 +1480,24 @@ fn run(opts: &Opts) {
         }
     }
 
-    eprintln!("bench: 5/6 peak RSS");
+    eprintln!("bench: 5/7 peak RSS");
     let mut mem = vec![rss(&flock)];
     for t in &dlocks {
         mem.push(rss(t));
     }
 
-    eprintln!("bench: 6/6 lock kinds");
+    eprintln!("bench: 6/7 lock kinds");
     let kinds = backends
         .iter()
         .filter(|b| b.kinds && std::env::var_os("BENCH_NO_KINDS").is_none())
         .map(|b| kinds::measure(b, dir.path(), &s))
+        .collect();
+
+    eprintln!("bench: 7/7 the same behaviour on every backend");
+    let kinds_ok = std::env::var_os("BENCH_NO_KINDS").is_none();
+    let uniform = backends
+        .iter()
+        .map(|b| uniform::measure(b, dir.path(), &s, b.kinds && kinds_ok))
         .collect();
 
     let results = Results {
@@ -1488,6 +1507,7 @@ fn run(opts: &Opts) {
         ops,
         rss: mem,
         kinds,
+        uniform,
     };
     let load_end = loadavg();
     let took = started.elapsed();
@@ -1664,6 +1684,7 @@ fn markdown(
     }
     let _ = writeln!(w, "\nMB = 10⁶ bytes.");
     kinds::markdown(w, &r.kinds);
+    uniform::markdown(w, &r.uniform, &opts.sizes());
     let _ = write!(w, "{METHOD}");
     m
 }
@@ -1722,6 +1743,14 @@ by the bench process (Rust `std::process::Command`), the same for every tool.
    of one slot, or a fourth holder, fail the bench), then sleeps 20 ms; the
    rate is against the 150 sections/s that three holders at once could reach.
    The `--fair` hand-off is benchmark 3 with every waiter queued in order.
+7. **The same behaviour on every backend**: an `exec --lease 10s` holder,
+   once it says (with `-v`) that it listens for breaks and has run 150 ms,
+   is broken with `release --force`; the bench polls the holder every
+   0.5 ms and times its exit (code 79 checked) from the force's exit.
+   Then 4 workers loop sections that append their start and end times
+   (`date +%s%N`) to a file, plain and with `--fair`: the marks must
+   alternate (else the bench fails), and the gaps between one section's
+   end and the next one's start are the hand-offs.
 "#;
 
 /// Replaces the generated part of the doc, keeping what people wrote around it.
