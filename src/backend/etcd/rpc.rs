@@ -107,6 +107,16 @@ impl RequestOp {
     }
 }
 
+impl RequestOp {
+    /// A transaction inside a transaction: its own compares decide among
+    /// its own branches.
+    pub fn txn(t: TxnRequest) -> RequestOp {
+        RequestOp {
+            request: Some(Request::Txn(Box::new(t))),
+        }
+    }
+}
+
 /// A transaction, built as `Txn::default().when(..).and_then(..).or_else(..)`.
 pub type Txn = TxnRequest;
 
