@@ -148,6 +148,7 @@ impl Opts {
                 handoffs: 10,
                 ops: (8, 3),
                 spin_ops: (8, 2),
+                depths: &[(1, 8), (4, 2), (16, 1), (64, 1)],
             }
         } else {
             Sizes {
@@ -158,6 +159,7 @@ impl Opts {
                 handoffs: 200,
                 ops: (8, 40),
                 spin_ops: (8, 16),
+                depths: &[(1, 64), (4, 32), (16, 16), (64, 4)],
             }
         }
     }
@@ -175,6 +177,8 @@ struct Sizes {
     /// (waiters, sections per waiter) for counting server operations.
     ops: (usize, usize),
     spin_ops: (usize, usize),
+    /// (waiters, sections per waiter) for etcd's queue depths against `etcdctl lock`.
+    depths: &'static [(usize, usize)],
 }
 
 // ---------------------------------------------------------------------------
@@ -380,7 +384,10 @@ fn start_etcd(dir: &Path) -> Backend {
     let server = common::etcd::Etcd::cluster(1);
     let url = server.url();
     let port = server.members[0].client;
-    // Requests the server handled, per gRPC method, and its Raft writes, from /metrics.
+    // Requests the server handled, per gRPC method, and its Raft writes, from
+    // /metrics; with the leases granted and not revoked yet, as each one
+    // left to expire costs a write later (the leader's revoke): `etcdctl
+    // lock` leaves its session's lease to run out.
     let counters = move || {
         let mut out = Counters::new();
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -391,7 +398,7 @@ fn start_etcd(dir: &Path) -> Backend {
         if s.write_all(req.as_bytes()).is_err() || s.read_to_string(&mut text).is_err() {
             return out;
         }
-        let mut total = 0;
+        let (mut total, mut granted, mut revoked) = (0, 0, 0);
         for line in text.lines() {
             let Some((metric, value)) = line.rsplit_once(' ') else {
                 continue;
@@ -407,8 +414,13 @@ fn start_etcd(dir: &Path) -> Backend {
                 total += n;
             } else if metric == "etcd_server_proposals_committed_total" {
                 out.insert("raft writes".into(), n);
+            } else if metric == "etcd_debugging_lease_granted_total" {
+                granted = n;
+            } else if metric == "etcd_debugging_lease_revoked_total" {
+                revoked = n;
             }
         }
+        out.insert("leases left".into(), granted.saturating_sub(revoked));
         out.insert("total".into(), total);
         out
     };
@@ -1067,6 +1079,8 @@ struct OpsResult {
     breakdown: String,
     /// MySQL: connections opened per acquisition.
     connections: Option<f64>,
+    /// etcd: Raft proposals committed per acquisition.
+    raft: Option<f64>,
 }
 
 /// The commands dlock's Redis scripts call; `dlock exec` sends none of them
@@ -1136,6 +1150,9 @@ fn server_ops(tool: &Tool, dir: &Path, waiters: usize, per: usize) -> Option<Ops
         _ => ops as f64 / acq,
     };
     let connections = (b.key == "mysql").then(|| per("connections"));
+    // A lease left to expire is a write to come; one of an earlier run's
+    // that expired during this one, a write that was not this run's.
+    let raft = (b.key == "etcd").then(|| per("raft writes") + per("leases left"));
     Some(OpsResult {
         label: tool.label(),
         dlock: tool.is_dlock(),
@@ -1147,6 +1164,7 @@ fn server_ops(tool: &Tool, dir: &Path, waiters: usize, per: usize) -> Option<Ops
         requests,
         breakdown,
         connections,
+        raft,
     })
 }
 
@@ -1216,6 +1234,8 @@ struct Results {
     throughput: Vec<Throughput>,
     handoff: Vec<Handoff>,
     ops: Vec<OpsResult>,
+    /// etcd at each queue depth: (dlock, etcdctl lock).
+    depths: Vec<(OpsResult, OpsResult)>,
     rss: Vec<Rss>,
     kinds: Vec<kinds::KindsRow>,
 }
@@ -1468,6 +1488,20 @@ fn run(opts: &Opts) {
         }
     }
 
+    // etcd's queue at several depths, dlock and etcdctl lock in turn.
+    let mut depths = Vec::new();
+    for b in backends
+        .iter()
+        .filter(|b| b.key == "etcd" && b.wrapper.is_some())
+    {
+        for &(waiters, per) in s.depths {
+            eprintln!("bench:     etcd queue, {waiters} waiters");
+            let d = server_ops(&Tool::Dlock(b), dir.path(), waiters, per);
+            let w = server_ops(&Tool::Wrapper(b), dir.path(), waiters, per);
+            depths.extend(d.zip(w));
+        }
+    }
+
     eprintln!("bench: 5/6 peak RSS");
     let mut mem = vec![rss(&flock)];
     for t in &dlocks {
@@ -1486,6 +1520,7 @@ fn run(opts: &Opts) {
         throughput: tp,
         handoff: ho,
         ops,
+        depths,
         rss: mem,
         kinds,
     };
@@ -1647,6 +1682,28 @@ fn markdown(
             o.rate,
             o.breakdown
         );
+    }
+
+    if !r.depths.is_empty() {
+        let _ = writeln!(
+            w,
+            "\netcd's queue at each depth, dlock and `etcdctl lock` run in turn (Raft writes: `etcd_server_proposals_committed_total`, plus the leases left to expire, whose revokes come later; requests: gRPC calls the server handled):\n\n| waiters | acquisitions | dlock sections/s | etcdctl sections/s | **dlock ÷ etcdctl** | dlock Raft writes/acquisition | etcdctl Raft writes/acquisition | dlock requests/acquisition | etcdctl requests/acquisition |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        for (d, e) in &r.depths {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {:.1} | {:.1} | **{:.2}×** | {:.1} | {:.1} | {:.1} | {:.1} |",
+                d.waiters,
+                d.acquisitions,
+                d.rate,
+                e.rate,
+                d.rate / e.rate,
+                d.raft.unwrap_or(f64::NAN),
+                e.raft.unwrap_or(f64::NAN),
+                d.requests,
+                e.requests
+            );
+        }
     }
 
     let _ = writeln!(

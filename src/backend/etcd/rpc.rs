@@ -222,6 +222,25 @@ mod tests {
         assert_eq!(bytes, want);
     }
 
+    /// A transaction nested in another is field 4 of RequestOp and of
+    /// ResponseOp (`request_txn`, `response_txn` in rpc.proto).
+    #[test]
+    fn a_nested_transaction_is_field_4_both_ways() {
+        let inner = Txn::default().and_then([RequestOp::put("k", Vec::new(), 0)]);
+        let op = RequestOp::txn(inner.clone());
+        let bytes = op.encode_to_vec();
+        assert_eq!(bytes[0], 4 << 3 | 2);
+        assert_eq!(&bytes[2..], inner.encode_to_vec().as_slice());
+        let answer = ResponseOp {
+            response: Some(Response::Txn(Box::new(TxnResponse {
+                succeeded: true,
+                ..Default::default()
+            }))),
+        };
+        let back = ResponseOp::decode(answer.encode_to_vec().as_slice()).unwrap();
+        assert!(matches!(back.response, Some(Response::Txn(t)) if t.succeeded));
+    }
+
     #[test]
     fn a_watch_response_decodes_its_events() {
         let r = WatchResponse {
