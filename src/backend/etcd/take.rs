@@ -447,11 +447,16 @@ impl<'a> Taking<'a> {
                     watch: if mutex { watch.deletes_only() } else { watch },
                     wanted: vec![k.clone()],
                     deletes_only: mutex,
-                    suspect: v.nodes.iter().find(|n| &n.key == k).map(|n| Suspect {
-                        key: k.clone(),
-                        lease: n.lease,
-                        mod_rev: n.mod_rev,
-                    }),
+                    // (A key without a lease is none of dlock's to drop.)
+                    suspect: v
+                        .nodes
+                        .iter()
+                        .find(|n| &n.key == k && n.lease != 0)
+                        .map(|n| Suspect {
+                            key: k.clone(),
+                            lease: n.lease,
+                            mod_rev: n.mod_rev,
+                        }),
                 }
             }
             Behind::Holders(ks) => Target {
