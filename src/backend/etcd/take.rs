@@ -289,7 +289,7 @@ impl<'a> Taking<'a> {
         let (decision, info) = match queue::decide(&v.nodes, self.req) {
             Ok(d) => d,
             Err(e) => {
-                self.abandon(false);
+                self.abandon();
                 return Err(e);
             }
         };
@@ -299,7 +299,7 @@ impl<'a> Taking<'a> {
             Decision::Wait(_) if self.cancel.is_fired() => Ok(self.cancelled()),
             Decision::Wait(behind) => {
                 if deadline.is_some_and(|d| d <= Instant::now()) {
-                    self.abandon(false);
+                    self.abandon();
                     let info = info.map(|i| super::status::with_ttl(&self.link, &v.nodes, i));
                     return Ok(Step::Done(Acquire::Busy(info), Instant::now()));
                 }
@@ -337,7 +337,7 @@ impl<'a> Taking<'a> {
     fn cancelled(&mut self) -> Step {
         self.link
             .set_timeout(self.link.timeout().min(Duration::from_secs(2)));
-        self.abandon(false);
+        self.abandon();
         Step::Done(Acquire::Busy(None), Instant::now())
     }
 
@@ -487,22 +487,12 @@ impl<'a> Taking<'a> {
         Ok(())
     }
 
-    /// Gives up: this request's key (with `all`, whatever key it has: a
-    /// grant whose answer was cut short) goes with its lease, best effort
-    /// within one timeout.
-    pub fn abandon(&mut self, all: bool) {
-        let queued = std::mem::take(&mut self.queued);
-        match self.lease.take() {
-            Some(l) => revoke(&self.link, l.id),
-            // Without a lease a key this request put has gone with it.
-            None if queued || all => {
-                let key = self.key.clone();
-                let _ = self.link.call("a cleanup", |mut c| {
-                    let k = key.clone();
-                    async move { c.delete(k).await }
-                });
-            }
-            None => {}
+    /// Gives up: this request's key goes with its lease (a key without one
+    /// went with it already), best effort within one timeout.
+    pub fn abandon(&mut self) {
+        self.queued = false;
+        if let Some(l) = self.lease.take() {
+            revoke(&self.link, l.id);
         }
     }
 }
