@@ -44,6 +44,10 @@ const HOLD: &[&str] = &["sh", "-c", "echo running; read x"];
 /// shell built-ins, so that no fork hides inside the measured section.
 const SECTION: &str = r#"read n < "$BENCH_COUNTER"; echo $((n + 1)) > "$BENCH_COUNTER""#;
 
+/// The same section with its start and end times logged, for the hand-offs
+/// between sections (the two `date` calls slow every tool alike).
+const TIMED_SECTION: &str = r#"echo "s $(date +%s%N)" >> "$BENCH_LOG"; read n < "$BENCH_COUNTER"; echo $((n + 1)) > "$BENCH_COUNTER"; echo "e $(date +%s%N)" >> "$BENCH_LOG""#;
+
 const BEGIN: &str =
     "<!-- BEGIN scripts/bench output: regenerated on every run; edit outside these markers -->";
 const END: &str = "<!-- END scripts/bench output -->";
@@ -150,6 +154,7 @@ impl Opts {
                 handoffs: 10,
                 ops: (8, 3),
                 spin_ops: (8, 2),
+                depths: &[(1, 8), (4, 2), (16, 1), (64, 1)],
             }
         } else {
             Sizes {
@@ -160,6 +165,7 @@ impl Opts {
                 handoffs: 200,
                 ops: (8, 40),
                 spin_ops: (8, 16),
+                depths: &[(1, 64), (4, 32), (16, 16), (64, 4)],
             }
         }
     }
@@ -177,6 +183,8 @@ struct Sizes {
     /// (waiters, sections per waiter) for counting server operations.
     ops: (usize, usize),
     spin_ops: (usize, usize),
+    /// (waiters, sections per waiter) for etcd's queue depths against `etcdctl lock`.
+    depths: &'static [(usize, usize)],
 }
 
 // ---------------------------------------------------------------------------
@@ -382,7 +390,10 @@ fn start_etcd(dir: &Path) -> Backend {
     let server = common::etcd::Etcd::cluster(1);
     let url = server.url();
     let port = server.members[0].client;
-    // Requests the server handled, per gRPC method, and its Raft writes, from /metrics.
+    // Requests the server handled, per gRPC method, and its Raft writes, from
+    // /metrics; with the leases granted and not revoked yet, as each one
+    // left to expire costs a write later (the leader's revoke): `etcdctl
+    // lock` leaves its session's lease to run out.
     let counters = move || {
         let mut out = Counters::new();
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -393,7 +404,7 @@ fn start_etcd(dir: &Path) -> Backend {
         if s.write_all(req.as_bytes()).is_err() || s.read_to_string(&mut text).is_err() {
             return out;
         }
-        let mut total = 0;
+        let (mut total, mut granted, mut revoked) = (0, 0, 0);
         for line in text.lines() {
             let Some((metric, value)) = line.rsplit_once(' ') else {
                 continue;
@@ -409,8 +420,13 @@ fn start_etcd(dir: &Path) -> Backend {
                 total += n;
             } else if metric == "etcd_server_proposals_committed_total" {
                 out.insert("raft writes".into(), n);
+            } else if metric == "etcd_debugging_lease_granted_total" {
+                granted = n;
+            } else if metric == "etcd_debugging_lease_revoked_total" {
+                revoked = n;
             }
         }
+        out.insert("leases left".into(), granted.saturating_sub(revoked));
         out.insert("total".into(), total);
         out
     };
@@ -949,12 +965,31 @@ struct Throughput {
 /// Benchmark 2: WORKERS processes each run SECTIONS read-increment-write sections under
 /// the lock; the final count must be exact.
 fn throughput(tool: &Tool, dir: &Path, workers: usize, per_worker: usize) -> Throughput {
+    throughput_logged(tool, dir, workers, per_worker, None)
+}
+
+/// [`throughput`], with each section's start and end logged to `log` when given.
+fn throughput_logged(
+    tool: &Tool,
+    dir: &Path,
+    workers: usize,
+    per_worker: usize,
+    log: Option<&Path>,
+) -> Throughput {
     let counter = dir.join(format!("counter-{}", mono_ns()));
     std::fs::write(&counter, "0\n").unwrap();
     let server = tool.backend().and_then(|b| b.server_pid);
     let (client0, server0) = (children_cpu(), server.map(cpu_of));
     let secs = run_loops(workers, per_worker, || {
-        let mut c = tool.command("counter", &["sh", "-c", SECTION]);
+        let section = if log.is_some() {
+            TIMED_SECTION
+        } else {
+            SECTION
+        };
+        let mut c = tool.command("counter", &["sh", "-c", section]);
+        if let Some(log) = log {
+            c.env("BENCH_LOG", log);
+        }
         c.env("BENCH_COUNTER", &counter);
         run_ok(c, &tool.label());
     });
@@ -1077,6 +1112,10 @@ struct OpsResult {
     breakdown: String,
     /// MySQL: connections opened per acquisition.
     connections: Option<f64>,
+    /// etcd: Raft proposals committed per acquisition.
+    raft: Option<f64>,
+    /// With a log of the sections: hand-off (p50, p99) in ms.
+    handoff: Option<(f64, f64)>,
 }
 
 /// The commands dlock's Redis scripts call; `dlock exec` sends none of them
@@ -1088,10 +1127,41 @@ const REDIS_SCRIPT_CALLS: &[&str] = &[
 
 /// Benchmark 4: Server operations per acquisition with WAITERS processes contending.
 fn server_ops(tool: &Tool, dir: &Path, waiters: usize, per: usize) -> Option<OpsResult> {
+    server_ops_logged(tool, dir, waiters, per, None)
+}
+
+/// The gaps between one section's end and the next one's start in a log of
+/// [`TIMED_SECTION`]s: (p50, p99) in ms.
+fn handoff_gaps(log: &Path) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let mut marks: Vec<(u64, bool)> = text
+        .lines()
+        .filter_map(|l| {
+            let (what, t) = l.split_once(' ')?;
+            Some((t.trim().parse().ok()?, what == "s"))
+        })
+        .collect();
+    marks.sort();
+    let gaps: Vec<f64> = marks
+        .windows(2)
+        .filter(|w| !w[0].1 && w[1].1)
+        .map(|w| (w[1].0 - w[0].0) as f64 / 1e6)
+        .collect();
+    let v = sorted(gaps);
+    (!v.is_empty()).then(|| (pct(&v, 50.0), pct(&v, 99.0)))
+}
+
+fn server_ops_logged(
+    tool: &Tool,
+    dir: &Path,
+    waiters: usize,
+    per: usize,
+    log: Option<&Path>,
+) -> Option<OpsResult> {
     let b = tool.backend()?;
     let counters = b.counters.as_ref()?;
     let before = counters();
-    let tp = throughput(tool, dir, waiters, per);
+    let tp = throughput_logged(tool, dir, waiters, per, log);
     let after = counters();
     let mut delta: BTreeMap<String, i64> = BTreeMap::new();
     for (k, v) in &after {
@@ -1146,6 +1216,10 @@ fn server_ops(tool: &Tool, dir: &Path, waiters: usize, per: usize) -> Option<Ops
         _ => ops as f64 / acq,
     };
     let connections = (b.key == "mysql").then(|| per("connections"));
+    // A lease left to expire is a write to come; one of an earlier run's
+    // that expired during this one, a write that was not this run's.
+    let raft = (b.key == "etcd").then(|| per("raft writes") + per("leases left"));
+    let handoff = log.and_then(handoff_gaps);
     Some(OpsResult {
         label: tool.label(),
         dlock: tool.is_dlock(),
@@ -1157,6 +1231,8 @@ fn server_ops(tool: &Tool, dir: &Path, waiters: usize, per: usize) -> Option<Ops
         requests,
         breakdown,
         connections,
+        raft,
+        handoff,
     })
 }
 
@@ -1226,6 +1302,8 @@ struct Results {
     throughput: Vec<Throughput>,
     handoff: Vec<Handoff>,
     ops: Vec<OpsResult>,
+    /// etcd at each queue depth: (dlock, etcdctl lock).
+    depths: Vec<(OpsResult, OpsResult)>,
     rss: Vec<Rss>,
     kinds: Vec<kinds::KindsRow>,
     uniform: Vec<uniform::UniformRow>,
@@ -1480,6 +1558,22 @@ fn run(opts: &Opts) {
         }
     }
 
+    // etcd's queue at several depths, dlock and etcdctl lock in turn.
+    let mut depths = Vec::new();
+    for b in backends
+        .iter()
+        .filter(|b| b.key == "etcd" && b.wrapper.is_some())
+    {
+        for &(waiters, per) in s.depths {
+            eprintln!("bench:     etcd queue, {waiters} waiters");
+            let log = |t: &str| dir.path().join(format!("sections-{t}-{waiters}"));
+            let (dl, wl) = (log("dlock"), log("etcdctl"));
+            let d = server_ops_logged(&Tool::Dlock(b), dir.path(), waiters, per, Some(&dl));
+            let w = server_ops_logged(&Tool::Wrapper(b), dir.path(), waiters, per, Some(&wl));
+            depths.extend(d.zip(w));
+        }
+    }
+
     eprintln!("bench: 5/7 peak RSS");
     let mut mem = vec![rss(&flock)];
     for t in &dlocks {
@@ -1505,6 +1599,7 @@ fn run(opts: &Opts) {
         throughput: tp,
         handoff: ho,
         ops,
+        depths,
         rss: mem,
         kinds,
         uniform,
@@ -1667,6 +1762,31 @@ fn markdown(
             o.rate,
             o.breakdown
         );
+    }
+
+    if !r.depths.is_empty() {
+        let _ = writeln!(
+            w,
+            "\netcd's queue at each depth, dlock and `etcdctl lock` run in turn (Raft writes: `etcd_server_proposals_committed_total`, plus the leases left to expire, whose revokes come later; requests: gRPC calls the server handled; hand-off: from one section's end to the next one's start, each section logging both with `date`):\n\n| waiters | acquisitions | dlock sections/s | etcdctl sections/s | **dlock ÷ etcdctl** | dlock Raft writes/acquisition | etcdctl Raft writes/acquisition | dlock requests/acquisition | etcdctl requests/acquisition | hand-off p50/p99 ms: dlock | etcdctl |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let gaps = |h: Option<(f64, f64)>| h.map_or("".into(), |(a, b)| format!("{a:.1} / {b:.1}"));
+        for (d, e) in &r.depths {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {:.1} | {:.1} | **{:.2}×** | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                d.waiters,
+                d.acquisitions,
+                d.rate,
+                e.rate,
+                d.rate / e.rate,
+                d.raft.unwrap_or(f64::NAN),
+                e.raft.unwrap_or(f64::NAN),
+                d.requests,
+                e.requests,
+                gaps(d.handoff),
+                gaps(e.handoff)
+            );
+        }
     }
 
     let _ = writeln!(

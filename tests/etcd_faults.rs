@@ -261,7 +261,7 @@ fn a_waiter_whose_member_dies_keeps_its_place() {
     });
     e.kill(member);
     log.expect("\"retrying\"", Duration::from_secs(20));
-    // Longer than the waiter lease (3 s): a place not kept alive would be gone.
+    // Longer than a waiter may go without a keep-alive (2 s): a place not kept alive would be dropped.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(place(), before, "the waiter lost its place");
     assert_eq!(code(&ctx.run(&["release", "p", "--token", &holder])), 0);

@@ -10,39 +10,42 @@
 //! behave as on every backend. On etcd every waiter queues, so waiting is
 //! always first come, first served (`--fair` changes nothing).
 //!
-//! Taking: one transaction puts the key as holder when the name has no keys
-//! (the free-lock path: a lease grant and one write); otherwise the request
-//! decides from the queue (`queue.rs`) and either takes the lock with a
-//! write guarded on what it read, or joins the queue. A request goes only
-//! when no waiter is ahead of it, so grants follow create-revision order
-//! and every fence is greater than all earlier ones for the name, across
-//! leader changes (revisions are the cluster's, replicated by Raft).
+//! One lease per request: granted first, with the TTL asked for, and the
+//! request's key lives under it while it waits and while it holds. Raft
+//! writes per acquisition (each lease grant, revoke and put is one): the
+//! grant, one transaction that takes a free lock or else joins the queue,
+//! for a waiter one put of its grant (Put keeps the create revision, so the
+//! place and the fence), and the revoke that releases it: 3 uncontended, 4
+//! after a wait, as etcd's own `concurrency.Mutex`.
 //!
-//! Waiting: a waiter watches only the key just ahead of it (that waiter's
-//! grant or departure is the next event that can matter), or, when only
-//! holders are ahead, the deletions under the name; each watch starts at
-//! the revision after the read it decided on, so no release is missed, and
-//! nothing polls (`wait.rs`). Its key lives under a lease of
-//! [`take::WAITER_TTL`] seconds that it keeps alive every second, so a
-//! SIGKILLed waiter leaves the queue within that time (and etcd's expiry
-//! check, half a second). A stopping signal cancels the wait (the caller,
-//! `lease::acquire`, owns signals and exits): the request leaves the queue
-//! and returns Busy, and the caller exits. A failure ends the call with an
-//! error; the caller backs off and calls again, and the next call takes
-//! over the leases and place that this one kept (`take::Kept`). On its
-//! grant the key is put again under the holder lease (granted before the
-//! first try and kept alive through the wait); Put keeps the create
-//! revision, and so the place and the fence.
+//! Taking: a request decides from the queue (`queue.rs`) and takes the lock
+//! with a write guarded on what it read. A request goes only when no waiter
+//! is ahead of it, so grants follow create-revision order and every fence
+//! is greater than all earlier ones for the name, across leader changes
+//! (revisions are the cluster's, replicated by Raft).
 //!
-//! Leases: the holder lease is a cluster object with an ID, found from the
-//! key (`P/NAME/T` carries it), so `renew` and `release --token` work from
-//! any process: renew is a keep-alive of that lease, then a linearizable
-//! read of the key (a leader cut off from the majority still answers
-//! keep-alives in etcd 3.4, not reads), or a new lease for another length;
-//! release deletes the key in a transaction and revokes the lease. etcd
-//! counts TTLs in whole seconds and raises short ones to its minimum (2 s
-//! by default); the TTL it granted is the lease dlock's renewal deadline
-//! counts from.
+//! Waiting: a waiter watches only the key just ahead of it (a mutex waiter
+//! only for its deletion; for the other kinds that waiter's grant may let it
+//! go too), or, when only holders are ahead, the deletions under the name;
+//! each watch starts at the revision after the read it decided on, so no
+//! release is missed, and nothing polls the queue (`wait.rs`). It keeps its
+//! lease alive every second and looks up the lease of the waiter just
+//! ahead: one that has sent no keep-alive for over 2 s (SIGKILLed, cut off)
+//! has its key dropped while it still waits, so the queue moves on long
+//! before that lease would run out. A stopping signal cancels the wait (the
+//! caller, `lease::acquire`, owns signals and exits): the request leaves the
+//! queue and returns Busy. A failure ends the call with an error; the caller
+//! backs off and calls again, and the next call takes over the lease and
+//! place that this one kept (`take::Kept`).
+//!
+//! Leases: the lease is a cluster object with an ID, found from the key
+//! (`P/NAME/T` carries it), so `renew` and `release --token` work from any
+//! process: renew is a keep-alive of that lease, then a linearizable read of
+//! the key (a leader cut off from the majority still answers keep-alives in
+//! etcd 3.4, not reads), or a new lease for another length; release reads
+//! the name and revokes the lease, which deletes the key. etcd counts TTLs
+//! in whole seconds and raises short ones to its minimum (2 s by default);
+//! the TTL it granted is the lease dlock's renewal deadline counts from.
 
 mod keys;
 mod leases;
@@ -67,7 +70,7 @@ use crate::cancel::Cancel;
 use crate::error::{fail, INTERNAL};
 use keys::Node;
 use link::Link;
-use rpc::{Compare, CompareResult, RequestOp, Response, Txn};
+use rpc::{Compare, CompareResult, RequestOp, Txn};
 use take::{by_create, nodes_of, ttl_secs, Kept, Step, Taking};
 
 pub struct EtcdBackend {
@@ -137,7 +140,8 @@ impl EtcdBackend {
             t.resume(k);
         }
         let attempt = (|| {
-            let mut step = t.first_try()?;
+            let waiting = deadline.is_none_or(|d| d > Instant::now());
+            let mut step = t.first_try(waiting)?;
             loop {
                 match step {
                     Step::Done(a, sent) => return Ok((a, sent)),
@@ -301,28 +305,11 @@ impl Backend for EtcdBackend {
         self.not_mine(name, token, lease)
     }
 
+    /// A read of the name, then the revoke of the token's lease, which
+    /// takes its key with it (one write; a request's lease holds no other key).
     fn release(&mut self, name: &str, token: &str) -> Result<Check> {
-        let key = self.key(name, token);
-        let range = keys::of_name(&self.prefix, name);
-        let get = RequestOp::range(by_create(range));
-        let txn = Txn::default()
-            .when([Compare::created(key.as_str(), CompareResult::Greater, 0)])
-            .and_then([RequestOp::delete(key.as_str(), true), get.clone()])
-            .or_else([get]);
-        let r = self.link.call("a release", |mut c| {
-            let t = txn.clone();
-            async move { c.txn(t).await }
-        })?;
-        // The plan decides from the name as it was: what is left, and what went.
-        let mut nodes = Vec::new();
-        for op in r.responses {
-            match op.response {
-                Some(Response::DeleteRange(d)) => nodes.extend(nodes_of(&self.prefix, &d.prev_kvs)),
-                Some(Response::Range(g)) => nodes.extend(nodes_of(&self.prefix, &g.kvs)),
-                _ => {}
-            }
-        }
-        // The key's lease, and those a request given up on had kept.
+        let nodes = self.read(&keys::of_name(&self.prefix, name))?.nodes;
+        // The key's lease, and the one a request given up on had kept.
         let mut leases: Vec<i64> = self
             .kept
             .take_if(|k| k.name == name && k.token == token)
@@ -332,8 +319,17 @@ impl Backend for EtcdBackend {
         leases.sort_unstable();
         leases.dedup();
         for id in leases.into_iter().filter(|id| *id != 0) {
-            leases::revoke(&self.link, id);
+            leases::revoke_sure(&self.link, id)?;
         }
+        if nodes.iter().any(|n| n.token == token && n.lease == 0) {
+            // Not dlock's way, but a key without a lease goes too.
+            let key = self.key(name, token);
+            self.link.call("a release", |mut c| {
+                let k = key.clone();
+                async move { c.delete(k).await }
+            })?;
+        }
+        // The plan decides from the name as it was: what is left, and what went.
         let mut st = keys::state(&nodes);
         let (check, _) = kinds::plan_release(0, &mut st, name, token);
         Ok(self.with_ttl(&nodes, check))

@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::link::Link;
+use super::rpc;
 use crate::error::{fail, UNAVAILABLE};
 
 /// A lease granted for a request.
@@ -48,4 +49,15 @@ pub fn revoke(link: &Link, id: i64) {
         "a lease revoke",
         |mut c| async move { c.lease_revoke(id).await },
     );
+}
+
+/// Revokes a lease, for a release that must know it happened: a lease
+/// already gone (run out, or revoked by another release) is no error.
+pub fn revoke_sure(link: &Link, id: i64) -> Result<()> {
+    link.call("a release", |mut c| async move {
+        match c.lease_revoke(id).await {
+            Err(rpc::Error::Status(s)) if s.code() == tonic::Code::NotFound => Ok(()),
+            other => other.map(|_| ()),
+        }
+    })
 }

@@ -107,6 +107,16 @@ impl RequestOp {
     }
 }
 
+impl RequestOp {
+    /// A transaction inside a transaction: its own compares decide among
+    /// its own branches.
+    pub fn txn(t: TxnRequest) -> RequestOp {
+        RequestOp {
+            request: Some(Request::Txn(Box::new(t))),
+        }
+    }
+}
+
 /// A transaction, built as `Txn::default().when(..).and_then(..).or_else(..)`.
 pub type Txn = TxnRequest;
 
@@ -210,6 +220,25 @@ mod tests {
         want.extend([0x12, put.len() as u8 + 2, 0x12, put.len() as u8]);
         want.extend(put);
         assert_eq!(bytes, want);
+    }
+
+    /// A transaction nested in another is field 4 of RequestOp and of
+    /// ResponseOp (`request_txn`, `response_txn` in rpc.proto).
+    #[test]
+    fn a_nested_transaction_is_field_4_both_ways() {
+        let inner = Txn::default().and_then([RequestOp::put("k", Vec::new(), 0)]);
+        let op = RequestOp::txn(inner.clone());
+        let bytes = op.encode_to_vec();
+        assert_eq!(bytes[0], 4 << 3 | 2);
+        assert_eq!(&bytes[2..], inner.encode_to_vec().as_slice());
+        let answer = ResponseOp {
+            response: Some(Response::Txn(Box::new(TxnResponse {
+                succeeded: true,
+                ..Default::default()
+            }))),
+        };
+        let back = ResponseOp::decode(answer.encode_to_vec().as_slice()).unwrap();
+        assert!(matches!(back.response, Some(Response::Txn(t)) if t.succeeded));
     }
 
     #[test]

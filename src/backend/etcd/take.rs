@@ -14,13 +14,10 @@ use super::rpc::{
     Compare, CompareResult, KeyValue, RangeRequest, RequestOp, Response, Txn, TxnResponse,
     WatchCreateRequest,
 };
-use super::wait::{watch_until, Target};
+use super::wait::Suspect;
+use super::wait::{watch_until, Target, Waited};
 use crate::backend::{Acquire, Grant, Request};
 use crate::cancel::Cancel;
-
-/// A waiter's key lives under a lease this long, kept alive every
-/// `kinds::TICKET_REFRESH`: a waiter killed with SIGKILL leaves the queue within it.
-pub const WAITER_TTL: i64 = 3;
 
 /// One read of a name's keys.
 pub struct View {
@@ -39,10 +36,16 @@ pub struct Taking<'a> {
     name_range: String,
     /// The TTL asked for, in whole seconds.
     ttl: i64,
-    /// The holder lease, granted before the first try and again after a wait.
+    /// The request's one lease, of the TTL asked for: granted before the
+    /// first try, its key lives under it while it waits and while it holds,
+    /// so a grant after a wait is one write (no lease to grant, no re-put
+    /// under another lease, nothing to revoke).
     lease: Option<Lease>,
-    /// The waiter lease, while this request waits in the queue.
-    waiter: Option<i64>,
+    /// The key was found gone: its lease may have gone with it (a release
+    /// of this token revokes it), so the next use checks it first.
+    doubt: bool,
+    /// The first try joined the queue; not said yet.
+    joined: bool,
     /// This request has a key in the queue.
     pub queued: bool,
     /// After a grant: the holder lease and the revision of the granting write.
@@ -55,20 +58,19 @@ pub struct Kept {
     pub name: String,
     pub token: String,
     lease: Option<Lease>,
-    waiter: Option<i64>,
     queued: bool,
 }
 
 impl Kept {
     /// The leases, for a release that gives up on the request.
     pub fn leases(&self) -> impl Iterator<Item = i64> {
-        self.waiter.into_iter().chain(self.lease.map(|l| l.id))
+        self.lease.map(|l| l.id).into_iter()
     }
 
     /// No lease and no place: every key is put under a lease, so the request
     /// that kept this holds nothing on the server.
     pub fn holds_nothing(&self) -> bool {
-        self.lease.is_none() && self.waiter.is_none() && !self.queued
+        self.lease.is_none() && !self.queued
     }
 }
 
@@ -103,18 +105,29 @@ fn rev_of(r: &TxnResponse) -> i64 {
     r.revision()
 }
 
-/// The view in the last range response of a transaction.
+/// The view in the last range response of a transaction (or of the
+/// transaction nested in it), as of the revision the outer one answered at.
 fn view_of(prefix: &str, r: &TxnResponse) -> View {
     let mut nodes = Vec::new();
     for op in &r.responses {
-        if let Some(Response::Range(g)) = &op.response {
-            nodes = nodes_of(prefix, &g.kvs);
+        match &op.response {
+            Some(Response::Range(g)) => nodes = nodes_of(prefix, &g.kvs),
+            Some(Response::Txn(t)) => nodes = view_of(prefix, t).nodes,
+            _ => {}
         }
     }
     View {
         nodes,
         rev: rev_of(r),
     }
+}
+
+/// Whether the transaction nested in `r` (if any) took its success branch.
+fn nested_succeeded(r: &TxnResponse) -> Option<bool> {
+    r.responses.iter().find_map(|op| match &op.response {
+        Some(Response::Txn(t)) => Some(t.succeeded),
+        _ => None,
+    })
 }
 
 /// A read of every key under `range`, in create-revision order: a name's queue.
@@ -138,7 +151,8 @@ impl<'a> Taking<'a> {
             name_range: keys::of_name(prefix, req.name),
             ttl: ttl_secs(req.lease),
             lease: None,
-            waiter: None,
+            doubt: false,
+            joined: false,
             queued: false,
             holding: None,
         }
@@ -147,7 +161,7 @@ impl<'a> Taking<'a> {
     /// Takes over what the same request's last try left (see [`Kept`]).
     pub fn resume(&mut self, kept: Kept) {
         if kept.name == self.req.name && kept.token == self.req.token {
-            (self.lease, self.waiter, self.queued) = (kept.lease, kept.waiter, kept.queued);
+            (self.lease, self.queued) = (kept.lease, kept.queued);
         }
     }
 
@@ -157,17 +171,18 @@ impl<'a> Taking<'a> {
             name: self.req.name.to_string(),
             token: self.req.token.to_string(),
             lease: self.lease,
-            waiter: self.waiter,
             queued: self.queued,
         }
     }
 
-    /// A holder lease recent enough that the grant it backs leaves the
-    /// keeper most of it: one older than a third of its TTL gets a
-    /// keep-alive first (no write on the cluster), a new one if it is gone.
+    /// The request's lease, recent enough that the grant it backs leaves
+    /// the keeper most of it: one older than a third of its TTL (or in
+    /// doubt) gets a keep-alive first (no write on the cluster), a new one
+    /// if it is gone.
     fn fresh_lease(&mut self) -> Result<Lease> {
         if let Some(mut l) = self.lease {
-            if l.sent.elapsed() < Duration::from_secs(l.granted as u64) / 3 {
+            let doubt = std::mem::take(&mut self.doubt);
+            if !doubt && l.sent.elapsed() < Duration::from_secs(l.granted as u64) / 3 {
                 return Ok(l);
             }
             let sent = Instant::now();
@@ -204,33 +219,58 @@ impl<'a> Taking<'a> {
         })
     }
 
-    /// The free-lock fast path in one transaction: take it if nobody is
-    /// queued for the name, else read the queue.
-    pub fn first_try(&mut self) -> Result<Step> {
-        let lease = self.fresh_lease()?;
-        let txn = Txn::default()
-            .when([
-                Compare::created(self.key.as_str(), CompareResult::Equal, 0),
-                Compare::created(self.name_range.as_str(), CompareResult::Equal, 0).with_prefix(),
-            ])
-            .and_then([RequestOp::put(
-                self.key.as_str(),
-                self.entry(true, 0, lease.granted),
-                lease.id,
-            )])
-            .or_else([RequestOp::range(by_create(self.name_range.as_str()))]);
-        let r = self.txn("an acquire", txn)?;
-        if r.succeeded {
-            return Ok(self.granted(&r, rev_of(&r), 0, false));
+    /// The first try in one transaction: take the lock if nobody has a key
+    /// for the name; else (for a request that may wait) join the queue in
+    /// the same write, or read the queue. A key of this token's already
+    /// there (a grant being extended) is only read.
+    pub fn first_try(&mut self, waiting: bool) -> Result<Step> {
+        if self.queued {
+            // A try cut short left its key in the queue: it keeps its place.
+            return self.read().map(Step::Again);
         }
-        Ok(Step::Again(view_of(&self.prefix, &r)))
+        let lease = self.fresh_lease()?;
+        let key = self.key.as_str();
+        let absent = Compare::created(key, CompareResult::Equal, 0);
+        let free =
+            Compare::created(self.name_range.as_str(), CompareResult::Equal, 0).with_prefix();
+        let take = RequestOp::put(key, self.entry(true, 0, lease.granted), lease.id);
+        let get = RequestOp::range(by_create(self.name_range.as_str()));
+        let txn = if waiting {
+            let join = RequestOp::put(key, self.entry(false, 0, lease.granted), lease.id);
+            let inner = Txn::default()
+                .when([free])
+                .and_then([take])
+                .or_else([join, get.clone()]);
+            // Set before sending: an answer cut short may have queued it.
+            self.queued = true;
+            Txn::default()
+                .when([absent])
+                .and_then([RequestOp::txn(inner)])
+                .or_else([get])
+        } else {
+            Txn::default()
+                .when([absent, free])
+                .and_then([take])
+                .or_else([get])
+        };
+        let r = self.txn("an acquire", txn)?;
+        match (r.succeeded, nested_succeeded(&r)) {
+            (true, None | Some(true)) => Ok(self.granted(&r, rev_of(&r), 0, false)),
+            (true, Some(false)) => {
+                self.joined = true;
+                Ok(Step::Again(view_of(&self.prefix, &r)))
+            }
+            (false, _) => {
+                self.queued = false;
+                Ok(Step::Again(view_of(&self.prefix, &r)))
+            }
+        }
     }
 
     fn granted(&mut self, r: &TxnResponse, fence: i64, slot: u32, extended: bool) -> Step {
-        let lease = self.lease.expect("a grant is made under the holder lease");
-        // The waiter lease has no key left and runs out within seconds: no
-        // revoke (a write on the cluster) for it.
-        self.waiter = None;
+        let lease = self
+            .lease
+            .expect("a grant is made under the request's lease");
         self.queued = false;
         self.holding = Some((lease.id, rev_of(r)));
         let g = Grant {
@@ -249,7 +289,7 @@ impl<'a> Taking<'a> {
         let (decision, info) = match queue::decide(&v.nodes, self.req) {
             Ok(d) => d,
             Err(e) => {
-                self.abandon(false);
+                self.abandon();
                 return Err(e);
             }
         };
@@ -259,16 +299,12 @@ impl<'a> Taking<'a> {
             Decision::Wait(_) if self.cancel.is_fired() => Ok(self.cancelled()),
             Decision::Wait(behind) => {
                 if deadline.is_some_and(|d| d <= Instant::now()) {
-                    self.abandon(false);
+                    self.abandon();
                     let info = info.map(|i| super::status::with_ttl(&self.link, &v.nodes, i));
                     return Ok(Step::Done(Acquire::Busy(info), Instant::now()));
                 }
-                if self.mine(&v).is_none() {
-                    if self.queued {
-                        // Its key went, and so, most likely, did the lease it was on
-                        // (a release of this token revokes it): join with a new one.
-                        self.waiter = None;
-                    }
+                let joining = self.mine(&v).is_none();
+                if joining || std::mem::take(&mut self.joined) {
                     // Said when the request joins the queue, as the shared wait loop says it.
                     crate::output::event(
                         crate::output::Level::Debug,
@@ -277,9 +313,16 @@ impl<'a> Taking<'a> {
                         &format!("lock '{}' is busy; waiting", self.req.name),
                         serde_json::json!({ "holder": info.as_ref().map(|b| &b.holder) }),
                     );
+                }
+                if joining {
+                    if self.queued {
+                        // Its key went, and perhaps the lease it was on (a
+                        // release of this token revokes it): check it first.
+                        self.doubt = true;
+                    }
                     return self.enqueue().map(Step::Again);
                 }
-                self.wait(&behind, v.rev, deadline)?;
+                self.wait(&behind, &v, deadline)?;
                 if self.cancel.is_fired() {
                     return Ok(self.cancelled());
                 }
@@ -294,7 +337,7 @@ impl<'a> Taking<'a> {
     fn cancelled(&mut self) -> Step {
         self.link
             .set_timeout(self.link.timeout().min(Duration::from_secs(2)));
-        self.abandon(false);
+        self.abandon();
         Step::Done(Acquire::Busy(None), Instant::now())
     }
 
@@ -354,21 +397,18 @@ impl<'a> Taking<'a> {
         Ok(self.granted(&r, fence, slot, false))
     }
 
-    /// Joins the queue: a key of its own under a short waiter lease.
+    /// Joins the queue: a key of its own under the request's lease.
     fn enqueue(&mut self) -> Result<View> {
-        let w = match self.waiter {
-            Some(w) => w,
-            None => {
-                let l = grant(&self.link, WAITER_TTL)?;
-                self.waiter = Some(l.id);
-                l.id
-            }
-        };
+        let lease = self.fresh_lease()?;
         let get = RequestOp::range(by_create(self.name_range.as_str()));
         let txn = Txn::default()
             .when([Compare::created(self.key.as_str(), CompareResult::Equal, 0)])
             .and_then([
-                RequestOp::put(self.key.as_str(), self.entry(false, 0, 0), w),
+                RequestOp::put(
+                    self.key.as_str(),
+                    self.entry(false, 0, lease.granted),
+                    lease.id,
+                ),
                 get.clone(),
             ])
             .or_else([get]);
@@ -391,18 +431,36 @@ impl<'a> Taking<'a> {
         })
     }
 
-    /// Blocks until something `behind` names changes after revision `rev`,
+    /// Blocks until something `behind` names changes after the read `v`,
     /// this request's own key goes, the deadline, or the cancel; keeps the
-    /// waiter lease alive meanwhile.
-    fn wait(&mut self, behind: &Behind, rev: i64, deadline: Option<Instant>) -> Result<()> {
+    /// request's lease alive meanwhile. A mutex waiter behind another
+    /// waiter wakes only when that one's key goes (its grant changes
+    /// nothing for this one), and meanwhile checks that the waiter ahead is
+    /// alive: one killed while waiting is dropped from the queue.
+    fn wait(&mut self, behind: &Behind, v: &View, deadline: Option<Instant>) -> Result<()> {
+        let kind = &self.req.kind;
+        let mutex = kind.slots <= 1 && kind.mode == crate::backend::Mode::Exclusive;
         let target = match behind {
-            Behind::Waiter(k) => Target {
-                watch: WatchCreateRequest::key(k.clone(), rev + 1),
-                wanted: vec![k.clone()],
-                deletes_only: false,
-            },
+            Behind::Waiter(k) => {
+                let watch = WatchCreateRequest::key(k.clone(), v.rev + 1);
+                Target {
+                    watch: if mutex { watch.deletes_only() } else { watch },
+                    wanted: vec![k.clone()],
+                    deletes_only: mutex,
+                    // (A key without a lease is none of dlock's to drop.)
+                    suspect: v
+                        .nodes
+                        .iter()
+                        .find(|n| &n.key == k && n.lease != 0)
+                        .map(|n| Suspect {
+                            key: k.clone(),
+                            lease: n.lease,
+                            mod_rev: n.mod_rev,
+                        }),
+                }
+            }
             Behind::Holders(ks) => Target {
-                watch: WatchCreateRequest::key(self.name_range.as_str(), rev + 1)
+                watch: WatchCreateRequest::key(self.name_range.as_str(), v.rev + 1)
                     .with_prefix()
                     .deletes_only(),
                 wanted: ks
@@ -411,46 +469,30 @@ impl<'a> Taking<'a> {
                     .chain([self.key.clone().into_bytes()])
                     .collect(),
                 deletes_only: true,
+                suspect: None,
             },
         };
         let far = Instant::now() + Duration::from_secs(3600);
         let until = deadline.unwrap_or(far).min(far);
         let link = Arc::clone(&self.link);
-        // The holder lease, granted before the first try, lives on through
-        // the wait too, so that the grant needs no new one.
-        let leases: Vec<i64> = self
-            .waiter
-            .into_iter()
-            .chain(self.lease.map(|l| l.id))
-            .collect();
-        let gone = link.block_on(watch_until(&link, target, &leases, until, self.cancel))?;
-        // A lease found gone is replaced when next needed (the waiter's key went with its lease).
-        if gone.is_some() && gone == self.waiter {
-            self.waiter = None;
-        }
-        if gone.is_some() && gone == self.lease.map(|l| l.id) {
-            self.lease = None;
+        let lease = self.lease.map(|l| l.id);
+        let waited = link.block_on(watch_until(&link, target, lease, until, self.cancel))?;
+        match (&mut self.lease, waited) {
+            // Gone: its key went with it; a new one is granted when next needed.
+            (_, Waited::LeaseGone) => self.lease = None,
+            // Kept alive: the grant that may follow counts from the last keep-alive.
+            (Some(l), Waited::Kept(Some(sent))) => l.sent = sent,
+            _ => {}
         }
         Ok(())
     }
 
-    /// Gives up: this request's waiting key (with `all`, whatever key it
-    /// has: a grant whose answer was cut short) and its leases go, best
-    /// effort within one timeout each.
-    pub fn abandon(&mut self, all: bool) {
-        if self.queued || all {
-            let key = self.key.clone();
-            let _ = self.link.call("a cleanup", |mut c| {
-                let k = key.clone();
-                async move { c.delete(k).await }
-            });
-        }
+    /// Gives up: this request's key goes with its lease (a key without one
+    /// went with it already), best effort within one timeout.
+    pub fn abandon(&mut self) {
         self.queued = false;
-        for id in [self.waiter.take(), self.lease.take().map(|l| l.id)]
-            .into_iter()
-            .flatten()
-        {
-            revoke(&self.link, id);
+        if let Some(l) = self.lease.take() {
+            revoke(&self.link, l.id);
         }
     }
 }

@@ -285,10 +285,6 @@ impl Client {
 }
 
 impl Keeper {
-    pub fn id(&self) -> i64 {
-        self.id
-    }
-
     /// One more keep-alive: the answer (TTL 0 or less: the lease is gone),
     /// or None when the stream has ended.
     pub async fn keep_alive(&mut self) -> Result<Option<LeaseKeepAliveResponse>, Error> {

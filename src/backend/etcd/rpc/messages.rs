@@ -128,10 +128,10 @@ pub struct DeleteRangeResponse {
     pub prev_kvs: Vec<KeyValue>,
 }
 
-/// `etcdserverpb.RequestOp` (nested transactions are not used).
+/// `etcdserverpb.RequestOp` (a nested transaction: etcd 3.3 and later).
 #[derive(Clone, PartialEq, Message)]
 pub struct RequestOp {
-    #[prost(oneof = "Request", tags = "1, 2, 3")]
+    #[prost(oneof = "Request", tags = "1, 2, 3, 4")]
     pub request: Option<Request>,
 }
 
@@ -144,12 +144,15 @@ pub enum Request {
     Put(PutRequest),
     #[prost(message, tag = "3")]
     DeleteRange(DeleteRangeRequest),
+    /// `request_txn`.
+    #[prost(message, tag = "4")]
+    Txn(Box<TxnRequest>),
 }
 
 /// `etcdserverpb.ResponseOp`.
 #[derive(Clone, PartialEq, Message)]
 pub struct ResponseOp {
-    #[prost(oneof = "Response", tags = "1, 2, 3")]
+    #[prost(oneof = "Response", tags = "1, 2, 3, 4")]
     pub response: Option<Response>,
 }
 
@@ -162,6 +165,9 @@ pub enum Response {
     Put(PutResponse),
     #[prost(message, tag = "3")]
     DeleteRange(DeleteRangeResponse),
+    /// `response_txn`.
+    #[prost(message, tag = "4")]
+    Txn(Box<TxnResponse>),
 }
 
 /// `Compare.CompareResult`.
