@@ -285,7 +285,7 @@ impl Etcd {
     fn signal_all(&self, sig: i32) {
         for i in 0..self.members.len() {
             if let Some(pid) = self.pid(i) {
-                unsafe { libc::kill(pid as i32, sig) };
+                super::send(pid as i32, sig);
             }
         }
     }

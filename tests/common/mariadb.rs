@@ -101,7 +101,7 @@ impl MariaDb {
     /// SIGSTOP: the server keeps its sockets but answers nothing.
     pub fn pause(&self) {
         if let Some(p) = self.pid() {
-            unsafe { libc::kill(p, libc::SIGSTOP) };
+            super::send(p, libc::SIGSTOP);
         }
     }
 

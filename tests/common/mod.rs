@@ -43,6 +43,38 @@ pub fn feature_of(url: &str) -> (&'static str, bool) {
     }
 }
 
+/// Sends `sig` to `pid`; for SIGSTOP, returns only once every thread of it
+/// has stopped. kill() returns as soon as one thread is to take the stop: on
+/// a loaded machine the other threads of etcd, MariaDB or ZooKeeper ran on
+/// for milliseconds and answered a request "to a paused server".
+pub fn send(pid: i32, sig: i32) {
+    // SAFETY: kill has no memory preconditions; a stale pid only fails.
+    unsafe { libc::kill(pid, sig) };
+    if sig != libc::SIGSTOP {
+        return;
+    }
+    wait_until(
+        "every thread of the server stopped",
+        Duration::from_secs(10),
+        || all_threads_stopped(pid),
+    );
+}
+
+/// Whether every thread of `pid` is stopped (or the process is gone).
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // The state follows the ")" that ends the command name.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next());
+        matches!(state, None | Some('T' | 't' | 'Z' | 'X'))
+    })
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind to a free port")

@@ -170,7 +170,7 @@ impl Postgres {
             pids.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
         }
         for pid in pids {
-            unsafe { libc::kill(pid, sig) };
+            super::send(pid, sig);
         }
     }
 

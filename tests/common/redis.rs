@@ -145,7 +145,7 @@ impl Redis {
 
     /// SIGSTOP: the server keeps its sockets but answers nothing.
     pub fn pause(&self) {
-        unsafe { libc::kill(self.pid(), libc::SIGSTOP) };
+        super::send(self.pid(), libc::SIGSTOP);
     }
 
     pub fn resume(&self) {

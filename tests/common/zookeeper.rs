@@ -294,7 +294,7 @@ impl ZooKeeper {
     fn signal_all(&self, sig: i32) {
         for i in 0..self.members.len() {
             if let Some(pid) = self.pid(i) {
-                unsafe { libc::kill(pid as i32, sig) };
+                super::send(pid as i32, sig);
             }
         }
     }
