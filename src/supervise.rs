@@ -135,9 +135,7 @@ pub fn run(job: &Job, events: Receiver<Event>, keeper: &Keeper) -> Result<End> {
         keeper.start_if_due(now);
         let listen_at = notice::start_due(now);
         w.check_clocks(now);
-        let wake = w
-            .next_wake(now)
-            .min(listen_at.unwrap_or(now + Duration::from_secs(3600)));
+        let wake = w.next_wake(now, listen_at);
         match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Event::Signal(Signal::SIGCHLD)) => {
                 let was_running = w.status.is_none();
@@ -226,14 +224,16 @@ impl Watch<'_> {
         self.kill_at = Some(self.kill_at.map_or(at, |k| k.min(at)));
     }
 
-    /// The next moment one of the clocks needs looking at.
-    fn next_wake(&self, now: Instant) -> Instant {
+    /// The next moment one of the clocks needs looking at (`listen_at`:
+    /// when a break listener is due to start).
+    fn next_wake(&self, now: Instant, listen_at: Option<Instant>) -> Instant {
         let keeper = self.keeper;
         [
             (!self.lost).then(|| keeper.stop_by()),
             self.kill_at,
             keeper.first_renewal(),
             self.runtime_over,
+            listen_at,
         ]
         .into_iter()
         .flatten()
