@@ -44,6 +44,7 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
             break
         }
         'dlock;acquire' {
+            [CompletionResult]::new('--also', '--also', [CompletionResultType]::ParameterName, 'Take this lock too, all or none (repeat for more): the names are taken in one order, so requests that list them differently never deadlock')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'Use this token instead of a random one; acquiring again with it extends the lease. Never taken from DLOCK_TOKEN, so an acquire inside `dlock exec` waits like any other')
             [CompletionResult]::new('--keepalive-pid', '--keepalive-pid', [CompletionResultType]::ParameterName, 'Keep renewing the lease in a detached dlock while process PID lives (e.g. `$$`), and release it when PID exits')
             [CompletionResult]::new('--lease', '--lease', [CompletionResultType]::ParameterName, 'How long the lease lasts on the server without renewal')
@@ -68,6 +69,7 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
             break
         }
         'dlock;release' {
+            [CompletionResult]::new('--also', '--also', [CompletionResultType]::ParameterName, 'Release (or with --force, break) this lock too, e.g. one taken by `acquire --also` (repeat for more)')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends')
             [CompletionResult]::new('--token-id', '--token-id', [CompletionResultType]::ParameterName, 'With --force, break only the holder with this token id (the TOKEN column of `status`, or the whole token)')
             [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]')
@@ -105,6 +107,7 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
             break
         }
         'dlock;exec' {
+            [CompletionResult]::new('--also', '--also', [CompletionResultType]::ParameterName, 'Hold this lock too, all or none (repeat for more): the names are taken in one order, so jobs that list them differently never deadlock; each gets its own fence')
             [CompletionResult]::new('--lease', '--lease', [CompletionResultType]::ParameterName, 'How long the lease lasts on the server without renewal')
             [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit')
             [CompletionResult]::new('--slots', '--slots', [CompletionResultType]::ParameterName, 'Let up to N holders in at once (a counting semaphore); each has its own token, lease and fence, and `exec` sets DLOCK_SLOT to its slot number (0..N-1)')
@@ -135,6 +138,7 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
             break
         }
         'dlock;renew' {
+            [CompletionResult]::new('--also', '--also', [CompletionResultType]::ParameterName, 'Renew this lock too, taken with the same token by `acquire --also` (repeat for more)')
             [CompletionResult]::new('--token', '--token', [CompletionResultType]::ParameterName, 'The token printed by `acquire`')
             [CompletionResult]::new('--lease', '--lease', [CompletionResultType]::ParameterName, 'The new lease, counted from now')
             [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]')

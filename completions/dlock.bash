@@ -99,12 +99,16 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__acquire)
-            opts="-q -v -h -V --token --json --keepalive-pid --lease --wait --slots --shared --fair --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
+            opts="-q -v -h -V --also --token --json --keepalive-pid --lease --wait --slots --shared --fair --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --also)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -153,12 +157,16 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__exec)
-            opts="-E -c -q -v -h -V --lease --wait --slots --shared --fair --conflict-exit-code --on-lost-signal --kill-after --min-hold --max-runtime --jitter --shell --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
+            opts="-E -c -q -v -h -V --also --lease --wait --slots --shared --fair --conflict-exit-code --on-lost-signal --kill-after --min-hold --max-runtime --jitter --shell --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --also)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --lease)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -347,12 +355,16 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__release)
-            opts="-q -v -h -V --token --force --token-id --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
+            opts="-q -v -h -V --also --token --force --token-id --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --also)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -389,12 +401,16 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__renew)
-            opts="-q -v -h -V --token --lease --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
+            opts="-q -v -h -V --also --token --lease --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --also)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --token)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -502,7 +518,7 @@ _dlock() {
 }
 
 
-# Lock names for the NAME argument of acquire, release, exec and renew (and the
+# Lock names for the NAME argument and --also of acquire, release, exec and renew (and the
 # names of status), from `dlock status --names-only` with the --url, --url-file
 # and --prefix typed on the line; DLOCK_* in the environment apply as usual.
 # Exec's command completes as a command of its own. Appended to clap's
@@ -536,11 +552,12 @@ _dlock_locate() {
             --url | --url-file | --prefix) _dlock_args+=("$w"); skip=keep; continue ;;
             --url=* | --url-file=* | --prefix=*) _dlock_args+=("$w"); continue ;;
             -c | --shell) shell=1; skip=drop; continue ;;
+            --also) skip=name; continue ;;
             --shell=*) shell=1; continue ;;
-            --conflict-exit-code | --connect-timeout | --jitter | --keepalive-pid | \
-                --kill-after | --lease | --log-format | --max-runtime | --min-hold | \
-                --on-lost-signal | --prefix | --shell | --slots | --token | --token-id | \
-                --url | --url-file | --wait | -E | -c) skip=drop; continue ;;
+            --also | --conflict-exit-code | --connect-timeout | --jitter | \
+                --keepalive-pid | --kill-after | --lease | --log-format | --max-runtime | \
+                --min-hold | --on-lost-signal | --prefix | --shell | --slots | --token | \
+                --token-id | --url | --url-file | --wait | -E | -c) skip=drop; continue ;;
             -*) continue ;;
             esac
         fi
@@ -554,6 +571,8 @@ _dlock_locate() {
             return 0
         fi
     done
+    # The value of --also is a lock name too.
+    [[ $skip == name ]] && _dlock_at=name
     [[ -z $skip ]] || return 0
     # A dash starts one of dlock's own options, until `--`.
     [[ -n $ended || ${words[last]-} != -* ]] || return 0

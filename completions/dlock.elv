@@ -40,6 +40,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'dlock;acquire'= {
+            cand --also 'Take this lock too, all or none (repeat for more): the names are taken in one order, so requests that list them differently never deadlock'
             cand --token 'Use this token instead of a random one; acquiring again with it extends the lease. Never taken from DLOCK_TOKEN, so an acquire inside `dlock exec` waits like any other'
             cand --keepalive-pid 'Keep renewing the lease in a detached dlock while process PID lives (e.g. `$$`), and release it when PID exits'
             cand --lease 'How long the lease lasts on the server without renewal'
@@ -63,6 +64,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand --version 'Print version'
         }
         &'dlock;release'= {
+            cand --also 'Release (or with --force, break) this lock too, e.g. one taken by `acquire --also` (repeat for more)'
             cand --token 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends'
             cand --token-id 'With --force, break only the holder with this token id (the TOKEN column of `status`, or the whole token)'
             cand --url 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]'
@@ -98,6 +100,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand --version 'Print version'
         }
         &'dlock;exec'= {
+            cand --also 'Hold this lock too, all or none (repeat for more): the names are taken in one order, so jobs that list them differently never deadlock; each gets its own fence'
             cand --lease 'How long the lease lasts on the server without renewal'
             cand --wait 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit'
             cand --slots 'Let up to N holders in at once (a counting semaphore); each has its own token, lease and fence, and `exec` sets DLOCK_SLOT to its slot number (0..N-1)'
@@ -127,6 +130,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand --version 'Print version'
         }
         &'dlock;renew'= {
+            cand --also 'Renew this lock too, taken with the same token by `acquire --also` (repeat for more)'
             cand --token 'The token printed by `acquire`'
             cand --lease 'The new lease, counted from now'
             cand --url 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]'

@@ -41,6 +41,7 @@ complete -c dlock -n "__fish_dlock_needs_command" -f -a "exec" -d 'Run a command
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "renew" -d 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "urls" -d 'List the backend URL schemes, each as it is written'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l also -d 'Take this lock too, all or none (repeat for more): the names are taken in one order, so requests that list them differently never deadlock' -x -a '(__fish_dlock_held_locks)'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l token -d 'Use this token instead of a random one; acquiring again with it extends the lease. Never taken from DLOCK_TOKEN, so an acquire inside `dlock exec` waits like any other' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l keepalive-pid -d 'Keep renewing the lease in a detached dlock while process PID lives (e.g. `$$`), and release it when PID exits' -r
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l lease -d 'How long the lease lasts on the server without renewal' -r
@@ -59,6 +60,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s q -l quiet -d 'P
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s h -l help -d 'Print help'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_using_subcommand release" -l also -d 'Release (or with --force, break) this lock too, e.g. one taken by `acquire --also` (repeat for more)' -x -a '(__fish_dlock_held_locks)'
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l token -d 'The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of the same lock is refused: that exec releases the lock when its command ends' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l token-id -d 'With --force, break only the holder with this token id (the TOKEN column of `status`, or the whole token)' -r
 complete -c dlock -n "__fish_dlock_using_subcommand release" -l url -d 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]' -r
@@ -84,6 +86,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand status" -s q -l quiet -d 'Pr
 complete -c dlock -n "__fish_dlock_using_subcommand status" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand status" -s h -l help -d 'Print help'
 complete -c dlock -n "__fish_dlock_using_subcommand status" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -l also -d 'Hold this lock too, all or none (repeat for more): the names are taken in one order, so jobs that list them differently never deadlock; each gets its own fence' -x -a '(__fish_dlock_held_locks)'
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -l lease -d 'How long the lease lasts on the server without renewal' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -l wait -d 'How long to wait for a busy lock: 0 fails at once, `forever` waits without limit' -r
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -l slots -d 'Let up to N holders in at once (a counting semaphore); each has its own token, lease and fence, and `exec` sets DLOCK_SLOT to its slot number (0..N-1)' -r
@@ -115,6 +118,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -s h -l help -d 'Print help'
 complete -c dlock -n "__fish_dlock_using_subcommand exec; and test (__fish_dlock_where) != command" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_using_subcommand renew" -l also -d 'Renew this lock too, taken with the same token by `acquire --also` (repeat for more)' -x -a '(__fish_dlock_held_locks)'
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l token -d 'The token printed by `acquire`' -r
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l lease -d 'The new lease, counted from now' -r
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -l url -d 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]' -r
@@ -145,7 +149,7 @@ complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_su
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "urls" -d 'List the backend URL schemes, each as it is written'
 complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 
-# Lock names for the NAME argument of acquire, release, exec and renew (and the
+# Lock names for the NAME argument and --also of acquire, release, exec and renew (and the
 # names of status), from `dlock status --names-only` with the --url, --url-file
 # and --prefix typed on the line; DLOCK_* in the environment apply as usual.
 # Exec's command completes as a command of its own. Appended to clap's
@@ -197,7 +201,10 @@ function __fish_dlock_where
                 case '--shell=*'
                     set shell 1
                     continue
-                case --conflict-exit-code --connect-timeout --jitter --keepalive-pid \
+                case --also
+                    set skip name
+                    continue
+                case --also --conflict-exit-code --connect-timeout --jitter --keepalive-pid \
                     --kill-after --lease --log-format --max-runtime --min-hold \
                     --on-lost-signal --prefix --shell --slots --token --token-id --url \
                     --url-file --wait -E -c
@@ -217,6 +224,11 @@ function __fish_dlock_where
             echo command
             return
         end
+    end
+    # The value of --also is a lock name too.
+    if test "$skip" = name
+        echo name
+        return
     end
     if test -n "$skip"
         echo other
@@ -252,6 +264,14 @@ function __fish_dlock_lock_names
     __fish_dlock_where >/dev/null
     set -l cmd (commandline -opc)
     $cmd[1] $__fish_dlock_args --connect-timeout 1s status --names-only 2>/dev/null
+end
+
+# The same, each described, for the value of --also (whose own line would
+# describe each with the option's help).
+function __fish_dlock_held_locks
+    for n in (__fish_dlock_lock_names)
+        printf '%s\theld lock\n' $n
+    end
 end
 
 # Exec's command, completed as fish completes that command line by itself.

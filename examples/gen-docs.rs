@@ -187,10 +187,26 @@ fn with_lock_names(shell: Shell, text: String, takes_value: &[String]) -> String
                 "@VALUE_OPTIONS@",
                 &patterns(takes_value, " ", " \\\n                    "),
             );
-            text.replace(exec, exec_options) + &names
+            // --also takes a lock name: held names, not files.
+            let also: Vec<String> = text
+                .replace(exec, exec_options)
+                .lines()
+                .map(|l| match l.contains(" -l also ") {
+                    true => format!(
+                        "{} -x -a '(__fish_dlock_held_locks)'",
+                        l.trim_end_matches(" -r")
+                    ),
+                    false => l.to_string(),
+                })
+                .collect();
+            also.join("\n") + "\n" + &names
         }
         Shell::Zsh => {
-            let names_arg = |l: &str| l.starts_with("':name -- ") || l.starts_with("'*::names -- ");
+            let names_arg = |l: &str| {
+                l.starts_with("':name -- ")
+                    || l.starts_with("'*::names -- ")
+                    || l.starts_with("'*--also=")
+            };
             let body: Vec<String> = text
                 .lines()
                 .map(|l| match names_arg(l) {

@@ -132,11 +132,11 @@ impl Command {
     /// The one lock the subcommand is about, if it names exactly one.
     pub fn lock_name(&self) -> Option<&str> {
         match self {
-            Command::Acquire(a) => Some(&a.name),
-            Command::Release(r) => Some(&r.name),
-            Command::Exec(e) => Some(&e.name),
-            Command::Renew(r) => Some(&r.name),
-            Command::Keepalive(k) => Some(&k.name),
+            Command::Acquire(a) => a.also.is_empty().then_some(a.name.as_str()),
+            Command::Release(r) => r.also.is_empty().then_some(r.name.as_str()),
+            Command::Exec(e) => e.also.is_empty().then_some(e.name.as_str()),
+            Command::Renew(r) => r.also.is_empty().then_some(r.name.as_str()),
+            Command::Keepalive(k) => k.also.is_empty().then_some(k.name.as_str()),
             Command::Urls => None,
             Command::Status(s) => match s.names.as_slice() {
                 [one] => Some(one),
@@ -150,6 +150,11 @@ impl Command {
 pub struct AcquireArgs {
     /// Lock name: any UTF-8 text without control characters, at most 255 bytes
     pub name: String,
+
+    /// Take this lock too, all or none (repeat for more): the names are taken in one
+    /// order, so requests that list them differently never deadlock
+    #[arg(long, value_name = "NAME")]
+    pub also: Vec<String>,
 
     /// Use this token instead of a random one; acquiring again with it extends the lease.
     /// Never taken from DLOCK_TOKEN, so an acquire inside `dlock exec` waits like any other
@@ -175,6 +180,10 @@ pub struct RenewArgs {
     /// Lock name
     pub name: String,
 
+    /// Renew this lock too, taken with the same token by `acquire --also` (repeat for more)
+    #[arg(long, value_name = "NAME")]
+    pub also: Vec<String>,
+
     /// The token printed by `acquire`
     #[arg(long, env = "DLOCK_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -188,6 +197,8 @@ pub struct RenewArgs {
 #[derive(Debug, Args)]
 pub struct KeepaliveArgs {
     pub name: String,
+    #[arg(long)]
+    pub also: Vec<String>,
     #[arg(long, env = "DLOCK_TOKEN", hide_env_values = true)]
     pub token: String,
     #[arg(long, value_parser = parse_long)]
@@ -249,6 +260,11 @@ pub struct ReleaseArgs {
     /// Lock name
     pub name: String,
 
+    /// Release (or with --force, break) this lock too, e.g. one taken by `acquire --also`
+    /// (repeat for more)
+    #[arg(long, value_name = "NAME")]
+    pub also: Vec<String>,
+
     /// The token printed by `acquire`. DLOCK_TOKEN set by an enclosing `dlock exec` of
     /// the same lock is refused: that exec releases the lock when its command ends
     #[arg(
@@ -292,6 +308,11 @@ pub struct StatusArgs {
 pub struct ExecArgs {
     /// Lock name
     pub name: String,
+
+    /// Hold this lock too, all or none (repeat for more): the names are taken in one
+    /// order, so jobs that list them differently never deadlock; each gets its own fence
+    #[arg(help_heading = "Lease and waiting", long, value_name = "NAME")]
+    pub also: Vec<String>,
 
     /// The command and its arguments, run without a shell (never re-split)
     #[arg(
@@ -347,7 +368,8 @@ const ACQUIRE_EXAMPLES: &str = "\
 Examples:
   tok=$(dlock acquire deploy --lease 10m) || exit
   trap 'dlock release deploy --token \"$tok\"' EXIT
-  dlock acquire deploy --wait 30s --json";
+  dlock acquire deploy --wait 30s --json
+  tok=$(dlock acquire db --also deploy) && dlock release db --also deploy --token \"$tok\"";
 
 const RELEASE_EXAMPLES: &str = "\
 Examples:
@@ -373,9 +395,12 @@ Examples:
   dlock exec -E 0 report -- ./report.sh   # a busy lock is not an error for cron
   dlock exec --min-hold 30s --jitter 2s -E 0 hourly -c 'run-parts /etc/cron.hourly'
   dlock exec --max-runtime 1h backup -- ./backup.sh
+  dlock exec --wait 10m db --also deploy -- ./migrate.sh   # both locks, or neither
 
 The command gets DLOCK_NAME, DLOCK_TOKEN, DLOCK_FENCE and DLOCK_HELD=1 in its
-environment and runs in its own process group. Inside it, `dlock acquire` of the
+environment and runs in its own process group; with --also, every lock i (in
+the order given, the first is 0) also as DLOCK_NAME_i and DLOCK_FENCE_i, and
+DLOCK_FENCES lists the fences in that order. Inside it, `dlock acquire` of the
 same lock waits like any other process, and `dlock release` of it refuses the
 inherited DLOCK_TOKEN (pass --token to release early on purpose). The lease is renewed every third
 of --lease; if it cannot be renewed in time the whole group gets --on-lost-signal,

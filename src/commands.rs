@@ -7,8 +7,8 @@ use crate::backend::{self, Backend, Check, Config, Grant, Location, LockInfo, Re
 use crate::cli::{AcquireArgs, Global, ReleaseArgs, RenewArgs, StatusArgs};
 use crate::error::{self, fail};
 use crate::holder::Holder;
-use crate::lease::own_release;
-use crate::lease::{self, Taken, Timing};
+use crate::lease::own_release::{self, inside_exec_of};
+use crate::lease::{self, Part, TakenAll, Timing};
 use crate::names;
 use crate::output::{self, Level};
 use crate::report::{self, Row};
@@ -81,7 +81,7 @@ pub fn acquire(g: &Global, url: Option<Url>, a: &AcquireArgs) -> Result<i32> {
         // The detached renewer needs room for its schedule.
         Timing::new(a.lease.lease, None)?;
     }
-    names::check_name(&a.name)?;
+    let names = names::check_names(&a.name, &a.also)?;
     let token = match &a.token {
         Some(t) => {
             names::check_token(t)?;
@@ -97,7 +97,7 @@ pub fn acquire(g: &Global, url: Option<Url>, a: &AcquireArgs) -> Result<i32> {
             ));
         }
     }
-    let (mut b, loc, _) = connect(g, url.clone())?;
+    let (mut b, loc, cfg) = connect(g, url.clone())?;
     let want = backend::Use {
         kind: &a.lease.kind(),
         detached: a.keepalive_pid.is_none(),
@@ -107,106 +107,125 @@ pub fn acquire(g: &Global, url: Option<Url>, a: &AcquireArgs) -> Result<i32> {
         Some(pid) => Holder::process(pid),
         None => Holder::parent_process(),
     };
-    let req = Request {
-        name: &a.name,
+    let template = Request {
+        name: &names[0],
         token: &token,
         lease: a.lease.lease,
         holder: &holder,
         kind: a.lease.kind(),
     };
-    match lease::acquire(b.as_mut(), &req, a.lease.wait, g.connect_timeout)? {
-        Taken::Held(grant, _) => {
-            let expires_us = grant.server_now_us + grant.lease.as_micros() as i64;
-            announce_acquired(&a.name, &grant);
-            if let Some(pid) = a.keepalive_pid {
-                if let Err(e) = spawn_keepalive(
-                    g,
-                    url.as_ref().map(Url::as_str),
-                    &a.name,
-                    &token,
-                    grant.lease,
-                    pid,
-                ) {
-                    let _ = b.release(&a.name, &token);
-                    return Err(e);
-                }
-            }
-            let text = if a.json {
-                report::acquired_json(&a.name, &token, &grant, expires_us)
-            } else {
-                token.clone()
-            };
-            match output::result(&format!("{text}\n")) {
-                Ok(()) => Ok(error::OK),
-                Err(why) => Err(token_unwritten(
-                    b.as_mut(),
-                    &a.name,
-                    &token,
-                    &grant,
-                    &why.to_string(),
-                )),
-            }
+    let parts = match lease::acquire_all(b.as_mut(), &names, &template, a.lease.wait, &cfg)? {
+        TakenAll::Held(parts) => parts,
+        TakenAll::Busy(name, info) => {
+            report_busy(b.as_mut(), &name, &info, a.lease.wait);
+            return Ok(error::BUSY);
         }
-        Taken::Busy(info) => {
-            report_busy(b.as_mut(), &a.name, &info, a.lease.wait);
-            Ok(error::BUSY)
+    };
+    for p in &parts {
+        announce_acquired(&p.name, &p.grant);
+    }
+    if let Some(pid) = a.keepalive_pid {
+        let lease = parts.iter().map(|p| p.grant.lease).min();
+        let url = url.as_ref().map(Url::as_str);
+        let lease = lease.unwrap_or(a.lease.lease);
+        if let Err(e) = spawn_keepalive(g, url, &names, &token, lease, pid) {
+            for p in parts.iter().rev() {
+                let _ = b.release(&p.name, &token);
+            }
+            return Err(e);
         }
+    }
+    let text = if a.json {
+        report::acquired_json(&token, &parts)
+    } else {
+        token.clone()
+    };
+    match output::result(&format!("{text}\n")) {
+        Ok(()) => Ok(error::OK),
+        Err(why) => Err(token_unwritten(
+            b.as_mut(),
+            &parts,
+            &token,
+            &why.to_string(),
+        )),
     }
 }
 
-/// A token nobody received must not keep the lock: release it, unless this
-/// call only extended a lease the caller already held with its own token.
-fn token_unwritten(
-    b: &mut dyn Backend,
-    name: &str,
-    token: &str,
-    grant: &Grant,
-    why: &str,
-) -> anyhow::Error {
-    let what = if grant.extended {
-        format!("kept lock '{name}', which --token already held")
-    } else {
-        match b.release(name, token) {
-            Ok(_) => format!("released lock '{name}' so that it is not held with its token lost"),
-            Err(e) => format!(
-                "could not release lock '{name}' either ({e:#}); it frees itself when the lease runs out"
-            ),
-        }
-    };
+/// A token nobody received must not keep the locks: release them, unless
+/// this call only extended leases the caller already held with its own token.
+fn token_unwritten(b: &mut dyn Backend, parts: &[Part], token: &str, why: &str) -> anyhow::Error {
+    let what: Vec<String> = parts
+        .iter()
+        .rev()
+        .map(|p| {
+            let name = &p.name;
+            if p.grant.extended {
+                return format!("kept lock '{name}', which --token already held");
+            }
+            match b.release(name, token) {
+                Ok(_) => {
+                    format!("released lock '{name}' so that it is not held with its token lost")
+                }
+                Err(e) => format!(
+                    "could not release lock '{name}' either ({e:#}); it frees itself when the lease runs out"
+                ),
+            }
+        })
+        .collect();
     fail(
         error::OUTPUT,
-        format!("could not write the token to stdout ({why}); {what}"),
+        format!(
+            "could not write the token to stdout ({why}); {}",
+            what.join("; ")
+        ),
     )
 }
 
 pub fn release(g: &Global, url: Option<Url>, r: &ReleaseArgs) -> Result<i32> {
-    names::check_name(&r.name)?;
-    if r.token_from_env && inside_exec_of(&r.name) {
+    let names = names::check_names(&r.name, &r.also)?;
+    let enclosing = names.iter().find(|n| inside_exec_of(n));
+    if let Some(name) = enclosing.filter(|_| r.token_from_env) {
         // A job's `dlock release NAME` would otherwise free the lock that the
         // enclosing exec holds for it while the job still runs.
         return Err(fail(
             error::USAGE,
             format!(
-                "not releasing '{0}' with DLOCK_TOKEN: it belongs to the enclosing `dlock exec {0}`, \
-                 which releases the lock when its command ends; pass --token to release it early on purpose",
-                r.name
+                "not releasing '{name}' with DLOCK_TOKEN: it belongs to the enclosing `dlock exec`, \
+                 which releases the lock when its command ends; pass --token to release it early on purpose"
             ),
         ));
     }
     let (mut b, _loc, _) = connect(g, url)?;
     if r.force {
-        return force_release(b.as_mut(), &r.name, r.token_id.as_deref());
+        let codes: Result<Vec<i32>> = names
+            .iter()
+            .map(|n| force_release(b.as_mut(), n, r.token_id.as_deref()))
+            .collect();
+        return Ok(first_failure(codes?));
     }
     let token = r.token.as_deref().context("--token is required")?;
     names::check_token(token)?;
-    own_release::announce(&r.name, token);
-    match b.release(&r.name, token)? {
-        Check::Done => {
-            output::verbose(&format!("released '{}'", r.name));
-            Ok(error::OK)
-        }
-        refused => Ok(token_refused(&r.name, refused, "; use --force to break it")),
+    let mut codes = Vec::new();
+    // Reverse order, as exec releases: a waiter for the first name then finds the rest free.
+    for name in names.iter().rev() {
+        own_release::announce(name, token);
+        codes.push(match b.release(name, token)? {
+            Check::Done => {
+                output::verbose(&format!("released '{name}'"));
+                error::OK
+            }
+            refused => token_refused(name, refused, "; use --force to break it"),
+        });
     }
+    Ok(first_failure(codes))
+}
+
+/// The exit code of a command over several names: the first failure's.
+fn first_failure(codes: Vec<i32>) -> i32 {
+    codes
+        .into_iter()
+        .find(|c| *c != error::OK)
+        .unwrap_or(error::OK)
 }
 
 /// `release --force`: breaks every holder, or the one with token id `only`,
@@ -240,12 +259,6 @@ fn force_release(b: &mut dyn Backend, name: &str, only: Option<&str>) -> Result<
             Ok(error::OK)
         }
     }
-}
-
-/// True when an enclosing `dlock exec` holds `name` and set DLOCK_TOKEN for it.
-fn inside_exec_of(name: &str) -> bool {
-    std::env::var_os("DLOCK_HELD").is_some_and(|v| v == "1")
-        && std::env::var_os("DLOCK_NAME").is_some_and(|n| n == name)
 }
 
 /// Reports a release or renew that the token was not entitled to; returns its exit code.
@@ -348,24 +361,24 @@ fn announce_acquired(name: &str, grant: &Grant) {
 }
 
 pub fn renew(g: &Global, url: Option<Url>, r: &RenewArgs) -> Result<i32> {
-    names::check_name(&r.name)?;
+    let names = names::check_names(&r.name, &r.also)?;
     names::check_token(&r.token)?;
     let (mut b, _loc, _) = connect(g, url)?;
-    match b.renew(&r.name, &r.token, r.lease)? {
-        Check::Done => {
-            output::event(
-                Level::Debug,
-                "renewed",
-                Some(&r.name),
-                &format!(
-                    "renewed '{}' for {}",
-                    r.name,
-                    crate::duration::format(r.lease)
-                ),
-                json!({ "lease_ms": r.lease.as_millis() as u64 }),
-            );
-            Ok(error::OK)
-        }
-        refused => Ok(token_refused(&r.name, refused, "")),
+    let mut codes = Vec::new();
+    for name in &names {
+        codes.push(match b.renew(name, &r.token, r.lease)? {
+            Check::Done => {
+                output::event(
+                    Level::Debug,
+                    "renewed",
+                    Some(name),
+                    &format!("renewed '{name}' for {}", crate::duration::format(r.lease)),
+                    json!({ "lease_ms": r.lease.as_millis() as u64 }),
+                );
+                error::OK
+            }
+            refused => token_refused(name, refused, ""),
+        });
     }
+    Ok(first_failure(codes))
 }

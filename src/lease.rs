@@ -20,10 +20,12 @@ use crate::output::{self, Level};
 use crate::signals;
 use serde_json::json;
 
+mod all;
 mod keeper;
 pub mod own_release;
 pub(crate) mod retry;
-pub use keeper::Keeper;
+pub use all::{acquire_all, Part, TakenAll};
+pub use keeper::{worst, Keeper};
 use retry::Trouble;
 
 /// Shortest lease accepted: below this, scheduling noise eats the margins.

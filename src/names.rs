@@ -78,6 +78,28 @@ pub fn check_token(token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The names of one request (`NAME` and each `--also`), checked, in the
+/// order given; a name given twice is refused, as it could not be held twice.
+pub fn check_names(first: &str, also: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut all = Vec::with_capacity(1 + also.len());
+    for n in std::iter::once(first).chain(also.iter().map(String::as_str)) {
+        check_name(n)?;
+        if all.iter().any(|a: &String| a == n) {
+            return Err(fail(
+                USAGE,
+                format!("lock name '{n}' is given twice; name each lock once"),
+            ));
+        }
+        all.push(n.to_string());
+    }
+    Ok(all)
+}
+
+/// Several names as one message shows them: "a, b".
+pub fn label(names: &[String]) -> String {
+    names.join(", ")
+}
+
 /// A fresh 128-bit random token, as 32 lowercase hex digits.
 pub fn new_token() -> String {
     let mut bytes = [0u8; 16];
@@ -94,6 +116,16 @@ pub fn token_id(token: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn several_names_keep_their_order_and_each_is_given_once() {
+        let also = vec!["a".to_string(), "b c".to_string()];
+        assert_eq!(check_names("z", &also).unwrap(), ["z", "a", "b c"]);
+        let twice = check_names("a", &["b".into(), "a".into()]).unwrap_err();
+        assert!(format!("{twice:#}").contains("'a' is given twice"), "{twice:#}");
+        assert!(check_names("a", &["bad\nname".into()]).is_err());
+        assert_eq!(label(&also), "a, b c");
+    }
 
     #[test]
     fn names() {

@@ -104,30 +104,48 @@ fn kind_cell(l: &LockInfo, rows: &[Row]) -> String {
 }
 
 /// `acquire --json`: one line, keys in the order README.md documents them.
-pub fn acquired_json(
-    name: &str,
-    token: &str,
-    grant: &crate::backend::Grant,
-    expires_us: i64,
-) -> String {
+pub fn acquired_json(token: &str, parts: &[crate::lease::Part]) -> String {
     #[derive(Serialize)]
     struct Acquired<'a> {
         name: &'a str,
         token: &'a str,
+        #[serde(flatten)]
+        first: Lease,
+        /// Every name's lease, in the order given (one with no --also).
+        parts: Vec<Named<'a>>,
+    }
+    #[derive(Serialize)]
+    struct Named<'a> {
+        name: &'a str,
+        #[serde(flatten)]
+        lease: Lease,
+    }
+    #[derive(Serialize)]
+    struct Lease {
         fence: u64,
         slot: Option<u32>,
         lease_ms: u64,
         expires_at: String,
         extended: bool,
     }
+    let lease = |g: &crate::backend::Grant| Lease {
+        fence: g.fence,
+        slot: g.slot,
+        lease_ms: g.lease.as_millis() as u64,
+        expires_at: format_time_us(g.server_now_us + g.lease.as_micros() as i64),
+        extended: g.extended,
+    };
     serde_json::to_string(&Acquired {
-        name,
+        name: &parts[0].name,
         token,
-        fence: grant.fence,
-        slot: grant.slot,
-        lease_ms: grant.lease.as_millis() as u64,
-        expires_at: format_time_us(expires_us),
-        extended: grant.extended,
+        first: lease(&parts[0].grant),
+        parts: parts
+            .iter()
+            .map(|p| Named {
+                name: &p.name,
+                lease: lease(&p.grant),
+            })
+            .collect(),
     })
     .expect("plain data serializes")
 }

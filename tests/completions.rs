@@ -130,8 +130,8 @@ fn zsh_lists_held_lock_names_for_its_name_arguments() {
     let text = std::fs::read_to_string(format!("{DIR}/_dlock")).unwrap();
     let wired = text.matches(":_dlock_lock_names'").count();
     assert_eq!(
-        wired, 5,
-        "acquire, release, exec, renew and status name arguments"
+        wired, 9,
+        "acquire, release, exec, renew and status name arguments, and --also of the first four"
     );
     // compadd only works inside completion: stand in for it to see what is offered.
     let script = format!(
@@ -181,6 +181,29 @@ fn lock_names_complete_after_options_that_take_a_value() {
             "{line}"
         );
     }
+}
+
+/// The value of --also is a lock name as well, in bash, fish and zsh; after
+/// it, exec's command still comes where it did.
+#[test]
+fn also_completes_held_lock_names() {
+    let (ctx, path) = world();
+    for line in ["dlock exec deploy --also ", "dlock release --also "] {
+        assert_eq!(
+            bash(&ctx, &path, line, true),
+            ["deploy", "nightly\\ job"],
+            "{line}"
+        );
+        let out = fish(&ctx, &path, line, Path::new("/"));
+        assert!(out.contains("nightly job\theld lock"), "{line}: {out}");
+        assert_eq!(
+            zsh(&ctx, &path, line, Path::new("/")),
+            ["deploy", "nightly job"],
+            "{line}"
+        );
+    }
+    let got = bash(&ctx, &path, "dlock exec --also deploy nightly ech", true);
+    assert!(got.contains(&"echo".to_string()), "{got:?}");
 }
 
 /// After the lock name of `exec` comes a command: its name completes to

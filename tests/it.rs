@@ -53,6 +53,7 @@ mod redis_sentinel;
 #[cfg(feature = "redis")]
 mod redlock;
 mod setup;
+mod several;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod wait_faults;

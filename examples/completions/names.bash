@@ -1,5 +1,5 @@
 
-# Lock names for the NAME argument of acquire, release, exec and renew (and the
+# Lock names for the NAME argument and --also of acquire, release, exec and renew (and the
 # names of status), from `dlock status --names-only` with the --url, --url-file
 # and --prefix typed on the line; DLOCK_* in the environment apply as usual.
 # Exec's command completes as a command of its own. Appended to clap's
@@ -33,6 +33,7 @@ _dlock_locate() {
             --url | --url-file | --prefix) _dlock_args+=("$w"); skip=keep; continue ;;
             --url=* | --url-file=* | --prefix=*) _dlock_args+=("$w"); continue ;;
             -c | --shell) shell=1; skip=drop; continue ;;
+            --also) skip=name; continue ;;
             --shell=*) shell=1; continue ;;
             @VALUE_OPTIONS@) skip=drop; continue ;;
             -*) continue ;;
@@ -48,6 +49,8 @@ _dlock_locate() {
             return 0
         fi
     done
+    # The value of --also is a lock name too.
+    [[ $skip == name ]] && _dlock_at=name
     [[ -z $skip ]] || return 0
     # A dash starts one of dlock's own options, until `--`.
     [[ -n $ended || ${words[last]-} != -* ]] || return 0

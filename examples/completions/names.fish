@@ -1,5 +1,5 @@
 
-# Lock names for the NAME argument of acquire, release, exec and renew (and the
+# Lock names for the NAME argument and --also of acquire, release, exec and renew (and the
 # names of status), from `dlock status --names-only` with the --url, --url-file
 # and --prefix typed on the line; DLOCK_* in the environment apply as usual.
 # Exec's command completes as a command of its own. Appended to clap's
@@ -51,6 +51,9 @@ function __fish_dlock_where
                 case '--shell=*'
                     set shell 1
                     continue
+                case --also
+                    set skip name
+                    continue
                 case @VALUE_OPTIONS@
                     set skip drop
                     continue
@@ -68,6 +71,11 @@ function __fish_dlock_where
             echo command
             return
         end
+    end
+    # The value of --also is a lock name too.
+    if test "$skip" = name
+        echo name
+        return
     end
     if test -n "$skip"
         echo other
@@ -103,6 +111,14 @@ function __fish_dlock_lock_names
     __fish_dlock_where >/dev/null
     set -l cmd (commandline -opc)
     $cmd[1] $__fish_dlock_args --connect-timeout 1s status --names-only 2>/dev/null
+end
+
+# The same, each described, for the value of --also (whose own line would
+# describe each with the option's help).
+function __fish_dlock_held_locks
+    for n in (__fish_dlock_lock_names)
+        printf '%s\theld lock\n' $n
+    end
 end
 
 # Exec's command, completed as fish completes that command line by itself.

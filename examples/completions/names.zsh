@@ -1,5 +1,5 @@
 
-# Lock names for the NAME argument of acquire, release, exec and renew (and the
+# Lock names for the NAME argument and --also of acquire, release, exec and renew (and the
 # names of status), from `dlock status --names-only` with the --url, --url-file
 # and --prefix typed after the subcommand; DLOCK_* in the environment apply as
 # usual. Added to clap's completion by examples/gen-docs.rs.

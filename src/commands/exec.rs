@@ -9,20 +9,20 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::{announce_acquired, connect, describe, report_busy};
-use crate::backend::{self, Backend, Check, Grant, Request, Url};
+use crate::backend::{self, Backend, Check, Request, Url};
 use crate::cli::{ExecArgs, Global};
 use crate::error;
 use crate::event::Event;
 use crate::holder::Holder;
 use crate::lease::own_release::OwnRelease;
-use crate::lease::{self, Keeper, Taken, Timing};
+use crate::lease::{self, Keeper, Part, TakenAll, Timing};
 use crate::names;
 use crate::output::{self, Level};
 use crate::signals;
 use crate::supervise::{self, Job};
 
 pub fn exec(g: &Global, url: Option<Url>, e: &ExecArgs) -> Result<i32> {
-    names::check_name(&e.name)?;
+    let names = names::check_names(&e.name, &e.also)?;
     let timing = Timing::new(e.lease.lease, e.kill_after)?;
     let argv: Vec<OsString> = match &e.shell {
         Some(script) => vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -45,29 +45,38 @@ pub fn exec(g: &Global, url: Option<Url>, e: &ExecArgs) -> Result<i32> {
         .collect::<Vec<_>>()
         .join(" ");
     let holder = Holder::new(std::process::id(), cmdline);
-    let req = Request {
-        name: &e.name,
+    let template = Request {
+        name: &names[0],
         token: &token,
         lease: timing.lease,
         holder: &holder,
         kind: e.lease.kind(),
     };
-    let (grant, sent) = match lease::acquire(b.as_mut(), &req, e.lease.wait, cfg.timeout)? {
-        Taken::Held(grant, sent) => (grant, sent),
-        Taken::Busy(info) => {
-            report_busy(b.as_mut(), &e.name, &info, e.lease.wait);
+    let parts = match lease::acquire_all(b.as_mut(), &names, &template, e.lease.wait, &cfg)? {
+        TakenAll::Held(parts) => parts,
+        TakenAll::Busy(name, info) => {
+            report_busy(b.as_mut(), &name, &info, e.lease.wait);
             return Ok(e.conflict_exit_code);
         }
     };
-    let timing = timing.granted(grant.lease);
-    announce_acquired(&e.name, &grant);
+    // Every part's deadline counts from the earliest grant, in the shortest lease granted.
+    let sent = parts
+        .iter()
+        .map(|p| p.sent)
+        .min()
+        .unwrap_or_else(Instant::now);
+    let granted = parts.iter().map(|p| p.grant.lease).min();
+    let timing = timing.granted(granted.unwrap_or(timing.lease));
+    for p in &parts {
+        announce_acquired(&p.name, &p.grant);
+    }
     hold(
         e,
         b,
         argv,
         Held {
             token,
-            grant,
+            parts,
             sent,
             timing,
             fences,
@@ -76,60 +85,45 @@ pub fn exec(g: &Global, url: Option<Url>, e: &ExecArgs) -> Result<i32> {
     )
 }
 
-/// What exec holds once the lock is taken.
+/// What exec holds once the locks are taken.
 struct Held {
     token: String,
-    grant: Grant,
-    /// When the granting request was sent: the lease counts from there.
+    /// Every name's grant, in the order the names were given.
+    parts: Vec<Part>,
+    /// When the earliest granting request was sent: the leases count from there.
     sent: Instant,
     timing: Timing,
     fences: bool,
     timeout: Duration,
 }
 
-/// Runs the command under the held lock: renewing, supervising, then
-/// releasing (or keeping it for the rest of --min-hold).
+/// Runs the command under the held locks: renewing, supervising, then
+/// releasing (or keeping them for the rest of --min-hold).
 fn hold(e: &ExecArgs, mut b: Box<dyn Backend>, argv: Vec<OsString>, h: Held) -> Result<i32> {
-    let Held {
-        token,
-        grant,
-        sent,
-        timing,
-        fences,
-        timeout,
-    } = h;
     let (tx, rx) = mpsc::channel();
     signals::forward_to(tx.clone());
+    let own = Arc::new(OwnRelease::open(&h.token));
     // Beside the command, not before it: the listener connects on its own thread.
-    let lost = tx.clone();
-    let own = Arc::new(OwnRelease::open(&token));
-    let own_seen = Arc::clone(&own);
-    b.watch_breaks(
-        &e.name,
-        &token,
-        Box::new(move |why| {
-            // The lease's end that the command itself asked for is no loss.
-            if !own_seen.seen() {
-                let _ = lost.send(Event::Lost(why));
-            }
-        }),
-    );
-    let keeper = Keeper::new(b, e.name.clone(), token.clone(), timing, sent, timeout, tx);
+    for p in &h.parts {
+        let (lost, own_seen) = (tx.clone(), Arc::clone(&own));
+        b.watch_breaks(
+            &p.name,
+            &h.token,
+            Box::new(move |why| {
+                // The lease's end that the command itself asked for is no loss.
+                if !own_seen.seen() {
+                    let _ = lost.send(Event::Lost(why));
+                }
+            }),
+        );
+    }
+    let names: Vec<String> = h.parts.iter().map(|p| p.name.clone()).collect();
+    let label = names::label(&names);
+    let env = job_env(&h, own.env());
+    let keeper = Keeper::new(b, names, h.token, h.timing, h.sent, h.timeout, tx);
     keeper.allow_own_release(Arc::clone(&own));
-    let mut env = vec![
-        ("DLOCK_NAME".into(), e.name.clone()),
-        ("DLOCK_TOKEN".into(), token),
-        ("DLOCK_HELD".into(), "1".into()),
-    ];
-    env.extend(own.env());
-    if fences {
-        env.push(("DLOCK_FENCE".into(), grant.fence.to_string()));
-    }
-    if let Some(slot) = grant.slot {
-        env.push(("DLOCK_SLOT".into(), slot.to_string()));
-    }
     let job = Job {
-        name: e.name.clone(),
+        name: label.clone(),
         argv,
         env,
         on_lost: e.on_lost_signal,
@@ -137,10 +131,10 @@ fn hold(e: &ExecArgs, mut b: Box<dyn Backend>, argv: Vec<OsString>, h: Held) -> 
     };
     let end = supervise::run(&job, rx, &keeper);
     signals::exit_on_signal();
-    // --min-hold: a job that ended early keeps the lock until min-hold after
-    // acquisition, so a late host's identical cron tick finds it busy.
+    // --min-hold: a job that ended early keeps the locks until min-hold after
+    // acquisition, so a late host's identical cron tick finds them busy.
     let hold_left = match (&end, e.min_hold) {
-        (Ok(end), Some(min)) if !end.lost && !own.seen() => min.checked_sub(sent.elapsed()),
+        (Ok(end), Some(min)) if !end.lost && !own.seen() => min.checked_sub(h.sent.elapsed()),
         _ => None,
     };
     let released = match hold_left {
@@ -150,9 +144,11 @@ fn hold(e: &ExecArgs, mut b: Box<dyn Backend>, argv: Vec<OsString>, h: Held) -> 
     let end = end?;
     if own.seen() {
         // Released on purpose; a release of ours found only what came after.
-        own.tell(&e.name);
+        own.tell(&label);
     } else {
-        report_release(&e.name, released, hold_left, end.lost);
+        for (name, r) in released {
+            report_release(&name, r, hold_left, end.lost);
+        }
     }
     Ok(if end.lost {
         error::LOST
@@ -161,6 +157,44 @@ fn hold(e: &ExecArgs, mut b: Box<dyn Backend>, argv: Vec<OsString>, h: Held) -> 
     } else {
         end.status
     })
+}
+
+/// The command's environment: the first name as DLOCK_NAME, DLOCK_FENCE and
+/// DLOCK_SLOT (as without --also), and every part by its index in the order
+/// given (DLOCK_NAME_<i>, DLOCK_FENCE_<i>, DLOCK_SLOT_<i>), with the names
+/// one per line in DLOCK_NAMES and the fences in DLOCK_FENCES.
+fn job_env(h: &Held, own: Option<(String, String)>) -> Vec<(String, String)> {
+    let first = &h.parts[0];
+    let mut env = vec![
+        ("DLOCK_NAME".into(), first.name.clone()),
+        ("DLOCK_TOKEN".into(), h.token.clone()),
+        ("DLOCK_HELD".into(), "1".into()),
+    ];
+    env.extend(own);
+    let all = |f: &dyn Fn(&Part) -> String, sep: &str| {
+        h.parts.iter().map(f).collect::<Vec<_>>().join(sep)
+    };
+    env.push(("DLOCK_NAMES".into(), all(&|p| p.name.clone(), "\n")));
+    if h.fences {
+        env.push(("DLOCK_FENCE".into(), first.grant.fence.to_string()));
+        env.push((
+            "DLOCK_FENCES".into(),
+            all(&|p| p.grant.fence.to_string(), " "),
+        ));
+    }
+    if let Some(slot) = first.grant.slot {
+        env.push(("DLOCK_SLOT".into(), slot.to_string()));
+    }
+    for (i, p) in h.parts.iter().enumerate() {
+        env.push((format!("DLOCK_NAME_{i}"), p.name.clone()));
+        if h.fences {
+            env.push((format!("DLOCK_FENCE_{i}"), p.grant.fence.to_string()));
+        }
+        if let Some(slot) = p.grant.slot {
+            env.push((format!("DLOCK_SLOT_{i}"), slot.to_string()));
+        }
+    }
+    env
 }
 
 /// Says how the lock ended once the command did: released, kept for the rest

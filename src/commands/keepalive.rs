@@ -24,16 +24,18 @@ use crate::signals;
 pub(super) fn spawn_keepalive(
     g: &Global,
     url: Option<&str>,
-    name: &str,
+    names: &[String],
     token: &str,
     lease: Duration,
     pid: u32,
 ) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the dlock executable")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("keepalive")
-        .arg(name)
-        .arg("--lease")
+    cmd.arg("keepalive").arg(&names[0]);
+    for also in &names[1..] {
+        cmd.arg("--also").arg(also);
+    }
+    cmd.arg("--lease")
         .arg(format!("{}ms", lease.as_millis()))
         .arg("--pid")
         .arg(pid.to_string())
@@ -84,6 +86,8 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 pub fn keepalive(g: &Global, url: Option<crate::backend::Url>, k: &KeepaliveArgs) -> Result<i32> {
     let timing = Timing::new(k.lease, None)?;
     let pidfd = pidfd_open(k.pid);
+    let names = crate::names::check_names(&k.name, &k.also)?;
+    let label = crate::names::label(&names);
     let (b, _loc, cfg) = connect(g, url)?;
     let (tx, rx) = mpsc::channel();
     if let Some(pidfd) = pidfd {
@@ -101,7 +105,7 @@ pub fn keepalive(g: &Global, url: Option<crate::backend::Url>, k: &KeepaliveArgs
     // Renew at once: the lease was granted a moment ago by the parent.
     let keeper = Keeper::new(
         b,
-        k.name.clone(),
+        names,
         k.token.clone(),
         timing,
         Instant::now() - timing.period,
@@ -113,13 +117,13 @@ pub fn keepalive(g: &Global, url: Option<crate::backend::Url>, k: &KeepaliveArgs
         let wait = keeper.stop_by().saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(Event::Watched) => {
-                let r = keeper.release()?;
+                let r = crate::lease::worst(keeper.release())?;
                 if matches!(r, Check::Done) {
                     output::event(
                         Level::Debug,
                         "released",
-                        Some(&k.name),
-                        &format!("process {} exited; released '{}'", k.pid, k.name),
+                        Some(&label),
+                        &format!("process {} exited; released '{label}'", k.pid),
                         Value::Null,
                     );
                 }
@@ -129,8 +133,8 @@ pub fn keepalive(g: &Global, url: Option<crate::backend::Url>, k: &KeepaliveArgs
                 output::event(
                     Level::Error,
                     "lost",
-                    Some(&k.name),
-                    &format!("keep-alive for '{}' stopped: {msg}", k.name),
+                    Some(&label),
+                    &format!("keep-alive for '{label}' stopped: {msg}"),
                     Value::Null,
                 );
                 return Ok(error::LOST);
@@ -150,10 +154,9 @@ pub fn keepalive(g: &Global, url: Option<crate::backend::Url>, k: &KeepaliveArgs
                     output::event(
                         Level::Error,
                         "lost",
-                        Some(&k.name),
+                        Some(&label),
                         &format!(
-                            "keep-alive for '{}' could not renew in time; the lease lapses",
-                            k.name
+                            "keep-alive for '{label}' could not renew in time; the lease lapses"
                         ),
                         Value::Null,
                     );

@@ -12,9 +12,10 @@ use super::own_release::OwnRelease;
 use super::Timing;
 use crate::backend::{Backend, Check};
 use crate::backoff::Backoff;
-use crate::error::{code_of, fail, INTERNAL, NOT_HELD, UNAVAILABLE};
+use crate::error::{code_of, NOT_HELD};
 use crate::event::Event;
 use crate::guard::Deadline;
+use crate::names::label;
 use crate::output::Level;
 
 struct State {
@@ -28,6 +29,9 @@ struct State {
     shared: Option<&'static Deadline>,
     /// The guard sent the lost signal: dlock was not running at the deadline.
     by_guard: bool,
+    /// The server said the lease is gone (not a deadline that passed): it
+    /// answers, so the other names of a set are worth releasing.
+    by_server: bool,
 }
 
 impl State {
@@ -70,14 +74,16 @@ pub struct Keeper {
 
 enum Run {
     Deferred(Box<Renewer>),
-    Running(Sender<Cmd>, JoinHandle<Result<Check>>),
+    Running(Sender<Cmd>, JoinHandle<Vec<Ended>>),
     Finished,
 }
 
 /// What the renewal loop owns.
 struct Renewer {
     backend: Box<dyn Backend>,
-    name: String,
+    /// Every name held with `token` (one for a plain exec; several with
+    /// `--also`), renewed together and released in reverse order.
+    names: Vec<String>,
     token: String,
     timing: Timing,
     acquired_sent: Instant,
@@ -89,78 +95,7 @@ struct Renewer {
 }
 
 impl Renewer {
-    /// Releases, or lets the lease run out (`Lapse`), after the last renewal:
-    /// within one --connect-timeout in all (less when renewals were failing:
-    /// no later than the deadline), because an unreachable server would
-    /// otherwise hold up the exit while the lease frees itself anyway.
-    fn finish(self, cmd: Cmd) -> Result<Check> {
-        let (lost, failing, stop_by) = {
-            let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            (s.lost, s.failing, s.stop_by)
-        };
-        let lapse = matches!(cmd, Cmd::Lapse(left) if left >= Duration::from_millis(1));
-        if lost && !lapse {
-            // The lease is gone or about to expire; a release
-            // could only block on the server that failed us.
-            return Ok(Check::NotHeld);
-        }
-        let mut budget = self.base_timeout;
-        if failing {
-            budget = budget.min(stop_by.saturating_duration_since(Instant::now()));
-        }
-        if budget < Duration::from_millis(1) {
-            return Err(fail(
-                UNAVAILABLE,
-                "the backend stopped answering renewals before the deadline",
-            ));
-        }
-        let Renewer {
-            mut backend,
-            name,
-            token,
-            ..
-        } = self;
-        let end = Instant::now() + budget;
-        // No thread for the common case: the open connection's timeout bounds
-        // the request, as it bounds every renewal.
-        let first = last_request(backend.as_mut(), &name, &token, cmd, budget);
-        let left = end.saturating_duration_since(Instant::now());
-        match first {
-            Ok(c) => return Ok(c),
-            // NOT_HELD: the backend knows the lease is gone; a retry cannot help.
-            Err(e) if lapse || code_of(&e) == NOT_HELD || left < Duration::from_millis(1) => {
-                return Err(e)
-            }
-            Err(_) => {}
-        }
-        let (tx, rx) = mpsc::channel();
-        // A new connection may wait on a name lookup that no timeout bounds:
-        // on a thread of its own, so that the wait ends within the budget;
-        // the process exits soon after, abandoning it.
-        let spawned = std::thread::Builder::new()
-            .name("release".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                let mut backend = backend;
-                let _ = tx.send(release_again(backend.as_mut(), &name, &token, left));
-            });
-        if spawned.is_err() {
-            return Err(fail(INTERNAL, "cannot start a thread to release the lock"));
-        }
-        // A little slack, so that the driver's own timeout error, which says more, wins.
-        match rx.recv_timeout(left + Duration::from_millis(50)) {
-            Ok(r) => r,
-            Err(_) => Err(fail(
-                UNAVAILABLE,
-                format!(
-                    "the backend did not answer within {}",
-                    crate::duration::format(budget)
-                ),
-            )),
-        }
-    }
-
-    fn run(mut self, rx: mpsc::Receiver<Cmd>) -> Result<Check> {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) -> Vec<Ended> {
         let cmd = self.renew_until_told(&rx);
         self.finish(cmd)
     }
@@ -184,10 +119,10 @@ impl Renewer {
         }
     }
 
-    /// One renewal when it is due; a command from the keeper that arrived
-    /// meanwhile ends the loop.
+    /// One renewal of every name when it is due; a command from the keeper
+    /// that arrived meanwhile ends the loop.
     fn renew_once(&mut self, rx: &mpsc::Receiver<Cmd>, p: &mut Progress) -> Option<Cmd> {
-        let (name, timing) = (self.name.as_str(), self.timing);
+        let timing = self.timing;
         let later = || Instant::now() + Duration::from_secs(3600);
         let stop_by = {
             let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -203,21 +138,32 @@ impl Renewer {
         let _ = self
             .backend
             .set_timeout(self.base_timeout.min(stop_by - now));
+        // The first request's send time bounds every part: each later one was sent later.
         let sent = Instant::now();
-        match self.backend.renew(name, &self.token, timing.lease) {
+        let mut outcome = Ok(Check::Done);
+        let mut name = self.names[0].clone();
+        for n in &self.names {
+            name.clone_from(n);
+            outcome = self.backend.renew(n, &self.token, timing.lease);
+            if !matches!(outcome, Ok(Check::Done)) {
+                break;
+            }
+        }
+        let label = self.label();
+        match outcome {
             Ok(Check::Done) => {
                 let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 s.extend(timing.stop_by(sent));
                 s.failing = false;
                 drop(s);
-                log_renewed(name, timing.lease, p.failures);
+                log_renewed(&label, timing.lease, p.failures);
                 p.failures = 0;
                 p.backoff.reset();
                 p.next = sent + timing.period;
             }
-            Ok(refused @ (Check::NotHeld | Check::HeldByOther(_) | Check::Broken(_))) => {
+            Ok(refused) => {
                 if !self.released_by_command() {
-                    let _ = self.events.send(Event::Lost(lost_reason(name, &refused)));
+                    let _ = self.events.send(Event::Lost(lost_reason(&name, &refused)));
                 }
                 p.next = later();
             }
@@ -226,42 +172,59 @@ impl Renewer {
                 let _ = self.events.send(Event::Lost(format!("{e:#}")));
                 p.next = later();
             }
-            Err(e) => {
-                // The job may have ended while this attempt was under way:
-                // then only the release matters, and talk of retrying would
-                // follow "the command exited" in the log. A lost lease still
-                // gets its cause said once.
-                if let Ok(cmd) = rx.try_recv() {
-                    if self.lost() {
-                        let msg = format!("the last renewal of '{name}' failed: {e:#}");
-                        log_failure(name, &msg, p.failures + 1, Level::Info);
-                    }
-                    return Some(cmd);
-                }
-                p.failures += 1;
-                self.state.lock().unwrap_or_else(|e| e.into_inner()).failing = true;
-                let left = stop_by.saturating_duration_since(Instant::now());
-                let msg = if left.is_zero() {
-                    format!("renewal of '{name}' failed: {e:#}; no time is left to retry")
-                } else {
-                    format!(
-                        "renewal of '{name}' failed: {e:#}; retrying until the deadline in {}",
-                        crate::duration::format(left)
-                    )
-                };
-                // The first failure is news; the retries after it are detail.
-                let level = if p.failures == 1 {
-                    Level::Info
-                } else {
-                    Level::Debug
-                };
-                log_failure(name, &msg, p.failures, level);
-                let _ = self.backend.set_timeout(self.base_timeout.min(left));
-                let _ = self.backend.reconnect();
-                p.next = Instant::now() + p.backoff.next_within(timing.period);
-            }
+            Err(e) => return self.renewal_failed(rx, p, &name, stop_by, e),
         }
         None
+    }
+
+    /// A renewal failed without an answer: retried after a back-off until
+    /// the deadline, on a new connection.
+    fn renewal_failed(
+        &mut self,
+        rx: &mpsc::Receiver<Cmd>,
+        p: &mut Progress,
+        name: &str,
+        stop_by: Instant,
+        e: anyhow::Error,
+    ) -> Option<Cmd> {
+        // The job may have ended while this attempt was under way:
+        // then only the release matters, and talk of retrying would
+        // follow "the command exited" in the log. A lost lease still
+        // gets its cause said once.
+        if let Ok(cmd) = rx.try_recv() {
+            if self.lost() {
+                let msg = format!("the last renewal of '{name}' failed: {e:#}");
+                log_failure(name, &msg, p.failures + 1, Level::Info);
+            }
+            return Some(cmd);
+        }
+        p.failures += 1;
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).failing = true;
+        let left = stop_by.saturating_duration_since(Instant::now());
+        let msg = if left.is_zero() {
+            format!("renewal of '{name}' failed: {e:#}; no time is left to retry")
+        } else {
+            format!(
+                "renewal of '{name}' failed: {e:#}; retrying until the deadline in {}",
+                crate::duration::format(left)
+            )
+        };
+        // The first failure is news; the retries after it are detail.
+        let level = if p.failures == 1 {
+            Level::Info
+        } else {
+            Level::Debug
+        };
+        log_failure(name, &msg, p.failures, level);
+        let _ = self.backend.set_timeout(self.base_timeout.min(left));
+        let _ = self.backend.reconnect();
+        p.next = Instant::now() + p.backoff.next_within(self.timing.period);
+        None
+    }
+
+    /// The names as messages show them.
+    fn label(&self) -> String {
+        label(&self.names)
     }
 
     fn lost(&self) -> bool {
@@ -282,7 +245,7 @@ impl Renewer {
             if let Some(d) = s.shared {
                 d.extend(never);
             }
-            own.tell(&self.name);
+            own.tell(&self.label());
         }
         true
     }
@@ -305,7 +268,7 @@ impl Keeper {
     /// [`Keeper::first_renewal`]), or [`Keeper::start_now`].
     pub fn new(
         backend: Box<dyn Backend>,
-        name: String,
+        names: Vec<String>,
         token: String,
         timing: Timing,
         acquired_sent: Instant,
@@ -319,10 +282,12 @@ impl Keeper {
             failing: false,
             shared: None,
             by_guard: false,
+            by_server: false,
         }));
+        assert!(!names.is_empty(), "a keeper keeps at least one name");
         let renewer = Renewer {
             backend,
-            name,
+            names,
             token,
             timing,
             acquired_sent,
@@ -419,6 +384,7 @@ impl Keeper {
             return false;
         }
         s.mark_lost();
+        s.by_server = true;
         true
     }
 
@@ -438,34 +404,54 @@ impl Keeper {
         self.timing
     }
 
-    /// Stops renewing and releases the lock; returns what the backend said.
-    pub fn release(self) -> Result<Check> {
+    /// Stops renewing and releases every name (in reverse order); returns
+    /// what the backend said of each.
+    pub fn release(self) -> Vec<Ended> {
         self.finish(Cmd::Release)
     }
 
-    /// Stops renewing and sets the lease to run out `left` from now (--min-hold).
-    pub fn lapse_after(self, left: Duration) -> Result<Check> {
+    /// Stops renewing and sets the leases to run out `left` from now (--min-hold).
+    pub fn lapse_after(self, left: Duration) -> Vec<Ended> {
         self.finish(Cmd::Lapse(left))
     }
 
-    fn finish(self, cmd: Cmd) -> Result<Check> {
+    fn finish(self, cmd: Cmd) -> Vec<Ended> {
         let run = self.run.into_inner().unwrap_or_else(|e| e.into_inner());
         match run {
             Run::Deferred(r) => r.finish(cmd),
             Run::Running(tx, handle) => {
                 let _ = tx.send(cmd);
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("the renewal thread panicked")))
+                handle.join().unwrap_or_else(|_| {
+                    vec![(
+                        String::new(),
+                        Err(anyhow::anyhow!("the renewal thread panicked")),
+                    )]
+                })
             }
-            Run::Finished => Ok(Check::NotHeld),
+            Run::Finished => Vec::new(),
         }
     }
 }
 
+/// What the release (or lapse) at the end did to one name.
+pub type Ended = (String, Result<Check>);
+
+/// The one outcome that matters when every name is released together: the
+/// first that was not a plain success, else Done.
+/// Nothing released counts as not held.
+pub fn worst(ended: Vec<Ended>) -> Result<Check> {
+    let none = ended.is_empty();
+    for (_, r) in ended {
+        match r {
+            Ok(Check::Done) => {}
+            other => return other,
+        }
+    }
+    Ok(if none { Check::NotHeld } else { Check::Done })
+}
+
 mod last;
 mod report;
-use last::{last_request, release_again};
 use report::{log_failure, log_renewed, lost_reason};
 
 #[cfg(test)]

@@ -91,14 +91,21 @@ impl OwnRelease {
     }
 }
 
+/// True when an enclosing `dlock exec` holds `name` (one of its names, with
+/// --also) and set DLOCK_TOKEN for it.
+pub fn inside_exec_of(name: &str) -> bool {
+    let var = |k: &str| std::env::var_os(k);
+    var("DLOCK_HELD").is_some_and(|v| v == "1")
+        && (var("DLOCK_NAME").is_some_and(|n| n == name)
+            || var("DLOCK_NAMES")
+                .is_some_and(|all| all.to_string_lossy().lines().any(|n| n == name)))
+}
+
 /// The nested dlock's side: before releasing `name` with `token`, tells the
 /// enclosing exec if that is its lock and token. Best effort, never blocks.
 pub fn announce(name: &str, token: &str) {
     let var = |k: &str| std::env::var(k).ok();
-    if var("DLOCK_HELD").as_deref() != Some("1")
-        || var("DLOCK_NAME").as_deref() != Some(name)
-        || var("DLOCK_TOKEN").as_deref() != Some(token)
-    {
+    if !inside_exec_of(name) || var("DLOCK_TOKEN").as_deref() != Some(token) {
         return;
     }
     let Some(sock_name) = var(ENV) else {

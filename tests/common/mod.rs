@@ -285,6 +285,13 @@ impl Ctx {
         stdout(&o).trim().to_string()
     }
 
+    /// `acquire ARGS` (names and options); returns the token.
+    pub fn acquire_args(&self, args: &[&str]) -> String {
+        let o = self.cmd(&["acquire"]).args(args).output().unwrap();
+        assert_eq!(code(&o), 0, "acquire {args:?}: {}", stderr(&o));
+        stdout(&o).trim().to_string()
+    }
+
     pub fn status_json(&self, names: &[&str]) -> serde_json::Value {
         let mut args = vec!["status", "--json"];
         args.extend_from_slice(names);

@@ -1,16 +1,86 @@
-//! The requests at exit: the release (or the lapse's last renewal), and
-//! the release once more on a new connection.
+//! The end of a keeper: the release of every name (or the lapse's last
+//! renewal) on the renewals' connection, and once more on a new connection
+//! for those that failed.
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::Cmd;
+use super::{Cmd, Ended, Renewer};
 use crate::backend::{Backend, Check};
+use crate::error::{code_of, fail, INTERNAL, NOT_HELD, UNAVAILABLE};
+
+impl Renewer {
+    /// Releases, or lets the lease run out (`Lapse`), after the last renewal:
+    /// within one --connect-timeout in all (less when renewals were failing:
+    /// no later than the deadline), because an unreachable server would
+    /// otherwise hold up the exit while the lease frees itself anyway.
+    pub(super) fn finish(self, cmd: Cmd) -> Vec<Ended> {
+        let (lost, failing, stop_by, by_server) = {
+            let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            (s.lost, s.failing, s.stop_by, s.by_server)
+        };
+        let lapse = matches!(cmd, Cmd::Lapse(left) if left >= Duration::from_millis(1));
+        let names = self.names.clone();
+        let all = |f: &dyn Fn() -> Result<Check>| -> Vec<Ended> {
+            names.iter().rev().map(|n| (n.clone(), f())).collect()
+        };
+        // Lost by a deadline, the lease is gone or about to expire, and a
+        // release could only block on the server that failed us. Lost by the
+        // server's word, the other names of a set are still held: released.
+        if lost && !lapse && (names.len() == 1 || !by_server || failing) {
+            return all(&|| Ok(Check::NotHeld));
+        }
+        let mut budget = self.base_timeout;
+        if failing {
+            budget = budget.min(stop_by.saturating_duration_since(Instant::now()));
+        }
+        if budget < Duration::from_millis(1) {
+            return all(&|| {
+                Err(fail(
+                    UNAVAILABLE,
+                    "the backend stopped answering renewals before the deadline",
+                ))
+            });
+        }
+        let Renewer {
+            mut backend,
+            names,
+            token,
+            ..
+        } = self;
+        let end = Instant::now() + budget;
+        let mut ended = Vec::new();
+        let mut again = Vec::new();
+        // Reverse order: a waiter woken by the first name's release then finds the rest free.
+        for name in names.into_iter().rev() {
+            let left = end.saturating_duration_since(Instant::now());
+            // No thread for the common case: the open connection's timeout bounds
+            // the request, as it bounds every renewal.
+            match last_request(backend.as_mut(), &name, &token, cmd, left) {
+                // NOT_HELD: the backend knows the lease is gone; a retry cannot help.
+                Err(e) if !lapse && code_of(&e) != NOT_HELD && !left.is_zero() => {
+                    again.push((name, e))
+                }
+                r => ended.push((name, r)),
+            }
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if again.is_empty() || left < Duration::from_millis(1) {
+            ended.extend(again.into_iter().map(|(n, e)| (n, Err(e))));
+            return ended;
+        }
+        ended.extend(release_on_new_connection(
+            backend, again, &token, left, budget,
+        ));
+        ended
+    }
+}
 
 /// The release (or the lapse's last renewal) at exit, on the connection
 /// the renewals used, bounded by `budget` as their requests are.
-pub(super) fn last_request(
+fn last_request(
     backend: &mut dyn Backend,
     name: &str,
     token: &str,
@@ -26,17 +96,74 @@ pub(super) fn last_request(
     backend.release(name, token)
 }
 
+/// The releases that failed on the renewals' connection, once more on a
+/// new one, within `left` (of the whole `budget`, for the message).
+pub(super) fn release_on_new_connection(
+    backend: Box<dyn Backend>,
+    failed: Vec<(String, anyhow::Error)>,
+    token: &str,
+    left: Duration,
+    budget: Duration,
+) -> Vec<(String, Result<Check>)> {
+    let names: Vec<String> = failed.into_iter().map(|(n, _)| n).collect();
+    let (tx, rx) = mpsc::channel();
+    let (todo, token) = (names.clone(), token.to_string());
+    // A new connection may wait on a name lookup that no timeout bounds:
+    // on a thread of its own, so that the wait ends within the budget;
+    // the process exits soon after, abandoning it.
+    let spawned = std::thread::Builder::new()
+        .name("release".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let mut backend = backend;
+            let _ = tx.send(release_again(backend.as_mut(), &todo, &token, left));
+        });
+    let late = |why: String| -> Vec<(String, Result<Check>)> {
+        let why = why.as_str();
+        names
+            .iter()
+            .map(|n| (n.clone(), Err(fail(UNAVAILABLE, why.to_string()))))
+            .collect()
+    };
+    if spawned.is_err() {
+        let why = "cannot start a thread to release the lock".to_string();
+        return names
+            .iter()
+            .map(|n| (n.clone(), Err(fail(INTERNAL, why.clone()))))
+            .collect();
+    }
+    // A little slack, so that the driver's own timeout error, which says more, wins.
+    match rx.recv_timeout(left + Duration::from_millis(50)) {
+        Ok(r) => r,
+        Err(_) => late(format!(
+            "the backend did not answer within {}",
+            crate::duration::format(budget)
+        )),
+    }
+}
+
 /// The release once more, on a new connection, within `budget`.
-pub(super) fn release_again(
+fn release_again(
     backend: &mut dyn Backend,
-    name: &str,
+    names: &[String],
     token: &str,
     budget: Duration,
-) -> Result<Check> {
+) -> Vec<(String, Result<Check>)> {
     let end = Instant::now() + budget;
     let _ = backend.set_timeout(budget);
-    backend.reconnect()?;
-    let left = end.saturating_duration_since(Instant::now());
-    let _ = backend.set_timeout(left.max(Duration::from_millis(1)));
-    backend.release(name, token)
+    if let Err(e) = backend.reconnect() {
+        let (code, why) = (code_of(&e), format!("{e:#}"));
+        return names
+            .iter()
+            .map(|n| (n.clone(), Err(fail(code, why.clone()))))
+            .collect();
+    }
+    names
+        .iter()
+        .map(|n| {
+            let left = end.saturating_duration_since(Instant::now());
+            let _ = backend.set_timeout(left.max(Duration::from_millis(1)));
+            (n.clone(), backend.release(n, token))
+        })
+        .collect()
 }
