@@ -80,6 +80,9 @@ pub struct Failure {
     /// connection, or a server that is not the backend at all), so nothing
     /// it might have taken needs cleaning up.
     pub unsent: bool,
+    /// A setting to fix (the URL names a server of the wrong kind), not an
+    /// outage: waiting longer cannot help, so a wait ends at once.
+    pub setting: bool,
 }
 
 impl fmt::Display for Failure {
@@ -96,6 +99,7 @@ pub fn fail(code: i32, message: impl Into<String>) -> anyhow::Error {
         code,
         message: message.into(),
         unsent: false,
+        setting: false,
     })
 }
 
@@ -105,7 +109,26 @@ pub fn fail_unsent(code: i32, message: impl Into<String>) -> anyhow::Error {
         code,
         message: message.into(),
         unsent: true,
+        setting: false,
     })
+}
+
+/// Like [`fail_unsent`], for a refusal that only a changed setting can
+/// cure (see [`Failure::setting`]).
+pub fn fail_setting(code: i32, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Failure {
+        code,
+        message: message.into(),
+        unsent: true,
+        setting: true,
+    })
+}
+
+/// Whether the error is a setting to fix rather than a fault to wait out.
+pub fn is_setting(err: &anyhow::Error) -> bool {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<Failure>())
+        .is_some_and(|f| f.setting)
 }
 
 /// The same error, marked as one whose request changed nothing (a failure

@@ -164,8 +164,9 @@ pub fn acquire(
                 trouble.queued = true;
                 info
             }
-            // A request that contradicts the lock (its kind) stays wrong however long we wait.
-            Err(e) if crate::error::code_of(&e) == USAGE => {
+            // A request that contradicts the lock (its kind), or a URL that
+            // names the wrong kind of server, stays wrong however long we wait.
+            Err(e) if crate::error::code_of(&e) == USAGE || crate::error::is_setting(&e) => {
                 trouble.give_up(backend, req);
                 return Err(e);
             }

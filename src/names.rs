@@ -122,7 +122,10 @@ mod tests {
         let also = vec!["a".to_string(), "b c".to_string()];
         assert_eq!(check_names("z", &also).unwrap(), ["z", "a", "b c"]);
         let twice = check_names("a", &["b".into(), "a".into()]).unwrap_err();
-        assert!(format!("{twice:#}").contains("'a' is given twice"), "{twice:#}");
+        assert!(
+            format!("{twice:#}").contains("'a' is given twice"),
+            "{twice:#}"
+        );
         assert!(check_names("a", &["bad\nname".into()]).is_err());
         assert_eq!(label(&also), "a, b c");
     }

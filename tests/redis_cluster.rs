@@ -219,20 +219,39 @@ fn a_redis_url_at_one_cluster_node_says_use_redis_cluster() {
     let set = ClusterSet::shared();
     let port = set.nodes[0].port;
     let url = format!("redis://127.0.0.1:{port}/0");
-    // A name whose slot another node owns.
-    let name = (0..100)
-        .map(|i| format!("elsewhere-{i}"))
-        .find(|n| set.owner_port(&format!("dlock:{{{n}}}:lease")) != port)
-        .unwrap();
+    // A name whose slot another node owns, and one whose slot this node
+    // owns (which it would serve, while failing the others).
+    let find = |tag: &str, here: bool| {
+        (0..100)
+            .map(|i| format!("{tag}-{i}"))
+            .find(|n| (set.owner_port(&format!("dlock:{{{n}}}:lease")) == port) == here)
+            .unwrap()
+    };
+    let (name, owned) = (find("elsewhere", false), find("here", true));
+    let prefix = format!("t{}owned", std::process::id());
     for args in [
         vec!["status"],
         vec!["status", name.as_str()],
         vec!["exec", name.as_str(), "--", "true"],
         vec!["acquire", name.as_str()],
+        vec!["acquire", owned.as_str()],
+        vec!["exec", owned.as_str(), "--", "true"],
+        vec![
+            "exec",
+            "--wait",
+            "10s",
+            "--fair",
+            owned.as_str(),
+            "--",
+            "true",
+        ],
     ] {
         let mut c = dlock(&url);
-        c.args(&args);
+        c.env("DLOCK_PREFIX", &prefix).args(&args);
+        let t0 = std::time::Instant::now();
         let o = run(c);
+        // Not a fault to wait out: refused at once, whatever --wait says.
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "{args:?}");
         let err = stderr(&o);
         assert_eq!(code(&o), 69, "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
@@ -242,6 +261,10 @@ fn a_redis_url_at_one_cluster_node_says_use_redis_cluster() {
             "{args:?}: {err}"
         );
     }
+    // Nothing was left held on the node that owns the name.
+    let mut c = dlock(&set.url());
+    c.env("DLOCK_PREFIX", &prefix).args(["status", &owned]);
+    assert_eq!(code(&run(c)), 1, "'{owned}' was left held");
 }
 
 /// The other way round: `redis+cluster://` at a server without cluster

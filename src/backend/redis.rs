@@ -93,6 +93,14 @@ pub fn open(url: &Url, cfg: &Config) -> Result<(Box<dyn Backend>, Location)> {
     Ok((Box::new(b), url.location(backend)))
 }
 
+/// What a process's first request learnt beside its script.
+struct Asked {
+    /// The `INFO memory` reply.
+    memory: Option<Value>,
+    /// `INFO cluster` says cluster mode, behind a single-server URL.
+    cluster_node: bool,
+}
+
 impl RedisBackend {
     fn key(&self, name: &str, what: &str) -> String {
         key(&self.prefix, name, what)
@@ -102,9 +110,11 @@ impl RedisBackend {
         Ok(self.run_with_info(lua, by, keys, args, false)?.0)
     }
 
-    /// Runs a script; with `info`, pipelines `INFO memory` behind it (no
-    /// extra round trip) and returns that reply too. A script that writes a
-    /// lease waits for the replicas the URL asks for (`WAIT`, pipelined too).
+    /// Runs a script; with `info` (a process's first request), pipelines
+    /// `INFO memory` and, behind a single-server URL, `INFO cluster` after it
+    /// (no extra round trip) and returns what they say too. A script that
+    /// writes a lease waits for the replicas the URL asks for (`WAIT`,
+    /// pipelined too).
     fn run_with_info(
         &self,
         lua: &Lua,
@@ -112,7 +122,8 @@ impl RedisBackend {
         keys: &[String],
         args: &[&str],
         info: bool,
-    ) -> Result<(Vec<Value>, Option<Value>)> {
+    ) -> Result<(Vec<Value>, Asked)> {
+        let ask_cluster = info && !self.link.is_cluster();
         // A cluster node may not have seen a script yet: send bodies there.
         let by = if self.link.is_cluster() { By::Body } else { by };
         let wait = self.link.wait_replicas.filter(|_| lua.writes);
@@ -132,6 +143,9 @@ impl RedisBackend {
             }
             if info {
                 pipe.cmd("INFO").arg("memory");
+            }
+            if ask_cluster {
+                pipe.cmd("INFO").arg("cluster");
             }
             self.link.with_con(Route::Key(&keys[0]), |con| {
                 let replies = pipe.query::<Vec<Value>>(con)?;
@@ -159,13 +173,18 @@ impl RedisBackend {
         let mut replies = replies.into_iter();
         let first = replies.next();
         let acked = if wait.is_some() { replies.next() } else { None };
-        let extra = replies.next();
+        let asked = Asked {
+            memory: replies.next(),
+            cluster_node: replies
+                .next()
+                .is_some_and(|v| misplaced::cluster_enabled(&text(&v))),
+        };
         match first {
             Some(Value::Array(items)) => {
                 if let Some(n) = wait {
                     self.check_replicated(&items, acked.as_ref(), n, wait_ms)?;
                 }
-                Ok((items, extra))
+                Ok((items, asked))
             }
             Some(Value::ServerError(e)) => Err(self.link.request_error(&e.into())),
             other => Err(fail(
@@ -176,6 +195,20 @@ impl RedisBackend {
                     misplaced::shape(other.as_ref())
                 ),
             )),
+        }
+    }
+
+    /// Acts on what the first request asked beside its script: warns of a
+    /// server that may evict leases, and refuses a Cluster node behind a
+    /// single-server URL (which would serve only the names whose slots it
+    /// owns, and fail the others).
+    fn heed(&self, asked: &Asked) -> Result<()> {
+        if let Some(info) = &asked.memory {
+            watch::warn_if_evicting(info, &self.link.shown);
+        }
+        match asked.cluster_node {
+            true => Err(self.link.cluster_node_error()),
+            false => Ok(()),
         }
     }
 

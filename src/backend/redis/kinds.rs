@@ -271,10 +271,8 @@ impl RedisBackend {
             self.key(name, "fence"),
             self.key(name, "broken"),
         ];
-        let (items, info) = self.run_with_info(&READ_LUA, by, &keys, &[], ask)?;
-        if let Some(info) = info {
-            super::watch::warn_if_evicting(&info, &self.link.shown);
-        }
+        let (items, asked) = self.run_with_info(&READ_LUA, by, &keys, &[], ask)?;
+        self.heed(&asked)?;
         Seen::from_reply(&items).ok_or_else(|| {
             fail(
                 INTERNAL,

@@ -5,7 +5,7 @@
 
 use redis::{Connection, RedisError, Value};
 
-use crate::error::{fail_unsent, UNAVAILABLE};
+use crate::error::{fail_setting, UNAVAILABLE};
 
 /// The line for a Cluster node or Sentinel behind a single-server URL, if
 /// `e` (the first refusal of a request on `con`) shows it is one. A refused
@@ -21,7 +21,7 @@ pub fn kind_error(
         e.code(),
         Some("MOVED" | "ASK" | "CROSSSLOT" | "CLUSTERDOWN")
     ) {
-        return Some(fail_unsent(UNAVAILABLE, cluster_node(shown, &at)));
+        return Some(fail_setting(UNAVAILABLE, cluster_node(shown, &at)));
     }
     let unknown =
         e.code() == Some("ERR") && e.detail().is_some_and(|d| d.starts_with("unknown command"));
@@ -41,7 +41,7 @@ pub fn kind_error(
         Some(Value::Array(names)) => names.iter().map(super::text).collect(),
         _ => Vec::new(),
     };
-    Some(fail_unsent(UNAVAILABLE, sentinel(shown, &at, &services)))
+    Some(fail_setting(UNAVAILABLE, sentinel(shown, &at, &services)))
 }
 
 /// A Cluster node behind a single-server URL.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use redis::Value;
 
 use super::scripts::{ACQUIRE_LUA, FORCE_LUA, RELEASE_LUA, RENEW_LUA};
-use super::{broken_by, int, lock_info, watch, By, RedisBackend, BATON_TTL_MS};
+use super::{broken_by, int, lock_info, By, RedisBackend, BATON_TTL_MS};
 use crate::backend::{Acquire, Broken, Check, Grant, LockInfo, Request};
 use crate::error::{fail, INTERNAL};
 
@@ -29,9 +29,13 @@ impl RedisBackend {
             h.host, h.pid, h.user, req.name, h.command
         );
         let args = [req.token, &ms, &about];
-        let (items, info) = self.run_with_info(&ACQUIRE_LUA, By::Hash, &keys, &args, ask)?;
-        if let Some(info) = info {
-            watch::warn_if_evicting(&info, &self.link.shown);
+        let (items, asked) = self.run_with_info(&ACQUIRE_LUA, By::Hash, &keys, &args, ask)?;
+        if let Err(e) = self.heed(&asked) {
+            // Taken on a node that owns the name's slot: not kept.
+            if int(items.first()) == Some(1) && int(items.get(3)) != Some(1) {
+                let _ = self.release_mutex(req.name, req.token);
+            }
+            return Err(e);
         }
         match int(items.first()) {
             Some(1) => Ok(Some(Acquire::Acquired(Grant {

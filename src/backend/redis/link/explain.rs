@@ -8,7 +8,7 @@ use anyhow::Result;
 use super::{Link, Route, Target};
 use crate::backend::probe::{self, Proto};
 use crate::backend::redis::misplaced;
-use crate::error::{fail, fail_unsent, INTERNAL, UNAVAILABLE};
+use crate::error::{fail, fail_setting, fail_unsent, INTERNAL, UNAVAILABLE};
 
 impl Link {
     pub(super) fn connect_error(&self, e: &redis::RedisError, timeout: Duration) -> anyhow::Error {
@@ -112,14 +112,16 @@ impl Link {
         if !misplaced::cluster_enabled(&info) {
             return Ok(());
         }
+        Err(self.cluster_node_error())
+    }
+
+    /// "URL is a Redis Cluster node …; use redis+cluster://HOST:PORT" (69).
+    pub fn cluster_node_error(&self) -> anyhow::Error {
         let at = self
             .addr
             .as_ref()
             .map_or_else(|| "HOST:PORT".to_string(), |(h, p)| format!("{h}:{p}"));
-        Err(fail_unsent(
-            UNAVAILABLE,
-            misplaced::cluster_node(&self.shown, &at),
-        ))
+        fail_setting(UNAVAILABLE, misplaced::cluster_node(&self.shown, &at))
     }
 
     pub fn request_error(&self, e: &redis::RedisError) -> anyhow::Error {
