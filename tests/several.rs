@@ -17,7 +17,7 @@ use common::*;
 /// other `exec b --also a`; every section bumps both counters by a read,
 /// a pause and a write, which overlapping sections would lose.
 fn opposite_orders_finish_with_exact_counts(ctx: &Ctx) {
-    let each = 15;
+    let each = 25;
     let (a, b) = (ctx.path("a"), ctx.path("b"));
     for f in [&a, &b] {
         std::fs::write(f, "0").unwrap();
