@@ -20,21 +20,33 @@ const PROMPT: Duration = Duration::from_secs(2);
 /// Takes "job" as `token` in a new handle of `m` and hands it to a keeper
 /// whose first renewal is due at `acquired_sent + period`.
 fn keeper(m: &Memory, acquired_sent: Instant) -> (Keeper, Arc<Knobs>, Receiver<Event>) {
+    keeper_of(m, &["job"], acquired_sent)
+}
+
+/// The same for every name in `names`, all held by "tok".
+fn keeper_of(
+    m: &Memory,
+    names: &[&str],
+    acquired_sent: Instant,
+) -> (Keeper, Arc<Knobs>, Receiver<Event>) {
     let mut b = m.handle();
     let h = Holder::default();
-    let req = Request {
-        name: "job",
-        token: "tok",
-        lease: TIMING.lease,
-        holder: &h,
-        kind: crate::backend::Kind::MUTEX,
-    };
-    assert!(matches!(b.acquire(&req).unwrap(), Acquire::Acquired(_)));
+    for name in names {
+        let req = Request {
+            name,
+            token: "tok",
+            lease: TIMING.lease,
+            holder: &h,
+            kind: crate::backend::Kind::MUTEX,
+        };
+        assert!(matches!(b.acquire(&req).unwrap(), Acquire::Acquired(_)));
+    }
     let knobs = b.knobs();
     let (tx, rx) = mpsc::channel();
+    let names = names.iter().map(|n| n.to_string()).collect();
     let k = Keeper::new(
         Box::new(b),
-        vec!["job".into()],
+        names,
         "tok".into(),
         TIMING,
         acquired_sent,
@@ -168,31 +180,7 @@ fn lapse_after_sets_the_lease_to_run_out() {
 
 /// A keeper of two names ("job" and "job2", both held by `tok`).
 fn keeper_of_two(m: &Memory) -> (Keeper, Arc<Knobs>, Receiver<Event>) {
-    let mut b = m.handle();
-    let h = Holder::default();
-    for name in ["job", "job2"] {
-        let req = Request {
-            name,
-            token: "tok",
-            lease: TIMING.lease,
-            holder: &h,
-            kind: crate::backend::Kind::MUTEX,
-        };
-        assert!(matches!(b.acquire(&req).unwrap(), Acquire::Acquired(_)));
-    }
-    let knobs = b.knobs();
-    let (tx, rx) = mpsc::channel();
-    let names = vec!["job".into(), "job2".into()];
-    let k = Keeper::new(
-        Box::new(b),
-        names,
-        "tok".into(),
-        TIMING,
-        a_period_ago(),
-        PROMPT,
-        tx,
-    );
-    (k, knobs, rx)
+    keeper_of(m, &["job", "job2"], a_period_ago())
 }
 
 #[test]
