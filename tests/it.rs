@@ -56,6 +56,7 @@ mod setup;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod wait_faults;
+mod watch;
 #[cfg(feature = "zookeeper")]
 mod zk_faults;
 

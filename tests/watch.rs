@@ -1,0 +1,189 @@
+//! `dlock watch` on every backend: each event kind arrives, in order, and
+//! within 250 ms of the command that caused it on the backends that push
+//! changes (within the 1 s poll elsewhere); `--until` ends it; and the
+//! watcher changes nothing.
+
+use crate::common;
+
+use std::io::BufRead;
+use std::process::Child;
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+use common::backends::scenarios;
+use common::*;
+use serde_json::Value;
+
+/// The URL schemes whose backend pushes change notices to a watcher.
+const PUSHED: &[&str] = &["sqlite", "etcd", "zk"];
+
+/// The URL schemes whose backend records who broke a lease, so that a
+/// watcher reports `broken` rather than `released`.
+const RECORDS_BREAKS: &[&str] = &["zk"];
+
+fn scheme(ctx: &Ctx) -> String {
+    ctx.url().split("://").next().unwrap().to_string()
+}
+
+/// How late an event may arrive after its cause.
+fn bound(ctx: &Ctx) -> Duration {
+    match PUSHED.contains(&scheme(ctx).as_str()) {
+        true => Duration::from_millis(250),
+        // The poll, one read and the load of a shared test machine.
+        false => Duration::from_millis(1600),
+    }
+}
+
+/// A running `dlock watch --json`, its events as they arrive.
+struct Watcher {
+    child: Child,
+    events: Receiver<(Instant, Value)>,
+    err: Lines,
+}
+
+impl Watcher {
+    /// Starts `dlock -v watch --json ARGS` and returns once it has read the
+    /// locks (from then on it misses no change).
+    fn start(ctx: &Ctx, args: &[&str]) -> Watcher {
+        let mut all = vec!["-v", "watch", "--json"];
+        all.extend(args);
+        let mut child = spawn(ctx.cmd(&all));
+        let out = child.stdout.take().unwrap();
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line).expect("one JSON object per line");
+                if tx.send((Instant::now(), v)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = Lines::of(&mut child);
+        let said = err.expect("watching,", Duration::from_secs(20));
+        let pushed = said.contains("change notices");
+        assert_eq!(
+            pushed,
+            PUSHED.contains(&scheme(ctx).as_str()),
+            "{}: {said}",
+            ctx.url()
+        );
+        Watcher { child, events, err }
+    }
+
+    /// The next event, which must be `want` about `name`; with how long
+    /// after `since` it arrived.
+    fn next(&mut self, want: &str, since: Instant) -> (Value, Duration) {
+        let (at, v) = self
+            .events
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!("no '{want}' event within 20 s; stderr {:?}", self.err.seen)
+            });
+        assert_eq!(v["event"], want, "{v}");
+        (v, at.saturating_duration_since(since))
+    }
+
+    /// Stops it with SIGTERM: it exits as dlock does on a signal, 128+15.
+    fn stop(mut self) {
+        signal(self.child.id(), libc::SIGTERM);
+        let st = wait_child(&mut self.child, Duration::from_secs(10));
+        assert_eq!(st.code(), Some(143), "{st:?}");
+        // Nothing came that the test did not read.
+        assert!(self.events.try_recv().is_err());
+    }
+}
+
+/// Runs `args` and returns when it exited, having checked it succeeded.
+fn done(ctx: &Ctx, args: &[&str]) -> (Instant, String) {
+    let o = ctx.run(args);
+    let at = Instant::now();
+    assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+    (at, stdout(&o).trim().to_string())
+}
+
+fn id(token: &str) -> String {
+    token.chars().take(8).collect()
+}
+
+fn within(ctx: &Ctx, what: &str, took: Duration) {
+    eprintln!(
+        "{} {what}: {:.1} ms",
+        scheme(ctx),
+        took.as_secs_f64() * 1000.0
+    );
+    assert!(took < bound(ctx), "'{what}' came {took:?} after its cause");
+}
+
+/// Status fields a watcher must leave as they were.
+fn holders(ctx: &Ctx, name: &str) -> Vec<Value> {
+    let s = ctx.status_json(&[name]);
+    let lock = &s["locks"][0];
+    let mut out: Vec<Value> = lock["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| serde_json::json!([h["token_id"], h["fence"], h["acquired_at"], h["holder"]]))
+        .collect();
+    out.push(lock["queued"].clone());
+    out
+}
+
+/// granted, released, broken (or released where breaks are not recorded)
+/// and expired, in order, each within the bound; and a lock held all
+/// along the same before and after the watcher read it many times.
+fn every_event_kind_arrives_in_order(ctx: &Ctx) {
+    let (_, kept) = done(ctx, &["acquire", "still", "--lease", "1m"]);
+    let (_, first) = done(ctx, &["acquire", "w", "--lease", "30s"]);
+    let before = holders(ctx, "still");
+    let mut w = Watcher::start(ctx, &["w", "still"]);
+
+    let (at, _) = done(ctx, &["release", "w", "--token", &first]);
+    let (v, took) = w.next("released", at);
+    within(ctx, "released", took);
+    assert_eq!(v["token_id"], id(&first), "{v}");
+
+    let (at, token) = done(ctx, &["acquire", "w", "--lease", "30s"]);
+    let (v, took) = w.next("granted", at);
+    within(ctx, "granted", took);
+    assert_eq!(v["name"], "w");
+    assert_eq!(v["token_id"], id(&token), "{v}");
+    assert!(v["fence"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["kind"], "exclusive");
+    assert!(v["holder"]["pid"].as_u64().is_some(), "{v}");
+    assert!(v["time"].as_str().unwrap().ends_with('Z'), "{v}");
+
+    let (at, _) = done(ctx, &["release", "w", "--force"]);
+    let broken = RECORDS_BREAKS.contains(&scheme(ctx).as_str());
+    let (v, took) = w.next(if broken { "broken" } else { "released" }, at);
+    within(ctx, "broken", took);
+    assert_eq!(v["token_id"], id(&token), "{v}");
+    if broken {
+        assert!(v["by"].as_str().unwrap().contains("pid"), "{v}");
+    }
+
+    let (acquired, token) = done(ctx, &["acquire", "w", "--lease", "2s"]);
+    let (_, took) = w.next("granted", acquired);
+    within(ctx, "granted", took);
+    let (v, took) = w.next("expired", acquired + Duration::from_secs(2));
+    assert_eq!(v["token_id"], id(&token), "{v}");
+    // etcd ends a lease at its own pace, in whole seconds.
+    let slack = match scheme(ctx).as_str() {
+        "etcd" => Duration::from_secs(2),
+        _ => Duration::ZERO,
+    };
+    eprintln!(
+        "{} expired: {:.1} ms after the lease",
+        scheme(ctx),
+        took.as_secs_f64() * 1000.0
+    );
+    assert!(
+        took < bound(ctx) + slack,
+        "'expired' came {took:?} after the lease ended"
+    );
+
+    w.stop();
+    assert_eq!(before, holders(ctx, "still"), "the watcher changed a lock");
+    done(ctx, &["release", "still", "--token", &kept]);
+}
+
+scenarios!(any, shared: every_event_kind_arrives_in_order);
