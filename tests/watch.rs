@@ -187,3 +187,74 @@ fn every_event_kind_arrives_in_order(ctx: &Ctx) {
 }
 
 scenarios!(any, shared: every_event_kind_arrives_in_order);
+
+/// A `--fair` waiter behind a holder is `queued`; on the release, it is
+/// `granted` the lock and leaves the queue (`dequeued`), in that order.
+fn queue_changes_arrive_in_order(ctx: &Ctx) {
+    let (_, first) = done(ctx, &["acquire", "q", "--lease", "30s"]);
+    let mut w = Watcher::start(ctx, &["q"]);
+    let args = [
+        "-v", "acquire", "q", "--fair", "--wait", "30s", "--lease", "30s",
+    ];
+    let mut waiter = spawn(ctx.cmd(&args));
+    let mut err = Lines::of(&mut waiter);
+    err.expect("waiting", Duration::from_secs(20));
+    let (v, took) = w.next("queued", Instant::now());
+    within(ctx, "queued", took);
+    assert_eq!(v["queued"], 1, "{v}");
+    assert!(v["token_id"].is_null(), "{v}");
+
+    let (at, _) = done(ctx, &["release", "q", "--token", &first]);
+    let (v, took) = w.next("released", at);
+    within(ctx, "released", took);
+    assert_eq!(v["token_id"], id(&first), "{v}");
+    let (v, took) = w.next("granted", at);
+    within(ctx, "granted from the queue", took);
+    let (_, took) = w.next("dequeued", at);
+    within(ctx, "dequeued", took);
+    assert_eq!(
+        wait_child(&mut waiter, Duration::from_secs(20)).code(),
+        Some(0)
+    );
+    let mut token = String::new();
+    std::io::Read::read_to_string(&mut waiter.stdout.take().unwrap(), &mut token).unwrap();
+    assert_eq!(v["token_id"], id(token.trim()), "{v}");
+    w.stop();
+    done(ctx, &["release", "q", "--token", token.trim()]);
+}
+
+mod queue {
+    use super::*;
+    scenarios!(kinds, shared: queue_changes_arrive_in_order);
+}
+
+/// `--until` is checked at once; a release ends `--until free` (within
+/// the bound), and `--wait` running out first exits 75.
+fn until_ends_the_watch(ctx: &Ctx) {
+    let (_, token) = done(ctx, &["acquire", "u", "--lease", "30s"]);
+    done(ctx, &["watch", "u", "--until", "held"]);
+    done(ctx, &["watch", "never-taken", "--until", "free"]);
+
+    let started = Instant::now();
+    let o = ctx.run(&["watch", "u", "--until", "free", "--wait", "1s"]);
+    let took = started.elapsed();
+    one_line_error(&o, 75, "did not become free within --wait 1s");
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    let mut c = spawn(ctx.cmd(&["-v", "watch", "u", "--until", "free", "--wait", "30s"]));
+    let mut err = Lines::of(&mut c);
+    err.expect("watching,", Duration::from_secs(20));
+    let (at, _) = done(ctx, &["release", "u", "--token", &token]);
+    let st = wait_child(&mut c, Duration::from_secs(20));
+    within(ctx, "--until free", at.elapsed());
+    assert_eq!(st.code(), Some(0), "{}", err.rest());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut c.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(out.contains("  released  u  "), "{out}");
+}
+
+mod until {
+    use super::*;
+    scenarios!(any, shared: until_ends_the_watch);
+}
