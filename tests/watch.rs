@@ -15,11 +15,18 @@ use common::*;
 use serde_json::Value;
 
 /// The URL schemes whose backend pushes change notices to a watcher.
-const PUSHED: &[&str] = &["sqlite", "etcd", "zk"];
+const PUSHED: &[&str] = &[
+    "sqlite",
+    "etcd",
+    "zk",
+    "redis",
+    "redis+sentinel",
+    "redis+cluster",
+];
 
 /// The URL schemes whose backend records who broke a lease, so that a
 /// watcher reports `broken` rather than `released`.
-const RECORDS_BREAKS: &[&str] = &["zk"];
+const RECORDS_BREAKS: &[&str] = &["zk", "redis", "redis+sentinel", "redis+cluster"];
 
 fn scheme(ctx: &Ctx) -> String {
     ctx.url().split("://").next().unwrap().to_string()
