@@ -31,6 +31,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod breaks;
+mod changes;
 mod conn;
 mod link;
 #[cfg(test)]
@@ -420,6 +421,12 @@ impl Backend for PgBackend {
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         self.db().timeout = timeout.max(Duration::from_millis(1));
         Ok(())
+    }
+
+    fn changes(&mut self, names: Option<&[String]>) -> Result<Option<Box<dyn Waiter>>> {
+        let Some(names) = names else { return Ok(None) };
+        let n = changes::subscribe(&self.url, &self.cfg, names)?;
+        Ok(Some(Box::new(n)))
     }
 
     fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {

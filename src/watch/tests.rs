@@ -47,7 +47,7 @@ fn differences_become_events_in_order() {
     let c = seen.next(vec![info("a", "t3", 3, 10, 1)], t0, t0, none);
     assert_eq!(words(&c), [("granted", "a")]);
     let later = t0 + Duration::from_millis(20);
-    assert_eq!(seen.next_expiry(t0), Some(t0 + Duration::from_millis(100)));
+    assert_eq!(seen.next_expiry(t0), Some(t0 + Duration::from_millis(25)));
     let c = seen.next(vec![], later, later, none);
     assert_eq!(words(&c), [("expired", "a")]);
 }
