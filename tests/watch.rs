@@ -22,6 +22,7 @@ const PUSHED: &[&str] = &[
     "redis",
     "redis+sentinel",
     "redis+cluster",
+    "redlock",
 ];
 
 /// Those that push the releases and breaks of named locks only (grants
@@ -30,7 +31,7 @@ const PUSHED_RELEASES: &[&str] = &["postgres"];
 
 /// The URL schemes whose backend records who broke a lease, so that a
 /// watcher reports `broken` rather than `released`.
-const RECORDS_BREAKS: &[&str] = &["zk", "redis", "redis+sentinel", "redis+cluster"];
+const RECORDS_BREAKS: &[&str] = &["zk", "redis", "redis+sentinel", "redis+cluster", "redlock"];
 
 fn scheme(ctx: &Ctx) -> String {
     ctx.url().split("://").next().unwrap().to_string()
@@ -125,7 +126,10 @@ fn within(ctx: &Ctx, what: &str, took: Duration) {
         scheme(ctx),
         took.as_secs_f64() * 1000.0
     );
-    assert!(took < bound(ctx, what), "'{what}' came {took:?} after its cause");
+    assert!(
+        took < bound(ctx, what),
+        "'{what}' came {took:?} after its cause"
+    );
 }
 
 /// Status fields a watcher must leave as they were.

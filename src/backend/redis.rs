@@ -17,7 +17,7 @@
 //! (and a mutex that meets them) go through the engine's loop
 //! (`backend::engine`) over the store in `kinds.rs`.
 
-mod changes;
+pub(crate) mod changes;
 mod kinds;
 pub(crate) mod link;
 pub(crate) mod misplaced;
