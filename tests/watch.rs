@@ -300,3 +300,25 @@ mod every_lock {
     use super::*;
     scenarios!(any, shared: a_watch_of_every_lock_sees_new_ones);
 }
+
+/// README.md's `json watch` example has the fields of a real event.
+#[cfg(feature = "sqlite")]
+#[test]
+fn readme_json_example_has_the_real_fields() {
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("```json watch\n")
+        .expect("README.md has a ```json watch block");
+    let body = &readme[start..].split_once('\n').unwrap().1;
+    let body = &body[..body.find("```").unwrap()];
+    let example: Value = serde_json::from_str(body).unwrap();
+    let ctx = Ctx::new(std::sync::Arc::new(common::sqlite::Sqlite::new()));
+    let mut w = Watcher::start(&ctx, &["x"]);
+    let (at, token) = done(&ctx, &["acquire", "x"]);
+    let (real, _) = w.next("granted", at);
+    w.stop();
+    let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&example), keys(&real));
+    assert_eq!(keys(&example["holder"]), keys(&real["holder"]));
+    done(&ctx, &["release", "x", "--token", &token]);
+}
