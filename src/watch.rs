@@ -1,7 +1,7 @@
 //! `dlock watch`: successive `status` snapshots turned into events.
 //!
 //! A watcher only reads. Each snapshot lists the live holders (keyed by
-//! name, token id and fence) and the queue length of each held lock; what
+//! name and token id) and the queue length of each held lock; what
 //! a snapshot gained or lost since the one before is an event. A holder
 //! that vanished after the time its lease had left ran out is "expired";
 //! before that, "broken" where the backend records who broke it, else
@@ -65,7 +65,7 @@ struct Held {
 /// What the last snapshot held.
 #[derive(Default)]
 pub struct Seen {
-    held: BTreeMap<(String, String, u64), Held>,
+    held: BTreeMap<(String, String), Held>,
     /// Queue length per lock, kept while the lock is free (a free lock's
     /// queue is not reported) so that its next holder is compared with it.
     queued: BTreeMap<String, u32>,
@@ -78,8 +78,12 @@ pub struct Seen {
 /// taken to have expired: the clocks and the read's own time blur it.
 const EXPIRY_SLACK: Duration = Duration::from_millis(50);
 
-fn key(i: &LockInfo) -> (String, String, u64) {
-    (i.name.clone(), i.token_id.clone(), i.fence)
+/// A holder is its token on a lock. Its fence is not part of it: on
+/// Redlock a read during an acquisition may see the fence of the nodes
+/// reached so far, and the one written back a moment later is the same
+/// holder.
+fn key(i: &LockInfo) -> (String, String) {
+    (i.name.clone(), i.token_id.clone())
 }
 
 impl Seen {
