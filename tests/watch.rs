@@ -322,3 +322,16 @@ fn readme_json_example_has_the_real_fields() {
     assert_eq!(keys(&example["holder"]), keys(&real["holder"]));
     done(&ctx, &["release", "x", "--token", &token]);
 }
+
+/// `--wait` bounds `--until` only: alone it is a usage error, before any
+/// backend is asked.
+#[test]
+fn wait_needs_until() {
+    let url = "sqlite:///nonexistent/dir/locks.db";
+    let mut c = dlock(url);
+    c.args(["watch", "x", "--wait", "1s"]);
+    one_line_error(&run(c), 2, "--until");
+    let mut c = dlock(url);
+    c.args(["watch", "x", "--until", "gone"]);
+    one_line_error(&run(c), 2, "free");
+}
