@@ -31,7 +31,14 @@ const PUSHED_RELEASES: &[&str] = &["postgres"];
 
 /// The URL schemes whose backend records who broke a lease, so that a
 /// watcher reports `broken` rather than `released`.
-const RECORDS_BREAKS: &[&str] = &["zk", "redis", "redis+sentinel", "redis+cluster", "redlock"];
+const RECORDS_BREAKS: &[&str] = &[
+    "zk",
+    "redis",
+    "redis+sentinel",
+    "redis+cluster",
+    "redlock",
+    "postgres",
+];
 
 fn scheme(ctx: &Ctx) -> String {
     ctx.url().split("://").next().unwrap().to_string()
