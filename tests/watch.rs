@@ -10,7 +10,7 @@ use std::process::Child;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::backends::scenarios;
+use common::backends::{scenarios, Rig};
 use common::*;
 use serde_json::Value;
 
@@ -341,4 +341,30 @@ fn wait_needs_until() {
     let mut c = dlock(url);
     c.args(["watch", "x", "--until", "gone"]);
     one_line_error(&run(c), 2, "free");
+}
+
+/// A watcher lives through a restart of the server: it says once that it
+/// cannot read, reads again once the server is back, and reports what
+/// happens after (by its poll at least; a backend that pushes is
+/// subscribed to again).
+fn a_watcher_survives_a_server_restart(rig: &Rig) {
+    let mut w = Watcher::start(rig, &["r"]);
+    rig.server.kill();
+    w.err.expect("still watching", Duration::from_secs(20));
+    rig.server.restart();
+    w.err
+        .expect("the backend answers again", Duration::from_secs(30));
+    let (at, token) = done(rig, &["acquire", "r", "--lease", "30s"]);
+    let (_, took) = w.next("granted", at);
+    eprintln!("{} granted after a restart: {took:?}", scheme(rig));
+    assert!(took < Duration::from_millis(1600), "{took:?}");
+    let (at, _) = done(rig, &["release", "r", "--token", &token]);
+    let (_, took) = w.next("released", at);
+    assert!(took < Duration::from_millis(1600), "{took:?}");
+    w.stop();
+}
+
+mod restart {
+    use super::*;
+    scenarios!(restart, own: a_watcher_survives_a_server_restart);
 }

@@ -10,13 +10,14 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
+use serde_json::json;
 
 use crate::backend::Url;
 use crate::backoff::Backoff;
 use crate::cli::{Global, Until, Wait, WatchArgs};
 use crate::error::{self, fail};
 use crate::names;
-use crate::output;
+use crate::output::{self, Level};
 use crate::report;
 use crate::watch::{holds, Change, Seen};
 
@@ -24,6 +25,10 @@ use crate::watch::{holds, Change, Seen};
 /// backend without them is polled this often, and one with them is read
 /// again should a notice have been lost.
 pub const POLL: Duration = Duration::from_secs(1);
+
+/// How often a watcher whose notices stopped tries to subscribe again
+/// (it polls meanwhile).
+const RESUBSCRIBE: Duration = Duration::from_secs(10);
 
 pub fn watch(g: &Global, url: Option<Url>, w: &WatchArgs) -> Result<i32> {
     for n in &w.names {
@@ -48,6 +53,8 @@ pub fn watch(g: &Global, url: Option<Url>, w: &WatchArgs) -> Result<i32> {
         false => "watching, reading the backend every second",
     });
     let mut backoff = Backoff::new(Duration::from_millis(100), 2, Duration::from_secs(5));
+    let mut resubscribe = Instant::now();
+    let mut failures = 0;
     loop {
         if let Some(until) = w.until.filter(|u| holds(*u, &seen, named)) {
             output::verbose(&format!("--until {} holds", word(until)));
@@ -76,21 +83,57 @@ pub fn watch(g: &Global, url: Option<Url>, w: &WatchArgs) -> Result<i32> {
         let infos = match b.status(named) {
             Ok(infos) => infos,
             Err(e) => {
-                output::error(&format!("cannot read the locks ({e:#}); trying again"));
+                failures += 1;
+                retrying(&e, failures);
                 std::thread::sleep(backoff.next_within(Duration::from_secs(5)));
                 let _ = b.reconnect();
                 continue;
             }
         };
+        reconnected(std::mem::take(&mut failures));
         backoff.reset();
         let done = Instant::now();
         let changes = seen.next(infos, started, done, |i| {
             b.broken_by(&i.name, &i.token_id).ok().flatten()
         });
         print(&changes, w.json)?;
-        if pushed && notice.is_none() {
+        if pushed && notice.is_none() && Instant::now() >= resubscribe {
+            // Not in every round: subscribing to a server that is down may
+            // take the whole --connect-timeout.
             notice = b.changes(named).ok().flatten();
+            resubscribe = Instant::now() + RESUBSCRIBE;
         }
+    }
+}
+
+/// A read failed: said once per outage (then with -v), as a waiting
+/// `exec` says it, with the same JSON event.
+fn retrying(e: &anyhow::Error, failures: u32) {
+    let level = match failures {
+        1 => Level::Info,
+        _ => Level::Debug,
+    };
+    let msg = format!("{e:#} (still watching; reading again)");
+    output::event(
+        level,
+        "retrying",
+        None,
+        &msg,
+        json!({ "attempt": failures }),
+    );
+}
+
+/// A read succeeded after `failures` failed ones.
+fn reconnected(failures: u32) {
+    if failures > 0 {
+        let msg = "the backend answers again; still watching";
+        output::event(
+            Level::Info,
+            "reconnected",
+            None,
+            msg,
+            json!({ "failures": failures }),
+        );
     }
 }
 
