@@ -116,6 +116,16 @@ impl Watcher {
     }
 }
 
+impl Drop for Watcher {
+    /// A failed test leaves no watcher running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Runs `args` and returns when it exited, having checked it succeeded.
 fn done(ctx: &Ctx, args: &[&str]) -> (Instant, String) {
     let o = ctx.run(args);
