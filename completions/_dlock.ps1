@@ -39,6 +39,7 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show who holds which lock (exit 1 when a named lock is free)')
             [CompletionResult]::new('exec', 'exec', [CompletionResultType]::ParameterValue, 'Run a command while holding a lock, renewing the lease until it exits')
             [CompletionResult]::new('renew', 'renew', [CompletionResultType]::ParameterValue, 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)')
+            [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'Print each change of the named locks as it happens (exit 0 once --until holds)')
             [CompletionResult]::new('urls', 'urls', [CompletionResultType]::ParameterValue, 'List the backend URL schemes, each as it is written')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -156,6 +157,25 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'dlock;watch' {
+            [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Exit 0 as soon as every named lock is free (or held); without names, as soon as no lock (or some lock) under the prefix is held. Checked at once too')
+            [CompletionResult]::new('--wait', '--wait', [CompletionResultType]::ParameterName, 'With --until, how long to wait for it: exit 75 when this runs out first')
+            [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]')
+            [CompletionResult]::new('--url-file', '--url-file', [CompletionResultType]::ParameterName, 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)')
+            [CompletionResult]::new('--prefix', '--prefix', [CompletionResultType]::ParameterName, 'Namespace for every key, table row and channel dlock uses')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'How long to wait for the backend to accept a connection or answer a request')
+            [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'Format of messages on stderr: text, or one JSON event per line for log shippers')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object per event (schema in README) instead of a line of text')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print no messages but errors on stderr; results on stdout (a token, the status) still print')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print no messages but errors on stderr; results on stdout (a token, the status) still print')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Report each step (acquired, renewed, released) on stderr')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Report each step (acquired, renewed, released) on stderr')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'dlock;urls' {
             [CompletionResult]::new('--url', '--url', [CompletionResultType]::ParameterName, 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]')
             [CompletionResult]::new('--url-file', '--url-file', [CompletionResultType]::ParameterName, 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)')
@@ -178,6 +198,7 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
             [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show who holds which lock (exit 1 when a named lock is free)')
             [CompletionResult]::new('exec', 'exec', [CompletionResultType]::ParameterValue, 'Run a command while holding a lock, renewing the lease until it exits')
             [CompletionResult]::new('renew', 'renew', [CompletionResultType]::ParameterValue, 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)')
+            [CompletionResult]::new('watch', 'watch', [CompletionResultType]::ParameterValue, 'Print each change of the named locks as it happens (exit 0 once --until holds)')
             [CompletionResult]::new('urls', 'urls', [CompletionResultType]::ParameterValue, 'List the backend URL schemes, each as it is written')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -195,6 +216,9 @@ Register-ArgumentCompleter -Native -CommandName 'dlock' -ScriptBlock {
             break
         }
         'dlock;help;renew' {
+            break
+        }
+        'dlock;help;watch' {
             break
         }
         'dlock;help;urls' {

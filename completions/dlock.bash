@@ -37,6 +37,9 @@ _dlock() {
             dlock,urls)
                 cmd="dlock__subcmd__urls"
                 ;;
+            dlock,watch)
+                cmd="dlock__subcmd__watch"
+                ;;
             dlock__subcmd__help,acquire)
                 cmd="dlock__subcmd__help__subcmd__acquire"
                 ;;
@@ -58,6 +61,9 @@ _dlock() {
             dlock__subcmd__help,urls)
                 cmd="dlock__subcmd__help__subcmd__urls"
                 ;;
+            dlock__subcmd__help,watch)
+                cmd="dlock__subcmd__help__subcmd__watch"
+                ;;
             *)
                 ;;
         esac
@@ -65,7 +71,7 @@ _dlock() {
 
     case "${cmd}" in
         dlock)
-            opts="-q -v -h -V --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version acquire release status exec renew urls help"
+            opts="-q -v -h -V --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version acquire release status exec renew watch urls help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -243,7 +249,7 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__help)
-            opts="acquire release status exec renew urls help"
+            opts="acquire release status exec renew watch urls help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -341,6 +347,20 @@ _dlock() {
             return 0
             ;;
         dlock__subcmd__help__subcmd__urls)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        dlock__subcmd__help__subcmd__watch)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -514,16 +534,58 @@ _dlock() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        dlock__subcmd__watch)
+            opts="-q -v -h -V --json --until --wait --url --url-file --prefix --connect-timeout --quiet --verbose --log-format --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --until)
+                    COMPREPLY=($(compgen -W "free held" -- "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --url-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
     esac
 }
 
 
-# Lock names for the NAME argument and --also of acquire, release, exec and renew (and the
-# names of status), from `dlock status --names-only` with the --url, --url-file
-# and --prefix typed on the line; DLOCK_* in the environment apply as usual.
-# Exec's command completes as a command of its own. Appended to clap's
-# completion by examples/gen-docs.rs, which fills in the options that take a
-# value from the clap definition.
+# Lock names for the NAME argument and --also of acquire, release, exec and
+# renew (and the names of status and watch), from `dlock status --names-only`
+# with the --url, --url-file and --prefix typed on the line; DLOCK_* in the
+# environment apply as usual. Exec's command completes as a command of its
+# own. Appended to clap's completion by examples/gen-docs.rs, which fills in
+# the options that take a value from the clap definition.
 
 # Sets _dlock_at to what the word being completed is: "name" (a lock name;
 # _dlock_args gets the --url, --url-file and --prefix words to list names
@@ -557,7 +619,7 @@ _dlock_locate() {
             --also | --conflict-exit-code | --connect-timeout | --jitter | \
                 --keepalive-pid | --kill-after | --lease | --log-format | --max-runtime | \
                 --min-hold | --on-lost-signal | --prefix | --shell | --slots | --token | \
-                --token-id | --url | --url-file | --wait | -E | -c) skip=drop; continue ;;
+                --token-id | --until | --url | --url-file | --wait | -E | -c) skip=drop; continue ;;
             -*) continue ;;
             esac
         fi
@@ -585,7 +647,7 @@ _dlock_locate() {
         fi
         ;;
     acquire | release | renew) ((given == 0)) && _dlock_at=name ;;
-    status) _dlock_at=name ;;
+    status | watch) _dlock_at=name ;;
     esac
     return 0
 }

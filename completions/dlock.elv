@@ -36,6 +36,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand status 'Show who holds which lock (exit 1 when a named lock is free)'
             cand exec 'Run a command while holding a lock, renewing the lease until it exits'
             cand renew 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+            cand watch 'Print each change of the named locks as it happens (exit 0 once --until holds)'
             cand urls 'List the backend URL schemes, each as it is written'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -147,6 +148,24 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'dlock;watch'= {
+            cand --until 'Exit 0 as soon as every named lock is free (or held); without names, as soon as no lock (or some lock) under the prefix is held. Checked at once too'
+            cand --wait 'With --until, how long to wait for it: exit 75 when this runs out first'
+            cand --url 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]'
+            cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
+            cand --prefix 'Namespace for every key, table row and channel dlock uses'
+            cand --connect-timeout 'How long to wait for the backend to accept a connection or answer a request'
+            cand --log-format 'Format of messages on stderr: text, or one JSON event per line for log shippers'
+            cand --json 'Print one JSON object per event (schema in README) instead of a line of text'
+            cand -q 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand --quiet 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+            cand -v 'Report each step (acquired, renewed, released) on stderr'
+            cand --verbose 'Report each step (acquired, renewed, released) on stderr'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'dlock;urls'= {
             cand --url 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]'
             cand --url-file 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)'
@@ -168,6 +187,7 @@ set edit:completion:arg-completer[dlock] = {|@words|
             cand status 'Show who holds which lock (exit 1 when a named lock is free)'
             cand exec 'Run a command while holding a lock, renewing the lease until it exits'
             cand renew 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+            cand watch 'Print each change of the named locks as it happens (exit 0 once --until holds)'
             cand urls 'List the backend URL schemes, each as it is written'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -180,6 +200,8 @@ set edit:completion:arg-completer[dlock] = {|@words|
         &'dlock;help;exec'= {
         }
         &'dlock;help;renew'= {
+        }
+        &'dlock;help;watch'= {
         }
         &'dlock;help;urls'= {
         }

@@ -39,6 +39,7 @@ complete -c dlock -n "__fish_dlock_needs_command" -f -a "release" -d 'Release a 
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "status" -d 'Show who holds which lock (exit 1 when a named lock is free)'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "exec" -d 'Run a command while holding a lock, renewing the lease until it exits'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "renew" -d 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+complete -c dlock -n "__fish_dlock_needs_command" -f -a "watch" -d 'Print each change of the named locks as it happens (exit 0 once --until holds)'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "urls" -d 'List the backend URL schemes, each as it is written'
 complete -c dlock -n "__fish_dlock_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c dlock -n "__fish_dlock_using_subcommand acquire" -l also -d 'Take this lock too, all or none (repeat for more): the names are taken in one order, so requests that list them differently never deadlock' -x -a '(__fish_dlock_held_locks)'
@@ -131,6 +132,20 @@ complete -c dlock -n "__fish_dlock_using_subcommand renew" -s q -l quiet -d 'Pri
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -s h -l help -d 'Print help'
 complete -c dlock -n "__fish_dlock_using_subcommand renew" -s V -l version -d 'Print version'
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -l until -d 'Exit 0 as soon as every named lock is free (or held); without names, as soon as no lock (or some lock) under the prefix is held. Checked at once too' -r -f -a "free\t'Nobody holds it'
+held\t'Somebody holds it'"
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -l wait -d 'With --until, how long to wait for it: exit 75 when this runs out first' -r
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -l url -d 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]' -r
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -l connect-timeout -d 'How long to wait for the backend to accept a connection or answer a request' -r
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -l log-format -d 'Format of messages on stderr: text, or one JSON event per line for log shippers' -r -f -a "text\t''
+json\t''"
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -l json -d 'Print one JSON object per event (schema in README) instead of a line of text'
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -s q -l quiet -d 'Print no messages but errors on stderr; results on stdout (a token, the status) still print'
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c dlock -n "__fish_dlock_using_subcommand watch" -s V -l version -d 'Print version'
 complete -c dlock -n "__fish_dlock_using_subcommand urls" -l url -d 'Backend URL, e.g. redis://host:6379/0 or sqlite:///var/lib/dlock/locks.db (`dlock urls` lists every scheme) [default: embedded SQLite file]' -r
 complete -c dlock -n "__fish_dlock_using_subcommand urls" -l url-file -d 'Read the backend URL from this file, keeping passwords out of argv and the environment (given on the command line, it overrides DLOCK_URL, and --url overrides DLOCK_URL_FILE)' -r -F
 complete -c dlock -n "__fish_dlock_using_subcommand urls" -l prefix -d 'Namespace for every key, table row and channel dlock uses' -r
@@ -141,21 +156,22 @@ complete -c dlock -n "__fish_dlock_using_subcommand urls" -s q -l quiet -d 'Prin
 complete -c dlock -n "__fish_dlock_using_subcommand urls" -s v -l verbose -d 'Report each step (acquired, renewed, released) on stderr'
 complete -c dlock -n "__fish_dlock_using_subcommand urls" -s h -l help -d 'Print help'
 complete -c dlock -n "__fish_dlock_using_subcommand urls" -s V -l version -d 'Print version'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "acquire" -d 'Take a lock and print its token; the lease runs out unless renewed (`renew`, --keepalive-pid) or released'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "release" -d 'Release a lock held by a token'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "status" -d 'Show who holds which lock (exit 1 when a named lock is free)'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "exec" -d 'Run a command while holding a lock, renewing the lease until it exits'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "renew" -d 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "urls" -d 'List the backend URL schemes, each as it is written'
-complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew urls help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew watch urls help" -f -a "acquire" -d 'Take a lock and print its token; the lease runs out unless renewed (`renew`, --keepalive-pid) or released'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew watch urls help" -f -a "release" -d 'Release a lock held by a token'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew watch urls help" -f -a "status" -d 'Show who holds which lock (exit 1 when a named lock is free)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew watch urls help" -f -a "exec" -d 'Run a command while holding a lock, renewing the lease until it exits'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew watch urls help" -f -a "renew" -d 'Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew watch urls help" -f -a "watch" -d 'Print each change of the named locks as it happens (exit 0 once --until holds)'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew watch urls help" -f -a "urls" -d 'List the backend URL schemes, each as it is written'
+complete -c dlock -n "__fish_dlock_using_subcommand help; and not __fish_seen_subcommand_from acquire release status exec renew watch urls help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 
-# Lock names for the NAME argument and --also of acquire, release, exec and renew (and the
-# names of status), from `dlock status --names-only` with the --url, --url-file
-# and --prefix typed on the line; DLOCK_* in the environment apply as usual.
-# Exec's command completes as a command of its own. Appended to clap's
-# completion by examples/gen-docs.rs, which fills in the options that take a
-# value from the clap definition and keeps clap's exec options out of the
-# command.
+# Lock names for the NAME argument and --also of acquire, release, exec and
+# renew (and the names of status and watch), from `dlock status --names-only`
+# with the --url, --url-file and --prefix typed on the line; DLOCK_* in the
+# environment apply as usual. Exec's command completes as a command of its
+# own. Appended to clap's completion by examples/gen-docs.rs, which fills in
+# the options that take a value from the clap definition and keeps clap's exec
+# options out of the command.
 
 # Prints what the token being completed is: "name" (a lock name; the global
 # __fish_dlock_args gets the --url, --url-file and --prefix words to list
@@ -206,8 +222,8 @@ function __fish_dlock_where
                     continue
                 case --also --conflict-exit-code --connect-timeout --jitter --keepalive-pid \
                     --kill-after --lease --log-format --max-runtime --min-hold \
-                    --on-lost-signal --prefix --shell --slots --token --token-id --url \
-                    --url-file --wait -E -c
+                    --on-lost-signal --prefix --shell --slots --token --token-id --until \
+                    --url --url-file --wait -E -c
                     set skip drop
                     continue
                 case '-*'
@@ -253,7 +269,7 @@ function __fish_dlock_where
                 echo name
                 return
             end
-        case status
+        case status watch
             echo name
             return
     end

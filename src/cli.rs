@@ -9,8 +9,10 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 mod usage;
 mod values;
+mod watch;
 pub use usage::subcommand_error;
 pub use values::*;
+pub use watch::{Until, WatchArgs};
 
 use crate::backend::kinds::MAX_SLOTS;
 use crate::backend::{Kind, Mode};
@@ -121,6 +123,9 @@ pub enum Command {
     /// Extend a lease held by a token (exit 3 or 4 when the token no longer holds it)
     #[command(after_help = RENEW_EXAMPLES)]
     Renew(RenewArgs),
+    /// Print each change of the named locks as it happens (exit 0 once --until holds)
+    #[command(after_help = watch::WATCH_EXAMPLES)]
+    Watch(WatchArgs),
     /// List the backend URL schemes, each as it is written
     Urls,
     /// Internal: the detached renewer started by `acquire --keepalive-pid`
@@ -139,6 +144,10 @@ impl Command {
             Command::Keepalive(k) => k.also.is_empty().then_some(k.name.as_str()),
             Command::Urls => None,
             Command::Status(s) => match s.names.as_slice() {
+                [one] => Some(one),
+                _ => None,
+            },
+            Command::Watch(w) => match w.names.as_slice() {
                 [one] => Some(one),
                 _ => None,
             },

@@ -16,10 +16,12 @@ use crate::report::{self, Row};
 mod busy;
 mod exec;
 mod keepalive;
+mod watch;
 use busy::report_busy;
 pub use exec::exec;
 pub use keepalive::keepalive;
 use keepalive::spawn_keepalive;
+pub use watch::watch;
 
 /// The backend URL from --url, DLOCK_URL or --url-file.
 pub fn resolve_url(g: &Global) -> Result<Option<String>> {

@@ -26,7 +26,8 @@ pub const INTERNAL: i32 = 70;
 /// is gone (sysexits' EX_IOERR); `acquire` releases the lock it took. Help
 /// and `status` output whose reader left end by SIGPIPE instead, as ls does.
 pub const OUTPUT: i32 = 74;
-/// The lock is busy and `--wait` ran out (exec: `--conflict-exit-code`).
+/// The lock is busy and `--wait` ran out (exec: `--conflict-exit-code`;
+/// watch: `--until` did not hold in time).
 pub const BUSY: i32 = 75;
 /// `exec`: the lease could not be renewed in time; the command was stopped.
 pub const LOST: i32 = 79;
@@ -48,7 +49,8 @@ Exit codes:
    69    backend unreachable, refused, timed out, or authentication failed
    70    internal error or unexpected backend reply
    74    could not write the output (stdout closed; acquire: broken pipe)
-   75    lock busy after --wait (exec: --conflict-exit-code overrides)
+   75    lock busy after --wait (exec: --conflict-exit-code overrides;
+         watch: --until did not hold in time)
    79    exec: lease lost; the command was stopped
   124    exec: the command exceeded --max-runtime and was stopped
   126    exec: command not executable

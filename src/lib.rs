@@ -25,6 +25,7 @@ mod report;
 mod signals;
 mod spawn;
 mod supervise;
+mod watch;
 
 use clap::{CommandFactory, FromArgMatches};
 
@@ -75,6 +76,7 @@ pub fn main() -> ! {
         cli::Command::Status(s) => commands::status(g, url, s),
         cli::Command::Exec(e) => commands::exec(g, url, e),
         cli::Command::Renew(r) => commands::renew(g, url, r),
+        cli::Command::Watch(w) => commands::watch(g, url, w),
         cli::Command::Keepalive(k) => commands::keepalive(g, url, k),
         cli::Command::Urls => unreachable!("handled before any URL is read"),
     });

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::backend::{Location, LockInfo};
 use crate::duration::format_left;
+use crate::watch::{Change, What};
 
 /// RFC 3339 UTC with milliseconds, from µs since the epoch.
 pub fn format_time_us(us: i64) -> String {
@@ -30,17 +31,20 @@ pub fn status_table(loc: &Location, prefix: &str, rows: &[Row]) -> String {
     let mut table: Vec<[String; 9]> = vec![header.map(String::from)];
     for row in rows {
         table.push(match row {
-            Row::Held(l) => [
-                l.name.clone(),
-                kind_cell(l, rows),
-                format!("{}:{}", l.holder.host, l.holder.pid),
-                l.holder.user.clone(),
-                l.token_id.clone(),
-                l.fence.to_string(),
-                format_time_us(l.acquired_at_us),
-                format_left(l.ttl),
-                l.holder.command.clone(),
-            ],
+            Row::Held(l) => {
+                let [host, user, token, fence] = holder_cells(l);
+                [
+                    l.name.clone(),
+                    kind_cell(l, rows),
+                    host,
+                    user,
+                    token,
+                    fence,
+                    format_time_us(l.acquired_at_us),
+                    format_left(l.ttl),
+                    l.holder.command.clone(),
+                ]
+            }
             Row::Free(name) => [
                 name.to_string(),
                 "-".into(),
@@ -82,6 +86,90 @@ pub fn status_table(loc: &Location, prefix: &str, rows: &[Row]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// The HOLDER, USER, TOKEN and FENCE cells of a holder's row.
+fn holder_cells(l: &LockInfo) -> [String; 4] {
+    [
+        format!("{}:{}", l.holder.host, l.holder.pid),
+        l.holder.user.clone(),
+        l.token_id.clone(),
+        l.fence.to_string(),
+    ]
+}
+
+/// A `dlock watch` event as a line: the time it was seen and the event,
+/// then the cells of a `status` row (NAME, KIND, HOLDER, USER, TOKEN, FENCE,
+/// COMMAND; "-" where the event has none), then who broke it or how many
+/// wait. Fields are separated by two spaces, as the table's columns.
+pub fn watch_line(c: &Change, seen_us: i64) -> String {
+    let mut cells = vec![
+        format_time_us(seen_us),
+        c.what.word().into(),
+        c.name.clone(),
+    ];
+    match &c.info {
+        Some(l) => {
+            let kind = match l.slot {
+                Some(k) => format!("slot {k} of {}", l.slots),
+                None => l.kind().to_string(),
+            };
+            cells.push(kind);
+            cells.extend(holder_cells(l));
+            let command = &l.holder.command;
+            cells.push(if command.is_empty() {
+                "-".into()
+            } else {
+                format!("'{command}'")
+            });
+        }
+        None => cells.extend(["-"; 6].map(String::from)),
+    }
+    if let Some(by) = &c.by {
+        cells.push(format!("by {by}"));
+    }
+    if matches!(c.what, What::Queued | What::LeftQueue) {
+        cells.push(format!("{} queued", c.queued));
+    }
+    format!("{}\n", cells.join("  "))
+}
+
+/// A `dlock watch` event as one JSON line, keys in the order README.md
+/// documents them; a holder's fields are those of `status --json`.
+pub fn watch_json(c: &Change, seen_us: i64) -> String {
+    #[derive(Serialize)]
+    struct Event<'a> {
+        event: &'static str,
+        name: &'a str,
+        time: String,
+        holder: Option<&'a crate::holder::Holder>,
+        token_id: Option<&'a str>,
+        fence: Option<u64>,
+        kind: Option<&'static str>,
+        slot: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        by: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        queued: Option<u32>,
+    }
+    let l = c.info.as_ref();
+    let queue = matches!(c.what, What::Queued | What::LeftQueue);
+    let e = Event {
+        event: c.what.word(),
+        name: &c.name,
+        time: format_time_us(seen_us),
+        holder: l.map(|l| &l.holder),
+        token_id: l.map(|l| l.token_id.as_str()),
+        fence: l.map(|l| l.fence),
+        kind: l.map(LockInfo::kind),
+        slot: l.and_then(|l| l.slot),
+        by: c.by.as_deref(),
+        queued: queue.then_some(c.queued),
+    };
+    format!(
+        "{}\n",
+        serde_json::to_string(&e).expect("plain data serializes")
+    )
 }
 
 /// "exclusive", "shared", or "slot 1 of 3 (2/3 taken)"; with waiters

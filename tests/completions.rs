@@ -90,6 +90,7 @@ fn bash_completes_held_lock_names_where_a_name_goes() {
     assert_eq!(bash(&ctx, &path, "dlock exec ", true), names);
     assert_eq!(bash(&ctx, &path, "dlock release --force ", true), names);
     assert_eq!(bash(&ctx, &path, "dlock status deploy ", true), names);
+    assert_eq!(bash(&ctx, &path, "dlock watch deploy ", true), names);
     assert_eq!(bash(&ctx, &path, "dlock exec dep", true), ["deploy"]);
     // The backend typed on the line, not only the environment's.
     let line = format!("dlock --url {} exec ", ctx.url());
@@ -130,8 +131,8 @@ fn zsh_lists_held_lock_names_for_its_name_arguments() {
     let text = std::fs::read_to_string(format!("{DIR}/_dlock")).unwrap();
     let wired = text.matches(":_dlock_lock_names'").count();
     assert_eq!(
-        wired, 9,
-        "acquire, release, exec, renew and status name arguments, and --also of the first four"
+        wired, 10,
+        "acquire, release, exec, renew, status and watch name arguments, and --also of the first four"
     );
     // compadd only works inside completion: stand in for it to see what is offered.
     let script = format!(

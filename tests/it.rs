@@ -57,6 +57,7 @@ mod several;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod wait_faults;
+mod watch;
 #[cfg(feature = "zookeeper")]
 mod zk_faults;
 

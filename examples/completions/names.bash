@@ -1,10 +1,10 @@
 
-# Lock names for the NAME argument and --also of acquire, release, exec and renew (and the
-# names of status), from `dlock status --names-only` with the --url, --url-file
-# and --prefix typed on the line; DLOCK_* in the environment apply as usual.
-# Exec's command completes as a command of its own. Appended to clap's
-# completion by examples/gen-docs.rs, which fills in the options that take a
-# value from the clap definition.
+# Lock names for the NAME argument and --also of acquire, release, exec and
+# renew (and the names of status and watch), from `dlock status --names-only`
+# with the --url, --url-file and --prefix typed on the line; DLOCK_* in the
+# environment apply as usual. Exec's command completes as a command of its
+# own. Appended to clap's completion by examples/gen-docs.rs, which fills in
+# the options that take a value from the clap definition.
 
 # Sets _dlock_at to what the word being completed is: "name" (a lock name;
 # _dlock_args gets the --url, --url-file and --prefix words to list names
@@ -63,7 +63,7 @@ _dlock_locate() {
         fi
         ;;
     acquire | release | renew) ((given == 0)) && _dlock_at=name ;;
-    status) _dlock_at=name ;;
+    status | watch) _dlock_at=name ;;
     esac
     return 0
 }

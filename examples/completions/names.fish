@@ -1,11 +1,11 @@
 
-# Lock names for the NAME argument and --also of acquire, release, exec and renew (and the
-# names of status), from `dlock status --names-only` with the --url, --url-file
-# and --prefix typed on the line; DLOCK_* in the environment apply as usual.
-# Exec's command completes as a command of its own. Appended to clap's
-# completion by examples/gen-docs.rs, which fills in the options that take a
-# value from the clap definition and keeps clap's exec options out of the
-# command.
+# Lock names for the NAME argument and --also of acquire, release, exec and
+# renew (and the names of status and watch), from `dlock status --names-only`
+# with the --url, --url-file and --prefix typed on the line; DLOCK_* in the
+# environment apply as usual. Exec's command completes as a command of its
+# own. Appended to clap's completion by examples/gen-docs.rs, which fills in
+# the options that take a value from the clap definition and keeps clap's exec
+# options out of the command.
 
 # Prints what the token being completed is: "name" (a lock name; the global
 # __fish_dlock_args gets the --url, --url-file and --prefix words to list
@@ -100,7 +100,7 @@ function __fish_dlock_where
                 echo name
                 return
             end
-        case status
+        case status watch
             echo name
             return
     end

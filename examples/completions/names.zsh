@@ -1,8 +1,9 @@
 
-# Lock names for the NAME argument and --also of acquire, release, exec and renew (and the
-# names of status), from `dlock status --names-only` with the --url, --url-file
-# and --prefix typed after the subcommand; DLOCK_* in the environment apply as
-# usual. Added to clap's completion by examples/gen-docs.rs.
+# Lock names for the NAME argument and --also of acquire, release, exec and
+# renew (and the names of status and watch), from `dlock status --names-only`
+# with the --url, --url-file and --prefix typed after the subcommand; DLOCK_*
+# in the environment apply as usual. Added to clap's completion by
+# examples/gen-docs.rs.
 (( $+functions[_dlock_lock_names] )) ||
 _dlock_lock_names() {
     local -a names args

@@ -47,6 +47,7 @@
 //! in whole seconds and raises short ones to its minimum (2 s by default);
 //! the TTL it granted is the lease dlock's renewal deadline counts from.
 
+mod changes;
 mod keys;
 mod leases;
 mod link;
@@ -411,6 +412,16 @@ impl Backend for EtcdBackend {
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         self.link.set_timeout(timeout);
         Ok(())
+    }
+
+    fn changes(&mut self, names: Option<&[String]>) -> Result<Option<Box<dyn Waiter>>> {
+        let n = changes::subscribe(Arc::clone(&self.link), &self.prefix, names)?;
+        Ok(Some(Box::new(n)))
+    }
+
+    /// etcd counts a lease's time left in whole seconds.
+    fn ttl_grain(&self) -> Duration {
+        Duration::from_secs(1)
     }
 
     fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {

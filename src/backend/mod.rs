@@ -237,6 +237,28 @@ pub trait Backend: Send {
     fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
         let _ = (name, token, on_break);
     }
+    /// For `dlock watch`: a subscription whose `wait` returns when one of
+    /// `names` (None: any lock under the prefix) may have changed (granted,
+    /// released, broken, queued), on a connection of its own; spurious
+    /// wake-ups are allowed. It only listens: it never changes a lock.
+    /// None (the default): the backend cannot push, and the watcher polls.
+    fn changes(&mut self, names: Option<&[String]>) -> Result<Option<Box<dyn Waiter>>> {
+        let _ = names;
+        Ok(None)
+    }
+    /// How coarsely the backend counts the time a lease has left (etcd:
+    /// whole seconds): a watcher that sees a lease vanish within this of
+    /// its expiry takes it to have expired.
+    fn ttl_grain(&self) -> Duration {
+        Duration::ZERO
+    }
+    /// For `dlock watch`: who broke, with `release --force`, the lease of
+    /// `name` whose token id is `token_id`, where the backend records it
+    /// (None by default: a break looks like a release).
+    fn broken_by(&mut self, name: &str, token_id: &str) -> Result<Option<String>> {
+        let _ = (name, token_id);
+        Ok(None)
+    }
 }
 
 /// Refuses, as a usage error, what the backend cannot do.

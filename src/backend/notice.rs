@@ -82,3 +82,49 @@ pub fn broken(name: &str, by: &str) -> String {
 pub fn gone(name: &str) -> String {
     format!("lock '{name}' is no longer held by this process (broken with --force, or expired)")
 }
+
+/// The change notices of `dlock watch` (`Backend::changes`), sent by a
+/// thread of the backend's own: a wait returns on the next one, or with
+/// an error once that thread has stopped (the watcher then polls and
+/// subscribes again).
+pub struct Notices {
+    rx: std::sync::mpsc::Receiver<()>,
+}
+
+/// A channel of change notices: the sender for the backend's thread (which
+/// stops once a send fails: the watcher has gone), the waiter for the watcher.
+pub fn notices() -> (std::sync::mpsc::Sender<()>, Notices) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    (tx, Notices { rx })
+}
+
+impl super::Waiter for Notices {
+    fn wait(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        use std::sync::mpsc::RecvTimeoutError;
+        match self.rx.recv_timeout(timeout) {
+            // Several notices are one reason to read.
+            Ok(()) => while self.rx.try_recv().is_ok() {},
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                anyhow::bail!("the backend's change notices stopped")
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `listen` on a thread named `what` for a watcher's notices; returns
+/// once it says it listens (Ok) or could not (the error).
+pub fn spawn_notices(
+    what: &str,
+    listen: impl FnOnce(std::sync::mpsc::Sender<anyhow::Result<()>>) + Send + 'static,
+) -> anyhow::Result<()> {
+    let (ready, started) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(what.into())
+        .stack_size(256 * 1024)
+        .spawn(move || listen(ready))?;
+    started
+        .recv()
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the {what} thread ended at once")))
+}

@@ -31,6 +31,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod breaks;
+mod changes;
 mod conn;
 mod link;
 #[cfg(test)]
@@ -68,6 +69,8 @@ pub struct PgBackend {
     /// For the break listener's connection of its own.
     url: Url,
     cfg: Config,
+    /// Who broke which token id, as a watcher's break notices said.
+    breaks: changes::Breaks,
 }
 
 struct Db {
@@ -135,6 +138,7 @@ impl PgBackend {
                 .notifying("SELECT pg_notify(?, ?)", &scope),
             url: url.clone(),
             cfg: cfg.clone(),
+            breaks: Default::default(),
         })
     }
 
@@ -420,6 +424,16 @@ impl Backend for PgBackend {
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         self.db().timeout = timeout.max(Duration::from_millis(1));
         Ok(())
+    }
+
+    fn changes(&mut self, names: Option<&[String]>) -> Result<Option<Box<dyn Waiter>>> {
+        let Some(names) = names else { return Ok(None) };
+        let n = changes::subscribe(&self.url, &self.cfg, names, Arc::clone(&self.breaks))?;
+        Ok(Some(Box::new(n)))
+    }
+
+    fn broken_by(&mut self, _: &str, token_id: &str) -> Result<Option<String>> {
+        Ok(changes::broken_by(&self.breaks, token_id))
     }
 
     fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {

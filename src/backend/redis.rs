@@ -17,6 +17,7 @@
 //! (and a mutex that meets them) go through the engine's loop
 //! (`backend::engine`) over the store in `kinds.rs`.
 
+pub(crate) mod changes;
 mod kinds;
 pub(crate) mod link;
 pub(crate) mod misplaced;
@@ -317,6 +318,25 @@ impl Backend for RedisBackend {
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         self.link.set_timeout(timeout.max(Duration::from_millis(1)));
         Ok(())
+    }
+
+    fn changes(&mut self, names: Option<&[String]>) -> Result<Option<Box<dyn Waiter>>> {
+        let n = changes::subscribe(Arc::clone(&self.link), &self.prefix, names)?;
+        Ok(Some(Box::new(n)))
+    }
+
+    /// The break record (`P:{NAME}:broken`) names one breaker per lock:
+    /// the last lease broken.
+    fn broken_by(&mut self, name: &str, token_id: &str) -> Result<Option<String>> {
+        let k = self.key(name, "broken");
+        let line: Option<String> = self
+            .link
+            .with_con(Route::Key(&k), |c| redis::cmd("GET").arg(&k).query(c))?;
+        let by = line.and_then(|l| {
+            let (token, by) = l.split_once('\n')?;
+            (crate::names::token_id(token) == token_id).then(|| by.to_string())
+        });
+        Ok(by)
     }
 
     fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {

@@ -24,6 +24,7 @@
 //! servers can apply atomically.
 
 mod breaks;
+mod changes;
 mod node;
 mod quorum;
 mod scripts;
@@ -466,6 +467,14 @@ impl Backend for RedlockBackend {
 
     fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
         breaks::watch(self, name, token, on_break);
+    }
+
+    fn changes(&mut self, names: Option<&[String]>) -> Result<Option<Box<dyn Waiter>>> {
+        Ok(Some(Box::new(changes::subscribe(self, names)?)))
+    }
+
+    fn broken_by(&mut self, name: &str, token_id: &str) -> Result<Option<String>> {
+        Ok(changes::broken_by(self, name, token_id))
     }
 }
 

@@ -48,6 +48,7 @@
 
 mod bell;
 mod breaks;
+mod changes;
 mod conn;
 mod place;
 
@@ -445,6 +446,10 @@ impl Backend for SqliteBackend {
 
     fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {
         breaks::watch(self, name, token, on_break);
+    }
+
+    fn changes(&mut self, _: Option<&[String]>) -> Result<Option<Box<dyn Waiter>>> {
+        Ok(Some(Box::new(changes::subscribe(&self.path)?)))
     }
 }
 

@@ -19,6 +19,8 @@
 //!                   and a minute more, so that its holder's next renewal can say so.
 //!                   The same line, with the token cut to its id, is published
 //!                   on the channel of that name for a live `exec` holder.
+//!   P:{NAME}:changed a channel only: every script that grants, frees or
+//!                   queues publishes an empty message on it for `dlock watch`.
 //!
 //! Two paths. The fast one is today's mutex: ACQUIRE, RENEW, RELEASE and
 //! FORCE each answer in one script while no state key exists, and answer 3
@@ -39,6 +41,14 @@ use std::sync::LazyLock;
 /// Shared by the scripts: does lease value `v` belong to token `t`?
 pub(crate) const OWNS: &str = r"
 local function owns(v, t) return v and string.sub(v, 1, #t + 1) == t .. '\n' end
+";
+
+/// Tells `dlock watch` that lock KEYS[1] (its lease key, `P:{NAME}:lease`)
+/// changed: one PUBLISH on `P:{NAME}:changed`, which costs a lookup when
+/// nobody listens (in a cluster, every node gets it). Refused (an ACL
+/// without channels): watchers poll instead.
+pub(crate) const CHANGED: &str = r"
+local function changed() redis.pcall('PUBLISH', string.sub(KEYS[1], 1, -6) .. 'changed', '') end
 ";
 
 /// Fences are the larger of the last one + 1 and the server time in µs: a
@@ -73,6 +83,7 @@ else
   fs = string.format('%.0f', fence)
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '\n' .. fs .. '\n' .. nows .. '\n' .. ARGV[3], 'PX', ARGV[2])
+changed()
 return {1, fs, nows, 0}
 ";
 
@@ -109,6 +120,7 @@ if owns(cur, ARGV[1]) then
   redis.call('ZADD', KEYS[2], 0, 'released')
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
   redis.call('DEL', KEYS[1])
+  changed()
   return {1}
 end
 local by = broken_by(KEYS[3], ARGV[1])
@@ -170,6 +182,7 @@ end
 if ARGV[4] == '-' then redis.call('DEL', KEYS[1]) end
 if ARGV[6] == '-' then redis.call('DEL', KEYS[2]) end
 for i = 13, #ARGV do redis.pcall('PUBLISH', KEYS[5], ARGV[i]) end
+changed()
 return {1}
 ";
 
@@ -190,13 +203,13 @@ impl Lua {
     }
 }
 
-pub static ACQUIRE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[OWNS, ACQUIRE], true));
+pub static ACQUIRE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[OWNS, CHANGED, ACQUIRE], true));
 pub static RENEW_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[OWNS, BROKEN_BY, RENEW], true));
 pub static RELEASE_LUA: LazyLock<Lua> =
-    LazyLock::new(|| Lua::new(&[OWNS, BROKEN_BY, RELEASE], false));
+    LazyLock::new(|| Lua::new(&[OWNS, CHANGED, BROKEN_BY, RELEASE], false));
 pub static FORCE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[FORCE_RELEASE], false));
 pub static READ_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[READ], false));
-pub static WRITE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[WRITE], true));
+pub static WRITE_LUA: LazyLock<Lua> = LazyLock::new(|| Lua::new(&[CHANGED, WRITE], true));
 
 /// `{`, `}` and `%` escaped, so that a prefix or name cannot end or open a hash tag.
 fn escape(s: &str) -> Cow<'_, str> {
@@ -240,6 +253,12 @@ pub fn name_of(prefix: &str, key: &str) -> Option<String> {
             .replace("%7D", "}")
             .replace("%25", "%"),
     )
+}
+
+/// PSUBSCRIBE's pattern for channel `what` ("changed", "broken") of every
+/// lock under `prefix`.
+pub fn channel_pattern(prefix: &str, what: &str) -> String {
+    format!("{}:{{*}}:{what}", glob_escape(&escape(prefix)))
 }
 
 /// SCAN's MATCH is a glob: escape the prefix so that it is taken literally.

@@ -33,6 +33,7 @@
 //! a name's state node holds at most jute.maxbuffer (1 MB) of holders.
 
 mod address;
+mod changes;
 mod conn;
 mod queue;
 mod run;
@@ -150,6 +151,18 @@ impl Backend for ZkBackend {
     fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
         self.store.conn.set_timeout(timeout);
         Ok(())
+    }
+
+    fn changes(&mut self, names: Option<&[String]>) -> Result<Option<Box<dyn Waiter>>> {
+        let n = changes::subscribe(Arc::clone(&self.store), names)?;
+        Ok(Some(Box::new(n)))
+    }
+
+    fn broken_by(&mut self, name: &str, token_id: &str) -> Result<Option<String>> {
+        let seen = self.store.read(name)?;
+        let record = seen.stored.breaks.iter();
+        let mut of_id = record.filter(|b| crate::names::token_id(&b.token) == token_id);
+        Ok(of_id.next().map(|b| b.by.clone()))
     }
 
     fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {

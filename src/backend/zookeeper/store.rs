@@ -38,6 +38,16 @@ impl Paths {
         format!("{}/locks", self.base)
     }
 
+    /// Every node of the prefix is under this.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// The containers of every name's waiters.
+    pub fn queues(&self) -> String {
+        format!("{}/queue", self.base)
+    }
+
     /// The node holding `name`'s state.
     pub fn lock(&self, name: &str) -> String {
         format!("{}/locks/{}", self.base, encode(name))
