@@ -17,6 +17,7 @@ use serde_json::Value;
 /// The URL schemes whose backend pushes every change to a watcher.
 const PUSHED: &[&str] = &[
     "sqlite",
+    "postgres",
     "etcd",
     "zk",
     "redis",
@@ -24,10 +25,6 @@ const PUSHED: &[&str] = &[
     "redis+cluster",
     "redlock",
 ];
-
-/// Those that push the releases and breaks of named locks only (grants
-/// and queue changes come with the poll).
-const PUSHED_RELEASES: &[&str] = &["postgres"];
 
 /// The URL schemes whose backend records who broke a lease, so that a
 /// watcher reports `broken` rather than `released`.
@@ -44,11 +41,10 @@ fn scheme(ctx: &Ctx) -> String {
     ctx.url().split("://").next().unwrap().to_string()
 }
 
-/// How late event `what` may arrive after its cause.
-fn bound(ctx: &Ctx, what: &str) -> Duration {
+/// How late an event may arrive after its cause.
+fn bound(ctx: &Ctx) -> Duration {
     let s = scheme(ctx);
-    let release = ["released", "broken", "--until free"].contains(&what);
-    match PUSHED.contains(&s.as_str()) || release && PUSHED_RELEASES.contains(&s.as_str()) {
+    match PUSHED.contains(&s.as_str()) {
         true => Duration::from_millis(250),
         // The poll, one read and the load of a shared test machine.
         false => Duration::from_millis(1600),
@@ -83,10 +79,9 @@ impl Watcher {
         let said = err.expect("watching,", Duration::from_secs(20));
         let pushed = said.contains("change notices");
         let s = scheme(ctx);
-        let named = args.iter().any(|a| !a.starts_with('-'));
         assert_eq!(
             pushed,
-            PUSHED.contains(&s.as_str()) || named && PUSHED_RELEASES.contains(&s.as_str()),
+            PUSHED.contains(&s.as_str()),
             "{}: {said}",
             ctx.url()
         );
@@ -144,10 +139,7 @@ fn within(ctx: &Ctx, what: &str, took: Duration) {
         scheme(ctx),
         took.as_secs_f64() * 1000.0
     );
-    assert!(
-        took < bound(ctx, what),
-        "'{what}' came {took:?} after its cause"
-    );
+    assert!(took < bound(ctx), "'{what}' came {took:?} after its cause");
 }
 
 /// Status fields a watcher must leave as they were.
@@ -213,7 +205,7 @@ fn every_event_kind_arrives_in_order(ctx: &Ctx) {
         took.as_secs_f64() * 1000.0
     );
     assert!(
-        took < bound(ctx, "expired") + slack,
+        took < bound(ctx) + slack,
         "'expired' came {took:?} after the lease ended"
     );
 

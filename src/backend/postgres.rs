@@ -135,7 +135,8 @@ impl PgBackend {
         Ok(PgBackend {
             db: Arc::new(Mutex::new(db)),
             leases: Leases::in_schema(&DIALECT, Some(&target.schema), &table)
-                .notifying("SELECT pg_notify(?, ?)", &scope),
+                .notifying("SELECT pg_notify(?, ?)", &scope)
+                .announcing(&sql::changes_channel(&scope)),
             url: url.clone(),
             cfg: cfg.clone(),
             breaks: Default::default(),
@@ -427,7 +428,6 @@ impl Backend for PgBackend {
     }
 
     fn changes(&mut self, names: Option<&[String]>) -> Result<Option<Box<dyn Waiter>>> {
-        let Some(names) = names else { return Ok(None) };
         let n = changes::subscribe(&self.url, &self.cfg, names, Arc::clone(&self.breaks))?;
         Ok(Some(Box::new(n)))
     }

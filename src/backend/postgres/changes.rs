@@ -1,10 +1,9 @@
-//! `dlock watch` on PostgreSQL, for named locks: LISTEN, on a connection
-//! of its own, on each name's wake channel (every release, and a grant
-//! that leaves room, notify it: see `wake.rs`) and break channel (`release
-//! --force`, whose notice names the broken token's id and the breaker,
-//! kept for `broken_by`). Grants that leave no room and queue changes send
-//! nothing, and channels are per name (no pattern): those, and a watch of
-//! every lock, are left to the watcher's poll.
+//! `dlock watch` on PostgreSQL: LISTEN, on a connection of its own, on the
+//! table's changes channel (every statement that grants, releases, breaks
+//! or queues announces the name there as it writes: `sql::Leases::announcing`)
+//! and, for named locks, on each name's break channel (`release --force`,
+//! whose notice names the broken token's id and the breaker, kept for
+//! `broken_by`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,16 +26,16 @@ const KEPT: usize = 64;
 pub(super) fn subscribe(
     url: &Url,
     cfg: &Config,
-    names: &[String],
+    names: Option<&[String]>,
     breaks: Breaks,
 ) -> Result<Notices> {
     let b = PgBackend::open(url, cfg)?;
     {
         let mut db = lock(&b.db);
         let scope = db.scope();
-        let listen: Vec<String> = names
-            .iter()
-            .flat_map(|n| [db.channel(n), sql::break_channel(&scope, n)])
+        let named = names.unwrap_or_default().iter();
+        let listen: Vec<String> = std::iter::once(sql::changes_channel(&scope))
+            .chain(named.map(|n| sql::break_channel(&scope, n)))
             .map(|c| format!("LISTEN {c}"))
             .collect();
         db.simple(&listen.join("; "), None)

@@ -139,6 +139,21 @@ impl Leases {
         self
     }
 
+    /// Announces every change of a row (a grant, release, break or queue
+    /// change; not a renewal) on `channel` with the name as payload, by
+    /// PostgreSQL's `pg_notify` inside the writing statement itself (no
+    /// extra round trip; delivered at commit), for `dlock watch`.
+    pub fn announcing(mut self, channel: &str) -> Leases {
+        let wrap = |stmt: &str| {
+            format!("WITH w AS ({stmt} RETURNING name) SELECT pg_notify('{channel}', name) FROM w")
+        };
+        self.insert = wrap(&self.insert);
+        self.update = wrap(&self.update);
+        self.update_until = wrap(&self.update_until);
+        self.clear_mine = wrap(&self.clear_mine);
+        self
+    }
+
     /// The clock and `name`'s row, if it exists.
     fn read(&self, db: &mut dyn Exec, name: &str) -> Result<(i64, Option<Row>)> {
         let rows = db.query(&self.select_one, &[Val::Text(name.to_string())])?;
@@ -332,6 +347,13 @@ impl engine::Store for Rows<'_> {
 pub fn break_channel(scope: &str, name: &str) -> String {
     let hex = hash_hex(format!("{scope}\0{name}").as_bytes());
     format!("dlock_brk_{}", &hex[..16])
+}
+
+/// The channel on which every change of a row in `scope` is announced
+/// (see [`Leases::announcing`]): a lowercase identifier from a hash of it.
+pub fn changes_channel(scope: &str) -> String {
+    let hex = hash_hex(format!("{scope}\0changes").as_bytes());
+    format!("dlock_chg_{}", &hex[..16])
 }
 
 /// A table name from the prefix: kept as is when it is plain lowercase ASCII,
