@@ -51,7 +51,7 @@ use anyhow::Result;
 use mysql::prelude::Queryable;
 
 use super::{interpolate, lock, Db};
-use crate::backend::kinds::{Kind, Mode};
+use crate::backend::kinds::{self, Kind, Mode};
 use crate::backend::sql::{self, Renewed, Val};
 use crate::backend::{LockInfo, Waiter};
 
@@ -383,7 +383,9 @@ impl Waiter for MysqlWaiter {
         let target = lock(&self.db).wakes.blocked_on.get(&self.name).cloned();
         match target.unwrap_or(Target::Name) {
             Target::Name => self.wait_name(timeout, false),
-            Target::Nobody => self.wait_name(timeout, true),
+            // Who holds it is about to take the lease, or is a process whose
+            // lease ran out (stopped, say): a second at most, as for a ticket.
+            Target::Nobody => self.wait_name(timeout.min(kinds::TICKET_REFRESH), true),
             Target::Holder(key) => self.wait_holder(&key, timeout),
             Target::Backoff => {
                 std::thread::sleep(self.backoff.next_within(timeout));
