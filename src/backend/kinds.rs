@@ -314,13 +314,11 @@ impl State {
         }
     }
 
-    /// Whether `token` holds a ticket whose turn has come: it could take the
-    /// lock as the state stands (leases and tickets as stored, however old:
-    /// only the server's clock can tell). A waiter watching the state tries then.
+    /// Whether `token`'s ticket could take the lock as the state stands
+    /// (leases and tickets as stored: only the server's clock tells their age).
     pub fn turn_of(&self, token: &str) -> bool {
-        self.queue
-            .iter()
-            .any(|t| t.token == token && self.may_go(t))
+        let mine = self.queue.iter().find(|t| t.token == token);
+        mine.is_some_and(|t| self.may_go(t))
     }
 
     /// The first ticket that could take the lock now (a wake-up is owed to it).
