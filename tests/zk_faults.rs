@@ -219,6 +219,53 @@ fn dead_waiters_leave_the_queue() {
     }
 }
 
+/// `--fair` waiters whose tickets are in another order than their places in
+/// the queue of nodes (here: the first one's ticket is dropped, and it takes
+/// a new one at the back) leave the lock's node alone while it is held, and
+/// are served in the tickets' order. The first in the nodes' order and the
+/// first in the tickets' both used to try at every change of the node, and
+/// each try rewrote the node: they woke each other in a loop, hundreds of
+/// requests a second for as long as the lock was held.
+#[test]
+fn fair_waiters_out_of_node_order_do_not_wake_each_other_in_a_loop() {
+    use crate::kinds::{queued, release, take, token};
+    let _serial = one_at_a_time();
+    let zk = Arc::new(ZooKeeper::ensemble(1));
+    let ctx = Ctx::new(zk.clone());
+    let holder = token(&take(&ctx, "fo", &[]));
+    let waiter = |tok: &str, ahead: u64| {
+        let args = ["acquire", "--fair", "--wait", "30s", "--token", tok, "fo"];
+        let mut kid = spawn(ctx.cmd(&args));
+        wait_until(&format!("{tok} to queue"), Duration::from_secs(10), || {
+            crate::kinds::still_waiting(&mut kid);
+            queued(&ctx, "fo") > ahead
+        });
+        kid
+    };
+    let mut a = waiter("tok-a", 0);
+    let mut b = waiter("tok-b", 1);
+    // a's ticket goes; a takes a new one, behind b's, at its next try.
+    assert_eq!(code(&ctx.run(&["release", "fo", "--token", "tok-a"])), 3);
+    wait_until("a to queue again", Duration::from_secs(10), || {
+        queued(&ctx, "fo") == 2
+    });
+    let before = zk.packets_received();
+    // A rate over a window: nothing to await but time.
+    std::thread::sleep(Duration::from_millis(1500));
+    let requests = zk.packets_received() - before;
+    eprintln!("requests in 1.5 s while two fair waiters wait: {requests}");
+    assert!(
+        requests < 60,
+        "{requests} requests in 1.5 s: the waiters woke each other"
+    );
+    release(&ctx, "fo", &holder);
+    assert!(wait_child(&mut b, Duration::from_secs(20)).success());
+    crate::kinds::still_waiting(&mut a);
+    release(&ctx, "fo", "tok-b");
+    assert!(wait_child(&mut a, Duration::from_secs(20)).success());
+    release(&ctx, "fo", "tok-a");
+}
+
 /// Runs `exec --lease LEASE NAME` with a command that records its fence and
 /// start, signals `ready`, and on SIGTERM records when it was stopped.
 fn long_exec(ctx: &Ctx, url: Option<&str>, lease: &str, name: &str) -> (Child, Lines) {

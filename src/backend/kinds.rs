@@ -12,8 +12,8 @@
 //!     holders, holds one. No request takes the lock while an earlier ticket
 //!     could take it, so fair waiters are served in arrival order and new
 //!     readers queue behind a waiting writer. A ticket lives `TICKET_TTL`
-//!     unless its waiter refreshes it (every `TICKET_REFRESH`), so a waiter
-//!     that died leaves the queue within that bound without anyone's help.
+//!     unless its waiter's tries (every `TICKET_REFRESH`) refresh it, so a
+//!     waiter that died leaves the queue within that bound without help.
 
 use std::time::Duration;
 
@@ -289,11 +289,18 @@ impl State {
             .unwrap_or(0)
     }
 
-    /// Adds or refreshes `token`'s ticket, keeping its place.
-    fn enqueue(&mut self, now: i64, token: &str, mode: Mode) {
+    /// Adds `token`'s ticket, or refreshes it (keeping its place) once it is
+    /// half a `TICKET_REFRESH` old; true when the state changed. A try out
+    /// of turn then writes nothing, where a write cost a round trip, made
+    /// the next in line's write lose its compare-and-set and woke watchers.
+    fn enqueue(&mut self, now: i64, token: &str, mode: Mode) -> bool {
         let expires_us = now + lease_us(TICKET_TTL);
         match self.queue.iter_mut().find(|t| t.token == token) {
-            Some(t) => t.expires_us = expires_us,
+            Some(t) if expires_us - t.expires_us < lease_us(TICKET_REFRESH) / 2 => false,
+            Some(t) => {
+                t.expires_us = expires_us;
+                true
+            }
             None => {
                 self.seq += 1;
                 self.queue.push(Ticket {
@@ -302,21 +309,30 @@ impl State {
                     seq: self.seq,
                     expires_us,
                 });
+                true
             }
         }
     }
 
+    /// Whether `token`'s ticket could take the lock as the state stands
+    /// (leases and tickets as stored: only the server's clock tells their age).
+    pub fn turn_of(&self, token: &str) -> bool {
+        let mine = self.queue.iter().find(|t| t.token == token);
+        mine.is_some_and(|t| self.may_go(t))
+    }
+
     /// The first ticket that could take the lock now (a wake-up is owed to it).
     fn ticket_can_go(&self) -> Option<u64> {
-        let first = self.queue.iter().find(|t| {
-            let kind = Kind {
-                mode: t.mode,
-                slots: self.slots.max(1),
-                fair: true,
-            };
-            self.fits(&kind) && self.queue_allows(&kind, &t.token)
-        });
-        first.map(|t| t.seq)
+        self.queue.iter().find(|t| self.may_go(t)).map(|t| t.seq)
+    }
+
+    fn may_go(&self, t: &Ticket) -> bool {
+        let kind = Kind {
+            mode: t.mode,
+            slots: self.slots.max(1),
+            fair: true,
+        };
+        self.fits(&kind) && self.queue_allows(&kind, &t.token)
     }
 }
 
@@ -378,8 +394,7 @@ pub fn plan_acquire(now: i64, st: &mut State, req: &Request) -> Result<(Acquire,
     fx.owed = st.ticket_can_go().unwrap_or(0);
     fx.wake = fx.owed != 0;
     if kind.fair || blocked_by_readers || st.queue.iter().any(|t| t.token == req.token) {
-        st.enqueue(now, req.token, kind.mode);
-        fx.write = true;
+        fx.write |= st.enqueue(now, req.token, kind.mode);
         return Ok((Acquire::Queued(info), fx));
     }
     Ok((Acquire::Busy(info), fx))

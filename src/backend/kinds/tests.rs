@@ -132,6 +132,44 @@ fn a_dead_waiters_ticket_lapses_and_the_next_goes() {
 }
 
 #[test]
+fn a_queued_try_out_of_turn_writes_only_to_refresh_an_older_ticket() {
+    let mut st = State::default();
+    let fair = kind(Mode::Exclusive, 1, true);
+    let h = Holder::default();
+    let try_at = |st: &mut State, now: i64, token: &str| {
+        let (a, fx) = plan_acquire(now, st, &req(token, fair, &h)).unwrap();
+        assert!(matches!(a, Acquire::Queued(_)), "{a:?}");
+        fx.write
+    };
+    got(&take(&mut st, NOW, "h", Kind::MUTEX));
+    assert!(try_at(&mut st, NOW, "w1"), "a new ticket is written");
+    assert!(try_at(&mut st, NOW, "w2"), "a new ticket is written");
+    // A wake-up that was not w2's turn: nothing to write, so no write that
+    // makes the next in line's compare-and-set lose or wakes its watchers.
+    let soon = NOW + lease_us(TICKET_REFRESH) / 2 - 1;
+    assert!(!try_at(&mut st, soon, "w2"));
+    let expiry = |st: &State| {
+        st.queue
+            .iter()
+            .find(|t| t.token == "w2")
+            .unwrap()
+            .expires_us
+    };
+    assert_eq!(expiry(&st), NOW + lease_us(TICKET_TTL));
+    // Half a refresh period old, it is refreshed, in its place.
+    let later = NOW + lease_us(TICKET_REFRESH) / 2;
+    assert!(try_at(&mut st, later, "w2"));
+    assert_eq!(expiry(&st), later + lease_us(TICKET_TTL));
+    assert!(!st.turn_of("w1") && !st.turn_of("w2"), "h holds the lock");
+    plan_release(later, &mut st, "n", "h");
+    assert!(st.turn_of("w1") && !st.turn_of("w2") && !st.turn_of("h"));
+    got(&take(&mut st, later, "w1", fair));
+    assert!(!st.turn_of("w2"), "w1 holds the lock now");
+    plan_release(later, &mut st, "n", "w1");
+    assert!(st.turn_of("w2"));
+}
+
+#[test]
 fn a_semaphore_with_free_slots_serves_earlier_tickets_first() {
     let mut st = State::default();
     let fair = kind(Mode::Exclusive, 2, true);

@@ -28,10 +28,14 @@
 //! wake in a chain.
 //!
 //! A woken waiter whose attempt finds that a waiter ahead of it in the queue
-//! could go (`--fair`) lets the name's wake lock go for the next one, for
-//! the same waiter at most once per `TICKET_REFRESH` (`engine::PassOn`: live
-//! waiters cannot pass it round in a loop while a dead waiter's place
-//! lapses); queued waiters also try every second anyway.
+//! could go (`--fair`: the server's order of `GET_LOCK` waits and that of
+//! the tickets can differ) lets the name's wake lock go for the next one,
+//! and blocks on it again, behind the one it woke, if that one holds it
+//! (with no holder, a waiter blocks only on a wake lock that somebody holds,
+//! and else backs off). It passes a wake-up on to the same ticket at most
+//! once per `TICKET_REFRESH` (`engine::PassOn`: live waiters cannot pass it
+//! round in a loop while a dead waiter's place lapses), and backs off after
+//! that; queued waiters also try every second anyway.
 //!
 //! Wake locks only change how soon a waiter tries: the lease itself is
 //! decided by the row's compare-and-set alone, and every wait ends by the
@@ -47,7 +51,7 @@ use anyhow::Result;
 use mysql::prelude::Queryable;
 
 use super::{interpolate, lock, Db};
-use crate::backend::kinds::{Kind, Mode};
+use crate::backend::kinds::{self, Kind, Mode};
 use crate::backend::sql::{self, Renewed, Val};
 use crate::backend::{LockInfo, Waiter};
 
@@ -72,8 +76,12 @@ pub(super) enum Target {
     Name,
     /// That of one holder of another kind: `dlock-<hash>-<fence>`.
     Holder(String),
-    /// None: nobody holds the lock (only tickets wait), so back off.
+    /// None: nobody holds the lock, only tickets wait. The waiter ahead
+    /// that was woken to take it holds the name's wake lock meanwhile, so
+    /// block on that if it is held; else back off.
     Nobody,
+    /// None, and a wake-up was passed on in vain (see `busy`): back off.
+    Backoff,
 }
 
 /// The wake locks of one process, by lock name.
@@ -158,7 +166,7 @@ impl Db {
         let key = match (want, held) {
             // Woken with it: the new holder keeps it, and the other waiters sleep on.
             (Target::Name, Some((key, Why::Woken))) => (key, Why::Holder),
-            (Target::Name, Some(_)) | (Target::Nobody, _) => return,
+            (Target::Name, Some(_)) | (Target::Nobody | Target::Backoff, _) => return,
             (Target::Name, None) => match self.take_name_lock(name) {
                 Some(k) => k,
                 None => return,
@@ -214,15 +222,22 @@ impl Db {
     }
 
     /// After a busy attempt: what to block on. With `owed` (the ticket of a
-    /// waiter ahead in the queue that could go), a woken waiter passes the name's wake lock on.
+    /// waiter ahead in the queue that could go), a woken waiter lets the
+    /// name's wake lock go, since the wake-up is that waiter's, and blocks
+    /// on it again behind that waiter (`Nobody`). Kept, it held up that
+    /// waiter until its own back-off ended. Passed on to the same ticket
+    /// within `TICKET_REFRESH` already (its waiter may be dead), it backs
+    /// off instead, so that live waiters do not pass it round in a loop.
     pub(super) fn busy(&mut self, name: &str, info: Option<&LockInfo>, owed: u64) {
-        let target = self.target_of(name, info);
-        self.wakes.blocked_on.insert(name.to_string(), target);
+        let mut target = self.target_of(name, info);
         let woken = matches!(self.wakes.held.get(name), Some((_, Why::Woken)));
-        let w = &mut self.wakes;
-        if owed != 0 && woken && w.passed.pass(owed) {
+        if owed != 0 && woken {
+            if !self.wakes.passed.pass(owed) && target == Target::Nobody {
+                target = Target::Backoff;
+            }
             self.let_go(name);
         }
+        self.wakes.blocked_on.insert(name.to_string(), target);
     }
 }
 
@@ -268,6 +283,17 @@ pub(super) fn wait_statement(key: &str, wait: Duration) -> Result<String> {
     interpolate(&sql, &[Val::Text(key.to_string())])
 }
 
+/// Blocks until the holder of `key` lets it go, and keeps it (1), or -1
+/// at once when nobody holds it.
+fn wait_held_statement(key: &str, wait: Duration) -> Result<String> {
+    let sql = format!(
+        "SELECT IF(IS_FREE_LOCK(?), -1, GET_LOCK(?, {}))",
+        lock_wait(wait)
+    );
+    let k = Val::Text(key.to_string());
+    interpolate(&sql, &[k.clone(), k])
+}
+
 /// Blocks until the holder of `key` lets it go, without keeping it (1), or
 /// -1 at once when nobody holds it and so nobody will announce anything.
 fn pass_wait_statement(key: &str, wait: Duration) -> Result<String> {
@@ -280,14 +306,18 @@ fn pass_wait_statement(key: &str, wait: Duration) -> Result<String> {
 }
 
 impl MysqlWaiter {
-    /// Behind a lone exclusive holder: the name's wake lock, kept when it comes.
-    fn wait_name(&mut self, timeout: Duration) -> Result<()> {
+    /// Behind a lone exclusive holder: the name's wake lock, kept when it
+    /// comes. With `if_held`, only if someone holds it now: nobody will
+    /// let go of a free one.
+    fn wait_name(&mut self, timeout: Duration, if_held: bool) -> Result<()> {
         let mut db = lock(&self.db);
         let woken = db.wakes.held.contains_key(&self.name);
         let q = if woken {
             // Woken, yet the lease was taken by a process that never waited;
             // we keep the wake lock, so the other waiters sleep on.
             pass_wait_statement(&second_key(&self.key), timeout)?
+        } else if if_held {
+            wait_held_statement(&self.key, timeout)?
         } else {
             wait_statement(&self.key, timeout)?
         };
@@ -352,9 +382,12 @@ impl Waiter for MysqlWaiter {
     fn wait(&mut self, timeout: Duration) -> Result<()> {
         let target = lock(&self.db).wakes.blocked_on.get(&self.name).cloned();
         match target.unwrap_or(Target::Name) {
-            Target::Name => self.wait_name(timeout),
+            Target::Name => self.wait_name(timeout, false),
+            // Who holds it is about to take the lease, or is a process whose
+            // lease ran out (stopped, say): a second at most, as for a ticket.
+            Target::Nobody => self.wait_name(timeout.min(kinds::TICKET_REFRESH), true),
             Target::Holder(key) => self.wait_holder(&key, timeout),
-            Target::Nobody => {
+            Target::Backoff => {
                 std::thread::sleep(self.backoff.next_within(timeout));
                 Ok(())
             }

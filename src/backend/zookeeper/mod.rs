@@ -70,8 +70,9 @@ pub struct ZkBackend {
     store: Arc<Store>,
     seen: queue::Seen,
     /// The token this process last asked each name for, so that its waiter
-    /// can tell when that token's `--fair` ticket leads the queue.
-    asked: std::collections::HashMap<String, String>,
+    /// can tell when that token's ticket (`--fair`) has its turn, and
+    /// whether that attempt left one.
+    asked: std::collections::HashMap<String, (String, bool)>,
 }
 
 impl ZkBackend {
@@ -98,8 +99,9 @@ impl Backend for ZkBackend {
         let (out, _) = engine::acquire(&mut node, req, &engine::PassOn::default())?;
         let mzxid = node.mzxid;
         self.saw(req.name, mzxid);
-        self.asked
-            .insert(req.name.to_string(), req.token.to_string());
+        let queued = matches!(out, Acquire::Queued(_));
+        let asked = (req.token.to_string(), queued);
+        self.asked.insert(req.name.to_string(), asked);
         Ok(out)
     }
 
@@ -137,9 +139,12 @@ impl Backend for ZkBackend {
     }
 
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
-        let token = self.asked.get(name).cloned();
-        let w =
-            queue::ZkWaiter::join(Arc::clone(&self.store), name, Arc::clone(&self.seen), token)?;
+        let (token, ticketed) = match self.asked.get(name).cloned() {
+            Some((token, queued)) => (Some(token), queued),
+            None => (None, false),
+        };
+        let (store, seen) = (Arc::clone(&self.store), Arc::clone(&self.seen));
+        let w = queue::ZkWaiter::join(store, name, seen, token, ticketed)?;
         Ok(Box::new(w))
     }
 

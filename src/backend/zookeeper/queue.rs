@@ -9,17 +9,27 @@
 //! [`Waiter::on_exit`]); one that is SIGKILLed holds up the one behind it
 //! until the server expires its session (`conn::SESSION_TIMEOUT`, bounded
 //! by the server's tickTime), or until that one's own timer (the holder's
-//! lease end, or the ticket refresh of `--fair`) fires first.
+//! lease end) fires first.
+//!
+//! A request that holds a ticket (`--fair`, or a writer behind readers)
+//! has its place in the state node's queue already, and the order of the
+//! tickets, not of these nodes, says whose turn it is: it makes no node,
+//! watches the state node, and on each change reads it and tries only if
+//! its turn has come (`kinds::State::turn_of`). Every such waiter reads at
+//! each change, but only one tries, and a try out of turn writes nothing
+//! (see `kinds`): the tries of both a first node and a first ticket, each
+//! rewriting the node, used to wake each other in a loop.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use zookeeper_client::{CreateMode, Error as ZkError};
+use zookeeper_client::{CreateMode, Error as ZkError, OneshotWatcher};
 
 use super::run;
 use super::store::Store;
+use crate::backend::kinds::State;
 use crate::backend::Waiter;
 
 /// The mzxid of each name's state node as this process's last attempt left
@@ -39,6 +49,9 @@ pub struct ZkWaiter {
     node: Arc<Mutex<Option<String>>>,
     /// The token this process waits with, if the backend knows it.
     token: Option<String>,
+    /// The attempt before this waiter left a ticket: it waits in the
+    /// tickets' order (see `wait_turn`) and needs no node of its own.
+    ticketed: bool,
 }
 
 /// The sequence number of a queue node's name ("w-0000000042").
@@ -47,21 +60,26 @@ fn seq(node: &str) -> Option<i64> {
 }
 
 impl ZkWaiter {
-    /// Joins the queue of `name`.
+    /// Joins the queue of `name`; a request that holds a ticket (`ticketed`)
+    /// joins it only if the ticket is gone when it waits.
     pub fn join(
         store: Arc<Store>,
         name: &str,
         seen: Seen,
         token: Option<String>,
+        ticketed: bool,
     ) -> Result<ZkWaiter> {
         let mut w = ZkWaiter {
             store,
             name: name.to_string(),
             seen,
             node: Arc::default(),
+            ticketed: ticketed && token.is_some(),
             token,
         };
-        w.enter()?;
+        if !w.ticketed {
+            w.enter()?;
+        }
         Ok(w)
     }
 
@@ -106,6 +124,11 @@ impl ZkWaiter {
     /// state node changes from what our last attempt saw; true when it
     /// should try again now.
     fn wait_once(&mut self, deadline: Instant, waited: &mut bool) -> Result<bool> {
+        if self.ticketed {
+            if let Some(turn) = self.by_ticket(deadline)? {
+                return Ok(turn);
+            }
+        }
         let node = self.enter()?;
         let conn = &self.store.conn;
         let client = conn.client()?;
@@ -131,31 +154,20 @@ impl ZkWaiter {
             }
             return self.watch_state(deadline).map(|()| true);
         };
-        // `--fair`: the order of tickets, not of these nodes, says whose turn
-        // it is. A ticket that leads waits as the first node does; one that
-        // may come to lead (the lock changes) looks again when it changes,
-        // or a waiter ahead here, woken out of its turn, keeps the wake-up.
-        let lock = self.store.paths.lock(&self.name);
-        let (fair, first) = match &self.token {
-            Some(token) => {
-                let (data, lock_watch) = conn
-                    .wait("watching the lock", client.get_and_watch_data(&lock))
-                    .map_or((None, None), |(d, _, w)| (Some(d), Some(w)));
-                let queue = data
-                    .and_then(|d| super::store::parse(&self.name, &d).ok())
-                    .map(|s| s.state.queue)
-                    .unwrap_or_default();
-                let first = queue
-                    .iter()
-                    .min_by_key(|t| t.seq)
-                    .is_some_and(|t| &t.token == token);
-                (lock_watch.filter(|_| !queue.is_empty()), first)
+        // Behind tickets, a request without one may go only once they have
+        // gone: it looks again whenever the lock changes.
+        let fair = match self
+            .token
+            .is_some()
+            .then(|| self.watch_lock())
+            .transpose()?
+        {
+            Some(Some((st, mzxid, watch))) if self.has_ticket(&st) => {
+                return Ok(self.wait_turn(&st, mzxid, watch, deadline));
             }
-            None => (None, false),
+            Some(Some((st, _, watch))) => (!st.queue.is_empty()).then_some(watch),
+            _ => None,
         };
-        if first {
-            return self.watch_state(deadline).map(|()| true);
-        }
         let path = format!("{dir}/{before}");
         let what = "watching the waiter ahead";
         let (stat, watcher) = conn.wait(what, client.check_and_watch_stat(&path))?;
@@ -185,6 +197,56 @@ impl ZkWaiter {
         Ok(run::until(deadline, changed).is_none())
     }
 
+    /// The lock's state as it is now, its mzxid, and a watch for its next
+    /// change; None when it cannot be read (no node yet, or not parsed).
+    fn watch_lock(&self) -> Result<Option<(State, i64, OneshotWatcher)>> {
+        let conn = &self.store.conn;
+        let client = conn.client()?;
+        let lock = self.store.paths.lock(&self.name);
+        let read = conn.wait_raw(client.get_and_watch_data(&lock))?;
+        Ok(read.ok().and_then(|(data, stat, watch)| {
+            let stored = super::store::parse(&self.name, &data).ok()?;
+            Some((stored.state, stat.mzxid, watch))
+        }))
+    }
+
+    /// Waits in the tickets' order if this request holds a ticket (None: it
+    /// holds none, so it waits in the nodes' order).
+    fn by_ticket(&self, deadline: Instant) -> Result<Option<bool>> {
+        Ok(match self.watch_lock()? {
+            Some((st, mzxid, watch)) if self.has_ticket(&st) => {
+                Some(self.wait_turn(&st, mzxid, watch, deadline))
+            }
+            _ => None,
+        })
+    }
+
+    fn has_ticket(&self, st: &State) -> bool {
+        let token = self.token.as_deref();
+        st.queue.iter().any(|t| Some(t.token.as_str()) == token)
+    }
+
+    /// A request with a ticket: tries when its turn has come (and the
+    /// state changed since its last attempt, which saw otherwise); else
+    /// waits for the next change and looks again (false). Every waiter
+    /// with a ticket wakes on each change, but only reads then: the one
+    /// whose turn it is tries, and the others write nothing, where a try
+    /// by each (a write to the clock) slowed every hand-off.
+    fn wait_turn(&self, st: &State, mzxid: i64, watch: OneshotWatcher, deadline: Instant) -> bool {
+        let token = self.token.as_deref().unwrap_or_default();
+        if st.turn_of(token) && self.last_seen() != Some(Some(mzxid)) {
+            return true;
+        }
+        run::until(deadline, watch.changed());
+        false
+    }
+
+    /// The state node's mzxid as this process's last attempt left it.
+    fn last_seen(&self) -> Option<Option<i64>> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(&self.name).copied()
+    }
+
     /// First in line: waits for any change of the state node after the one
     /// our last attempt saw.
     fn watch_state(&self, deadline: Instant) -> Result<()> {
@@ -192,13 +254,7 @@ impl ZkWaiter {
         let client = conn.client()?;
         let path = self.store.paths.lock(&self.name);
         let (stat, watcher) = conn.wait("watching the lock", client.check_and_watch_stat(&path))?;
-        let last = self
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&self.name)
-            .copied();
-        if last != Some(stat.map(|s| s.mzxid)) {
+        if self.last_seen() != Some(stat.map(|s| s.mzxid)) {
             return Ok(()); // changed since: try again now
         }
         drop(client);
@@ -231,6 +287,12 @@ impl Waiter for ZkWaiter {
             }
         }
         Ok(())
+    }
+
+    /// A waiter with a ticket decides from the state as it reads it when it
+    /// waits, after the attempt: a change in between is not missed.
+    fn keeps_wakeups(&self) -> bool {
+        self.ticketed
     }
 
     /// Deletes our node, waiting (briefly) for the answer.
