@@ -21,6 +21,8 @@
 //! trip (the `fast_*` methods: a lone exclusive holder, where a mutex has
 //! always lived) and leave the rest to the loop by answering None.
 
+pub mod breaks;
+
 use std::time::Duration;
 
 use anyhow::Result;
