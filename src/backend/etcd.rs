@@ -47,6 +47,7 @@
 //! in whole seconds and raises short ones to its minimum (2 s by default);
 //! the TTL it granted is the lease dlock's renewal deadline counts from.
 
+mod breaks;
 mod changes;
 mod keys;
 mod leases;
@@ -338,6 +339,7 @@ impl Backend for EtcdBackend {
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
         let range = keys::of_name(&self.prefix, name);
+        let by = super::engine::breaker();
         for _ in 0..super::engine::MAX_RACES {
             let v = self.read(&range)?;
             let mut st = keys::state(&v.nodes);
@@ -358,11 +360,16 @@ impl Backend for EtcdBackend {
                 .iter()
                 .map(|n| Compare::modified(n.key.clone(), CompareResult::Equal, n.mod_rev))
                 .collect();
-            let deletes: Vec<RequestOp> = victims
+            let mut ops: Vec<RequestOp> = victims
                 .iter()
                 .map(|n| RequestOp::delete(n.key.clone(), false))
                 .collect();
-            let txn = Txn::default().when(unchanged).and_then(deletes);
+            // Who broke them, in the same write: a watcher that sees a key go reads it.
+            let lease = breaks::lease_for(&self.link, &broken);
+            if let Some(l) = &lease {
+                ops.extend(breaks::puts(&self.prefix, name, &broken, &by, l));
+            }
+            let txn = Txn::default().when(unchanged).and_then(ops);
             let r = self.link.call("a forced release", |mut c| {
                 let t = txn.clone();
                 async move { c.txn(t).await }
@@ -372,6 +379,9 @@ impl Backend for EtcdBackend {
                     leases::revoke(&self.link, n.lease);
                 }
                 return Ok(broken);
+            }
+            if let Some(l) = lease {
+                leases::revoke(&self.link, l.id);
             }
         }
         // The give-up of every backend, in its words.
@@ -417,6 +427,10 @@ impl Backend for EtcdBackend {
     fn changes(&mut self, names: Option<&[String]>) -> Result<Option<Box<dyn Waiter>>> {
         let n = changes::subscribe(Arc::clone(&self.link), &self.prefix, names)?;
         Ok(Some(Box::new(n)))
+    }
+
+    fn broken_by(&mut self, name: &str, token_id: &str) -> Result<Option<String>> {
+        breaks::broken_by(&self.link, &self.prefix, name, token_id)
     }
 
     /// etcd counts a lease's time left in whole seconds.
