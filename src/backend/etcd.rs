@@ -182,15 +182,20 @@ impl EtcdBackend {
         let v = self.read(&keys::of_name(&self.prefix, name))?;
         let mut st = keys::state(&v.nodes);
         let (check, _) = kinds::plan_renew(0, &mut st, name, token, lease);
-        Ok(self.with_ttl(&v.nodes, check))
+        Ok(self.refusal(name, token, &v.nodes, check))
     }
 
-    /// A refusal naming the other holder gets that holder's time left.
-    fn with_ttl(&self, nodes: &[Node], check: Check) -> Check {
-        match check {
+    /// A refusal naming the other holder gets that holder's time left, and
+    /// one of a token whose lease was broken says who broke it.
+    fn refusal(&self, name: &str, token: &str, nodes: &[Node], check: Check) -> Check {
+        let check = match check {
             Check::HeldByOther(i) => Check::HeldByOther(status::with_ttl(&self.link, nodes, i)),
+            Check::Done => return Check::Done,
             other => other,
-        }
+        };
+        // Best effort: the refusal stands without it.
+        let by = breaks::by_token(&self.link, &self.prefix, name, token);
+        super::engine::with_breaker(check, by.ok().flatten())
     }
 
     /// `token`'s key on `name`, read now.
@@ -334,7 +339,7 @@ impl Backend for EtcdBackend {
         // The plan decides from the name as it was: what is left, and what went.
         let mut st = keys::state(&nodes);
         let (check, _) = kinds::plan_release(0, &mut st, name, token);
-        Ok(self.with_ttl(&nodes, check))
+        Ok(self.refusal(name, token, &nodes, check))
     }
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
@@ -367,7 +372,8 @@ impl Backend for EtcdBackend {
             // Who broke them, in the same write: a watcher that sees a key go reads it.
             let lease = breaks::lease_for(&self.link, &broken);
             if let Some(l) = &lease {
-                ops.extend(breaks::puts(&self.prefix, name, &broken, &by, l));
+                let tokens = victims.iter().map(|n| n.token.as_str());
+                ops.extend(breaks::puts(&self.prefix, name, tokens, &by, l));
             }
             let txn = Txn::default().when(unchanged).and_then(ops);
             let r = self.link.call("a forced release", |mut c| {
@@ -430,7 +436,7 @@ impl Backend for EtcdBackend {
     }
 
     fn broken_by(&mut self, name: &str, token_id: &str) -> Result<Option<String>> {
-        breaks::broken_by(&self.link, &self.prefix, name, token_id)
+        breaks::by_id(&self.link, &self.prefix, name, token_id)
     }
 
     /// etcd counts a lease's time left in whole seconds.

@@ -1,10 +1,11 @@
-//! Who broke which lease, for `dlock watch`: `release --force` puts, in the
-//! transaction that deletes the broken holders' keys, one record per broken
-//! token at `keys::broken` (outside every request's range, so no read of
-//! locks or queues meets it), under a lease of its own that ends with the
-//! longest time the broken leases had left, [`MIN_TTL`] at least. A watcher
-//! that sees a holder's key go early reads the record to tell a break from
-//! a release.
+//! Who broke which lease: `release --force` puts, in the transaction that
+//! deletes the broken holders' keys, one record per broken token at
+//! `keys::broken` (outside every request's range, so no read of locks or
+//! queues meets it), under a lease of its own that ends with the longest
+//! time the broken leases had left, [`MIN_TTL`] at least. A renewal or
+//! release refused reads its token's record to say who broke it; a watcher
+//! that sees a holder's key go early reads the records of its token id to
+//! tell a break from a release.
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
@@ -34,37 +35,70 @@ pub fn lease_for(link: &Link, broken: &[LockInfo]) -> Option<Lease> {
     leases::grant(link, ttl).ok()
 }
 
-/// The puts that record `by` as the breaker of `broken`, under `lease`.
-pub fn puts(
+/// The puts that record `by` as the breaker of `tokens`, under `lease`.
+pub fn puts<'a>(
     prefix: &str,
     name: &str,
-    broken: &[LockInfo],
+    tokens: impl Iterator<Item = &'a str>,
     by: &str,
     lease: &Lease,
 ) -> Vec<RequestOp> {
     let value = serde_json::to_vec(&Record { by: by.to_string() }).unwrap_or_default();
-    broken
-        .iter()
-        .map(|i| {
-            RequestOp::put(
-                keys::broken(prefix, name, &i.token_id),
-                value.clone(),
-                lease.id,
-            )
-        })
+    tokens
+        .map(|t| RequestOp::put(keys::broken(prefix, name, t), value.clone(), lease.id))
         .collect()
 }
 
-/// Who broke the lease of token id `id` on `name`, if a record says.
-pub fn broken_by(link: &Link, prefix: &str, name: &str, id: &str) -> Result<Option<String>> {
-    let key = keys::broken(prefix, name, id);
+/// Who broke `token`'s lease on `name`, if its record says.
+pub fn by_token(link: &Link, prefix: &str, name: &str, token: &str) -> Result<Option<String>> {
+    first(link, RangeRequest::key(keys::broken(prefix, name, token)))
+}
+
+/// Who broke the lease of token id `id` on `name` (a watcher knows no
+/// more), if a record of a token with that id says.
+pub fn by_id(link: &Link, prefix: &str, name: &str, id: &str) -> Result<Option<String>> {
+    first(
+        link,
+        RangeRequest::prefix_by_create(keys::broken(prefix, name, id)),
+    )
+}
+
+fn first(link: &Link, range: RangeRequest) -> Result<Option<String>> {
     let r = link.call("a read", |mut c| {
-        let k = key.clone();
-        async move { c.range(RangeRequest::key(k)).await }
+        let range = range.clone();
+        async move { c.range(range).await }
     })?;
     let record = r
         .kvs
         .first()
         .map(|kv| serde_json::from_slice::<Record>(&kv.value));
     Ok(record.and_then(|r| r.ok()).map(|r| r.by))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_puts_of_the_breaker_under_their_lease() {
+        let lease = Lease {
+            id: 77,
+            granted: 5,
+            sent: std::time::Instant::now(),
+        };
+        let ops = puts(
+            "p",
+            "n",
+            ["tok-a", "b/c"].into_iter(),
+            "me@vm (pid 1)",
+            &lease,
+        );
+        assert_eq!(ops.len(), 2);
+        let want = RequestOp::put(
+            keys::broken("p", "n", "b/c"),
+            br#"{"by":"me@vm (pid 1)"}"#.to_vec(),
+            77,
+        );
+        assert_eq!(format!("{:?}", ops[1]), format!("{want:?}"));
+    }
 }
