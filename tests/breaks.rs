@@ -141,7 +141,10 @@ fn a_broken_token_is_told_who_broke_it(ctx: &Ctx) {
             .1;
         assert!(by.contains('@') && by.contains(" (pid "), "{err}");
     };
-    told(&ctx.run(&["renew", "told", "--token", &tok, "--lease", "60s"]), 3);
+    told(
+        &ctx.run(&["renew", "told", "--token", &tok, "--lease", "60s"]),
+        3,
+    );
     let other = ctx.acquire("told", "60s");
     let o = ctx.run(&["release", "told", "--token", &tok]);
     told(&o, 4);
