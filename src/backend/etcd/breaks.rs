@@ -14,7 +14,7 @@ use super::keys;
 use super::leases::{self, Lease};
 use super::link::Link;
 use super::rpc::{RangeRequest, RequestOp};
-use crate::backend::LockInfo;
+use crate::backend::{LockInfo, Request};
 
 /// The shortest a record lives (s): a watcher asks right after the break,
 /// but a poll may come a second late.
@@ -47,6 +47,13 @@ pub fn puts<'a>(
     tokens
         .map(|t| RequestOp::put(keys::broken(prefix, name, t), value.clone(), lease.id))
         .collect()
+}
+
+/// The delete, with a grant to `req`, of its token's record: a `--token`
+/// reused after its lease was broken holds again, and its next release is
+/// no break.
+pub fn forget(prefix: &str, req: &Request) -> RequestOp {
+    RequestOp::delete(keys::broken(prefix, req.name, req.token), false)
 }
 
 /// Who broke `token`'s lease on `name`, if its record says.
