@@ -124,3 +124,41 @@ mod renewed {
 
     scenarios!(any, shared: a_forced_break_stops_an_exec_holder_by_its_next_renewal);
 }
+
+/// A token whose lease was broken hears who broke it when it renews or
+/// releases ("user@host (pid N)" of the force), and who holds the lock now
+/// if anyone does; another token is not taken for it.
+fn a_broken_token_is_told_who_broke_it(ctx: &Ctx) {
+    let tok = ctx.acquire("told", "60s");
+    let o = ctx.run(&["release", "told", "--force"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let told = |o: &std::process::Output, want: i32| {
+        let err = stderr(o);
+        assert_eq!(code(o), want, "{err}");
+        let by = err
+            .split_once("was broken with --force by ")
+            .unwrap_or_else(|| panic!("not told who broke it: {err}"))
+            .1;
+        assert!(by.contains('@') && by.contains(" (pid "), "{err}");
+    };
+    told(
+        &ctx.run(&["renew", "told", "--token", &tok, "--lease", "60s"]),
+        3,
+    );
+    let other = ctx.acquire("told", "60s");
+    let o = ctx.run(&["release", "told", "--token", &tok]);
+    told(&o, 4);
+    assert!(stderr(&o).contains("is now held by"), "{}", stderr(&o));
+    let o = ctx.run(&["release", "told", "--token", "never-held-token"]);
+    assert!(
+        !stderr(&o).contains("broken with --force by"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(code(&ctx.run(&["release", "told", "--token", &other])), 0);
+}
+
+mod told {
+    use super::*;
+    scenarios!(any, shared: a_broken_token_is_told_who_broke_it);
+}

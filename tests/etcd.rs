@@ -133,6 +133,42 @@ fn a_bad_url_is_a_usage_error_that_names_the_form() {
     }
 }
 
+/// `release --force` records who broke a lease at a key of its own under
+/// a lease of its own, which no lock read meets; a grant to the same token
+/// (`--token` reused, with or without --wait) deletes it, so that its next
+/// refusal is no break.
+#[test]
+fn a_break_record_stays_apart_and_goes_when_its_token_holds_again() {
+    let e = Etcd::shared();
+    let ctx = Ctx::new(e.clone());
+    let tok = "reused-token-1";
+    let record = || -> Option<serde_json::Value> {
+        let key = format!("{}%b/r/{tok}", ctx.prefix);
+        let out = e.ctl(None, &["get", &key, "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        v["kvs"].get(0).cloned()
+    };
+    for wait in [&[][..], &["--wait", "10s"][..]] {
+        ctx.acquire_args(&["r", "--token", tok, "--lease", "60s"]);
+        assert_eq!(code(&ctx.run(&["release", "r", "--force"])), 0);
+        let kv = record().expect("the break is recorded");
+        assert!(kv["lease"].as_i64().unwrap_or(0) != 0, "{kv}");
+        assert_eq!(ctx.status_json(&[])["locks"], serde_json::json!([]));
+        let mut again = vec!["r", "--token", tok, "--lease", "60s"];
+        again.extend(wait);
+        ctx.acquire_args(&again);
+        assert!(record().is_none(), "the grant {wait:?} left the record");
+        assert_eq!(code(&ctx.run(&["release", "r", "--token", tok])), 0);
+        let o = ctx.run(&["renew", "r", "--token", tok, "--lease", "60s"]);
+        assert_eq!(code(&o), 3, "{}", stderr(&o));
+        assert!(
+            !stderr(&o).contains("broken with --force by"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
 #[test]
 fn a_waiter_watches_instead_of_polling() {
     let e = Etcd::shared();

@@ -26,16 +26,6 @@ const PUSHED: &[&str] = &[
     "redlock",
 ];
 
-/// The URL schemes whose backend records who broke a lease, so that a
-/// watcher reports `broken` rather than `released`.
-const RECORDS_BREAKS: &[&str] = &[
-    "zk",
-    "redis",
-    "redis+sentinel",
-    "redis+cluster",
-    "redlock",
-    "postgres",
-];
 
 fn scheme(ctx: &Ctx) -> String {
     ctx.url().split("://").next().unwrap().to_string()
@@ -129,6 +119,14 @@ fn done(ctx: &Ctx, args: &[&str]) -> (Instant, String) {
     (at, stdout(&o).trim().to_string())
 }
 
+/// A `broken` event names the breaker as "user@host (pid N)".
+fn assert_by(v: &Value) {
+    let by = v["by"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no breaker: {v}"));
+    assert!(by.contains('@') && by.contains(" (pid "), "{v}");
+}
+
 fn id(token: &str) -> String {
     token.chars().take(8).collect()
 }
@@ -156,8 +154,7 @@ fn holders(ctx: &Ctx, name: &str) -> Vec<Value> {
     out
 }
 
-/// granted, released, broken (or released where breaks are not recorded)
-/// and expired, in order, each within the bound; and a lock held all
+/// granted, released, broken (with who broke it) and expired, in order, each within the bound; and a lock held all
 /// along the same before and after the watcher read it many times.
 fn every_event_kind_arrives_in_order(ctx: &Ctx) {
     let (_, kept) = done(ctx, &["acquire", "still", "--lease", "1m"]);
@@ -181,13 +178,10 @@ fn every_event_kind_arrives_in_order(ctx: &Ctx) {
     assert!(v["time"].as_str().unwrap().ends_with('Z'), "{v}");
 
     let (at, _) = done(ctx, &["release", "w", "--force"]);
-    let broken = RECORDS_BREAKS.contains(&scheme(ctx).as_str());
-    let (v, took) = w.next(if broken { "broken" } else { "released" }, at);
+    let (v, took) = w.next("broken", at);
     within(ctx, "broken", took);
     assert_eq!(v["token_id"], id(&token), "{v}");
-    if broken {
-        assert!(v["by"].as_str().unwrap().contains("pid"), "{v}");
-    }
+    assert_by(&v);
 
     let (acquired, token) = done(ctx, &["acquire", "w", "--lease", "2s"]);
     let (_, took) = w.next("granted", acquired);
@@ -288,7 +282,7 @@ mod until {
 }
 
 /// Without names, every lock under the prefix is watched, the ones taken
-/// after the watch began too.
+/// after the watch began too, and a break reads as one there too.
 fn a_watch_of_every_lock_sees_new_ones(ctx: &Ctx) {
     let mut w = Watcher::start(ctx, &[]);
     let (at, a) = done(ctx, &["acquire", "a", "--lease", "30s"]);
@@ -301,8 +295,16 @@ fn a_watch_of_every_lock_sees_new_ones(ctx: &Ctx) {
     let (at, _) = done(ctx, &["release", "a", "--token", &a]);
     let (v, _) = w.next("released", at);
     assert_eq!(v["name"], "a", "{v}");
+    let (at, _) = done(ctx, &["release", "b", "--force"]);
+    let (v, took) = w.next("broken", at);
+    within(ctx, "broken (every lock)", took);
+    assert_eq!(
+        (&v["name"], &v["token_id"]),
+        (&"b".into(), &id(&b).into()),
+        "{v}"
+    );
+    assert_by(&v);
     w.stop();
-    done(ctx, &["release", "b", "--token", &b]);
 }
 
 mod every_lock {

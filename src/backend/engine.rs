@@ -21,6 +21,8 @@
 //! trip (the `fast_*` methods: a lone exclusive holder, where a mutex has
 //! always lived) and leave the rest to the loop by answering None.
 
+pub mod breaks;
+
 use std::time::Duration;
 
 use anyhow::Result;
@@ -380,7 +382,7 @@ fn gone(before: &[kinds::Held], after: &State, now: i64) -> Vec<(String, i64)> {
 }
 
 /// A refused renew or release of a lease that was broken says by whom.
-fn with_breaker(check: Check, by: Option<String>) -> Check {
+pub fn with_breaker(check: Check, by: Option<String>) -> Check {
     match (check, by) {
         (Check::NotHeld, Some(by)) => Check::Broken(Broken { by, now: None }),
         (Check::HeldByOther(i), Some(by)) => Check::Broken(Broken { by, now: Some(i) }),

@@ -47,6 +47,7 @@
 //! in whole seconds and raises short ones to its minimum (2 s by default);
 //! the TTL it granted is the lease dlock's renewal deadline counts from.
 
+mod breaks;
 mod changes;
 mod keys;
 mod leases;
@@ -181,15 +182,20 @@ impl EtcdBackend {
         let v = self.read(&keys::of_name(&self.prefix, name))?;
         let mut st = keys::state(&v.nodes);
         let (check, _) = kinds::plan_renew(0, &mut st, name, token, lease);
-        Ok(self.with_ttl(&v.nodes, check))
+        Ok(self.refusal(name, token, &v.nodes, check))
     }
 
-    /// A refusal naming the other holder gets that holder's time left.
-    fn with_ttl(&self, nodes: &[Node], check: Check) -> Check {
-        match check {
+    /// A refusal naming the other holder gets that holder's time left, and
+    /// one of a token whose lease was broken says who broke it.
+    fn refusal(&self, name: &str, token: &str, nodes: &[Node], check: Check) -> Check {
+        let check = match check {
             Check::HeldByOther(i) => Check::HeldByOther(status::with_ttl(&self.link, nodes, i)),
+            Check::Done => return Check::Done,
             other => other,
-        }
+        };
+        // Best effort: the refusal stands without it.
+        let by = breaks::by_token(&self.link, &self.prefix, name, token);
+        super::engine::with_breaker(check, by.ok().flatten())
     }
 
     /// `token`'s key on `name`, read now.
@@ -333,11 +339,12 @@ impl Backend for EtcdBackend {
         // The plan decides from the name as it was: what is left, and what went.
         let mut st = keys::state(&nodes);
         let (check, _) = kinds::plan_release(0, &mut st, name, token);
-        Ok(self.with_ttl(&nodes, check))
+        Ok(self.refusal(name, token, &nodes, check))
     }
 
     fn force_release(&mut self, name: &str, only: Option<&str>) -> Result<Vec<LockInfo>> {
         let range = keys::of_name(&self.prefix, name);
+        let by = super::engine::breaker();
         for _ in 0..super::engine::MAX_RACES {
             let v = self.read(&range)?;
             let mut st = keys::state(&v.nodes);
@@ -358,11 +365,17 @@ impl Backend for EtcdBackend {
                 .iter()
                 .map(|n| Compare::modified(n.key.clone(), CompareResult::Equal, n.mod_rev))
                 .collect();
-            let deletes: Vec<RequestOp> = victims
+            let mut ops: Vec<RequestOp> = victims
                 .iter()
                 .map(|n| RequestOp::delete(n.key.clone(), false))
                 .collect();
-            let txn = Txn::default().when(unchanged).and_then(deletes);
+            // Who broke them, in the same write: a watcher that sees a key go reads it.
+            let lease = breaks::lease_for(&self.link, &broken);
+            if let Some(l) = &lease {
+                let tokens = victims.iter().map(|n| n.token.as_str());
+                ops.extend(breaks::puts(&self.prefix, name, tokens, &by, l));
+            }
+            let txn = Txn::default().when(unchanged).and_then(ops);
             let r = self.link.call("a forced release", |mut c| {
                 let t = txn.clone();
                 async move { c.txn(t).await }
@@ -372,6 +385,9 @@ impl Backend for EtcdBackend {
                     leases::revoke(&self.link, n.lease);
                 }
                 return Ok(broken);
+            }
+            if let Some(l) = lease {
+                leases::revoke(&self.link, l.id);
             }
         }
         // The give-up of every backend, in its words.
@@ -417,6 +433,10 @@ impl Backend for EtcdBackend {
     fn changes(&mut self, names: Option<&[String]>) -> Result<Option<Box<dyn Waiter>>> {
         let n = changes::subscribe(Arc::clone(&self.link), &self.prefix, names)?;
         Ok(Some(Box::new(n)))
+    }
+
+    fn broken_by(&mut self, name: &str, token_id: &str) -> Result<Option<String>> {
+        breaks::by_id(&self.link, &self.prefix, name, token_id)
     }
 
     /// etcd counts a lease's time left in whole seconds.

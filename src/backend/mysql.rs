@@ -356,6 +356,14 @@ impl Backend for MysqlBackend {
         sql::none_without_table(r)
     }
 
+    fn broken_by(&mut self, name: &str, token_id: &str) -> Result<Option<String>> {
+        let mut db = self.db();
+        db.read_only = true;
+        let r = self.leases.broken_by(&mut *db, name, token_id);
+        db.read_only = false;
+        sql::none_without_table(r)
+    }
+
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
         // No statement and no connection of its own: it waits on this one.
         Ok(Box::new(MysqlWaiter::new(Arc::clone(&self.db), name)))

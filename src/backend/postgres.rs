@@ -432,8 +432,17 @@ impl Backend for PgBackend {
         Ok(Some(Box::new(n)))
     }
 
-    fn broken_by(&mut self, _: &str, token_id: &str) -> Result<Option<String>> {
-        Ok(changes::broken_by(&self.breaks, token_id))
+    /// What a break notice said, else what the row records (a watch of
+    /// every lock hears no notices).
+    fn broken_by(&mut self, name: &str, token_id: &str) -> Result<Option<String>> {
+        if let Some(by) = changes::broken_by(&self.breaks, token_id) {
+            return Ok(Some(by));
+        }
+        let mut db = self.db();
+        db.read_only = true;
+        let r = self.leases.broken_by(&mut *db, name, token_id);
+        db.read_only = false;
+        sql::none_without_table(r)
     }
 
     fn watch_breaks(&mut self, name: &str, token: &str, on_break: Box<dyn FnOnce(String) + Send>) {

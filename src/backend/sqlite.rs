@@ -423,6 +423,10 @@ impl Backend for SqliteBackend {
         self.on_current(|b| b.leases.status(&mut b.db_ref(), names))
     }
 
+    fn broken_by(&mut self, name: &str, token_id: &str) -> Result<Option<String>> {
+        self.on_current(|b| b.leases.broken_by(&mut b.db_ref(), name, token_id))
+    }
+
     fn waiter(&mut self, name: &str) -> Result<Box<dyn Waiter>> {
         self.waited = Some(name.to_string());
         let bell = self.bell(name).ok();

@@ -39,6 +39,5 @@ Examples:
   dlock watch deploy --until free --wait 30m  # a CI step: wait for a deploy to end
   dlock watch --json >> locks.log             # every lock under the prefix, as JSON
 
-Events: granted, released, expired (the lease ran out), broken (release --force, where
-the backend records it; else released), queued and dequeued (waiters in the lock's
-queue). A watcher only reads: it never takes a lock nor a place in a queue.";
+Events: granted, released, expired (the lease ran out), broken (release --force, with
+who broke it), queued and dequeued (waiters in the lock's queue). A watcher only reads: it never takes a lock nor a place in a queue.";

@@ -107,6 +107,14 @@ pub fn key(prefix: &str, name: &str, token: &str) -> String {
     format!("{}{token}", of_name(prefix, name))
 }
 
+/// Where `release --force` records who broke the lease of token id `id`
+/// on `name`: outside the range of every request (`all(prefix)`), since
+/// an escaped prefix never has a `%` that `%b` follows, so that no read of
+/// locks or queues meets it, nor is it another prefix's.
+pub fn broken(prefix: &str, name: &str, id: &str) -> String {
+    format!("{}%b/{}/{}", escape(prefix), escape(name), escape(id))
+}
+
 /// Reads a key under `prefix` back into a node; None for keys that are not
 /// dlock's (left by hand, or by another tool under the same prefix).
 pub fn node(prefix: &str, key: &[u8], value: &[u8], revs: (i64, i64), lease: i64) -> Option<Node> {
@@ -196,6 +204,15 @@ pub mod tests {
         );
         assert!(node("a", k.as_bytes(), &e.encode(), (1, 1), 0).is_none());
         assert!(node("a/b", k.as_bytes(), b"not json", (1, 1), 0).is_none());
+        for p in ["dlock", "a/b", "a%b", "a%"] {
+            let b = broken(p, "job", "tok/1");
+            assert!(!b.starts_with(&all(p)), "{b}");
+            assert!(
+                ["a%b", "a%", "a"].iter().all(|q| !b.starts_with(&all(q))),
+                "{b}"
+            );
+        }
+        assert_eq!(broken("a/b", "x/y", "t"), "a%2Fb%b/x%2Fy/t");
     }
 
     #[test]

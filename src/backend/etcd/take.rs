@@ -234,12 +234,13 @@ impl<'a> Taking<'a> {
         let free =
             Compare::created(self.name_range.as_str(), CompareResult::Equal, 0).with_prefix();
         let take = RequestOp::put(key, self.entry(true, 0, lease.granted), lease.id);
+        let forget = super::breaks::forget(&self.prefix, self.req);
         let get = RequestOp::range(by_create(self.name_range.as_str()));
         let txn = if waiting {
             let join = RequestOp::put(key, self.entry(false, 0, lease.granted), lease.id);
             let inner = Txn::default()
                 .when([free])
-                .and_then([take])
+                .and_then([take, forget])
                 .or_else([join, get.clone()]);
             // Set before sending: an answer cut short may have queued it.
             self.queued = true;
@@ -250,7 +251,7 @@ impl<'a> Taking<'a> {
         } else {
             Txn::default()
                 .when([absent, free])
-                .and_then([take])
+                .and_then([take, forget])
                 .or_else([get])
         };
         let r = self.txn("an acquire", txn)?;
@@ -388,7 +389,8 @@ impl<'a> Taking<'a> {
                 ])
                 .and_then([RequestOp::put(self.key.as_str(), value, lease.id)])
                 .or_else([RequestOp::range(by_create(self.name_range.as_str()))]),
-        };
+        }
+        .and_then([super::breaks::forget(&self.prefix, self.req)]);
         let r = self.txn("an acquire", txn)?;
         if !r.succeeded {
             return Ok(Step::Again(view_of(&self.prefix, &r)));

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use super::engine::breaks::{self, Break};
 pub use super::engine::Renewed;
 use super::engine::{self, Snapshot, Write};
 use super::kinds::{lease_us, Effects, State};
@@ -122,7 +123,7 @@ impl Leases {
                 "UPDATE {t} SET expires_us = {now} + ?, version = version + 1 {mine}"
             ),
             // What `Row::storing` makes of a state without holders; any
-            // queue in `state` stays.
+            // queue (and record of a break) in `state` stays.
             clear_mine: format!(
                 "UPDATE {t} SET token = NULL, holder_host = '', holder_pid = 0, \
                  holder_user = '', holder_command = '', acquired_us = 0, expires_us = 0, \
@@ -241,6 +242,14 @@ impl Leases {
         engine::force(&mut Rows { leases: self, db }, name, only)
     }
 
+    /// Who broke, with `release --force`, the lease of `name` whose token
+    /// id is `id`, if the row still records it (until that lease's expiry).
+    pub fn broken_by(&self, db: &mut dyn Exec, name: &str, id: &str) -> Result<Option<String>> {
+        let (now, row) = self.read(db, name)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(breaks::by_id(&row.stored()?.1, now, id))
+    }
+
     /// One entry per live holder, sorted by name, then fence.
     pub fn status(&self, db: &mut dyn Exec, names: Option<&[String]>) -> Result<Vec<LockInfo>> {
         let mut out = Vec::new();
@@ -275,31 +284,38 @@ struct Rows<'a> {
     db: &'a mut dyn Exec,
 }
 
-impl engine::Store for Rows<'_> {
-    type Version = Option<Row>;
+/// A row as read, with its records of breaks.
+struct Seen {
+    row: Option<Row>,
+    breaks: Vec<Break>,
+}
 
-    /// Only to name the breaker in a notice; a lookup on `--force` alone.
+impl engine::Store for Rows<'_> {
+    type Version = Seen;
+
+    /// To name the breaker in the row's records and in a notice; a lookup
+    /// on `--force` alone.
     const RECORDS_BREAKS: bool = true;
 
-    fn read(&mut self, name: &str) -> Result<Snapshot<Option<Row>>> {
-        let (now, cur) = self.leases.read(self.db, name)?;
+    fn read(&mut self, name: &str) -> Result<Snapshot<Seen>> {
+        let (now, row) = self.leases.read(self.db, name)?;
+        let (state, breaks) = match &row {
+            Some(r) => r.stored()?,
+            None => (State::default(), Vec::new()),
+        };
         Ok(Snapshot {
             now,
-            state: state_of(cur.as_ref())?,
-            version: cur,
+            state,
+            version: Seen { row, breaks },
         })
     }
 
     /// Wakes nobody: each SQL backend wakes its own way from the effects.
-    fn write(
-        &mut self,
-        name: &str,
-        seen: &Snapshot<Option<Row>>,
-        new: &State,
-        w: &Write,
-    ) -> Result<bool> {
-        let cur = seen.version.as_ref();
-        let row = Row::storing(name, new.clone(), cur.map_or(0, |c| c.version));
+    /// Keeps the live records of breaks, and adds those of `w`.
+    fn write(&mut self, name: &str, seen: &Snapshot<Seen>, new: &State, w: &Write) -> Result<bool> {
+        let cur = seen.version.row.as_ref();
+        let kept = breaks::after_write(&seen.version.breaks, seen.now, new, w);
+        let row = Row::storing_with(name, new.clone(), &kept, cur.map_or(0, |c| c.version));
         let stored = self.leases.write(self.db, cur, &row, w.until)?;
         if let Some((stmt, scope)) = self.leases.notices.as_ref().filter(|_| stored) {
             let chan = Val::Text(break_channel(scope, name));
@@ -310,6 +326,10 @@ impl engine::Store for Rows<'_> {
             }
         }
         Ok(stored)
+    }
+
+    fn broken_by(&self, seen: &Snapshot<Seen>, token: &str) -> Option<String> {
+        breaks::by_token(&seen.version.breaks, seen.now, token)
     }
 
     fn attempt<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {

@@ -8,10 +8,19 @@
 //! nothing. While holders other than that one exist, the token column holds
 //! [`MARKER`] and `expires_us` the last expiry among them, so that an older
 //! dlock sees the lock held (by the first of them) for as long as any is.
+//!
+//! Beside the state, the JSON keeps who broke which lease lately
+//! (`engine::breaks`) under a key of its own, which older versions skip
+//! (serde ignores fields a struct does not name) and drop when they write.
+//! Those records never reach the plans: a row whose only JSON is records
+//! that ran out reads, and is planned, as a free lock, and the next write
+//! leaves them out.
 
 use anyhow::Result;
+use serde::{Deserialize, Serialize};
 
 use super::Val;
+use crate::backend::engine::breaks::Break;
 use crate::backend::kinds::{self, Held, Mode, State};
 use crate::error::{fail, INTERNAL};
 use crate::holder::Holder;
@@ -19,6 +28,15 @@ use crate::holder::Holder;
 /// The token column while the holders are in `state`: no token equals it,
 /// since tokens have no spaces. Older versions show its first 8 characters.
 pub const MARKER: &str = "(held as a kind: see the state column)";
+
+/// What the `state` column holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    state: State,
+    #[serde(rename = "b", default, skip_serializing_if = "Vec::is_empty")]
+    breaks: Vec<Break>,
+}
 
 /// One lock's row.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,9 +55,17 @@ pub struct Row {
 impl Row {
     /// The state this row stores.
     pub fn state(&self) -> Result<State> {
-        let mut rest = match self.state.as_deref() {
-            None => State::default(),
-            Some(json) => serde_json::from_str::<State>(json).map_err(|e| {
+        self.stored().map(|(st, _)| st)
+    }
+
+    /// The state this row stores, and its records of breaks (live or not).
+    pub fn stored(&self) -> Result<(State, Vec<Break>)> {
+        let Stored {
+            state: mut rest,
+            breaks,
+        } = match self.state.as_deref() {
+            None => Stored::default(),
+            Some(json) => serde_json::from_str::<Stored>(json).map_err(|e| {
                 fail(
                     INTERNAL,
                     format!(
@@ -64,11 +90,17 @@ impl Row {
                 acquired_us: self.acquired_us,
                 expires_us: self.expires_us,
             });
-        Ok(kinds::join(legacy, rest))
+        Ok((kinds::join(legacy, rest), breaks))
     }
 
     /// The row that stores `st`, at `version` (the write bumps it).
+    #[cfg(test)]
     pub fn storing(name: &str, st: State, version: i64) -> Row {
+        Row::storing_with(name, st, &[], version)
+    }
+
+    /// The row that stores `st` and the records `breaks`, at `version`.
+    pub fn storing_with(name: &str, st: State, breaks: &[Break], version: i64) -> Row {
         let (legacy, rest) = kinds::split(st);
         let free = |fence, state| Row {
             name: name.to_string(),
@@ -86,29 +118,34 @@ impl Row {
                 holder: h.holder,
                 acquired_us: h.acquired_us,
                 expires_us: h.expires_us,
-                ..free(h.fence, beside(&rest, h.fence))
+                ..free(h.fence, beside(&rest, breaks, h.fence))
             },
             None => match rest.holders.iter().min_by_key(|h| h.fence) {
-                None => free(rest.fence, beside(&rest, rest.fence)),
+                None => free(rest.fence, beside(&rest, breaks, rest.fence)),
                 Some(first) => Row {
                     token: Some(MARKER.to_string()),
                     holder: first.holder.clone(),
                     acquired_us: first.acquired_us,
                     expires_us: rest.last_expiry(),
-                    ..free(rest.fence, Some(json(&rest)))
+                    ..free(rest.fence, Some(json(&rest, breaks)))
                 },
             },
         }
     }
 }
 
-/// The JSON for `rest` beside columns that keep `fence`; none when it adds nothing.
-fn beside(rest: &State, fence: i64) -> Option<String> {
-    (!rest.is_idle() || rest.fence > fence).then(|| json(rest))
+/// The JSON for `rest` and `breaks` beside columns that keep `fence`; none
+/// when it adds nothing.
+fn beside(rest: &State, breaks: &[Break], fence: i64) -> Option<String> {
+    (!rest.is_idle() || rest.fence > fence || !breaks.is_empty()).then(|| json(rest, breaks))
 }
 
-fn json(st: &State) -> String {
-    serde_json::to_string(st).expect("the state is plain data")
+fn json(st: &State, breaks: &[Break]) -> String {
+    let stored = Stored {
+        state: st.clone(),
+        breaks: breaks.to_vec(),
+    };
+    serde_json::to_string(&stored).expect("the state is plain data")
 }
 
 /// The state of a row that may not exist yet.

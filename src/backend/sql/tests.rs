@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::backend::engine::Write;
 use crate::backend::kinds::{self, Kind, Mode, MAX_COMMAND, MAX_HOST};
 use crate::backend::Grant;
 use crate::holder::Holder;
@@ -301,4 +302,109 @@ fn hashes_are_stable() {
     assert_eq!(hash_hex(b""), "6c62272e07bb014262b821756295c58d");
     assert_ne!(wake_key("a", "b"), wake_key("b", "a"));
     assert_eq!(wake_key("p", "n").len(), 32);
+}
+
+fn rec(token: &str, until_us: i64) -> Break {
+    Break {
+        token: token.into(),
+        by: "me@vm (pid 1)".into(),
+        until_us,
+    }
+}
+
+fn no_break() -> Write<'static> {
+    Write {
+        wake: false,
+        until: None,
+        broken: &[],
+        by: "",
+    }
+}
+
+#[test]
+fn breaks_ride_beside_the_state_and_never_reach_the_plans() {
+    let h = holder("a");
+    let (row, _) = after(1_000, None, &req("tok", Kind::MUTEX, &h));
+    let st = row.state().unwrap();
+    let row = Row::storing_with("n", st.clone(), &[rec("gone", 9_000)], row.version);
+    assert_eq!(
+        row.token.as_deref(),
+        Some("tok"),
+        "the holder keeps its columns"
+    );
+    let json = row.state.clone().expect("the record is stored");
+    assert!(json.contains("\"b\":[") && json.contains("gone"), "{json}");
+    let (back, kept) = row.stored().unwrap();
+    assert_eq!(back, st, "the plans see the state alone");
+    assert_eq!(kept, [rec("gone", 9_000)]);
+    // An older dlock reads its own fields of the JSON (serde skips one
+    // it does not know) and sees the same lock.
+    let older: State = serde_json::from_str(&json).unwrap();
+    assert_eq!(kinds::join(back.holders.first().cloned(), older), st);
+    // Beside other holders (the marker in the columns) too.
+    let (shared_row, _) = after(1_000, None, &req("r", shared(), &h));
+    let with = Row::storing_with("n", shared_row.state().unwrap(), &kept, 1);
+    assert_eq!(with.token.as_deref(), Some(MARKER));
+    assert_eq!(with.stored().unwrap(), (shared_row.state().unwrap(), kept));
+}
+
+#[test]
+fn json_without_breaks_reads_and_is_written_as_before() {
+    // As a dlock from before the records writes a queue beside a free lock.
+    let old = r#"{"f":5,"n":1,"h":[],"q":[{"t":"w","m":"exclusive","q":1,"e":9000}],"s":1}"#;
+    let row = Row {
+        name: "n".into(),
+        token: None,
+        fence: 5,
+        holder: Holder::default(),
+        acquired_us: 0,
+        expires_us: 0,
+        version: 2,
+        state: Some(old.into()),
+    };
+    let (st, kept) = row.stored().unwrap();
+    assert!(kept.is_empty());
+    assert_eq!(st, serde_json::from_str::<State>(old).unwrap());
+    assert_eq!(
+        Row::storing("n", st, 2).state.as_deref(),
+        Some(old),
+        "no new field"
+    );
+}
+
+#[test]
+fn a_row_whose_only_json_is_records_that_ran_out_is_a_free_lock() {
+    let free = Row {
+        name: "n".into(),
+        token: None,
+        fence: 7,
+        holder: Holder::default(),
+        acquired_us: 0,
+        expires_us: 0,
+        version: 4,
+        state: None,
+    };
+    let idle = free.state().unwrap();
+    let with = Row::storing_with("n", idle.clone(), &[rec("t", 2_000)], 4);
+    assert_eq!((&with.token, with.fence, with.expires_us), (&None, 7, 0));
+    assert!(with.state.is_some());
+    let now = 3_000;
+    assert_eq!(with.state().unwrap(), idle);
+    assert!(with.state().unwrap().infos("n", now).is_empty());
+    assert_eq!(breaks::by_token(&with.stored().unwrap().1, now, "t"), None);
+    let h = holder("a");
+    for r in [
+        req("x", Kind::MUTEX, &h),
+        req("s", shared(), &h),
+        req("f", fair(), &h),
+    ] {
+        let (a, b) = (after(now, Some(&with), &r), after(now, Some(&free), &r));
+        assert_eq!(format!("{:?}", a.1), format!("{:?}", b.1));
+        assert_eq!(a.0.state().unwrap(), b.0.state().unwrap());
+        assert_eq!((&a.0.token, a.0.fence), (&b.0.token, b.0.fence));
+    }
+    // The next write leaves the records out: the row is a free lock's again.
+    let kept = breaks::after_write(&with.stored().unwrap().1, now, &idle, &no_break());
+    assert!(kept.is_empty());
+    assert_eq!(Row::storing_with("n", idle, &kept, 4), free);
 }

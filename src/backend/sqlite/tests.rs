@@ -27,6 +27,24 @@ impl Exec for Hooked<'_> {
     }
 }
 
+/// Counts the statements run through it.
+struct Counted<'a> {
+    inner: Db<'a>,
+    statements: usize,
+}
+
+impl Exec for Counted<'_> {
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Vec<Val>>> {
+        self.statements += 1;
+        self.inner.query(sql, params)
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64> {
+        self.statements += 1;
+        self.inner.execute(sql, params)
+    }
+}
+
 const TABLE: &str = "t_leases";
 const T: Duration = Duration::from_secs(2);
 
@@ -181,4 +199,74 @@ fn a_table_of_an_older_dlock_gains_the_state_column_and_keeps_its_lease() {
         "SELECT token || ' ' || (expires_us > dlock_now_us()) FROM t_leases",
     );
     assert_eq!(held, Val::Text(format!("{} 1", sql::MARKER)));
+}
+
+#[test]
+fn a_break_is_recorded_for_the_holder_and_a_watcher_beside_a_new_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.db");
+    let conn = try_connect(&path, TABLE, T, true).unwrap();
+    let leases = Leases::new(&DIALECT, TABLE);
+    let h = Holder::default();
+    let mut d = db(&conn, &path);
+    let lease = Duration::from_secs(60);
+    leases
+        .acquire(&mut d, &req("victim-token", Kind::MUTEX, lease, &h))
+        .unwrap();
+    let (broken, _) = leases.force_release(&mut d, "n", None).unwrap();
+    assert_eq!(broken.len(), 1);
+    let me = crate::backend::engine::breaker();
+    let said = |c: Check| match c {
+        Check::Broken(b) => b.by,
+        other => panic!("not told who broke it: {other:?}"),
+    };
+    assert_eq!(
+        said(leases.renew(&mut d, "n", "victim-token", T).unwrap().0),
+        me
+    );
+    let by = leases.broken_by(&mut d, "n", "victim-t").unwrap();
+    assert_eq!(by.as_deref(), Some(me.as_str()));
+    assert_eq!(leases.broken_by(&mut d, "n", "other-to").unwrap(), None);
+    assert_eq!(leases.broken_by(&mut d, "never", "victim-t").unwrap(), None);
+
+    // A new lone holder keeps the columns and its one-statement renew and
+    // release; the record stays beside it, and is no holder.
+    leases
+        .acquire(&mut d, &req("next", Kind::MUTEX, T, &h))
+        .unwrap();
+    let token = one(&conn, "SELECT token FROM t_leases");
+    assert_eq!(token, Val::Text("next".into()));
+    let mut one_statement = Counted {
+        inner: db(&conn, &path),
+        statements: 0,
+    };
+    let (check, _) = leases.renew(&mut one_statement, "n", "next", T).unwrap();
+    assert!(matches!(check, Check::Done), "{check:?}");
+    let (check, _) = leases.release(&mut one_statement, "n", "next").unwrap();
+    assert!(matches!(check, Check::Done), "{check:?}");
+    assert_eq!(one_statement.statements, 2, "each in one statement");
+    assert!(leases.status(&mut d, None).unwrap().is_empty());
+    let state = one(&conn, "SELECT state FROM t_leases");
+    assert!(
+        matches!(&state, Val::Text(s) if s.contains("victim-token")),
+        "{state:?}"
+    );
+    assert_eq!(
+        said(leases.release(&mut d, "n", "victim-token").unwrap().0),
+        me
+    );
+    // The broken token taking the lock again is a holder, not a broken one.
+    leases
+        .acquire(&mut d, &req("victim-token", Kind::MUTEX, T, &h))
+        .unwrap();
+    assert!(matches!(
+        leases.renew(&mut d, "n", "victim-token", T).unwrap().0,
+        Check::Done
+    ));
+    assert_eq!(leases.broken_by(&mut d, "n", "victim-t").unwrap(), None);
+    assert_eq!(
+        one(&conn, "SELECT state FROM t_leases"),
+        Val::Null,
+        "records pruned"
+    );
 }
