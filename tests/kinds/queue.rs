@@ -90,10 +90,13 @@ pub fn releasing_a_ticket_is_not_held(ctx: &Ctx) {
 }
 
 /// A `--fair` hand-off does not stall: with 4 workers × 15 short sections,
-/// each section starts less than 250 ms after the one before it ended (the
+/// each section starts less than 600 ms after the one before it ended (the
 /// waiter whose ticket is first must be woken by the release, not by its
-/// 1 s ticket refresh).
+/// 1 s ticket refresh). The 250 ms target is the bench's to measure
+/// (scripts/bench, section 7); here a loaded test machine may starve a
+/// hand-off of that much, but not of a refresh period.
 pub fn fair_hand_off_without_stalls(ctx: &Ctx) {
+    const STALL_US: i64 = 600_000;
     let log = ctx.path("sections");
     let section = format!(
         "echo \"s $(date +%s%6N)\" >> '{l}'; sleep 0.01; echo \"e $(date +%s%6N)\" >> '{l}'",
@@ -117,13 +120,14 @@ pub fn fair_hand_off_without_stalls(ctx: &Ctx) {
     for pair in marks.windows(2) {
         let ((t0, a), (t1, b)) = (pair[0], pair[1]);
         assert!(a != b, "sections overlap or a mark is missing: {marks:?}");
-        if a == 'e' && t1 - t0 >= 250_000 {
+        if a == 'e' && t1 - t0 >= STALL_US {
             gaps.push((t1 - t0) / 1000);
         }
     }
     assert!(
         gaps.is_empty(),
-        "{} hand-offs of 59 took ≥ 250 ms (ms): {gaps:?}",
-        gaps.len()
+        "{} hand-offs of 59 took ≥ {} ms (ms): {gaps:?}",
+        gaps.len(),
+        STALL_US / 1000
     );
 }
