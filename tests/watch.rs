@@ -26,7 +26,6 @@ const PUSHED: &[&str] = &[
     "redlock",
 ];
 
-
 fn scheme(ctx: &Ctx) -> String {
     ctx.url().split("://").next().unwrap().to_string()
 }
