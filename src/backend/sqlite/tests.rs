@@ -1,4 +1,5 @@
 use super::conn::try_connect;
+use super::exec::Db;
 use super::*;
 
 use crate::backend::{Kind, Mode};
