@@ -59,17 +59,9 @@ impl Paths {
     }
 }
 
-/// Who broke a holder's lease with `release --force`, kept until a while
-/// after that lease would have ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BreakRecord {
-    #[serde(rename = "t")]
-    pub token: String,
-    #[serde(rename = "by")]
-    pub by: String,
-    #[serde(rename = "u")]
-    pub until_us: i64,
-}
+/// Who broke a holder's lease with `release --force` (the record the SQL
+/// stores keep too), kept until a while after that lease would have ended.
+pub use crate::backend::engine::breaks::Break as BreakRecord;
 
 /// A state node's data.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
