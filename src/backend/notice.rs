@@ -98,6 +98,14 @@ pub fn notices() -> (std::sync::mpsc::Sender<()>, Notices) {
     (tx, Notices { rx })
 }
 
+#[cfg(test)]
+impl Notices {
+    /// Whether a notice comes within `timeout`.
+    pub fn heard(&self, timeout: Duration) -> bool {
+        self.rx.recv_timeout(timeout).is_ok()
+    }
+}
+
 impl super::Waiter for Notices {
     fn wait(&mut self, timeout: Duration) -> anyhow::Result<()> {
         use std::sync::mpsc::RecvTimeoutError;
