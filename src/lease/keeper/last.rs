@@ -52,23 +52,37 @@ impl Renewer {
         } = self;
         let end = Instant::now() + budget;
         let mut ended = Vec::new();
+        // After a failure the connection is suspect: the names left go
+        // straight to a new one rather than spend the budget on it.
+        let mut failed: Option<(String, anyhow::Error)> = None;
         let mut again = Vec::new();
         // Reverse order: a waiter woken by the first name's release then finds the rest free.
         for name in names.into_iter().rev() {
+            if failed.is_some() {
+                again.push(name);
+                continue;
+            }
             let left = end.saturating_duration_since(Instant::now());
             // No thread for the common case: the open connection's timeout bounds
             // the request, as it bounds every renewal.
             match last_request(backend.as_mut(), &name, &token, cmd, left) {
                 // NOT_HELD: the backend knows the lease is gone; a retry cannot help.
                 Err(e) if !lapse && code_of(&e) != NOT_HELD && !left.is_zero() => {
-                    again.push((name, e))
+                    again.push(name.clone());
+                    failed = Some((name, e));
                 }
                 r => ended.push((name, r)),
             }
         }
+        let Some((first, e)) = failed else {
+            return ended;
+        };
         let left = end.saturating_duration_since(Instant::now());
-        if again.is_empty() || left < Duration::from_millis(1) {
-            ended.extend(again.into_iter().map(|(n, e)| (n, Err(e))));
+        if left < Duration::from_millis(1) {
+            let (code, why) = (code_of(&e), format!("{e:#}"));
+            let others = again.into_iter().filter(|n| *n != first);
+            ended.extend(others.map(|n| (n, Err(fail(code, why.clone())))));
+            ended.push((first, Err(e)));
             return ended;
         }
         ended.extend(release_on_new_connection(
@@ -96,16 +110,15 @@ fn last_request(
     backend.release(name, token)
 }
 
-/// The releases that failed on the renewals' connection, once more on a
+/// The releases left after a failure on the renewals' connection, on a
 /// new one, within `left` (of the whole `budget`, for the message).
-pub(super) fn release_on_new_connection(
+fn release_on_new_connection(
     backend: Box<dyn Backend>,
-    failed: Vec<(String, anyhow::Error)>,
+    names: Vec<String>,
     token: &str,
     left: Duration,
     budget: Duration,
 ) -> Vec<(String, Result<Check>)> {
-    let names: Vec<String> = failed.into_iter().map(|(n, _)| n).collect();
     let (tx, rx) = mpsc::channel();
     let (todo, token) = (names.clone(), token.to_string());
     // A new connection may wait on a name lookup that no timeout bounds:
