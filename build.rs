@@ -11,6 +11,11 @@ fn main() {
     for arg in link_args(&target, &features) {
         println!("cargo:rustc-link-arg-bins={arg}");
     }
+    if static_unwinder(&target, &features) && c_compiler_has("libgcc_eh.a") {
+        // Not bundled into the rlib: passed to every final link, ahead of
+        // std's `-lgcc_s`, which `--as-needed` then leaves out.
+        println!("cargo:rustc-link-lib=static:-bundle,+verbatim=libgcc_eh.a");
+    }
     // `all_backends`: every backend feature is on. That build lints for dead
     // code and has the tests that need every backend (README recipes, say).
     println!("cargo::rustc-check-cfg=cfg(all_backends)");
@@ -40,11 +45,35 @@ fn main() {
 /// turn it on, not where it is the target's default (musl): a musl target
 /// counts as static by itself.
 pub fn link_args(target: &str, target_features: &str) -> Vec<&'static str> {
-    let crt_static =
-        target.ends_with("-musl") || target_features.split(',').any(|f| f == "crt-static");
-    if target.contains("linux") && !crt_static {
+    if target.contains("linux") && !crt_static(target, target_features) {
         vec!["-no-pie", "-Wl,-z,lazy"]
     } else {
         Vec::new()
     }
+}
+
+fn crt_static(target: &str, target_features: &str) -> bool {
+    target.ends_with("-musl") || target_features.split(',').any(|f| f == "crt-static")
+}
+
+/// Whether to link GCC's unwinder (`libgcc_eh.a`) into the executable rather
+/// than load `libgcc_s.so.1` at start: that library's constructor probes the
+/// CPU with about ten CPUID instructions, and on a virtual machine each one
+/// traps to the hypervisor (7 µs apiece on the 2-core test VM), about 0.1 ms
+/// of every run (docs/build.md). A static build links it statically anyway.
+pub fn static_unwinder(target: &str, target_features: &str) -> bool {
+    target.contains("linux-gnu") && !crt_static(target, target_features)
+}
+
+/// Whether the C compiler that links the executable has library `file`: it
+/// prints the file's full path when it has, and the bare name when not.
+pub fn c_compiler_has(file: &str) -> bool {
+    let cc = std::env::var("RUSTC_LINKER").unwrap_or_else(|_| "cc".into());
+    std::process::Command::new(cc)
+        .arg(format!("-print-file-name={file}"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .is_some_and(|p| std::path::Path::new(p.trim()).is_absolute())
 }

@@ -24,15 +24,24 @@ mod output;
 mod report;
 mod signals;
 mod spawn;
+mod startup;
 mod supervise;
 mod watch;
 
 use clap::{CommandFactory, FromArgMatches};
 
+pub use startup::start;
+
 /// Runs dlock with the process's arguments and exits.
 pub fn main() -> ! {
     // Before any thread starts, so that every thread inherits the signal mask.
-    signals::install();
+    // While this thread parses and connects, the signal thread first looks up
+    // what the first request needs (the CPU's features, the user's name);
+    // this thread never waits for it, and looks itself if it gets there first.
+    signals::install(|| {
+        startup::warm_cpu_features();
+        holder::prefetch();
+    });
     let (mut cli, empty_url) = parse();
     if let cli::Command::Urls = cli.command {
         // Needs no backend, nor a URL that parses.

@@ -97,10 +97,11 @@ fn handled() -> SigSet {
     set
 }
 
-/// Blocks the handled signals and starts the signal thread. Must run on the
-/// main thread before any other thread starts, so that every thread inherits
-/// the mask and no signal is delivered anywhere else.
-pub fn install() {
+/// Blocks the handled signals and starts the signal thread, which runs
+/// `first` (start-up work the main thread need not wait for) before it takes
+/// signals. Must run on the main thread before any other thread starts, so
+/// that every thread inherits the mask and no signal is delivered anywhere else.
+pub fn install(first: impl FnOnce() + Send + 'static) {
     let set = handled();
     let mut blocked = set;
     // A background process group may need to take the terminal back with
@@ -112,9 +113,12 @@ pub fn install() {
         // Small: it only waits for signals and dispatches them.
         .stack_size(128 * 1024)
         .name("signals".into())
-        .spawn(move || loop {
-            let Ok(sig) = set.wait() else { continue };
-            dispatch(sig);
+        .spawn(move || {
+            first();
+            loop {
+                let Ok(sig) = set.wait() else { continue };
+                dispatch(sig);
+            }
         })
         .expect("cannot start the signal thread");
 }

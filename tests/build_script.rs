@@ -4,7 +4,7 @@
 #[path = "../build.rs"]
 mod build_rs;
 
-use build_rs::link_args;
+use build_rs::{c_compiler_has, link_args, static_unwinder};
 
 #[test]
 fn a_dynamic_linux_build_links_without_pie() {
@@ -36,4 +36,39 @@ fn a_musl_build_is_static_without_saying_so() {
 #[test]
 fn other_systems_get_no_extra_arguments() {
     assert!(link_args("aarch64-apple-darwin", "neon").is_empty());
+}
+
+#[test]
+fn only_a_dynamic_glibc_build_links_the_unwinder_statically() {
+    assert!(static_unwinder("x86_64-unknown-linux-gnu", "fxsr,sse,sse2"));
+    assert!(static_unwinder("aarch64-unknown-linux-gnu", "neon"));
+    // Static builds bring their own unwinder; other systems have no libgcc_eh.
+    assert!(!static_unwinder(
+        "x86_64-unknown-linux-gnu",
+        "crt-static,sse2"
+    ));
+    assert!(!static_unwinder(
+        "x86_64-unknown-linux-musl",
+        "fxsr,sse,sse2"
+    ));
+    assert!(!static_unwinder("aarch64-apple-darwin", "neon"));
+}
+
+#[test]
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(target_feature = "crt-static")
+))]
+fn the_executable_does_not_load_libgcc_s() {
+    if !c_compiler_has("libgcc_eh.a") {
+        return; // then build.rs keeps the shared unwinder
+    }
+    let out = std::process::Command::new("readelf")
+        .args(["-dW", env!("CARGO_BIN_EXE_dlock")])
+        .output()
+        .expect("readelf (binutils) runs");
+    let dynamic = String::from_utf8_lossy(&out.stdout);
+    assert!(dynamic.contains("libc.so"), "{dynamic}");
+    assert!(!dynamic.contains("libgcc_s"), "{dynamic}");
 }

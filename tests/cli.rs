@@ -220,6 +220,33 @@ enum Stdout {
     Closed,
 }
 
+/// dlock started with stdin and stdout closed puts /dev/null on them before
+/// it opens anything, so that its connection to the server does not become
+/// descriptor 0 or 1, where a stray write would reach the server. (SQLite
+/// guards its own files from them; a Redis connection is a plain socket.)
+#[test]
+fn closed_standard_descriptors_are_never_a_connection() {
+    use std::os::unix::process::CommandExt;
+    let ctx = Ctx::new(Arc::new(Redis::start()));
+    // The command's parent is dlock itself.
+    let mut c = exec_sh(
+        &ctx,
+        &["L"],
+        r#"echo "$(readlink /proc/$PPID/fd/0) $(readlink /proc/$PPID/fd/1)" >&2"#,
+    );
+    // SAFETY: close is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::close(0);
+            libc::close(1);
+            Ok(())
+        });
+    }
+    let o = c.stderr(std::process::Stdio::piped()).output().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim(), "/dev/null /dev/null");
+}
+
 /// A token that cannot be written is not left holding the lock: exit 74,
 /// one line, and the lock is free; never a panic.
 #[test]
