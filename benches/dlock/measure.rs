@@ -30,11 +30,17 @@ pub(crate) struct Timing {
 }
 
 /// Benchmark 1: `TOOL NAME -- true`, the tools interleaved run by run so that drift in
-/// the machine's state hits them all alike.
+/// the machine's state hits them all alike, in a new order each round so that
+/// no tool always runs right after the same one (the spin lock's two
+/// `redis-cli` processes, say).
 pub(crate) fn uncontended(tools: &[Tool], s: &Sizes) -> Vec<Timing> {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+    let mut order: Vec<usize> = (0..tools.len()).collect();
+    let mut seed = mono_ns() | 1;
     for round in 0..s.warmup + s.runs {
-        for (i, t) in tools.iter().enumerate() {
+        shuffle(&mut order, &mut seed);
+        for &i in &order {
+            let t = &tools[i];
             let mut c = t.command("uncontended", &["true"]);
             c.stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -69,6 +75,16 @@ pub(crate) fn uncontended(tools: &[Tool], s: &Sizes) -> Vec<Timing> {
             }
         })
         .collect()
+}
+
+/// Fisher-Yates with xorshift64: the order only has to vary, not be unpredictable.
+fn shuffle(v: &mut [usize], seed: &mut u64) {
+    for i in (1..v.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        v.swap(i, (*seed % (i as u64 + 1)) as usize);
+    }
 }
 
 pub(crate) struct Throughput {
