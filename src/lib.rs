@@ -30,7 +30,10 @@ mod watch;
 
 use clap::{CommandFactory, FromArgMatches};
 
-pub use startup::start;
+/// dlock in an executable without std's `main` wrapper (main.rs, glibc).
+pub fn start() -> ! {
+    startup::without_std_main(main)
+}
 
 /// Runs dlock with the process's arguments and exits.
 pub fn main() -> ! {

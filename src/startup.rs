@@ -12,12 +12,12 @@ pub fn warm_cpu_features() {
     let _ = std::arch::is_x86_feature_detected!("avx2");
 }
 
-/// Runs dlock in an executable started without std's `main` wrapper
+/// Runs `run` in an executable started without std's `main` wrapper
 /// (main.rs), after doing what dlock needs of that wrapper: descriptors 0-2
 /// open, on /dev/null where they were closed (so that no socket becomes
 /// stdout); SIGPIPE ignored, so that a write to a closed pipe fails with
 /// EPIPE; and exit status 101 after a panic.
-pub fn start() -> ! {
+pub fn without_std_main(run: fn() -> !) -> ! {
     open_standard_fds();
     // SAFETY: SIG_IGN installs no handler code; no other thread runs yet.
     let _ = unsafe {
@@ -26,7 +26,7 @@ pub fn start() -> ! {
             nix::sys::signal::SigHandler::SigIgn,
         )
     };
-    let _ = std::panic::catch_unwind(|| -> () { crate::main() });
+    let _ = std::panic::catch_unwind(|| -> () { run() });
     std::process::exit(101)
 }
 
