@@ -1,8 +1,6 @@
 //! Who holds a lock: recorded with every acquisition so that `status` can tell
 //! an operator which host, process and command to look at.
 
-use std::sync::OnceLock;
-
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,7 +17,16 @@ const MAX_COMMAND: usize = 200;
 impl Holder {
     /// Describes process `pid` running `command` on this host as this user.
     pub fn new(pid: u32, command: String) -> Holder {
-        let (host, user) = local();
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".into());
+        let uid = nix::unistd::getuid();
+        let user = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| uid.to_string());
         Holder {
             host,
             pid,
@@ -47,37 +54,6 @@ impl Holder {
             .unwrap_or_default();
         Holder::new(pid, cmd)
     }
-}
-
-/// This host's name and this process's user, as [`prefetch`] found them or
-/// else looked up now. The user goes through NSS (nsswitch.conf, /etc/passwd,
-/// nscd's socket): about 50 µs, which the prefetch spends on another thread
-/// while the main one connects; never waited for, since looking again is
-/// as quick as waiting.
-fn local() -> (String, String) {
-    LOCAL.get().cloned().unwrap_or_else(look_up)
-}
-
-static LOCAL: OnceLock<(String, String)> = OnceLock::new();
-
-fn look_up() -> (String, String) {
-    let host = nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown".into());
-    let uid = nix::unistd::getuid();
-    let user = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| uid.to_string());
-    (host, user)
-}
-
-/// Looks up what [`Holder::new`] records about this host and user, so that
-/// the request that takes a lock need not.
-pub fn prefetch() {
-    let _ = LOCAL.set(look_up());
 }
 
 /// Ends a URL authority or a query value inside a shell command line.

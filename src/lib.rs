@@ -38,13 +38,11 @@ pub fn start() -> ! {
 /// Runs dlock with the process's arguments and exits.
 pub fn main() -> ! {
     // Before any thread starts, so that every thread inherits the signal mask.
-    // While this thread parses and connects, the signal thread first looks up
-    // what the first request needs (the CPU's features, the user's name);
-    // this thread never waits for it, and looks itself if it gets there first.
-    signals::install(|| {
-        startup::warm_cpu_features();
-        holder::prefetch();
-    });
+    // While this thread parses and connects, the signal thread first fills
+    // the cache of CPU features that the first reply's parsing needs. Nothing
+    // that can block goes there (not the user's NSS lookup, which may wait on
+    // a directory server): signals must always find the thread.
+    signals::install(startup::warm_cpu_features);
     let (mut cli, empty_url) = parse();
     if let cli::Command::Urls = cli.command {
         // Needs no backend, nor a URL that parses.

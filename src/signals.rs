@@ -98,8 +98,8 @@ fn handled() -> SigSet {
 }
 
 /// Blocks the handled signals and starts the signal thread, which runs
-/// `first` (start-up work the main thread need not wait for) before it takes
-/// signals. Must run on the main thread before any other thread starts, so
+/// `first` (brief start-up work that cannot block, which the main thread
+/// need not wait for) before it takes signals. Must run on the main thread before any other thread starts, so
 /// that every thread inherits the mask and no signal is delivered anywhere else.
 pub fn install(first: impl FnOnce() + Send + 'static) {
     let set = handled();
